@@ -1,0 +1,19 @@
+"""The `dlsa` command line: thin wrappers that parse options, call the library and render."""
+
+from __future__ import annotations
+
+# Import order is the order of `dlsa --help`: the pipeline's order.
+from dlsa_cli.cli import extract  # noqa: F401,I001
+from dlsa_cli.cli import filter  # noqa: F401
+from dlsa_cli.cli import classify  # noqa: F401
+from dlsa_cli.cli import evaluate  # noqa: F401
+from dlsa_cli.cli import inspect  # noqa: F401
+from dlsa_cli.cli import datasets  # noqa: F401
+from dlsa_cli.cli.common import app
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

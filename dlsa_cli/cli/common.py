@@ -1,0 +1,146 @@
+"""What every command shares: the Typer app, common options, error handling, output.
+
+Data goes to stdout (rich tables, or JSON with `--json`); progress, logs and
+warnings go to stderr. Progress bars and logs appear only when stderr is a
+terminal and `--quiet` is not given; warnings appear unless `--quiet`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from contextlib import contextmanager
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from dlsa_cli.errors import DlsaError
+
+__all__ = [
+    "app",
+    "command",
+    "Reporter",
+    "emit_json",
+    "stdout",
+    "JsonOpt",
+    "QuietOpt",
+    "DeviceOpt",
+    "SeedOpt",
+]
+
+app = typer.Typer(
+    name="dlsa",
+    help=(
+        "DLSA for long-tailed recognition on feature files: extract features, fit the "
+        "Gaussian-mixture flow filter, split samples by it, fit classifiers, predict "
+        "through the cascade and evaluate with the long-tail metrics."
+    ),
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+stdout = Console(highlight=False, soft_wrap=False)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the report as one JSON object on stdout.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress, logs or warnings on stderr.")]
+DeviceOpt = Annotated[
+    str, typer.Option("--device", help="Where to compute: auto (CUDA when present), cpu, cuda or cuda:N.")
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; the same seed on the same device repeats a run.")]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _error_console() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def guarded(fn: F) -> F:
+    """Turn library errors into one line on stderr and a non-zero exit."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DlsaError as e:
+            _error_console().print(f"[bold red]error:[/] {escape(str(e))}")
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            _error_console().print("[bold red]interrupted[/]: no output was written")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def command(name: str, **kwargs: Any) -> Callable[[F], F]:
+    """Register a guarded subcommand on the app."""
+
+    def deco(fn: F) -> F:
+        app.command(name, **kwargs)(guarded(fn))
+        return fn
+
+    return deco
+
+
+def emit_json(obj: Any) -> None:
+    """Print one JSON object on stdout."""
+    from dlsa_cli.files import _json_default
+
+    sys.stdout.write(json.dumps(obj, default=_json_default) + "\n")
+    sys.stdout.flush()
+
+
+class Reporter:
+    """Progress, logs and warnings on stderr, honouring `--quiet` and non-terminals."""
+
+    def __init__(self, quiet: bool = False):
+        self.console = Console(stderr=True, highlight=False, soft_wrap=True)
+        self.quiet = quiet
+        self.interactive = (not quiet) and self.console.is_terminal
+
+    def log(self, message: str) -> None:
+        if self.interactive:
+            self.console.print(message)
+
+    def warn(self, message: str) -> None:
+        if not self.quiet:
+            self.console.print(f"[yellow]warning:[/] {escape(message)}")
+
+    @contextmanager
+    def progress(self, description: str, total: float | None):
+        """A progress bar; yields `update(advance=1, **fields)`. Fields show as `text`."""
+        bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[text]}"),
+            console=self.console,
+            disable=not self.interactive,
+            transient=False,
+        )
+        with bar:
+            task = bar.add_task(description, total=total, text="")
+
+            def update(advance: float = 1, text: str | None = None) -> None:
+                if text is None:
+                    bar.update(task, advance=advance)
+                else:
+                    bar.update(task, advance=advance, text=text)
+
+            yield update
+
+
+def not_built(name: str, issue: str) -> None:
+    """Say plainly that a command is not built yet, and exit non-zero."""
+    _error_console().print(f"[bold red]error:[/] `dlsa {name}` is not built yet ({issue}); nothing was done")
+    raise typer.Exit(3)

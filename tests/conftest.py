@@ -1,0 +1,46 @@
+"""Shared test helpers: where the real data lies, and running the real CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("DLSA_SHARED_DATA", REPO.parent / "shared" / "data"))
+CALTECH_NPZ = SHARED_DATA / "caltech101_lite0.npz"
+CALTECH_SAMPLE = SHARED_DATA / "caltech101-sample"
+PROFILES = SHARED_DATA / "profiles"
+
+requires_caltech = pytest.mark.skipif(
+    not CALTECH_NPZ.exists(), reason=f"real Caltech-101 features not found at {CALTECH_NPZ}"
+)
+requires_caltech_sample = pytest.mark.skipif(
+    not (CALTECH_SAMPLE / "manifest.csv").exists(), reason=f"Caltech-101 photo sample not found at {CALTECH_SAMPLE}"
+)
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run `python -m dlsa_cli ARGS` in a real subprocess, capturing text output."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), COLUMNS="200")
+    return subprocess.run(
+        [sys.executable, "-m", "dlsa_cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def caltech_lt():
+    """Caltech-101-LT (seed 0) train/val/test FeatureSets from the real features."""
+    if not CALTECH_NPZ.exists():
+        pytest.skip(f"real Caltech-101 features not found at {CALTECH_NPZ}")
+    from dlsa_cli.datasets import caltech101_lt
+
+    return caltech101_lt(CALTECH_NPZ, seed=0)
