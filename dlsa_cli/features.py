@@ -35,6 +35,8 @@ __all__ = [
     "read_features",
     "write_features",
     "validate_features",
+    "num_classes",
+    "train_counts",
 ]
 
 FEATURE_EXTENSIONS = (".safetensors", ".parquet", ".npz", ".npy", ".pt", ".pth", ".h5", ".hdf5")
@@ -338,3 +340,29 @@ def _read_h5(p: Path) -> FeatureSet:
     except Exception as e:
         raise InputError(f"not a readable HDF5 file ({e})", path=p) from None
 
+
+
+def num_classes(fs: FeatureSet) -> int:
+    """Class count C: from the metadata (`num_classes`, `class_names`, `train_counts`) or max label + 1.
+
+    Files written by `split` keep the global C in their metadata, so a deeper
+    stage whose samples lack some classes still knows all of them.
+    """
+    for key in ("num_classes",):
+        if key in fs.meta:
+            return int(fs.meta[key])
+    for key in ("class_names", "train_counts"):
+        if key in fs.meta:
+            return len(fs.meta[key])
+    return int(fs.require_labels().max()) + 1
+
+
+def train_counts(fs: FeatureSet) -> np.ndarray:
+    """Per-class counts (C,) of the ORIGINAL training set.
+
+    Files derived from a training set (by `split`) carry `train_counts` in their
+    metadata; for any other file the counts of its own labels are used.
+    """
+    if "train_counts" in fs.meta:
+        return np.asarray(fs.meta["train_counts"], dtype=np.int64)
+    return np.bincount(fs.require_labels(), minlength=num_classes(fs)).astype(np.int64)
