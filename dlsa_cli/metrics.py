@@ -2,8 +2,17 @@
 
 Shot groups follow the field's convention (Liu et al. 2019): many-shot classes
 have more than 100 training samples, few-shot fewer than 20, medium the rest.
+A class with no training sample (count 0) is therefore few-shot.
+Group accuracy is the mean of the per-class accuracies of the group's classes
+that have evaluation samples; a group with no such class has no accuracy
+(None, shown as n/a), never 0.
 Head/tail for separation accuracy (paper Fig. 7): tail = at most 50 training
 samples. Every threshold is a parameter.
+
+Everything is numpy, computed from counts (`bincount`), never a per-sample
+Python loop. MCC is the multiclass form of Gorodkin (2004) and NMI uses the
+arithmetic mean of the entropies, as scikit-learn's `matthews_corrcoef` and
+`normalized_mutual_info_score` (their edge cases included).
 """
 
 from __future__ import annotations
@@ -17,6 +26,13 @@ __all__ = [
     "class_counts",
     "shot_groups",
     "tail_classes",
+    "top1_accuracy",
+    "per_class_accuracy",
+    "group_accuracies",
+    "matthews_corrcoef",
+    "normalized_mutual_info",
+    "separation_accuracy",
+    "binned_confusion",
 ]
 
 MANY_ABOVE = 100
@@ -43,3 +59,129 @@ def shot_groups(counts: np.ndarray, many_above: int = MANY_ABOVE, few_below: int
 def tail_classes(counts: np.ndarray, tail_at_most: int = TAIL_AT_MOST) -> np.ndarray:
     """Boolean (C,): True for tail classes (at most `tail_at_most` training samples)."""
     return np.asarray(counts) <= tail_at_most
+
+
+def top1_accuracy(labels: np.ndarray, predictions: np.ndarray) -> float | None:
+    """Share of samples predicted right; None for no samples."""
+    labels, predictions = np.asarray(labels), np.asarray(predictions)
+    return float(np.mean(labels == predictions)) if labels.size else None
+
+
+def per_class_accuracy(
+    labels: np.ndarray, predictions: np.ndarray, num_classes: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class (accuracy, correct, support), each (C,); accuracy is NaN where support is 0."""
+    labels = np.asarray(labels, dtype=np.int64)
+    right = labels == np.asarray(predictions)
+    support = np.bincount(labels, minlength=num_classes)  # (C,)
+    correct = np.bincount(labels[right], minlength=num_classes)  # (C,)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = np.where(support > 0, correct / np.maximum(support, 1), np.nan)
+    return acc, correct, support
+
+
+def group_accuracies(
+    class_acc: np.ndarray,
+    counts: np.ndarray,
+    many_above: int = MANY_ABOVE,
+    few_below: int = FEW_BELOW,
+) -> dict[str, float | None]:
+    """Mean per-class accuracy in each shot group; None where no class of the group was evaluated.
+
+    `class_acc` (C,) holds NaN for classes without evaluation samples; those are left out.
+    """
+    groups = shot_groups(counts, many_above, few_below)
+    out: dict[str, float | None] = {}
+    for g in ("many", "medium", "few"):
+        vals = class_acc[(groups == g) & ~np.isnan(class_acc)]
+        out[g] = float(vals.mean()) if vals.size else None
+    return out
+
+
+def matthews_corrcoef(labels: np.ndarray, predictions: np.ndarray) -> float:
+    """Multiclass MCC (Gorodkin 2004), from true and predicted class counts.
+
+    (c * s - t.p) / sqrt((s^2 - p.p) (s^2 - t.t)), with c correct, s samples,
+    t and p the per-class true and predicted counts; 0 when undefined.
+    """
+    y = np.asarray(labels, dtype=np.int64)
+    p = np.asarray(predictions, dtype=np.int64)
+    if y.size == 0:
+        return 0.0
+    k = int(max(y.max(), p.max())) + 1
+    t = np.bincount(y, minlength=k).astype(np.float64)  # (K,)
+    q = np.bincount(p, minlength=k).astype(np.float64)  # (K,)
+    c = float(np.sum(y == p))
+    s = float(y.size)
+    cov_tp = c * s - t @ q
+    cov_pp = s * s - q @ q
+    cov_tt = s * s - t @ t
+    if cov_pp * cov_tt == 0:
+        return 0.0
+    return float(cov_tp / np.sqrt(cov_pp * cov_tt))
+
+
+def _entropy(counts: np.ndarray) -> float:
+    counts = counts[counts > 0].astype(np.float64)
+    if counts.size <= 1:
+        return 0.0
+    total = counts.sum()
+    return float(-np.sum((counts / total) * (np.log(counts) - np.log(total))))
+
+
+def normalized_mutual_info(labels: np.ndarray, predictions: np.ndarray) -> float:
+    """NMI with the arithmetic mean of the two entropies as normaliser (natural log)."""
+    y = np.asarray(labels, dtype=np.int64)
+    p = np.asarray(predictions, dtype=np.int64)
+    ty, ny = np.unique(y, return_inverse=True)
+    tp, np_ = np.unique(p, return_inverse=True)
+    if len(ty) == len(tp) == 1 or len(ty) == len(tp) == 0:
+        return 1.0  # both labellings put everything in one group: a perfect match
+    if len(ty) == 1 or len(tp) == 1:
+        return 0.0
+    pairs, nij = np.unique(ny * len(tp) + np_, return_counts=True)  # non-zero cells of the contingency table
+    a = np.bincount(ny).astype(np.float64)  # (Cy,) row sums
+    b = np.bincount(np_).astype(np.float64)  # (Cp,) column sums
+    n = float(y.size)
+    i, j = pairs // len(tp), pairs % len(tp)
+    nij = nij.astype(np.float64)
+    mi = (nij / n) * (np.log(nij) + np.log(n) - np.log(a[i]) - np.log(b[j]))  # p_ij log(p_ij / (p_i p_j))
+    mi = np.where(np.abs(mi) < np.finfo(np.float64).eps, 0.0, mi)
+    mi_sum = float(max(mi.sum(), 0.0))
+    if mi_sum == 0.0:
+        return 0.0
+    norm = (_entropy(a) + _entropy(b)) / 2.0
+    return float(mi_sum / max(norm, np.finfo(np.float64).eps))
+
+
+def separation_accuracy(
+    labels: np.ndarray, counts: np.ndarray, tail_at_most: int = TAIL_AT_MOST
+) -> float | None:
+    """Share of the given (routed) samples whose TRUE class is tail (paper Fig. 7); None for none."""
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.size == 0:
+        return None
+    return float(np.mean(tail_classes(counts, tail_at_most)[labels]))
+
+
+def binned_confusion(
+    labels: np.ndarray, predictions: np.ndarray, counts: np.ndarray, bins: int = 20
+) -> np.ndarray:
+    """Mistakes only, classes ordered by training count (most first) and merged into bins: (B, B).
+
+    Row = bin of the true class, column = bin of the predicted class. Correct
+    predictions (the per-class diagonal) are left out before binning, so a
+    mistake between two classes of the same bin still counts on the diagonal.
+    """
+    counts = np.asarray(counts)
+    c = len(counts)
+    b = max(1, min(int(bins), c))
+    order = np.argsort(-counts, kind="stable")  # class ids, most frequent first
+    rank = np.empty(c, dtype=np.int64)
+    rank[order] = np.arange(c)
+    bin_of = rank * b // c  # (C,) near-equal contiguous bins
+    y = np.asarray(labels, dtype=np.int64)
+    p = np.asarray(predictions, dtype=np.int64)
+    wrong = y != p
+    cells = bin_of[y[wrong]] * b + bin_of[p[wrong]]
+    return np.bincount(cells, minlength=b * b).reshape(b, b)
