@@ -515,14 +515,16 @@ def iter_feature_batches(
 
         header, _, _, _ = read_safetensors_header(p)
         fkey, lkey = _pick(header, _FEATURE_KEYS), _pick(header, _LABEL_KEYS)
-        with safe_open(str(p), framework="pt") as f:
+        bf16 = info.dtype == "bfloat16"  # numpy has no bfloat16: only then go through torch
+        with safe_open(str(p), framework="pt" if bf16 else "numpy") as f:
             xs = f.get_slice(fkey)
             ys = f.get_slice(lkey) if lkey else None
             for a in range(0, n, batch_size):
                 b = min(a + batch_size, n)
                 x = xs[a:b]
-                x = x.float() if str(x.dtype) == "torch.bfloat16" else x
-                yield out(a, x.numpy(), None if ys is None else ys[a:b].numpy())
+                x = x.float().numpy() if bf16 else x
+                y = None if ys is None else ys[a:b]
+                yield out(a, x, y.numpy() if bf16 and y is not None else y)
     elif fmt == "h5":
         h5py = _h5py(p)
         with h5py.File(p, "r") as f:
@@ -584,9 +586,9 @@ def read_labels(path: str | Path, *, require_labels: bool = False) -> LabelSet:
         header, _, raw_meta, _ = read_safetensors_header(p)
         lkey = _pick(header, _LABEL_KEYS)
         ikey = "ids" if "ids" in header else None
-        tensors = read_safetensors(p, [k for k in (lkey, ikey) if k])[0] if (lkey or ikey) else {}
-        y = tensors[lkey].numpy() if lkey else None
-        ids = tensors[ikey].numpy() if ikey else (np.asarray(raw_meta["ids"], dtype=str) if "ids" in raw_meta else None)
+        tensors = _safetensors_numpy(p, [k for k in (lkey, ikey) if k])
+        y = tensors[lkey] if lkey else None
+        ids = tensors[ikey] if ikey else (np.asarray(raw_meta["ids"], dtype=str) if "ids" in raw_meta else None)
     elif fmt == "parquet":
         from dlsa_cli.files import read_table_metadata
 
@@ -622,6 +624,19 @@ def read_labels(path: str | Path, *, require_labels: bool = False) -> LabelSet:
     if require_labels:
         ls.require_labels()
     return ls
+
+
+def _safetensors_numpy(p: Path, names: list[str]) -> dict[str, np.ndarray]:
+    """Some (integer) tensors of a safetensors file as numpy arrays, without importing torch."""
+    if not names:
+        return {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(p), framework="numpy") as f:
+            return {k: f.get_tensor(k) for k in names}
+    except Exception as e:  # safetensors raises its own error types
+        raise InputError(f"not a readable safetensors file ({e})", path=p) from None
 
 
 def _h5py(p: Path) -> Any:

@@ -43,7 +43,10 @@ def check_plot_target(path: str | Path) -> None:
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         raise InputError("the plot's folder does not exist", path=parent, hint="create it first")
-    _pyplot()
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:  # looked up, not imported: that is slow
+        _pyplot()
 
 
 def plot_confusion(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], *, num_classes: int) -> None:

@@ -256,3 +256,17 @@ def test_duplicate_ids_and_ragged_parquet(tmp_path):
     pq.write_table(pa.table({"features": [[1.0, 2.0], [3.0]]}), tmp_path / "ragged.parquet")
     with pytest.raises(InputError, match="different lengths"):
         read_features(tmp_path / "ragged.parquet")
+
+
+def test_bfloat16_safetensors_reads_as_float32(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    x = torch.randn(N, D).to(torch.bfloat16)
+    save_file({"features": x, "labels": torch.arange(N) % C}, str(tmp_path / "bf.safetensors"))
+    want = x.float().numpy()
+    np.testing.assert_array_equal(read_features(tmp_path / "bf.safetensors").features, want)
+    assert feature_info(tmp_path / "bf.safetensors").dtype == "bfloat16"
+    got = np.concatenate([b[1] for b in iter_feature_batches(tmp_path / "bf.safetensors", batch_size=16)])
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
