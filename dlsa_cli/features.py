@@ -672,7 +672,9 @@ def _parquet_dim_columns(schema: Any, skip: set[str | None]) -> list[str]:
 
     return [
         n for n in schema.names
-        if n not in skip and (pa.types.is_floating(schema.field(n).type) or pa.types.is_integer(schema.field(n).type))
+        if n not in skip
+        and not n.startswith("__index_level_")  # a pandas index that to_parquet kept
+        and (pa.types.is_floating(schema.field(n).type) or pa.types.is_integer(schema.field(n).type))
     ]
 
 
