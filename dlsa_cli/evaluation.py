@@ -81,9 +81,10 @@ def _int_column(table: Any, name: str, p: Path) -> np.ndarray:
 def read_predictions(path: str | Path, *, labels_from: Any = None) -> Predictions:
     """Read the columns evaluation needs from a predictions table.
 
-    `labels_from` (a `LabelSet` or `FeatureSet` with labels) supplies the true
-    labels for a table without a `label` column, joined on `id` (a file without
-    ids is matched by row index). Any predicted id missing there is an error.
+    `labels_from` (a `LabelSet` or `FeatureSet` with labels), when given,
+    supplies the true labels, joined on the table's `id` (a labels file
+    without ids is matched by row index), in place of any `label` column.
+    Any predicted id missing there is an error.
     """
     p = require_file(path, "predictions file")
     if p.suffix.lower() != ".parquet":
@@ -127,6 +128,8 @@ def _join_labels(table: Any, source: Any, p: Path) -> np.ndarray:
     if "id" not in table.column_names:
         raise InputError("has no 'id' column to join the labels on", path=p, hint="predict writes one; keep it")
     ids = table.column("id").to_numpy(zero_copy_only=False)
+    if ids.dtype == object:  # Arrow strings
+        ids = ids.astype(str)
     if (ids.dtype.kind in "iu") != (src_ids.dtype.kind in "iu"):  # int ids on one side, strings on the other
         ids, src_ids = ids.astype(str), src_ids.astype(str)
     order = np.argsort(src_ids, kind="stable")
@@ -279,7 +282,8 @@ def evaluate_files(
 
     `train` is a feature file or a JSON counts file; without it the first
     table's `train_counts` metadata is used. `labels` is a feature file whose
-    ids and labels are joined to tables that lack a `label` column. `plot`
+    ids and labels are joined to the tables on `id` (in place of their own
+    `label` column, which they may lack). `plot`
     writes the Fig. 1 view (binned confusion without correct predictions,
     one panel per table) atomically, after everything else succeeded.
     """

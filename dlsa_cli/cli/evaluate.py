@@ -33,7 +33,7 @@ def _diff(a: float | None, b: float | None, scale: float) -> str:
 def evaluate_cmd(
     predictions: Annotated[list[str], typer.Argument(help="Predictions tables (.parquet with label and prediction); the first is the reference for the differences.", show_default=False)],
     train: Annotated[Optional[str], typer.Option("--train", help="Training labels: a feature file, or a JSON list of per-class training counts. Default: the first table's recorded train_counts.")] = None,
-    labels: Annotated[Optional[str], typer.Option("--labels", help="A feature file with ids and labels, joined on 'id' for tables without a 'label' column.")] = None,
+    labels: Annotated[Optional[str], typer.Option("--labels", help="A feature file with ids and labels, joined on each table's 'id' (for tables without a 'label' column; used in place of one).")] = None,
     many_above: Annotated[int, typer.Option("--many-above", help="Many-shot: more than this many training samples.")] = MANY_ABOVE,
     few_below: Annotated[int, typer.Option("--few-below", help="Few-shot: fewer than this many training samples (a class absent from training is few-shot).")] = FEW_BELOW,
     tail_at_most: Annotated[int, typer.Option("--tail-at-most", help="Tail class for head-tail separation accuracy: at most this many training samples.")] = TAIL_AT_MOST,
