@@ -102,6 +102,7 @@ class FilterConfig:
     purity_threshold: float = 0.7
     min_cluster_size: int = 10
     max_cluster_share: float = 0.05
+    select: str = "good-clusters"  # or "last"
     seed: int = 0
     eval_batch_size: int = 4096
 
@@ -151,6 +152,8 @@ def _check_config(cfg: FilterConfig) -> None:
         raise bad("purity-threshold", "must be in [0, 1]")
     if not 0 < cfg.max_cluster_share <= 1:
         raise bad("max-cluster-share", "must be in (0, 1]")
+    if cfg.select not in ("good-clusters", "last"):
+        raise bad("select", "use good-clusters or last")
     if cfg.eval_batch_size < 1:
         raise bad("eval-batch-size", "must be >= 1")
 
@@ -567,6 +570,8 @@ def fit_filter(
     log_k = math.log(k)
     b = cfg.batch_size
     use_neg = cfg.lambda_pure > 0
+    n_route = min(max(int(round(cfg.share * n)), 1), n)
+    is_tail = torch.as_tensor(tail_classes(_train_counts(train))).to(dev)[y]  # (N,) bool
 
     history: list[dict[str, Any]] = []
     best_key: tuple[bool, int] | None = None
@@ -618,23 +623,29 @@ def fit_filter(
             "largest_share": st["largest_share"],
             "empty_clusters": st["empty"],
             "mean_log_likelihood": float(logp.double().mean()),
+            "routed_tail_share": float(is_tail[torch.topk(logp, n_route).indices].double().mean()),
             "eligible": bool(eligible),
             "seconds": time.perf_counter() - t0,
         }
         history.append(record)
-        key = (bool(eligible), st["good_clusters"])
-        if best_key is None or key > best_key:
+        key = (True, epoch) if cfg.select == "last" else (bool(eligible), st["good_clusters"])
+        if best_key is None or key >= best_key:  # ties: the later (longer trained) epoch
             best_key, best_epoch = key, epoch
-            best_state = {kk: v.detach().clone() for kk, v in flow.state_dict().items()}
+            if epoch < cfg.epochs:  # the last epoch's state is the flow itself
+                best_state = {kk: v.detach().clone() for kk, v in flow.state_dict().items()}
+            else:
+                best_state = None
         if on_epoch is not None:
             on_epoch(record)
-    assert best_state is not None and best_key is not None
-    if not best_key[0]:
+    assert best_key is not None
+    if cfg.select != "last" and not best_key[0]:
         warn(
             f"no epoch kept its largest cluster under {cfg.max_cluster_share:g} of the samples; "
             f"kept epoch {best_epoch} (most good clusters); consider a larger --max-cluster-share or more --clusters"
         )
-    flow.load_state_dict(best_state)
+    if best_state is not None:
+        flow.load_state_dict(best_state)
+    del best_state
     flow.eval()
 
     filt = FlowFilter(
@@ -651,7 +662,6 @@ def fit_filter(
         path=None,
     )
     sc = filt.score(x, batch_size=cfg.eval_batch_size)
-    n_route = min(max(int(round(cfg.share * n)), 1), n)
     filt.threshold = float(np.sort(sc.log_likelihood)[::-1][n_route - 1])
     table = cluster_table(torch.from_numpy(sc.cluster), torch.from_numpy(y_np), k, c)
     filt.cluster_counts = table.long()
@@ -837,6 +847,9 @@ def split(
         "files": {},
     }
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.split-", suffix=".tmp", dir=parent))
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(stage, 0o777 & ~mask)  # mkdtemp makes 0700; the folder may become `out` itself
     try:
         for p, name in zip(inputs, names):
             fs = read_features(p)

@@ -1,23 +1,230 @@
-"""CLI for `fit-filter`."""
+"""CLI for `fit-filter` and `split`: thin wrappers over `dlsa_cli.flowfilter`."""
 
 from __future__ import annotations
 
-from dlsa_cli.cli.common import command, not_built
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from dlsa_cli.cli.common import DeviceOpt, JsonOpt, QuietOpt, Reporter, command, emit_json, stdout
+from dlsa_cli.errors import InputError
+
+_PRESETS = ("imagenet-lt", "places-lt", "inat18")
+
+
+def _opt(*names: str, help: str) -> Any:
+    return typer.Option(*names, help=help, show_default=False)
 
 
 @command("fit-filter")
-def fit_filter_cmd() -> None:
-    """Train the Gaussian-mixture flow filter on a feature file.
+def fit_filter_cmd(
+    train: Annotated[str, typer.Argument(help="Training feature file with labels (or a split's rest file for the next depth).", show_default=False)],
+    out: Annotated[str, typer.Option("--out", "-o", help="Filter file to write (.safetensors).", show_default=False)],
+    preset: Annotated[Optional[str], _opt("--preset", help="The paper's settings for imagenet-lt (the defaults), places-lt or inat18; explicit options override it.")] = None,
+    clusters: Annotated[Optional[int], _opt("--clusters", "-k", help="Mixture components K [default: 500].")] = None,
+    epochs: Annotated[Optional[int], _opt("--epochs", help="Epochs (one epoch = N pairs) [default: 50].")] = None,
+    batch_size: Annotated[Optional[int], _opt("--batch-size", help="Pairs per step [default: 1024].")] = None,
+    lr: Annotated[Optional[float], _opt("--lr", help="SGD learning rate, no momentum, no schedule [default: 0.2].")] = None,
+    lambda_lh: Annotated[Optional[float], _opt("--lambda-lh", help="Weight of the class-weighted likelihood loss; 0 turns it off [default: 2].")] = None,
+    lambda_bal: Annotated[Optional[float], _opt("--lambda-bal", help="Weight of the cluster-balance loss; 0 turns it off [default: 1].")] = None,
+    lambda_pure: Annotated[Optional[float], _opt("--lambda-pure", help="Weight of the purity loss; 0 turns it off [default: 0.02].")] = None,
+    q: Annotated[Optional[float], _opt("--q", help="Class weight exponent: w_c ~ (n_max / n_c)^q [default: 2].")] = None,
+    center_std: Annotated[Optional[float], _opt("--center-std", help="The fixed means are drawn from N(0, std^2 I) [default: 0.05].")] = None,
+    ema: Annotated[Optional[float], _opt("--ema", help="Decay of the balance loss's moving estimate [default: 0.7].")] = None,
+    share: Annotated[Optional[float], _opt("--share", help="Share of the training samples routed to the cluster-aided classifier [default: 0.3].")] = None,
+    hidden: Annotated[Optional[int], _opt("--hidden", help="Hidden units of each MADE [default: D].")] = None,
+    blocks: Annotated[Optional[int], _opt("--blocks", help="MAF blocks (each MADE + batch norm) [default: 2].")] = None,
+    purity_threshold: Annotated[Optional[float], _opt("--purity-threshold", help="A good cluster's share of its largest class must exceed this [default: 0.7].")] = None,
+    min_cluster_size: Annotated[Optional[int], _opt("--min-cluster-size", help="A good cluster must hold more samples than this [default: 10].")] = None,
+    max_cluster_share: Annotated[Optional[float], _opt("--max-cluster-share", help="Epochs whose largest cluster holds this share of the samples or more are not kept (the paper's 5000 of 115,846 is 0.043) [default: 0.05].")] = None,
+    select: Annotated[Optional[str], _opt("--select", help="Which epoch to keep: good-clusters (the paper's rule) or last [default: good-clusters].")] = None,
+    depth: Annotated[Optional[int], _opt("--depth", help="Depth to record [default: the input's depth + 1 for a split's rest file, else 1].")] = None,
+    allow_singletons: Annotated[Optional[bool], typer.Option("--allow-singletons/--no-singletons", help="Train with classes of a single sample [default: only at depth > 1].", show_default=False)] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed on the same device repeats a run.")] = 0,
+    device: DeviceOpt = "auto",
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train the Gaussian-mixture flow filter on a training feature file.
 
-    Example: [bold]dlsa fit-filter train.safetensors -o filter.safetensors[/]
+    A masked autoregressive flow maps the features onto a mixture of K unit
+    Gaussians, trained with the class-weighted likelihood, balance and purity
+    losses on pairs from two different classes. The epoch with the most good
+    clusters is kept; the routing threshold routes --share of the training
+    samples; the cluster prior P(y | cluster) is stored with it.
+
+    Example: [bold]dlsa fit-filter train.safetensors -o filter.safetensors --clusters 100 --epochs 20[/]
     """
-    not_built("fit-filter", "issue 3")
+    from dlsa_cli.device import resolve_device
+    from dlsa_cli.features import read_features
+    from dlsa_cli.files import provenance
+    from dlsa_cli.flowfilter import PRESETS, FilterConfig, fit_filter
+
+    rep = Reporter(quiet)
+    out_p = Path(out)
+    parent = out_p.parent if str(out_p.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError("output folder does not exist", path=parent, hint="create it first")
+    if out_p.exists() and out_p.resolve() == Path(train).resolve():
+        raise InputError("output would overwrite the training file", path=out_p, hint="pick another -o")
+    if preset is not None and preset not in _PRESETS:
+        raise InputError(f"--preset {preset}: unknown preset", hint=f"use one of {', '.join(_PRESETS)}")
+    if select is not None and select not in ("good-clusters", "last"):
+        raise InputError(f"--select {select}: unknown rule", hint="use good-clusters or last")
+    explicit = dict(
+        clusters=clusters, epochs=epochs, batch_size=batch_size, lr=lr, lambda_lh=lambda_lh, lambda_bal=lambda_bal,
+        lambda_pure=lambda_pure, q=q, center_std=center_std, ema=ema, share=share, hidden=hidden, blocks=blocks,
+        purity_threshold=purity_threshold, min_cluster_size=min_cluster_size, max_cluster_share=max_cluster_share,
+        select=select,
+    )
+    settings = {**(PRESETS[preset] if preset else {}), **{k: v for k, v in explicit.items() if v is not None}, "seed": seed}
+    config = FilterConfig(**settings)
+    dev = resolve_device(device)
+    fs = read_features(train, require_labels=True)
+
+    with rep.progress("fit-filter", total=config.epochs) as update:
+        last = {"good": None}
+
+        def on_step(epoch: int, step: int, steps: int, losses: dict[str, float]) -> None:
+            good = "" if last["good"] is None else f" good {last['good']}"
+            update(
+                advance=0,
+                text=f"epoch {epoch} step {step}/{steps} loss {losses['loss']:.4g} mle {losses['mle']:.4g} "
+                f"bal {losses['bal']:.3g} pure {losses['pure']:.3g}{good}",
+            )
+
+        def on_epoch(record: dict[str, Any]) -> None:
+            last["good"] = record["good_clusters"]
+            update(advance=1)
+
+        filt = fit_filter(
+            fs,
+            config=config,
+            depth=depth,
+            device=dev,
+            allow_singletons=allow_singletons,
+            on_step=on_step,
+            on_epoch=on_epoch,
+            on_warning=rep.warn,
+        )
+    options = {"preset": preset, **config.to_dict(), "depth": filt.depth, "device": str(dev)}
+    filt.save(out_p, prov=provenance("fit-filter", options, [train], seed))
+    result = {
+        "filter": str(out_p),
+        "train": str(train),
+        "depth": filt.depth,
+        "threshold": filt.threshold,
+        "share": filt.share,
+        "chosen_epoch": filt.chosen_epoch,
+        "stats": filt.stats,
+        "config": config.to_dict(),
+        "history": filt.history,
+    }
+    if json_out:
+        emit_json(result)
+        return
+    _render_fit(result)
+
+
+def _render_fit(r: dict[str, Any]) -> None:
+    st = r["stats"]
+    t = Table(title=f"flow filter -> {r['filter']}", show_header=False, title_justify="left")
+    t.add_column("", style="bold")
+    t.add_column("")
+
+    def f(v: Any) -> str:
+        return "n/a" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
+
+    t.add_row("training samples", f"{st['train_samples']} ({r['train']}), depth {r['depth']}")
+    t.add_row("chosen epoch", f"{r['chosen_epoch']} of {len(r['history'])}" + ("" if st["chosen_epoch_eligible"] else " (no epoch met --max-cluster-share)"))
+    t.add_row("cluster sizes", f"min {st['size_min']}  q1 {f(st['size_q1'])}  median {f(st['size_median'])}  q3 {f(st['size_q3'])}  max {st['size_max']}  empty {st['empty']}")
+    t.add_row("purity", f"> 0.9: {st['purity_above_0.9']}  > 0.7: {st['purity_above_0.7']}  > 0.5: {st['purity_above_0.5']}")
+    t.add_row("good clusters", f"{st['good_clusters']} of {r['config']['clusters']} (purity > {r['config']['purity_threshold']:g}, size > {r['config']['min_cluster_size']})")
+    t.add_row("threshold", f"log p(x) >= {r['threshold']:.6g} routes {st['routed']} training samples ({r['share']:g})")
+    t.add_row("tail share (<= 50)", f"routed {f(st['routed_tail_share'])}, all training samples {f(st['tail_share'])}")
+    t.add_row("time", f"{st['seconds_per_epoch']:.3g} s per epoch on {st['device']}")
+    stdout.print(t)
 
 
 @command("split")
-def split_cmd() -> None:
+def split_cmd(
+    filter_path: Annotated[str, typer.Argument(metavar="FILTER", help="Filter file written by `dlsa fit-filter`.", show_default=False)],
+    features: Annotated[list[str], typer.Argument(help="Feature files to score and route.", show_default=False)],
+    out: Annotated[str, typer.Option("--out", "-o", help="Output folder (created if missing; files of the same names are replaced).", show_default=False)],
+    latent: Annotated[bool, typer.Option("--latent", help="Also store each sample's latent z in the routed/rest files.")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Samples scored at once (memory is bounded by it).", min=1)] = 4096,
+    device: DeviceOpt = "auto",
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
     """Score feature files with a filter and route each sample.
+
+    For each input NAME: DIR/NAME.parquet (id, label, cluster, log_likelihood,
+    routed, depth), DIR/NAME.routed.safetensors (to the cluster-aided
+    classifier) and DIR/NAME.rest.safetensors (to the next depth: a valid
+    `fit-filter` input), and DIR/split.json with the table shown here.
 
     Example: [bold]dlsa split filter.safetensors train.safetensors test.safetensors -o split1/[/]
     """
-    not_built("split", "issue 3")
+    from dlsa_cli.device import resolve_device
+    from dlsa_cli.features import feature_info
+    from dlsa_cli.files import provenance
+    from dlsa_cli.flowfilter import FlowFilter, split
+
+    rep = Reporter(quiet)
+    dev = resolve_device(device)
+    filt = FlowFilter.load(filter_path, device=dev)
+    for p in features:  # headers only: fail before any scoring
+        info = feature_info(p)
+        filt.check_dim(info.dim, p)
+    prov = provenance("split", {"latent": latent, "batch_size": batch_size, "device": str(dev)}, [filter_path, *features])
+    with rep.progress("split", total=len(features)) as update:
+        report = split(
+            filt, features, out, batch_size=batch_size, device=dev, latent=latent, prov=prov,
+            on_file=lambda name, _r: update(advance=1, text=name),
+        )
+    for name, fr in report["files"].items():
+        for part in ("routed", "rest"):
+            if fr["outputs"].get(part) is None:
+                rep.warn(f"{name}: no sample was {'routed' if part == 'routed' else 'left for the rest'}; no {part} file written")
+    if json_out:
+        emit_json(report)
+        return
+    _render_split(report)
+
+
+def _render_split(report: dict[str, Any]) -> None:
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{100 * v:.1f}%"
+
+    def num(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.1f}"
+
+    for name, r in report["files"].items():
+        title = f"{name}: depth {r['depth']}, routed when log p(x) >= {r['threshold']:.6g}"
+        if r["has_labels"]:
+            title += f"; tail = at most {r['tail_at_most']} training samples"
+        t = Table(title=title, title_justify="left")
+        cols = ["part", "n", "share"]
+        if r["has_labels"]:
+            cols += ["many", "med", "few", "head", "tail", "tail %"]
+        cols += ["mean log p"]
+        for c in cols:
+            t.add_column(c, justify="left" if c == "part" else "right")
+        for part in ("routed", "rest", "all"):
+            n = r["samples"] if part == "all" else r[part]
+            row = [part, str(n), pct(n / r["samples"] if r["samples"] else None)]
+            if r["has_labels"]:
+                g, ht = r["groups"][part], r["head_tail"][part]
+                row += [str(g["many"]), str(g["medium"]), str(g["few"]), str(ht["head"]), str(ht["tail"]), pct(r["tail_share"][part])]
+            row.append(num(r["mean_log_likelihood"][part]))
+            t.add_row(*row)
+        stdout.print(t)
+        if r["has_labels"]:
+            stdout.print(
+                f"head-tail separation accuracy (tail share of routed): [bold]{pct(r['separation_accuracy'])}[/]"
+                f" vs {pct(r['tail_share']['all'])} in the whole file"
+            )
+        stdout.print("")
