@@ -1,14 +1,155 @@
-"""CLI for `extract`."""
+"""CLI for `extract`: images to a feature file with a pretrained backbone."""
 
 from __future__ import annotations
 
-from dlsa_cli.cli.common import command, not_built
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dlsa_cli.cli.common import DeviceOpt, JsonOpt, QuietOpt, Reporter, command, emit_json, stdout
+from dlsa_cli.errors import DlsaError, InputError
+
+MAX_LISTED = 20  # skipped images named on stderr; all of them go into the file's metadata
+
+
+def _triple(text: str | None, what: str) -> tuple[float, float, float] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.replace(" ", "").split(","))
+    except ValueError:
+        raise DlsaError(f"--{what} {text}: not numbers", hint=f"give three, e.g. --{what} 0.485,0.456,0.406") from None
+    if len(values) != 3:
+        raise DlsaError(f"--{what} {text}: needs 3 numbers (R,G,B), got {len(values)}")
+    return values  # type: ignore[return-value]
 
 
 @command("extract")
-def extract_cmd() -> None:
-    """Images to a feature file with a pretrained backbone.
+def extract_cmd(
+    images: Annotated[
+        Path,
+        typer.Argument(
+            help="An image folder (one sub-folder per class), a CSV with header 'path,label' (label optional), "
+            "or a list file of 'relative/path.jpg label' lines."
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Feature file to write (.safetensors).")],
+    root: Annotated[
+        Path | None,
+        typer.Option("--root", help="Folder that the paths in a CSV or list file start from (default: the list's folder)."),
+    ] = None,
+    backbone: Annotated[
+        str,
+        typer.Option(
+            "--backbone",
+            help="efficientnet-lite0 (built in), a TorchScript file, or torchvision:ARCH / timm:ARCH when installed.",
+        ),
+    ] = "efficientnet-lite0",
+    weights: Annotated[
+        Path | None,
+        typer.Option("--weights", help="Local weights file (state dict) for torchvision/timm, or to replace efficientnet-lite0's."),
+    ] = None,
+    resize: Annotated[int | None, typer.Option("--resize", help="Shorter side after resizing [default: 256].")] = None,
+    crop: Annotated[int | None, typer.Option("--crop", help="Centre crop size [default: 224].")] = None,
+    mean: Annotated[str | None, typer.Option("--mean", help="Per-channel mean, R,G,B [default: ImageNet's].")] = None,
+    std: Annotated[str | None, typer.Option("--std", help="Per-channel std, R,G,B [default: ImageNet's].")] = None,
+    interpolation: Annotated[
+        str | None, typer.Option("--interpolation", help="Resize filter: bilinear or bicubic [default: bilinear].")
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 64,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", help="Decoding processes (0: decode in the main process) [default: cores - 1, at most 8]."),
+    ] = None,
+    device: DeviceOpt = "auto",
+    half: Annotated[bool, typer.Option("--half", help="Run the model in float16 (CUDA only).")] = False,
+    dtype: Annotated[str, typer.Option("--dtype", help="Stored feature type: float32 or float16.")] = "float32",
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="Leave out images that cannot be read, and list them, instead of stopping.")
+    ] = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Images to a feature file with a pretrained backbone (the pooled penultimate layer). Offline.
 
-    Example: [bold]dlsa extract images/ -o train.safetensors[/]
+    The output is a normal feature file: ids are the image paths as written in
+    the list (for a folder, relative to it), labels and class names where
+    known, and the backbone, weights and preprocessing in its metadata.
+
+    Example: [bold]dlsa extract train.csv --root images/ -o train.safetensors --backbone efficientnet-lite0[/]
     """
-    not_built("extract", "issue 5")
+    from dlsa_cli import extract as ex
+    from dlsa_cli.device import resolve_device
+    from dlsa_cli.features import write_features
+    from dlsa_cli.files import provenance
+
+    rep = Reporter(quiet)
+    if out.suffix.lower() != ".safetensors":
+        raise InputError("output must be a .safetensors file", path=out, hint="name it e.g. train.safetensors")
+    if not (out.parent if str(out.parent) else Path(".")).is_dir():
+        raise InputError("output folder does not exist", path=out.parent, hint="create it first")
+    mean_t, std_t = _triple(mean, "mean"), _triple(std, "std")
+    dev = resolve_device(device)
+
+    image_list = ex.read_image_list(images, root=root)
+    model = ex.load_backbone(backbone, weights=weights)
+    d = model.preprocess
+    pre = ex.Preprocess(
+        resize=d.resize if resize is None else resize,
+        crop=d.crop if crop is None else crop,
+        mean=d.mean if mean_t is None else mean_t,
+        std=d.std if std_t is None else std_t,
+        interpolation=d.interpolation if interpolation is None else interpolation,
+    )
+    n_workers = ex.default_workers() if workers is None else workers
+    rep.log(f"{len(image_list)} images from {images} -> {model.name} on {dev}, batch {batch_size}, {n_workers} workers")
+
+    start = time.perf_counter()
+    with rep.progress("extract", total=len(image_list)) as update:
+        done = 0
+
+        def step(k: int) -> None:
+            nonlocal done
+            done += k
+            rate = done / max(time.perf_counter() - start, 1e-9)
+            update(k, text=f"{rate:.1f} images/s")
+
+        fs = ex.extract_features(
+            image_list, model, preprocess=pre, batch_size=batch_size, workers=n_workers, device=dev,
+            half=half, dtype=dtype, skip_bad=skip_bad, progress=step,
+        )
+    seconds = time.perf_counter() - start
+
+    skipped = fs.meta["skipped"]
+    for s in skipped[:MAX_LISTED]:
+        rep.warn(f"skipped {s['id']}: {s['reason']}")
+    if len(skipped) > MAX_LISTED:
+        rep.warn(f"... and {len(skipped) - MAX_LISTED} more skipped (all are listed in {out}'s metadata 'skipped')")
+
+    options = {
+        "images": images, "root": root, "backbone": backbone, "weights": weights, "preprocessing": pre.to_meta(),
+        "batch_size": batch_size, "workers": n_workers, "device": str(dev), "half": half, "dtype": dtype,
+        "skip_bad": skip_bad,
+    }
+    inputs = [p for p in (images, weights) if p is not None and p.is_file()]
+    if Path(backbone).is_file():
+        inputs.append(Path(backbone))
+    write_features(out, fs, prov=provenance("extract", options, inputs), dtype=dtype)
+
+    summary = {
+        "out": str(out), "images": fs.n, "dim": fs.dim, "skipped": len(skipped), "backbone": model.name,
+        "device": str(dev), "dtype": dtype, "labels": fs.labels is not None,
+        "classes": len(fs.meta["class_names"]) if "class_names" in fs.meta else None,
+        "seconds": round(seconds, 3), "images_per_s": round(fs.n / max(seconds, 1e-9), 2),
+    }
+    if json_out:
+        emit_json(summary)
+    else:
+        extra = f", {summary['classes']} classes" if summary["classes"] else (", labelled" if summary["labels"] else ", unlabelled")
+        stdout.print(
+            f"{fs.n} images -> {out}: D={fs.dim} {dtype}{extra}, {model.name} on {dev}, "
+            f"{summary['images_per_s']:.1f} images/s" + (f", {len(skipped)} skipped" if skipped else ""),
+            soft_wrap=True,
+        )
