@@ -49,7 +49,7 @@ REGISTRY: dict[str, str] = {
     "filter": "dlsa_cli.flowfilter:summary",
     "split": "dlsa_cli.flowfilter:split_summary",
     "classifier": "dlsa_cli.classifier:summary",
-    "cascade": "dlsa_cli.classifier:cascade_summary",
+    "cascade": "dlsa_cli.cascade:summary",  # a cascade folder or its cascade.json
 }
 
 _FEATURE_SUFFIXES = (".npz", ".npy", ".pt", ".pth", ".h5", ".hdf5")
@@ -95,7 +95,12 @@ def _resolve(kind: str) -> Callable[[Path], dict[str, Any]] | None:
 
 
 def summarize(path: str | Path) -> dict[str, Any]:
-    """Summary dict of any file (see the module docstring for its shape)."""
+    """Summary dict of any file, or of a cascade folder (see the module docstring for its shape)."""
+    if Path(path).is_dir():
+        fn = _resolve("cascade")
+        if fn is None:
+            raise InputError("is a folder; inspect summarises files", path=path, hint="name a file in it")
+        return fn(Path(path))
     p = require_file(path)
     kind, sure = _detect(p)
     if not sure:  # a Parquet file from another tool: a feature table if it reads as one
@@ -236,8 +241,9 @@ def predictions_summary(path: str | Path) -> dict[str, Any]:
     want = [c for c in ("label", "prediction", "route") if c in names]
     table = read_table(p, want)[0]
     fields: dict[str, Any] = {"rows": rows, "columns": ", ".join(names)}
-    if "num_classes" in meta:
-        fields["classes"] = meta["num_classes"]
+    for key, name in (("num_classes", "classes"), ("model", "model")):
+        if key in meta:
+            fields[name] = meta[key]
     fields["train counts recorded"] = "yes" if "train_counts" in meta else "no"
     if "label" in names and "prediction" in names and rows:
         y = table.column("label").to_numpy(zero_copy_only=False)

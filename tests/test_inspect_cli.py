@@ -161,3 +161,14 @@ def test_unlabelled_canonical_file_has_no_profile(tmp_path):
     write_features(p, FeatureSet(np.ones((4, 3), np.float32)))
     s = inspection.summarize(p)
     assert s["fields"]["samples (N)"] == 4 and s["tables"] == []
+
+
+def test_a_folder_is_a_cascade_or_a_clear_error(tmp_path, monkeypatch):
+    from dlsa_cli.errors import InputError
+
+    monkeypatch.setitem(inspection.REGISTRY, "cascade", "dlsa_cli.not_a_module:summary")
+    with pytest.raises(InputError, match="is a folder"):
+        inspection.summarize(tmp_path)
+    seen = []
+    monkeypatch.setattr(inspection, "_resolve", lambda kind: (lambda p: seen.append((kind, p)) or {"kind": kind}))
+    assert inspection.summarize(tmp_path) == {"kind": "cascade"} and seen == [("cascade", tmp_path)]

@@ -13,7 +13,7 @@ from dlsa_cli.inspection import render, summarize
 
 @command("inspect")
 def inspect_cmd(
-    file: Annotated[str, typer.Argument(help="Any file dlsa reads or writes: features (any format), filter, split, classifier, predictions, counts.", show_default=False)],
+    file: Annotated[str, typer.Argument(help="Any file dlsa reads or writes: features (any format), filter, split, classifier, predictions, counts; or a cascade folder.", show_default=False)],
     json_out: JsonOpt = False,
 ) -> None:
     """Summarise any file the tool reads or writes.
