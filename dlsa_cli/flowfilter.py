@@ -357,7 +357,7 @@ class FlowFilter:
         latent: bool = False,
     ) -> FilterScores:
         """log p(x), cluster and route of every row of x (N, D), in batches (eval mode)."""
-        xt = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+        xt = x if isinstance(x, torch.Tensor) else np.asarray(x)  # numpy is converted batch by batch
         if xt.ndim != 2:
             raise ModelMismatchError(f"features must be (N, D), got shape {tuple(xt.shape)}", path=self.path)
         self.check_dim(int(xt.shape[1]))
@@ -373,7 +373,8 @@ class FlowFilter:
         self.flow.eval()
         with torch.inference_mode():
             for s in range(0, n, batch_size):
-                xb = xt[s : s + batch_size].to(dev, torch.float32)  # (B, D)
+                xb = xt[s : s + batch_size]
+                xb = xb.to(dev, torch.float32) if isinstance(xb, torch.Tensor) else torch.tensor(xb, dtype=torch.float32, device=dev)  # (B, D)
                 logp, comp, z = self.flow.log_prob(xb)
                 ll[s : s + len(xb)] = logp.double().cpu().numpy()
                 cl[s : s + len(xb)] = comp.argmax(1).cpu().numpy()
