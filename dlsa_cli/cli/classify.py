@@ -1,23 +1,247 @@
-"""CLI for `fit-classifier`."""
+"""CLI for `fit-classifier` and `predict`."""
 
 from __future__ import annotations
 
-from dlsa_cli.cli.common import command, not_built
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dlsa_cli.cli.common import DeviceOpt, JsonOpt, QuietOpt, Reporter, SeedOpt, command, emit_json, stdout
+from dlsa_cli.errors import InputError
 
 
 @command("fit-classifier")
-def fit_classifier_cmd() -> None:
-    """Train a regular or cluster-aided classifier.
+def fit_classifier_cmd(
+    train: Annotated[Path, typer.Argument(help="Training feature file with labels (for a branch: its routed or rest part).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Classifier file to write (.safetensors).")],
+    val: Annotated[
+        Path | None,
+        typer.Option("--val", help="Validation feature file that chooses the epoch (default: a stratified 20% carved from TRAIN)."),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="linear or cosine (default: the --init classifier's kind, else linear).")
+    ] = None,
+    loss: Annotated[str, typer.Option("--loss", help="ce, bsm (Balanced Softmax) or la (logit-adjusted CE).")] = "bsm",
+    sampler: Annotated[str, typer.Option("--sampler", help="uniform, or balanced (CBS: classes drawn uniformly).")] = "uniform",
+    epochs: Annotated[int, typer.Option("--epochs", help="Training epochs; the best on validation is kept.")] = 150,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per SGD step.")] = 128,
+    lr: Annotated[
+        float | None, typer.Option("--lr", help="Learning rate (default 0.03 from scratch, 3e-4 when fine-tuning from --init).")
+    ] = None,
+    lr_side: Annotated[
+        float | None, typer.Option("--lr-side", help="Cluster-aided only: learning rate of FC_b([side, prior]) (default: --lr).")
+    ] = None,
+    momentum: Annotated[float, typer.Option("--momentum", help="SGD momentum.")] = 0.9,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", help="SGD weight decay.")] = 0.0,
+    la_tau: Annotated[float, typer.Option("--la-tau", help="Strength of the logit-adjusted loss (1 = Balanced Softmax).")] = 1.0,
+    init: Annotated[
+        Path | None,
+        typer.Option(
+            "--init",
+            help="Start from a classifier trained on ALL training data (a classifier file, or a backbone head "
+            "with weight (C, D) and bias (C,) as .safetensors / .pt). Required for branch classifiers unless --from-scratch.",
+        ),
+    ] = None,
+    from_scratch: Annotated[
+        bool, typer.Option("--from-scratch", help="Train a branch classifier from scratch on its subset (the authors' way; loses few-shot).")
+    ] = False,
+    filter_path: Annotated[
+        Path | None, typer.Option("--filter", help="The depth's filter: makes the classifier cluster-aided.")
+    ] = None,
+    side_input: Annotated[
+        str, typer.Option("--input", help="Cluster-aided: FC_b sees the features (default) or the flow's latent z.")
+    ] = "features",
+    prior_train: Annotated[
+        str,
+        typer.Option("--prior-train", help="Cluster-aided: the prior a training sample sees: plain (the filter's table) or loo (without itself)."),
+    ] = "plain",
+    loss_counts: Annotated[
+        str,
+        typer.Option("--loss-counts", help="n_j of bsm/la on a subset: all (original training counts) or subset (its own counts)."),
+    ] = "all",
+    posthoc: Annotated[
+        str, typer.Option("--posthoc", help="none, la (logit adjustment) or tau (tau-normalisation); strength chosen on validation.")
+    ] = "none",
+    val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of each class carved for validation when --val is not given.")] = 0.2,
+    allow_missing_val_classes: Annotated[
+        bool,
+        typer.Option("--allow-missing-val-classes", help="Accept a validation file that lacks some training classes (routed subsets do)."),
+    ] = False,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train a regular (linear / cosine) or cluster-aided classifier.
 
-    Example: [bold]dlsa fit-classifier train.safetensors -o clf.safetensors[/]
+    The epoch is chosen by balanced accuracy on --val (or on a stratified split
+    carved from TRAIN: 20% of each class with two or more samples; a class with
+    a single sample stays in training). The test set is never an input.
+
+    With --filter the classifier is cluster-aided: logits = FC_a(x) + FC_b([x or z, P(y | cluster)]).
+    A branch classifier (cluster-aided, or regular on a "rest" file) starts from
+    --init, the classifier trained on all training data, with a small learning rate.
+
+    Example: [bold]dlsa fit-classifier train.safetensors --val val.safetensors -o baseline.safetensors[/]
     """
-    not_built("fit-classifier", "issue 4")
+    from dlsa_cli.classifier import TrainConfig, fit_classifier
+    from dlsa_cli.device import resolve_device, seed_everything
+    from dlsa_cli.features import read_features
+    from dlsa_cli.files import provenance
+
+    rep = Reporter(quiet)
+    cfg = TrainConfig(
+        model=model,
+        loss=loss,
+        sampler=sampler,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        lr_side=lr_side,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        la_tau=la_tau,
+        bsm_counts=loss_counts,
+        side_input=side_input,
+        prior_train=prior_train,
+        posthoc=posthoc,
+        val_fraction=val_fraction,
+        allow_missing_val_classes=allow_missing_val_classes,
+        seed=seed,
+    )
+    cfg.check()
+    if init is not None and from_scratch:
+        raise InputError("--init and --from-scratch exclude each other", hint="pick one")
+    dev = resolve_device(device)
+    train_fs = read_features(train, require_labels=True)
+    val_fs = read_features(val, require_labels=True) if val is not None else None
+    flt = None
+    if filter_path is not None:
+        from dlsa_cli.flowfilter import FlowFilter
+
+        flt = FlowFilter.load(filter_path, device=dev)
+        if init is None and not from_scratch:
+            raise InputError(
+                "a cluster-aided classifier starts from the classifier trained on all training data",
+                hint="pass --init BASELINE (or --from-scratch to train it on the routed samples alone)",
+            )
+        sha = train_fs.meta.get("filter_sha256")
+        if sha:
+            from dlsa_cli.files import file_sha256
+
+            if sha != file_sha256(filter_path):
+                rep.warn(f"{train} was split by another filter than {filter_path}")
+    elif train_fs.meta.get("part") == "rest" and init is None and not from_scratch:
+        raise InputError(
+            "is the rest of a split: the final regular classifier starts from the classifier trained on all training data",
+            path=train,
+            hint="pass --init BASELINE (or --from-scratch)",
+        )
+    seed_everything(seed)
+    t0 = time.perf_counter()
+    with rep.progress("fit-classifier", total=epochs) as update:
+        clf, report = fit_classifier(
+            train_fs,
+            val_fs,
+            cfg,
+            init=init,
+            flt=flt,
+            filter_path=filter_path,
+            device=dev,
+            progress=lambda e, n, s: update(1, text=f"loss {s['loss']:.3f}  val bal. acc {s['val_balanced']:.3f}  best epoch {s['best_epoch']}"),
+        )
+    seconds = time.perf_counter() - t0
+    inputs = [p for p in (train, val, init, filter_path) if p is not None]
+    prov = provenance("fit-classifier", {k: v for k, v in cfg.__dict__.items()} | {"init": init, "filter": filter_path, "device": str(dev)}, inputs, seed)
+    clf.meta["seconds"] = seconds
+    clf.save(out, prov=prov)
+    result = {
+        "output": str(out),
+        "model": clf.kind,
+        "dim": clf.dim,
+        "classes": clf.num_classes,
+        "loss": cfg.loss,
+        "sampler": cfg.sampler,
+        "init": clf.meta["init"]["source"],
+        "train_samples": report.train_samples,
+        "val_samples": report.val_samples,
+        "val_source": report.val_source,
+        "epoch": report.epoch,
+        "epochs": epochs,
+        "lr": report.lr,
+        "val_balanced_accuracy": report.val_balanced,
+        "val_accuracy": report.val_accuracy,
+        "posthoc": {k: report.posthoc[k] for k in ("kind", "tau")},
+        "seconds": round(seconds, 2),
+    }
+    if json_out:
+        emit_json(result)
+    else:
+        ph = result["posthoc"]
+        ph_text = "" if ph["kind"] == "none" else f", post-hoc {ph['kind']} tau {ph['tau']:g}"
+        stdout.print(
+            f"{clf.kind} classifier -> {out}: epoch {report.epoch}/{epochs} chosen on {report.val_samples} validation samples, "
+            f"balanced acc {report.val_balanced:.4f}, acc {report.val_accuracy:.4f}{ph_text} ({seconds:.1f} s)"
+        )
 
 
 @command("predict")
-def predict_cmd() -> None:
+def predict_cmd(
+    model: Annotated[Path, typer.Argument(help="A classifier file, or a cascade (its folder or cascade.json).")],
+    features: Annotated[Path, typer.Argument(help="Feature file to predict (labels, when present, are copied through).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Predictions table to write (.parquet).")],
+    topk: Annotated[int, typer.Option("--topk", help="How many top classes to keep per sample.")] = 5,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per forward pass.")] = 4096,
+    filter_path: Annotated[
+        Path | None, typer.Option("--filter", help="For a cluster-aided classifier alone: the filter it was trained with.")
+    ] = None,
+    device: DeviceOpt = "auto",
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
     """Predict with one classifier or a whole DLSA cascade.
+
+    Writes a Parquet table: id, label (when known), prediction, score, topk_labels,
+    topk_scores, and for a cascade the route each sample took (route, depth, branch).
 
     Example: [bold]dlsa predict cascade/ test.safetensors -o pred.parquet[/]
     """
-    not_built("predict", "issue 4")
+    from dlsa_cli.cascade import Cascade, load_model, predict, write_predictions
+    from dlsa_cli.device import resolve_device
+    from dlsa_cli.features import read_features
+    from dlsa_cli.files import provenance
+
+    Reporter(quiet)
+    if topk < 1:
+        raise InputError(f"--topk {topk}: must be at least 1")
+    if batch_size < 1:
+        raise InputError(f"--batch-size {batch_size}: must be at least 1")
+    dev = resolve_device(device)
+    mdl = load_model(model)
+    fs = read_features(features)
+    flt = None
+    if filter_path is not None:
+        from dlsa_cli.flowfilter import FlowFilter
+
+        flt = FlowFilter.load(filter_path, device=dev)
+    t0 = time.perf_counter()
+    pred = predict(mdl, fs, batch_size=batch_size, device=dev, flt=flt)
+    inputs: list[Path] = [features]
+    if isinstance(mdl, Cascade):
+        inputs += [mdl.spec.manifest, *mdl.spec.filters, *mdl.spec.classifiers, mdl.spec.final]
+    else:
+        inputs.append(model)
+    prov = provenance("predict", {"model": model, "topk": topk, "device": str(dev)}, inputs)
+    report = write_predictions(out, fs, pred, mdl, topk=topk, prov=prov)
+    report["output"] = str(out)
+    report["seconds"] = round(time.perf_counter() - t0, 3)
+    if json_out:
+        emit_json(report)
+    else:
+        acc = f", accuracy {report['accuracy']:.4f}" if "accuracy" in report else ""
+        routes = ""
+        if "routes" in report:
+            routes = ", routes " + " ".join(f"{k}={v}" for k, v in report["routes"].items())
+        stdout.print(f"{report['samples']} predictions ({report['model']}) -> {out}{acc}{routes}")
