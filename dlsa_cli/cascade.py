@@ -214,7 +214,12 @@ class Cascade:
                 take = left[sc.routed]
                 if len(take):
                     prior = flt.cluster_prior.float().cpu().numpy()[sc.cluster[sc.routed]]  # (b, C)
-                    side = sc.latent[sc.routed] if clf.side_input == "latent" else xb[take]
+                    if clf.side_input == "latent":
+                        side = sc.latent[sc.routed]
+                    elif clf.side_input == "none":
+                        side = np.zeros((len(take), 0), dtype=np.float32)
+                    else:
+                        side = xb[take]
                     out[s + take] = clf.logits(xb[take], side=side, prior=prior, device=device)
                     route[s + take] = d
                 left = left[~sc.routed]

@@ -68,7 +68,7 @@ MODELS = ("linear", "cosine", "cluster-aided")
 LOSSES = ("ce", "bsm", "la")
 SAMPLERS = ("uniform", "balanced")
 POSTHOC = ("none", "la", "tau")
-SIDE_INPUTS = ("latent", "features")
+SIDE_INPUTS = ("features", "latent", "none")
 BSM_COUNTS = ("all", "subset")
 PRIOR_TRAIN = ("plain", "loo")
 
@@ -90,6 +90,8 @@ class TrainConfig:
     in the subset file's metadata), `subset` = the subset's own counts.
     `prior_train`: the prior row a TRAINING sample sees: `plain` = the filter's
     table, `loo` = its cluster's counts without the sample itself.
+    `select`: `best` keeps the epoch with the best validation balanced accuracy
+    (epoch 0, the starting point, included); `last` keeps the last epoch.
     `model`: the kind of the (FC_a) head, linear or cosine; None = the init
     classifier's kind, else linear. A filter makes the classifier cluster-aided.
     """
@@ -111,6 +113,7 @@ class TrainConfig:
     posthoc: str = "none"
     val_fraction: float = 0.2
     allow_missing_val_classes: bool = False
+    select: str = "best"
     seed: int = 0
 
     def check(self) -> None:
@@ -124,6 +127,7 @@ class TrainConfig:
             ("side_input", self.side_input, SIDE_INPUTS),
             ("bsm_counts", self.bsm_counts, BSM_COUNTS),
             ("prior_train", self.prior_train, PRIOR_TRAIN),
+            ("select", self.select, ("best", "last")),
         ):
             if value not in allowed:
                 raise InputError(f"--{name.replace('_', '-')} {value}: use one of {', '.join(allowed)}")
@@ -460,7 +464,12 @@ def cluster_inputs(
     scores = flt.score(x, batch_size=batch_size, device=device, latent=side_input == "latent")
     prior_table = np.asarray(torch.as_tensor(flt.cluster_prior).float().cpu().numpy())  # (K, C)
     cluster = np.asarray(scores.cluster, dtype=np.int64)
-    side = np.asarray(scores.latent, dtype=np.float32) if side_input == "latent" else np.asarray(x, dtype=np.float32)
+    if side_input == "latent":
+        side = np.asarray(scores.latent, dtype=np.float32)
+    elif side_input == "none":  # FC_b sees the prior alone
+        side = np.zeros((len(cluster), 0), dtype=np.float32)
+    else:
+        side = np.asarray(x, dtype=np.float32)
     return cluster, side, prior_table[cluster]
 
 
@@ -498,6 +507,7 @@ def fit_classifier(
     filter_path: str | Path | None = None,
     device: torch.device | str = "cpu",
     progress: ProgressFn | None = None,
+    train_offset: np.ndarray | None = None,
 ) -> tuple[Classifier, FitReport]:
     """Train a classifier on `train`, choosing the epoch on `val` (or a carved split).
 
@@ -508,7 +518,7 @@ def fit_classifier(
     device = torch.device(device)
     work = cfg.batch_size * train.dim * max(_num_classes(train) if train.labels is not None else 1, 1)
     with _cpu_threads(device, work):
-        return _fit(train, val, cfg, init=init, flt=flt, filter_path=filter_path, device=device, progress=progress)
+        return _fit(train, val, cfg, init=init, flt=flt, filter_path=filter_path, device=device, progress=progress, train_offset=train_offset)
 
 
 def _fit(
@@ -521,6 +531,7 @@ def _fit(
     filter_path: str | Path | None,
     device: torch.device,
     progress: ProgressFn | None,
+    train_offset: np.ndarray | None = None,
 ) -> tuple[Classifier, FitReport]:
     cfg.check()
     device = torch.device(device)
@@ -657,6 +668,13 @@ def _fit(
         module.train()
         return balanced_accuracy(torch.cat(preds).to(yv_t.device), yv_t, c)
 
+    offset = None
+    if train_offset is not None:
+        assert val is not None
+        offset = _as_tensor(train_offset, data_dev)
+        for p_ in module.a.parameters():
+            p_.requires_grad_(False)
+        opt.param_groups[:] = [g for g in opt.param_groups if g["params"] and all(q.requires_grad for q in g["params"])]
     gen = torch.Generator(device=data_dev.type if data_dev.type != "cuda" else data_dev).manual_seed(cfg.seed)
     bal0, acc0 = evaluate()
     history = [{"epoch": 0, "loss": float("nan"), "val_balanced": bal0, "val_accuracy": acc0}]
@@ -665,7 +683,10 @@ def _fit(
     for epoch in range(1, cfg.epochs + 1):
         total, seen = torch.zeros((), device=device), 0
         for idx in draw_batches(y, cfg.sampler, cfg.batch_size, gen):
-            logits = forward(idx, x, side, prior)  # (B, C)
+            if offset is not None:  # stacking: honest (out-of-fold) FC_a logits, only FC_b learns
+                logits = offset[idx] + module.b(torch.cat([side[idx], prior[idx]], dim=1))
+            else:
+                logits = forward(idx, x, side, prior)  # (B, C)
             if shift is not None:
                 logits = logits + shift
             yb = y[idx].to(device, non_blocking=True)
@@ -682,7 +703,7 @@ def _fit(
             )
         bal, acc = evaluate()
         history.append({"epoch": epoch, "loss": mean_loss, "val_balanced": bal, "val_accuracy": acc})
-        if bal > best[0]:
+        if bal > best[0] or (cfg.select == "last" and epoch == cfg.epochs):
             best = (bal, acc, epoch, _snapshot(module))
         if progress is not None:
             progress(epoch, cfg.epochs, {"loss": mean_loss, "val_balanced": bal, "best_epoch": best[2]})

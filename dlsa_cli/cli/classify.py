@@ -69,6 +69,9 @@ def fit_classifier_cmd(
         bool,
         typer.Option("--allow-missing-val-classes", help="Accept a validation file that lacks some training classes (routed subsets do)."),
     ] = False,
+    select: Annotated[
+        str, typer.Option("--select", help="Which epoch to keep: best (on validation, the start included) or last.")
+    ] = "best",
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
@@ -109,6 +112,7 @@ def fit_classifier_cmd(
         posthoc=posthoc,
         val_fraction=val_fraction,
         allow_missing_val_classes=allow_missing_val_classes,
+        select=select,
         seed=seed,
     )
     cfg.check()
