@@ -622,8 +622,7 @@ def extract_features(
     model = backbone.module.to(dev).eval()
     if backbone.channels_last and not isinstance(model, torch.jit.ScriptModule):
         model = model.to(memory_format=torch.channels_last)
-    if half:
-        model = model.half()
+    model = model.half() if half else model.float()  # .to/.half act in place: undo an earlier half run
     compute_dtype = torch.float16 if half else torch.float32
     out_dtype = np.dtype(dtype)
 

@@ -93,8 +93,8 @@ def extract_cmd(
     mean_t, std_t = _triple(mean, "mean"), _triple(std, "std")
     dev = resolve_device(device)
 
+    model = ex.load_backbone(backbone, weights=weights)  # first: cheap, while listing a big folder is not
     image_list = ex.read_image_list(images, root=root)
-    model = ex.load_backbone(backbone, weights=weights)
     d = model.preprocess
     pre = ex.Preprocess(
         resize=d.resize if resize is None else resize,
