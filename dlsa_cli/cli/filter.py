@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -15,6 +16,10 @@ _PRESETS = ("imagenet-lt", "places-lt", "inat18")
 
 
 def _opt(*names: str, help: str) -> Any:
+    """An option whose value None means "from --preset or the paper's default", shown as `[default: X]` text."""
+    m = re.search(r" \[default: ([^\]]+)\]\.?$", help)
+    if m:
+        return typer.Option(*names, help=help[: m.start()] + ".", show_default=m.group(1))
     return typer.Option(*names, help=help, show_default=False)
 
 
@@ -41,7 +46,7 @@ def fit_filter_cmd(
     max_cluster_share: Annotated[Optional[float], _opt("--max-cluster-share", help="Epochs whose largest cluster holds this share of the samples or more are not kept (the paper's 5000 of 115,846 is 0.043) [default: 0.05].")] = None,
     select: Annotated[Optional[str], _opt("--select", help="Which epoch to keep: good-clusters (the paper's rule) or last [default: good-clusters].")] = None,
     depth: Annotated[Optional[int], _opt("--depth", help="Depth to record [default: the input's depth + 1 for a split's rest file, else 1].")] = None,
-    allow_singletons: Annotated[Optional[bool], typer.Option("--allow-singletons/--no-singletons", help="Train with classes of a single sample [default: only at depth > 1].", show_default=False)] = None,
+    allow_singletons: Annotated[Optional[bool], typer.Option("--allow-singletons/--no-singletons", help="Train with classes of a single sample.", show_default="only at depth > 1")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed on the same device repeats a run.")] = 0,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
