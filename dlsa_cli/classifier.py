@@ -668,13 +668,20 @@ def _fit(
         module.train()
         return balanced_accuracy(torch.cat(preds).to(yv_t.device), yv_t, c)
 
-    offset = None
+    # Honest starting logits: a classifier trained on all data has memorised its own
+    # training samples, so fine-tuning it on them gives almost no signal. With
+    # `train_offset` (out-of-fold logits of the init classifier, (N, C)) the training
+    # logits become f(x) + (offset - f_init(x)): the model starts where the init
+    # classifier stands on samples it has NOT seen, and learns from those mistakes.
+    correction = None
     if train_offset is not None:
-        assert val is not None
-        offset = _as_tensor(train_offset, data_dev)
-        for p_ in module.a.parameters():
-            p_.requires_grad_(False)
-        opt.param_groups[:] = [g for g in opt.param_groups if g["params"] and all(q.requires_grad for q in g["params"])]
+        with torch.no_grad():
+            module.eval()
+            init_logits = torch.cat(
+                [forward(slice(s_, s_ + 4096), x, side, prior) for s_ in range(0, x.shape[0], 4096)]
+            ).to(data_dev)
+            module.train()
+        correction = _as_tensor(train_offset, data_dev) - init_logits  # (N, C)
     gen = torch.Generator(device=data_dev.type if data_dev.type != "cuda" else data_dev).manual_seed(cfg.seed)
     bal0, acc0 = evaluate()
     history = [{"epoch": 0, "loss": float("nan"), "val_balanced": bal0, "val_accuracy": acc0}]
@@ -683,10 +690,9 @@ def _fit(
     for epoch in range(1, cfg.epochs + 1):
         total, seen = torch.zeros((), device=device), 0
         for idx in draw_batches(y, cfg.sampler, cfg.batch_size, gen):
-            if offset is not None:  # stacking: honest (out-of-fold) FC_a logits, only FC_b learns
-                logits = offset[idx] + module.b(torch.cat([side[idx], prior[idx]], dim=1))
-            else:
-                logits = forward(idx, x, side, prior)  # (B, C)
+            logits = forward(idx, x, side, prior)  # (B, C)
+            if correction is not None:
+                logits = logits + correction[idx].to(device, non_blocking=True)
             if shift is not None:
                 logits = logits + shift
             yb = y[idx].to(device, non_blocking=True)

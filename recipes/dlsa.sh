@@ -5,6 +5,8 @@
 #
 # TRAIN, VAL, TEST: feature files with labels (.safetensors, .npz, .h5, .pt,
 # .parquet, ...); VAL chooses every epoch, TEST is only predicted and scored.
+# VAL may be "-": each classifier then carves its validation from its own
+# training file (20% of each class, stratified).
 # It fits
 #   1. the baseline: one classifier on all of TRAIN;
 #   2. the DLSA cascade with the same classifier settings: for each depth, a
@@ -31,6 +33,8 @@
 #   --sampler S          uniform or balanced (default uniform)
 #   --epochs E           classifier epochs (default 150)
 #   --lr LR              baseline learning rate (default: fit-classifier's, 0.03)
+#   --baseline-init HEAD start the baseline from a backbone's own head (weight (C, D), bias (C,),
+#                        .safetensors or .pt) and fine-tune it with --lr, as the paper does for PaCo
 #   --branch-lr LR       learning rate of branch classifiers (default: fit-classifier's, 3e-4)
 #   --from-scratch       train branch classifiers from scratch on their subsets (the authors' way)
 #   --input I            what FC_b of the cluster-aided classifier sees: features or latent
@@ -39,7 +43,7 @@
 #   --device D           auto, cpu, cuda, cuda:N (default auto)
 set -euo pipefail
 
-usage() { sed -n '2,40p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit "${1:-2}"; }
 [[ $# -ge 1 && ( $1 == -h || $1 == --help ) ]] && usage 0
 [[ $# -lt 4 ]] && { echo "usage: bash recipes/dlsa.sh TRAIN VAL TEST OUTDIR [options] (--help for more)" >&2; exit 2; }
 
@@ -62,6 +66,7 @@ while [[ $# -gt 0 ]]; do
     --sampler) CLF+=(--sampler "$2"); shift 2 ;;
     --epochs) CLF+=(--epochs "$2"); shift 2 ;;
     --lr) BASE_LR=(--lr "$2"); shift 2 ;;
+    --baseline-init) BASE_INIT=(--init "$2"); shift 2 ;;
     --branch-lr) BRANCH+=(--lr "$2"); shift 2 ;;
     --from-scratch) SCRATCH=1; shift ;;
     --input) BRANCH+=(--input "$2"); shift 2 ;;
@@ -73,6 +78,7 @@ while [[ $# -gt 0 ]]; do
 done
 [[ $DEPTH =~ ^[1-9][0-9]*$ ]] || { echo "dlsa.sh: --depth must be a positive integer, got $DEPTH" >&2; exit 2; }
 for f in "$TRAIN" "$VAL" "$TEST"; do
+  [[ $f == - && $f == "$VAL" ]] && continue
   [[ -f $f ]] || { echo "dlsa.sh: $f: no such file" >&2; exit 2; }
 done
 
@@ -80,16 +86,18 @@ COMMON=(--seed "$SEED" --device "$DEVICE" --quiet)
 mkdir -p "$OUT/inputs"
 # Link the inputs under fixed names so that `dlsa split` names its outputs train.*, val.*, test.*.
 link() { ln -sf "$(cd "$(dirname "$1")" && pwd)/$(basename "$1")" "$OUT/inputs/$2.${1##*.}"; echo "$OUT/inputs/$2.${1##*.}"; }
-TRAIN=$(link "$TRAIN" train) VAL=$(link "$VAL" val) TEST=$(link "$TEST" test)
+TRAIN=$(link "$TRAIN" train) TEST=$(link "$TEST" test)
+if [[ $VAL != - ]]; then VAL=$(link "$VAL" val); fi
 step() { echo "== $*" >&2; }
+# No validation file (VAL "-", or a depth whose validation part is empty): the classifier carves one from its training file.
+val_opt() { VAL_OPT=(); if [[ -f $1 ]]; then VAL_OPT=(--val "$1"); fi; }
 
 step "baseline: one classifier on all training data"
-dlsa fit-classifier "$TRAIN" --val "$VAL" -o "$OUT/baseline.safetensors" ${CLF[@]+"${CLF[@]}"} ${BASE_LR+"${BASE_LR[@]}"} "${COMMON[@]}" >&2
+val_opt "$VAL"
+dlsa fit-classifier "$TRAIN" ${VAL_OPT[@]+"${VAL_OPT[@]}"} -o "$OUT/baseline.safetensors" ${CLF[@]+"${CLF[@]}"} ${BASE_LR+"${BASE_LR[@]}"} ${BASE_INIT+"${BASE_INIT[@]}"} "${COMMON[@]}" >&2
 
 if [[ -n ${SCRATCH:-} ]]; then START=(--from-scratch); else START=(--init "$OUT/baseline.safetensors"); fi
 BRANCH_ARGS=(${CLF[@]+"${CLF[@]}"} "${START[@]}" ${BRANCH[@]+"${BRANCH[@]}"} --allow-missing-val-classes "${COMMON[@]}")
-# A depth whose validation part is empty (no file) carves its validation from its training part.
-val_opt() { VAL_OPT=(); if [[ -f $1 ]]; then VAL_OPT=(--val "$1"); fi; }
 
 # `dlsa split` names its outputs after its inputs: NAME.routed.safetensors and NAME.rest.safetensors.
 stem() { local b; b=$(basename "$1"); echo "${b%.*}"; }
