@@ -10,9 +10,10 @@ filter per depth is trained (depth d on the samples no earlier filter routed)
 and shared by every classifier, as in the paper. For each classifier type:
   - the baseline: one classifier on all training data;
   - DLSA at depth k: filters 1..k, a cluster-aided classifier per depth on its
-    routed training samples (validated on its routed validation samples) and a
-    final regular classifier on what is left, every branch starting from the
-    baseline (the tool's default).
+    routed training samples (validated on its routed validation samples,
+    weighted so that the epoch maximises the whole validation set's balanced
+    accuracy, as recipes/dlsa.sh does) and a final regular classifier on what
+    is left, every branch starting from the baseline (the tool's default).
 Printed: overall / many / medium / few (mean per-class accuracy of the group)
 / MCC / NMI on the TEST split as mean +- std over seeds, the head-tail
 separation accuracy per depth, where routed and remaining test samples gain or
@@ -81,7 +82,9 @@ DESIGNS: dict[str, dict] = {
     "prior-only": dict(branch=dict(side_input="none")),
     "prior-loo": dict(branch=dict(prior_train="loo")),
     "branch-lr-3e-3": dict(branch=dict(lr=3e-3)),
+    "val-unweighted": dict(weighted=False),
     "honest-init": dict(branch=dict(lr=3e-2), honest=True),
+    "honest-init-prior-only": dict(branch=dict(lr=3e-2, side_input="none"), honest=True),
     "scratch": dict(scratch=True),
     "scratch-counts-all": dict(scratch=True, branch=dict(bsm_counts="all")),
     "scratch-counts-subset": dict(scratch=True, branch=dict(bsm_counts="subset")),
@@ -178,17 +181,19 @@ def build_cascades(sd: Seed, base_path: Path, cfg: TrainConfig, depths: list[int
         if "bsm_counts" not in design.get("branch", {}):
             branch = replace(branch, bsm_counts="subset")  # the authors' implementation
     init = None if design.get("scratch") else base_path
+    # as the recipe does: a branch's epoch maximises the WHOLE validation set's balanced accuracy
+    vcc = np.bincount(sd.val.labels, minlength=C) if design.get("weighted", True) else None
     clusters, out = [], {}
     for d in range(1, max(depths) + 1):
         rows = sd.routed["train"][d - 1]
         clusters.append(
             fit(sd.part("train", d, True), sd.part("val", d, True), branch, init=init, flt=filters[d - 1],
-                filter_path=filter_paths[d - 1], train_offset=None if oof is None else oof[rows])
+                filter_path=filter_paths[d - 1], train_offset=None if oof is None else oof[rows], val_class_counts=vcc)
         )
         if d in depths:
             rows = sd.left["train"][d]
             final = fit(sd.part("train", d, False), sd.part("val", d, False), branch, init=init,
-                        train_offset=None if oof is None else oof[rows])
+                        train_offset=None if oof is None else oof[rows], val_class_counts=vcc)
             out[d] = Cascade(None, filters[:d], clusters[:d], final)
     return out
 

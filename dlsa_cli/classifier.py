@@ -445,13 +445,20 @@ def loss_logit_shift(loss: str, counts: np.ndarray, la_tau: float = 1.0) -> np.n
     return (la_tau * np.log(c / c.sum())).astype(np.float32)
 
 
-def balanced_accuracy(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[float, float]:
-    """(mean per-class accuracy over classes present, plain accuracy)."""
+def balanced_accuracy(
+    pred: torch.Tensor, labels: torch.Tensor, num_classes: int, full_counts: torch.Tensor | None = None
+) -> tuple[float, float]:
+    """(mean per-class accuracy over classes present, plain accuracy).
+
+    With `full_counts` (C,), the per-class counts of a whole validation set of
+    which `labels` is a part, the first value is this part's contribution to
+    the whole set's balanced accuracy: sum_i hit_i / full_counts[y_i] / #classes.
+    """
     hit = (pred == labels).float()
-    per_n = torch.bincount(labels, minlength=num_classes).float()
     per_hit = torch.bincount(labels, weights=hit, minlength=num_classes)
+    per_n = torch.bincount(labels, minlength=num_classes).float() if full_counts is None else full_counts.float()
     present = per_n > 0
-    return float((per_hit[present] / per_n[present]).mean()), float(hit.mean())
+    return float((per_hit[present] / per_n[present]).sum() / present.sum().clamp_min(1)), float(hit.mean())
 
 
 def cluster_inputs(
@@ -508,17 +515,25 @@ def fit_classifier(
     device: torch.device | str = "cpu",
     progress: ProgressFn | None = None,
     train_offset: np.ndarray | None = None,
+    val_class_counts: np.ndarray | None = None,
 ) -> tuple[Classifier, FitReport]:
     """Train a classifier on `train`, choosing the epoch on `val` (or a carved split).
 
     `flt` (a `FlowFilter`) makes it cluster-aided; `init` (a classifier or head
     file) starts it from a classifier trained on all training data.
+    `train_offset` (N, C): out-of-fold logits of the init classifier on the
+    training samples (see `_fit`). `val_class_counts` (C,): per-class counts of
+    the whole validation set `val` was split from; the epoch then maximises the
+    whole set's balanced accuracy (each sample weighs 1 / its class's count in
+    the whole set), not the part's, whose rare classes would weigh as much as
+    the classes that really pass this branch.
     """
     cfg = config or TrainConfig()
     device = torch.device(device)
     work = cfg.batch_size * train.dim * max(_num_classes(train) if train.labels is not None else 1, 1)
     with _cpu_threads(device, work):
-        return _fit(train, val, cfg, init=init, flt=flt, filter_path=filter_path, device=device, progress=progress, train_offset=train_offset)
+        return _fit(train, val, cfg, init=init, flt=flt, filter_path=filter_path, device=device, progress=progress, train_offset=train_offset,
+                    val_class_counts=val_class_counts)
 
 
 def _fit(
@@ -532,6 +547,7 @@ def _fit(
     device: torch.device,
     progress: ProgressFn | None,
     train_offset: np.ndarray | None = None,
+    val_class_counts: np.ndarray | None = None,
 ) -> tuple[Classifier, FitReport]:
     cfg.check()
     device = torch.device(device)
@@ -666,7 +682,7 @@ def _fit(
         for s in range(0, xv.shape[0], 4096):
             preds.append(forward(slice(s, s + 4096), xv, side_v, prior_v).argmax(1))
         module.train()
-        return balanced_accuracy(torch.cat(preds).to(yv_t.device), yv_t, c)
+        return balanced_accuracy(torch.cat(preds).to(yv_t.device), yv_t, c, full_counts)
 
     # Honest starting logits: a classifier trained on all data has memorised its own
     # training samples, so fine-tuning it on them gives almost no signal. With
@@ -683,6 +699,13 @@ def _fit(
             module.train()
         correction = _as_tensor(train_offset, data_dev) - init_logits  # (N, C)
     gen = torch.Generator(device=data_dev.type if data_dev.type != "cuda" else data_dev).manual_seed(cfg.seed)
+    full_counts = None
+    if val_class_counts is not None:
+        full_counts = torch.as_tensor(np.asarray(val_class_counts), device=data_dev)
+        if full_counts.shape != (c,) or bool((full_counts < torch.bincount(yv_t, minlength=c)).any()):
+            raise InputError(
+                "the full validation counts do not cover this validation part", hint="pass the validation file it was split from"
+            )
     bal0, acc0 = evaluate()
     history = [{"epoch": 0, "loss": float("nan"), "val_balanced": bal0, "val_accuracy": acc0}]
     best = (bal0, acc0, 0, _snapshot(module))
@@ -725,7 +748,13 @@ def _fit(
         "loss_counts": cfg.bsm_counts,
         "init": init_info,
         "epoch": best[2],
-        "val": {"balanced_accuracy": best[0], "accuracy": best[1], "source": val_source, "samples": int(val_fs.n)},
+        "val": {
+            "balanced_accuracy": best[0],
+            "accuracy": best[1],
+            "source": val_source,
+            "samples": int(val_fs.n),
+            "weighted_by_full_counts": full_counts is not None,
+        },
         "hyper": asdict(cfg) | {"model": base_kind, "lr": lr, "lr_side": lr_side},
         "history": history,
         "train_samples": int(fit_fs.n),
@@ -748,7 +777,12 @@ def _fit(
         for tau in grid:
             meta["posthoc"] = {"kind": cfg.posthoc, "tau": float(tau)}
             lg = clf.logits(xv_np, side=sv, prior=pv, device=device)
-            scores.append(balanced_accuracy(torch.from_numpy(lg.argmax(1)), torch.as_tensor(val_fs.labels), c)[0])
+            scores.append(
+                balanced_accuracy(
+                    torch.from_numpy(lg.argmax(1)), torch.as_tensor(val_fs.labels), c,
+                    None if full_counts is None else full_counts.cpu(),
+                )[0]
+            )
         best_tau = float(grid[int(np.argmax(scores))])  # first maximum: the weakest adjustment among ties
         meta["posthoc"] = {
             "kind": cfg.posthoc,

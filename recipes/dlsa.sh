@@ -87,10 +87,17 @@ mkdir -p "$OUT/inputs"
 # Link the inputs under fixed names so that `dlsa split` names its outputs train.*, val.*, test.*.
 link() { ln -sf "$(cd "$(dirname "$1")" && pwd)/$(basename "$1")" "$OUT/inputs/$2.${1##*.}"; echo "$OUT/inputs/$2.${1##*.}"; }
 TRAIN=$(link "$TRAIN" train) TEST=$(link "$TEST" test)
-if [[ $VAL != - ]]; then VAL=$(link "$VAL" val); fi
+WHOLE_VAL=
+if [[ $VAL != - ]]; then VAL=$(link "$VAL" val) WHOLE_VAL=$VAL; fi
 step() { echo "== $*" >&2; }
 # No validation file (VAL "-", or a depth whose validation part is empty): the classifier carves one from its training file.
-val_opt() { VAL_OPT=(); if [[ -f $1 ]]; then VAL_OPT=(--val "$1"); fi; }
+# A branch sees part of the validation set; --val-weights-from (the whole VAL) makes its epoch the
+# one that maximises the WHOLE validation set's balanced accuracy, so its rare classes do not weigh more.
+val_opt() {
+  VAL_OPT=()
+  if [[ -f $1 ]]; then VAL_OPT=(--val "$1"); fi
+  if [[ -f $1 && -n ${2:-} ]]; then VAL_OPT+=(--val-weights-from "$2"); fi
+}
 
 step "baseline: one classifier on all training data"
 val_opt "$VAL"
@@ -114,7 +121,7 @@ for ((d = 1; d <= DEPTH; d++)); do
   dlsa split "$dir/filter.safetensors" "${parts[@]}" -o "$dir" --device "$DEVICE" --quiet >"$dir/split.txt"
   step "depth $d: cluster-aided classifier on the routed training samples"
   tr=$(stem "$cur_train") va=$(stem "$cur_val") te=$(stem "$cur_test")
-  val_opt "$dir/$va.routed.safetensors"
+  val_opt "$dir/$va.routed.safetensors" "$WHOLE_VAL"
   dlsa fit-classifier "$dir/$tr.routed.safetensors" ${VAL_OPT[@]+"${VAL_OPT[@]}"} \
     --filter "$dir/filter.safetensors" -o "$dir/cluster.safetensors" "${BRANCH_ARGS[@]}" >&2
   depths+=("$d")
@@ -122,7 +129,7 @@ for ((d = 1; d <= DEPTH; d++)); do
 done
 
 step "final regular classifier on the samples no filter routed"
-val_opt "$cur_val"
+val_opt "$cur_val" "$WHOLE_VAL"
 dlsa fit-classifier "$cur_train" ${VAL_OPT[@]+"${VAL_OPT[@]}"} -o "$OUT/final.safetensors" "${BRANCH_ARGS[@]}" >&2
 
 {

@@ -197,6 +197,23 @@ def test_val_missing_a_class_is_a_clean_error_unless_allowed(digits, tmp_path):
     assert r.returncode == 0, r.stderr and out.exists()
 
 
+def test_weighted_selection_is_the_part_of_the_whole_balanced_accuracy():
+    """A branch sees part of the validation set; weighting by the whole set's class counts
+    makes its score exactly its share of the whole set's balanced accuracy."""
+    from dlsa_cli.classifier import balanced_accuracy
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 7, (300,), generator=g)
+    p = torch.where(torch.rand(300, generator=g) < 0.7, y, torch.randint(0, 7, (300,), generator=g))
+    part = torch.rand(300, generator=g) < 0.3
+    full = torch.bincount(y, minlength=7)
+    whole = balanced_accuracy(p, y, 7)[0]
+    a = balanced_accuracy(p[part], y[part], 7, full)[0]
+    b = balanced_accuracy(p[~part], y[~part], 7, full)[0]
+    assert a + b == pytest.approx(whole, abs=1e-6)
+    assert balanced_accuracy(p[part], y[part], 7)[0] != pytest.approx(a)
+
+
 def test_epoch_choice_follows_validation_balanced_accuracy(baseline):
     clf = Classifier.load(baseline)
     hist = clf.meta["history"]

@@ -65,6 +65,14 @@ def fit_classifier_cmd(
         str, typer.Option("--posthoc", help="none, la (logit adjustment) or tau (tau-normalisation); strength chosen on validation.")
     ] = "none",
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of each class carved for validation when --val is not given.")] = 0.2,
+    val_weights_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--val-weights-from",
+            help="Branch classifiers: the whole validation file that --val was split from; each validation sample "
+            "then weighs 1 / its class's count there, so the epoch maximises the whole file's balanced accuracy.",
+        ),
+    ] = None,
     allow_missing_val_classes: Annotated[
         bool,
         typer.Option("--allow-missing-val-classes", help="Accept a validation file that lacks some training classes (routed subsets do)."),
@@ -121,6 +129,19 @@ def fit_classifier_cmd(
     dev = resolve_device(device)
     train_fs = read_features(train, require_labels=True)
     val_fs = read_features(val, require_labels=True) if val is not None else None
+    val_counts = None
+    if val_weights_from is not None:
+        import numpy as np
+
+        from dlsa_cli.features import num_classes, read_labels
+
+        if val_fs is None:
+            raise InputError("--val-weights-from needs --val (the part of that file this classifier sees)")
+        whole = read_labels(val_weights_from, require_labels=True)
+        c = num_classes(train_fs)
+        if whole.labels.size and int(whole.labels.max()) >= c:
+            raise InputError(f"label {int(whole.labels.max())} is out of range for {c} classes", path=val_weights_from)
+        val_counts = np.bincount(whole.labels, minlength=c)
     flt = None
     if filter_path is not None:
         from dlsa_cli.flowfilter import FlowFilter
@@ -154,10 +175,11 @@ def fit_classifier_cmd(
             flt=flt,
             filter_path=filter_path,
             device=dev,
+            val_class_counts=val_counts,
             progress=lambda e, n, s: update(1, text=f"loss {s['loss']:.3f}  val bal. acc {s['val_balanced']:.3f}  best epoch {s['best_epoch']}"),
         )
     seconds = time.perf_counter() - t0
-    inputs = [p for p in (train, val, init, filter_path) if p is not None]
+    inputs = [p for p in (train, val, init, filter_path, val_weights_from) if p is not None]
     prov = provenance("fit-classifier", {k: v for k, v in cfg.__dict__.items()} | {"init": init, "filter": filter_path, "device": str(dev)}, inputs, seed)
     clf.meta["seconds"] = seconds
     clf.save(out, prov=prov)
@@ -185,9 +207,10 @@ def fit_classifier_cmd(
     else:
         ph = result["posthoc"]
         ph_text = "" if ph["kind"] == "none" else f", post-hoc {ph['kind']} tau {ph['tau']:g}"
+        what = "share of the whole validation set's balanced acc" if val_counts is not None else "balanced acc"
         stdout.print(
             f"{clf.kind} classifier -> {out}: epoch {report.epoch}/{epochs} chosen on {report.val_samples} validation samples, "
-            f"balanced acc {report.val_balanced:.4f}, acc {report.val_accuracy:.4f}{ph_text} ({seconds:.1f} s)"
+            f"{what} {report.val_balanced:.4f}, acc {report.val_accuracy:.4f}{ph_text} ({seconds:.1f} s)"
         )
 
 
