@@ -31,7 +31,7 @@ def fit_classifier_cmd(
         float | None, typer.Option("--lr", help="Learning rate (default 0.03 from scratch, 3e-4 when fine-tuning from --init).")
     ] = None,
     lr_side: Annotated[
-        float | None, typer.Option("--lr-side", help="Cluster-aided only: learning rate of FC_b([side, prior]) (default: --lr).")
+        float | None, typer.Option("--lr-side", help="Cluster-aided only: learning rate of FC_b(\\[side, prior]) (default: --lr).")
     ] = None,
     momentum: Annotated[float, typer.Option("--momentum", help="SGD momentum.")] = 0.9,
     weight_decay: Annotated[float, typer.Option("--weight-decay", help="SGD weight decay.")] = 0.0,
@@ -91,7 +91,7 @@ def fit_classifier_cmd(
     carved from TRAIN: 20% of each class with two or more samples; a class with
     a single sample stays in training). The test set is never an input.
 
-    With --filter the classifier is cluster-aided: logits = FC_a(x) + FC_b([x or z, P(y | cluster)]).
+    With --filter the classifier is cluster-aided: logits = FC_a(x) + FC_b(\\[x or z, P(y | cluster)]).
     A branch classifier (cluster-aided, or regular on a "rest" file) starts from
     --init, the classifier trained on all training data, with a small learning rate.
 
