@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from dlsa_cli.cli.common import JsonOpt, QuietOpt, Reporter, SeedOpt, command, emit_json, stdout
+from dlsa_cli.cli.common import JsonOpt, SeedOpt, command, emit_json, stdout
 from dlsa_cli.errors import DlsaError
 from dlsa_cli.features import write_features
 from dlsa_cli.files import atomic_dir, provenance
@@ -27,7 +27,6 @@ def make_dataset_cmd(
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of each class's training part kept for validation.")] = 0.2,
     seed: SeedOpt = 0,
     json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
 ) -> None:
     """Build a real long-tailed benchmark (train / val / test feature files).
 
@@ -38,9 +37,13 @@ def make_dataset_cmd(
     """
     from dlsa_cli import datasets
 
-    Reporter(quiet)
     if name == "caltech101-lt":
         src = source or Path("../shared/data/caltech101_lite0.npz")
+        if source is None and not src.exists():
+            raise DlsaError(
+                f"caltech101-lt needs the Caltech-101 feature file, not found at {src}",
+                hint="pass --source PATH/caltech101_lite0.npz",
+            )
         splits = datasets.caltech101_lt(src, seed=seed, val_fraction=val_fraction)
         inputs = [src]
     elif name == "digits-lt":
