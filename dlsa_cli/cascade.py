@@ -402,7 +402,7 @@ def summary(path: str | Path) -> dict[str, Any]:
         "tables": [
             {
                 "title": "depths",
-                "columns": ["depth", "filter", "clusters", "share", "classifier", "loss", "epoch", "val balanced acc"],
+                "columns": ["depth", "filter", "clusters", "share", "classifier", "loss", "epoch", "val score"],
                 "rows": rows,
             }
         ],
