@@ -232,7 +232,7 @@ class Classifier:
     ) -> np.ndarray:
         """Logits (N, C) float32, post-hoc adjustment applied unless `posthoc=False`."""
         device = torch.device(device)
-        module = self.module.to(device).eval()
+        self.module.to(device).eval()
         adjust = self._posthoc_bias(device) if posthoc else None
         scale = self._posthoc_scale(device) if posthoc else None
         n = int(x.shape[0])

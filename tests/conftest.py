@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from types import SimpleNamespace
+
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,3 +46,37 @@ def caltech_lt():
     from dlsa_cli.datasets import caltech101_lt
 
     return caltech101_lt(CALTECH_NPZ, seed=0)
+
+
+def invoke(*args) -> SimpleNamespace:
+    """The real CLI in this process (CliRunner on the app), shaped like `run_cli`'s result."""
+    from typer.testing import CliRunner
+
+    from dlsa_cli.cli import app
+
+    r = CliRunner().invoke(app, [str(a) for a in args])
+    return SimpleNamespace(returncode=r.exit_code, stdout=r.stdout, stderr=r.stderr)
+
+
+def assert_clean_failure(r, out: Path, needle: str) -> None:
+    """Non-zero exit, one line on stderr containing `needle`, no traceback, nothing written at `out`."""
+    assert r.returncode != 0, r.stdout
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    assert needle in lines[0], lines[0]
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")], "temporary file left behind"
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> Path:
+    """scikit-learn's real digit scans made long-tailed (train counts 112..6), as feature files."""
+    from dlsa_cli.datasets import digits_lt
+    from dlsa_cli.features import write_features
+
+    d = tmp_path_factory.mktemp("digits")
+    s = digits_lt()
+    for name in ("train", "val", "test"):
+        write_features(d / f"{name}.safetensors", getattr(s, name), meta={"class_names": s.class_names})
+    return d

@@ -8,10 +8,10 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+
+from conftest import assert_clean_failure, invoke
 
 from dlsa_cli.cascade import Cascade, read_manifest, write_manifest
-from dlsa_cli.cli import app
 from dlsa_cli.datasets import digits_lt
 from dlsa_cli.features import read_features, write_features
 from dlsa_cli.files import read_table
@@ -22,23 +22,10 @@ FILTER = ["-k", "8", "--epochs", "3", "--batch-size", "64", "--hidden", "32", "-
 CLF = ["--epochs", "10", "--device", "cpu", "--quiet"]
 
 
-def invoke(*args) -> SimpleNamespace:
-    r = CliRunner().invoke(app, [str(a) for a in args])
-    return SimpleNamespace(returncode=r.exit_code, stdout=r.stdout, stderr=r.stderr)
-
-
 def ok(*args) -> SimpleNamespace:
     r = invoke(*args)
     assert r.returncode == 0, r.stderr
     return r
-
-
-def assert_clean_failure(r, out: Path, needle: str) -> None:
-    assert r.returncode != 0, r.stdout
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
-    assert needle in lines[0], lines[0]
-    assert not out.exists()
 
 
 @pytest.fixture(scope="module")

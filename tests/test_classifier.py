@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
-from typer.testing import CliRunner
+
+from conftest import assert_clean_failure, invoke
 
 from dlsa_cli.classifier import (
     Classifier,
@@ -20,39 +20,10 @@ from dlsa_cli.classifier import (
     fit_classifier,
     loss_logit_shift,
 )
-from dlsa_cli.cli import app
-from dlsa_cli.datasets import digits_lt
 from dlsa_cli.features import FeatureSet, read_features, write_features
 from dlsa_cli.files import read_safetensors, read_table
 
 C = 10  # digits classes
-
-
-def invoke(*args) -> SimpleNamespace:
-    """The real CLI in this process, shaped like `run_cli`'s result."""
-    r = CliRunner().invoke(app, [str(a) for a in args])
-    return SimpleNamespace(returncode=r.exit_code, stdout=r.stdout, stderr=r.stderr)
-
-
-def assert_clean_failure(r, out: Path, needle: str) -> None:
-    """Non-zero exit, one line on stderr naming the problem, nothing written."""
-    assert r.returncode != 0, r.stdout
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
-    assert "Traceback" not in r.stderr
-    assert needle in lines[0], lines[0]
-    assert not out.exists()
-    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")], "temporary file left behind"
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
-    """scikit-learn's real digit scans, long-tailed (train counts 112..6), as feature files."""
-    d = tmp_path_factory.mktemp("digits")
-    s = digits_lt()
-    for name in ("train", "val", "test"):
-        write_features(d / f"{name}.safetensors", getattr(s, name), meta={"class_names": s.class_names})
-    return d
 
 
 @pytest.fixture(scope="module")

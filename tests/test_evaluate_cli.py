@@ -10,7 +10,7 @@ import pytest
 from conftest import run_cli
 from test_metrics import real_predictions
 
-from dlsa_cli.features import FeatureSet, write_features
+from dlsa_cli.features import write_features
 from dlsa_cli.files import write_table
 
 

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from conftest import CALTECH_NPZ, CALTECH_SAMPLE, requires_caltech, requires_caltech_sample, run_cli
-from typer.testing import CliRunner
+from conftest import CALTECH_NPZ, CALTECH_SAMPLE, assert_clean_failure, invoke, requires_caltech, requires_caltech_sample, run_cli
 
-from dlsa_cli.cli import app
 
 from dlsa_cli.errors import DlsaError, InputError
 from dlsa_cli.extract import Preprocess, load_backbone, read_image_list
@@ -43,23 +40,6 @@ def reference_rows(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-
-
-def invoke(*args) -> SimpleNamespace:
-    """The CLI in this process (`CliRunner` on the real app), shaped like `run_cli`'s result."""
-    r = CliRunner().invoke(app, [str(a) for a in args])
-    return SimpleNamespace(returncode=r.exit_code, stdout=r.stdout, stderr=r.stderr)
-
-
-def assert_clean_failure(r, out: Path, names: str) -> None:
-    """Non-zero exit, one line on stderr naming `names`, no traceback, nothing written."""
-    assert r.returncode != 0, r.stdout
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
-    assert "Traceback" not in r.stderr
-    assert names in lines[0], lines[0]
-    assert not out.exists()
-    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")], "temporary file left behind"
 
 
 def make_images(folder: Path) -> list[str]:

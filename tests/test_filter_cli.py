@@ -4,48 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from dlsa_cli.cli import app
-from dlsa_cli.datasets import digits_lt
+from conftest import assert_clean_failure, invoke, run_cli
+
 from dlsa_cli.features import FeatureSet, read_features, write_features
 from dlsa_cli.files import read_safetensors, read_table
-from tests.conftest import run_cli
+
 
 FAST = ["-k", "8", "--epochs", "2", "--batch-size", "64", "--hidden", "32", "--max-cluster-share", "0.9", "--device", "cpu"]
-
-
-def invoke(*args) -> SimpleNamespace:
-    """The CLI in this process (CliRunner on the real app), shaped like `run_cli`'s result."""
-    r = CliRunner().invoke(app, [str(a) for a in args])
-    return SimpleNamespace(returncode=r.exit_code, stdout=r.stdout, stderr=r.stderr)
-
-
-def assert_clean_failure(r, out: Path, names: str) -> None:
-    """Non-zero exit, one line on stderr containing `names`, no traceback, nothing written."""
-    assert r.returncode != 0, r.stdout
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
-    assert "Traceback" not in r.stderr
-    assert names in lines[0], lines[0]
-    assert not out.exists()
-    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")], "temporary file left behind"
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
-    """The real digits-LT splits (scikit-learn's scans) as feature files."""
-    d = tmp_path_factory.mktemp("digits")
-    s = digits_lt()
-    for name in ("train", "val", "test"):
-        fs = getattr(s, name)
-        write_features(d / f"{name}.safetensors", fs, meta={"class_names": s.class_names})
-    return d
 
 
 @pytest.fixture(scope="module")
