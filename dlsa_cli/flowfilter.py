@@ -943,7 +943,12 @@ def summary(path: str | Path) -> dict[str, Any]:
         "path": str(path),
         "fields": fields_,
         "tables": [
-            {"title": "hyperparameters", "columns": ["name", "value"], "rows": [[k, v] for k, v in cfg.items()]},
+            {
+                "title": "hyperparameters",
+                "columns": ["name", "value"],
+                # hidden = None means "D": show what the flow was built with
+                "rows": [[k, f"{meta.get('dim')} (D)" if k == "hidden" and v is None else v] for k, v in cfg.items()],
+            },
             {
                 "title": "clusters (training samples)",
                 "columns": ["statistic", "value"],
