@@ -29,12 +29,9 @@ def ok(*args) -> SimpleNamespace:
 
 
 @pytest.fixture(scope="module")
-def cascade(tmp_path_factory) -> SimpleNamespace:
-    """A real two-depth cascade on digits-LT, built with the CLI as the recipe does."""
-    d = tmp_path_factory.mktemp("cascade")
-    s = digits_lt()
-    for name in ("train", "val", "test"):
-        write_features(d / f"{name}.safetensors", getattr(s, name), meta={"class_names": s.class_names})
+def cascade(digits) -> SimpleNamespace:
+    """A real two-depth cascade on digits-LT, built with the CLI as the recipe does, beside the data."""
+    d = digits
     ok("fit-classifier", d / "train.safetensors", "--val", d / "val.safetensors", "-o", d / "baseline.safetensors", *CLF)
     cur = {"train": d / "train.safetensors", "val": d / "val.safetensors", "test": d / "test.safetensors"}
     depths = []
