@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from dlsa_cli.classifier import Classifier
+from dlsa_cli.classifier import Classifier, branch_inputs
 from dlsa_cli.errors import InputError, ModelMismatchError
 from dlsa_cli.features import FeatureSet
 from dlsa_cli.files import file_sha256, read_safetensors_header, require_file, write_json, write_table
@@ -213,13 +213,8 @@ class Cascade:
                 sc = flt.score(xb[left], batch_size=batch_size, device=device, latent=clf.side_input == "latent")
                 take = left[sc.routed]
                 if len(take):
-                    prior = flt.cluster_prior.float().cpu().numpy()[sc.cluster[sc.routed]]  # (b, C)
-                    if clf.side_input == "latent":
-                        side = sc.latent[sc.routed]
-                    elif clf.side_input == "none":
-                        side = np.zeros((len(take), 0), dtype=np.float32)
-                    else:
-                        side = xb[take]
+                    latent = None if sc.latent is None else sc.latent[sc.routed]
+                    side, prior = branch_inputs(flt, xb[take], sc.cluster[sc.routed], latent, clf.side_input)
                     out[s + take] = clf.logits(xb[take], side=side, prior=prior, device=device)
                     route[s + take] = d
                 left = left[~sc.routed]

@@ -61,6 +61,7 @@ __all__ = [
     "draw_batches",
     "balanced_accuracy",
     "cluster_inputs",
+    "branch_inputs",
     "summary",
 ]
 
@@ -469,15 +470,27 @@ def cluster_inputs(
     The prior row of a sample is the filter's `cluster_prior` row of its cluster.
     """
     scores = flt.score(x, batch_size=batch_size, device=device, latent=side_input == "latent")
-    prior_table = np.asarray(torch.as_tensor(flt.cluster_prior).float().cpu().numpy())  # (K, C)
     cluster = np.asarray(scores.cluster, dtype=np.int64)
+    side, prior = branch_inputs(flt, x, cluster, scores.latent, side_input)
+    return cluster, side, prior
+
+
+def branch_inputs(
+    flt: Any, x: np.ndarray, cluster: np.ndarray, latent: np.ndarray | None, side_input: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(side input (N, S), prior rows (N, C)) of already-scored samples: features x (N, D),
+    their clusters (N,) and, for side_input "latent", their latents (N, D).
+
+    The prior row of a sample is the filter's `cluster_prior` row of its cluster.
+    """
+    prior_table = np.asarray(torch.as_tensor(flt.cluster_prior).float().cpu().numpy())  # (K, C)
     if side_input == "latent":
-        side = np.asarray(scores.latent, dtype=np.float32)
+        side = np.asarray(latent, dtype=np.float32)
     elif side_input == "none":  # FC_b sees the prior alone
         side = np.zeros((len(cluster), 0), dtype=np.float32)
     else:
         side = np.asarray(x, dtype=np.float32)
-    return cluster, side, prior_table[cluster]
+    return side, prior_table[cluster]
 
 
 # ----------------------------------------------------------------------------- training
