@@ -5,7 +5,7 @@ class-uniform pairs (weighted likelihood + balance + purity losses, SGD) and
 then the cluster evaluation of every training sample (assignment, purity,
 good clusters).
 
-- `fast`: `dlsa_cli.flowfilter.fit_filter` itself (pairs as index tensors on
+- `fast`: `dlsa_cli.flow.fit_filter` itself (pairs as index tensors on
   the device, the mixture as one matrix product, purity from one bincount);
   the time is that of its second epoch as recorded in the history.
 - `naive`: written here to mirror the reference design: a torch `Dataset`
@@ -67,7 +67,7 @@ def naive_epoch(x, y, *, k: int, batch: int, device, seed: int = 0) -> float:
     from torch.utils.data import DataLoader, Dataset
 
     from dlsa_cli.flow import MixtureFlow
-    from dlsa_cli.flowfilter import BalanceLoss, class_weights
+    from dlsa_cli.flow import BalanceLoss, class_weights
 
     c = int(y.max()) + 1
     counts = np.bincount(y, minlength=c)
@@ -157,7 +157,7 @@ def run_variant(args) -> dict:
         torch.cuda.reset_peak_memory_stats(dev)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB
     if args.variant == "fast":
-        from dlsa_cli.flowfilter import fit_filter
+        from dlsa_cli.flow import fit_filter
 
         f = fit_filter(x, y, clusters=args.clusters, epochs=2, batch_size=args.batch_size, device=dev,
                        max_cluster_share=1.0, allow_singletons=True)

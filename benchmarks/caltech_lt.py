@@ -47,11 +47,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from dlsa_cli.cascade import Cascade  # noqa: E402
-from dlsa_cli.classifier import Classifier, TrainConfig, fit_classifier  # noqa: E402
+from dlsa_cli.classify import Classifier, TrainConfig, fit_classifier  # noqa: E402
 from dlsa_cli.datasets import caltech101_lt  # noqa: E402
 from dlsa_cli.evaluation import evaluate_predictions  # noqa: E402
-from dlsa_cli.features import FeatureSet  # noqa: E402
-from dlsa_cli.flowfilter import FilterConfig, FlowFilter, fit_filter  # noqa: E402
+from dlsa_cli.io.features import FeatureSet  # noqa: E402
+from dlsa_cli.flow import FilterConfig, FlowFilter, fit_filter  # noqa: E402
 
 C = 101
 METRICS = ("overall", "many", "medium", "few", "mcc", "nmi")
@@ -115,7 +115,7 @@ class Seed:
             fs.meta.update(num_classes=C)
         self.assess = self.val
         if args.nested_val:  # half of val chooses epochs, the other half judges designs
-            from dlsa_cli.classifier import carve_validation
+            from dlsa_cli.classify import carve_validation
 
             sel, assess = carve_validation(self.val.labels, 0.5, seed)
             self.val, self.assess = self.val.subset(sel), self.val.subset(assess)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from dlsa_cli.errors import InputError
-from dlsa_cli.features import FeatureSet, read_features
+from dlsa_cli.io.features import FeatureSet, read_features
 
 __all__ = ["LTSplits", "long_tail_splits", "caltech101_lt", "digits_lt"]
 

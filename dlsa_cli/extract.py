@@ -39,8 +39,8 @@ import numpy as np
 import torch
 
 from dlsa_cli.errors import DlsaError, InputError, ModelMismatchError
-from dlsa_cli.features import FeatureSet
-from dlsa_cli.files import file_sha256
+from dlsa_cli.io.features import FeatureSet
+from dlsa_cli.io.files import file_sha256
 
 __all__ = [
     "IMAGE_EXTENSIONS",

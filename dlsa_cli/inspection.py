@@ -26,8 +26,13 @@ from typing import Any
 import numpy as np
 
 from dlsa_cli.errors import InputError
-from dlsa_cli.files import read_safetensors_header, read_table, read_table_metadata, require_file
-from dlsa_cli.metrics import FEW_BELOW, MANY_ABOVE, shot_groups
+from dlsa_cli.evaluation.metrics import FEW_BELOW, MANY_ABOVE, shot_groups
+from dlsa_cli.io.files import (
+    read_safetensors_header,
+    read_table,
+    read_table_metadata,
+    require_file,
+)
 
 __all__ = [
     "REGISTRY",
@@ -46,10 +51,10 @@ REGISTRY: dict[str, str] = {
     "features": "dlsa_cli.inspection:features_summary",
     "predictions": "dlsa_cli.inspection:predictions_summary",
     "counts": "dlsa_cli.inspection:counts_summary",
-    "filter": "dlsa_cli.flowfilter:summary",
-    "split": "dlsa_cli.flowfilter:split_summary",
-    "classifier": "dlsa_cli.classifier:summary",
-    "cascade": "dlsa_cli.cascade:summary",  # a cascade folder or its cascade.json
+    "filter": "dlsa_cli.flow.summary:summary",
+    "split": "dlsa_cli.flow.summary:split_summary",
+    "classifier": "dlsa_cli.classify.summary:summary",
+    "cascade": "dlsa_cli.cascade.summary:summary",  # a cascade folder or its cascade.json
 }
 
 _FEATURE_SUFFIXES = (".npz", ".npy", ".pt", ".pth", ".h5", ".hdf5")
@@ -187,7 +192,12 @@ def features_summary(path: str | Path, *, many_above: int = MANY_ABOVE, few_belo
     The matrix is scanned in batches only to count rows holding NaN or
     infinity; such rows are reported (as a problem), not raised.
     """
-    from dlsa_cli.features import feature_info, iter_feature_batches, num_classes, read_labels
+    from dlsa_cli.io.features import (
+        feature_info,
+        iter_feature_batches,
+        num_classes,
+        read_labels,
+    )
 
     info = feature_info(path)
     labels = read_labels(path)
@@ -273,7 +283,7 @@ def predictions_summary(path: str | Path) -> dict[str, Any]:
 
 def counts_summary(path: str | Path) -> dict[str, Any]:
     """Profile of a JSON list of per-class training counts."""
-    from dlsa_cli.evaluation import read_train_counts
+    from dlsa_cli.evaluation.report import read_train_counts
 
     counts = read_train_counts(path)
     fields, tables, charts = _profile(counts, MANY_ABOVE, FEW_BELOW)

@@ -73,7 +73,7 @@ def assert_clean_failure(r, out: Path, needle: str) -> None:
 def digits(tmp_path_factory) -> Path:
     """scikit-learn's real digit scans made long-tailed (train counts 112..6), as feature files."""
     from dlsa_cli.datasets import digits_lt
-    from dlsa_cli.features import write_features
+    from dlsa_cli.io.features import write_features
 
     d = tmp_path_factory.mktemp("digits")
     s = digits_lt()

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from conftest import assert_clean_failure, invoke
 
-from dlsa_cli.classifier import (
+from dlsa_cli.classify import (
     Classifier,
     TrainConfig,
     carve_validation,
@@ -20,8 +20,8 @@ from dlsa_cli.classifier import (
     fit_classifier,
     loss_logit_shift,
 )
-from dlsa_cli.features import FeatureSet, read_features, write_features
-from dlsa_cli.files import read_safetensors, read_table
+from dlsa_cli.io.features import FeatureSet, read_features, write_features
+from dlsa_cli.io.files import read_safetensors, read_table
 
 C = 10  # digits classes
 
@@ -38,7 +38,7 @@ def baseline(digits) -> Path:
 @pytest.fixture(scope="module")
 def small_filter(digits) -> Path:
     """A small real flow filter on the digits training set."""
-    from dlsa_cli.flowfilter import fit_filter
+    from dlsa_cli.flow import fit_filter
 
     fs = read_features(digits / "train.safetensors", require_labels=True)
     flt = fit_filter(fs, clusters=8, epochs=3, batch_size=64, hidden=32, lr=0.01, max_cluster_share=0.9)
@@ -171,7 +171,7 @@ def test_val_missing_a_class_is_a_clean_error_unless_allowed(digits, tmp_path):
 def test_weighted_selection_is_the_part_of_the_whole_balanced_accuracy():
     """A branch sees part of the validation set; weighting by the whole set's class counts
     makes its score exactly its share of the whole set's balanced accuracy."""
-    from dlsa_cli.classifier import balanced_accuracy
+    from dlsa_cli.classify import balanced_accuracy
 
     g = torch.Generator().manual_seed(0)
     y = torch.randint(0, 7, (300,), generator=g)
@@ -271,7 +271,7 @@ def test_same_seed_reproduces_and_another_seed_differs(digits, tmp_path):
 def test_cluster_aided_prior_input_is_the_filter_table_row(digits, small_filter, baseline, tmp_path):
     """The prior a sample sees equals the filter file's cluster_prior row of its cluster,
     and the saved classifier's logits are FC_a(x) + FC_b([x, that row]) by hand."""
-    from dlsa_cli.flowfilter import FlowFilter
+    from dlsa_cli.flow import FlowFilter
 
     flt = FlowFilter.load(small_filter)
     table = read_safetensors(small_filter, ["cluster_prior"])[0]["cluster_prior"].numpy()  # (K, C), straight from the file
@@ -297,13 +297,13 @@ def test_cluster_aided_prior_input_is_the_filter_table_row(digits, small_filter,
     got = clf.logits(test.features, side=test.features, prior=table[cluster])
     np.testing.assert_allclose(got, by_hand.numpy(), atol=1e-4)
     _, meta = read_safetensors(out, [])[1:3]
-    from dlsa_cli.files import file_sha256
+    from dlsa_cli.io.files import file_sha256
 
     assert meta["filter"]["sha256"] == file_sha256(small_filter)
 
 
 def test_cluster_aided_starts_exactly_at_its_init(digits, small_filter, baseline, tmp_path):
-    from dlsa_cli.flowfilter import FlowFilter
+    from dlsa_cli.flow import FlowFilter
 
     flt = FlowFilter.load(small_filter)
     train = read_features(digits / "train.safetensors", require_labels=True)
@@ -314,8 +314,8 @@ def test_cluster_aided_starts_exactly_at_its_init(digits, small_filter, baseline
 
 
 def test_leave_one_out_prior_removes_the_sample_itself(digits, small_filter):
-    from dlsa_cli.classifier import _leave_one_out_prior
-    from dlsa_cli.flowfilter import FlowFilter
+    from dlsa_cli.classify.data import _leave_one_out_prior
+    from dlsa_cli.flow import FlowFilter
 
     flt = FlowFilter.load(small_filter)
     train = read_features(digits / "train.safetensors", require_labels=True)

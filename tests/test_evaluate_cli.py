@@ -10,8 +10,8 @@ import pytest
 from conftest import run_cli
 from test_metrics import real_predictions
 
-from dlsa_cli.features import write_features
-from dlsa_cli.files import write_table
+from dlsa_cli.io.features import write_features
+from dlsa_cli.io.files import write_table
 
 
 @pytest.fixture(scope="module")

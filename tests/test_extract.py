@@ -18,7 +18,7 @@ from conftest import CALTECH_NPZ, CALTECH_SAMPLE, assert_clean_failure, invoke, 
 
 from dlsa_cli.errors import DlsaError, InputError
 from dlsa_cli.extract import Preprocess, load_backbone, read_image_list
-from dlsa_cli.features import read_features
+from dlsa_cli.io.features import read_features
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import run_cli
 
 from dlsa_cli.errors import InputError
-from dlsa_cli.features import (
+from dlsa_cli.io.features import (
     FeatureSet,
     feature_info,
     iter_feature_batches,

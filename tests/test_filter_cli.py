@@ -11,8 +11,8 @@ import torch
 
 from conftest import assert_clean_failure, invoke, run_cli
 
-from dlsa_cli.features import FeatureSet, read_features, write_features
-from dlsa_cli.files import read_safetensors, read_table
+from dlsa_cli.io.features import FeatureSet, read_features, write_features
+from dlsa_cli.io.files import read_safetensors, read_table
 
 
 FAST = ["-k", "8", "--epochs", "2", "--batch-size", "64", "--hidden", "32", "--max-cluster-share", "0.9", "--device", "cpu"]
@@ -115,7 +115,7 @@ def test_split_without_labels_or_ids_uses_row_index(fitted, digits, tmp_path):
 
 
 def test_inspect_filter_and_split(fitted, digits, tmp_path):
-    from dlsa_cli.flowfilter import split_summary, summary
+    from dlsa_cli.flow import split_summary, summary
 
     s = summary(fitted)
     assert s["kind"] == "filter" and s["fields"]["clusters"] == 8

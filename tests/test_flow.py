@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from dlsa_cli.flow import MixtureFlow, mixture_component_log_density
+from dlsa_cli.flow.model import MixtureFlow, mixture_component_log_density
 
 
 def _trained_flow(dim: int, k: int, *, blocks: int = 2, made_blocks: int = 1, seed: int = 0) -> MixtureFlow:

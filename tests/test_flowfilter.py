@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from dlsa_cli.errors import InputError, ModelMismatchError, TrainingError
-from dlsa_cli.features import FeatureSet, write_features
-from dlsa_cli.files import read_safetensors, write_safetensors
-from dlsa_cli.flowfilter import (
+from dlsa_cli.io.features import FeatureSet, write_features
+from dlsa_cli.io.files import read_safetensors, write_safetensors
+from dlsa_cli.flow import (
     BalanceLoss,
     FilterConfig,
     FlowFilter,
@@ -275,7 +275,7 @@ def test_depth_comes_from_a_rest_file(data):
 
 
 def test_split_report_by_hand(filt):
-    from dlsa_cli.flowfilter import FilterScores
+    from dlsa_cli.flow import FilterScores
 
     labels = np.array([0, 0, 9, 8, 4, 4])  # counts 120, 120, 2, 3, 20, 20 -> many, many, few, few, medium, medium
     routed = np.array([True, False, True, True, False, False])

@@ -9,8 +9,8 @@ import pytest
 
 from dlsa_cli.errors import InputError
 from dlsa_cli.evaluation import evaluate_predictions, read_train_counts
-from dlsa_cli.features import FeatureSet, write_features
-from dlsa_cli.metrics import (
+from dlsa_cli.io.features import FeatureSet, write_features
+from dlsa_cli.evaluation.metrics import (
     binned_confusion,
     group_accuracies,
     matthews_corrcoef,

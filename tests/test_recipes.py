@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dlsa_cli.files import read_safetensors, read_table
+from dlsa_cli.io.files import read_safetensors, read_table
 from tests.conftest import CALTECH_NPZ, REPO, requires_caltech
 
 RECIPES = REPO / "recipes"

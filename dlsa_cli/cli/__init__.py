@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 # Import order is the order of `dlsa --help`: the pipeline's order.
-from dlsa_cli.cli import extract  # noqa: F401,I001
-from dlsa_cli.cli import filter  # noqa: F401
-from dlsa_cli.cli import classify  # noqa: F401
-from dlsa_cli.cli import evaluate  # noqa: F401
-from dlsa_cli.cli import inspect  # noqa: F401
-from dlsa_cli.cli import datasets  # noqa: F401
+from dlsa_cli.cli import (
+    classify,  # noqa: F401
+    datasets,  # noqa: F401
+    evaluate,  # noqa: F401
+    extract,  # noqa: F401,I001
+    filter,  # noqa: F401
+    inspect,  # noqa: F401
+)
 from dlsa_cli.cli.common import app
 
 __all__ = ["app", "main"]

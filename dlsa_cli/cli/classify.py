@@ -8,7 +8,16 @@ from typing import Annotated
 
 import typer
 
-from dlsa_cli.cli.common import DeviceOpt, JsonOpt, QuietOpt, Reporter, SeedOpt, command, emit_json, stdout
+from dlsa_cli.cli.common import (
+    DeviceOpt,
+    JsonOpt,
+    QuietOpt,
+    Reporter,
+    SeedOpt,
+    command,
+    emit_json,
+    stdout,
+)
 from dlsa_cli.errors import InputError
 
 
@@ -97,10 +106,10 @@ def fit_classifier_cmd(
 
     Example: [bold]dlsa fit-classifier train.safetensors --val val.safetensors -o baseline.safetensors[/]
     """
-    from dlsa_cli.classifier import TrainConfig, fit_classifier
+    from dlsa_cli.classify import TrainConfig, fit_classifier
     from dlsa_cli.device import resolve_device, seed_everything
-    from dlsa_cli.features import read_features
-    from dlsa_cli.files import provenance
+    from dlsa_cli.io.features import read_features
+    from dlsa_cli.io.files import provenance
 
     rep = Reporter(quiet)
     cfg = TrainConfig(
@@ -133,7 +142,7 @@ def fit_classifier_cmd(
     if val_weights_from is not None:
         import numpy as np
 
-        from dlsa_cli.features import num_classes, read_labels
+        from dlsa_cli.io.features import num_classes, read_labels
 
         if val_fs is None:
             raise InputError("--val-weights-from needs --val (the part of that file this classifier sees)")
@@ -144,7 +153,7 @@ def fit_classifier_cmd(
         val_counts = np.bincount(whole.labels, minlength=c)
     flt = None
     if filter_path is not None:
-        from dlsa_cli.flowfilter import FlowFilter
+        from dlsa_cli.flow import FlowFilter
 
         flt = FlowFilter.load(filter_path, device=dev)
         if init is None and not from_scratch:
@@ -154,7 +163,7 @@ def fit_classifier_cmd(
             )
         sha = train_fs.meta.get("filter_sha256")
         if sha:
-            from dlsa_cli.files import file_sha256
+            from dlsa_cli.io.files import file_sha256
 
             if sha != file_sha256(filter_path):
                 rep.warn(f"{train} was split by another filter than {filter_path}")
@@ -237,8 +246,8 @@ def predict_cmd(
     """
     from dlsa_cli.cascade import Cascade, load_model, predict, write_predictions
     from dlsa_cli.device import resolve_device
-    from dlsa_cli.features import read_features
-    from dlsa_cli.files import provenance
+    from dlsa_cli.io.features import read_features
+    from dlsa_cli.io.files import provenance
 
     Reporter(quiet)
     if topk < 1:
@@ -250,7 +259,7 @@ def predict_cmd(
     fs = read_features(features)
     flt = None
     if filter_path is not None:
-        from dlsa_cli.flowfilter import FlowFilter
+        from dlsa_cli.flow import FlowFilter
 
         flt = FlowFilter.load(filter_path, device=dev)
     t0 = time.perf_counter()

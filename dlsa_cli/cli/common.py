@@ -17,7 +17,14 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from dlsa_cli.errors import DlsaError
 
@@ -92,7 +99,7 @@ def command(name: str, **kwargs: Any) -> Callable[[F], F]:
 
 def emit_json(obj: Any) -> None:
     """Print one JSON object on stdout."""
-    from dlsa_cli.files import _json_default
+    from dlsa_cli.io.files import _json_default
 
     sys.stdout.write(json.dumps(obj, default=_json_default) + "\n")
     sys.stdout.flush()

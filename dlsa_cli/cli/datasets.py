@@ -9,9 +9,9 @@ import typer
 
 from dlsa_cli.cli.common import JsonOpt, SeedOpt, command, emit_json, stdout
 from dlsa_cli.errors import DlsaError
-from dlsa_cli.features import write_features
-from dlsa_cli.files import atomic_dir, provenance
-from dlsa_cli.metrics import class_counts, shot_groups
+from dlsa_cli.evaluation.metrics import class_counts, shot_groups
+from dlsa_cli.io.features import write_features
+from dlsa_cli.io.files import atomic_dir, provenance
 
 DATASETS = ("caltech101-lt", "digits-lt")
 

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from dlsa_cli.cli.common import JsonOpt, QuietOpt, Reporter, command, emit_json, stdout
 from dlsa_cli.evaluation import evaluate_files
-from dlsa_cli.metrics import FEW_BELOW, MANY_ABOVE, TAIL_AT_MOST
+from dlsa_cli.evaluation.metrics import FEW_BELOW, MANY_ABOVE, TAIL_AT_MOST
 
 
 def _pct(v: float | None) -> str:

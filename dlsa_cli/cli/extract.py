@@ -8,7 +8,15 @@ from typing import Annotated
 
 import typer
 
-from dlsa_cli.cli.common import DeviceOpt, JsonOpt, QuietOpt, Reporter, command, emit_json, stdout
+from dlsa_cli.cli.common import (
+    DeviceOpt,
+    JsonOpt,
+    QuietOpt,
+    Reporter,
+    command,
+    emit_json,
+    stdout,
+)
 from dlsa_cli.errors import DlsaError, InputError
 
 MAX_LISTED = 20  # skipped images named on stderr; all of them go into the file's metadata
@@ -82,8 +90,8 @@ def extract_cmd(
     """
     from dlsa_cli import extract as ex
     from dlsa_cli.device import resolve_device
-    from dlsa_cli.features import write_features
-    from dlsa_cli.files import provenance
+    from dlsa_cli.io.features import write_features
+    from dlsa_cli.io.files import provenance
 
     rep = Reporter(quiet)
     if out.suffix.lower() != ".safetensors":

@@ -1,4 +1,4 @@
-"""CLI for `fit-filter` and `split`: thin wrappers over `dlsa_cli.flowfilter`."""
+"""CLI for `fit-filter` and `split`: thin wrappers over `dlsa_cli.flow`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,15 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from dlsa_cli.cli.common import DeviceOpt, JsonOpt, QuietOpt, Reporter, command, emit_json, stdout
+from dlsa_cli.cli.common import (
+    DeviceOpt,
+    JsonOpt,
+    QuietOpt,
+    Reporter,
+    command,
+    emit_json,
+    stdout,
+)
 from dlsa_cli.errors import InputError
 
 _PRESETS = ("imagenet-lt", "places-lt", "inat18")
@@ -64,9 +72,9 @@ def fit_filter_cmd(
     Example: [bold]dlsa fit-filter train.safetensors -o filter.safetensors --clusters 100 --epochs 20[/]
     """
     from dlsa_cli.device import resolve_device
-    from dlsa_cli.features import read_features
-    from dlsa_cli.files import provenance
-    from dlsa_cli.flowfilter import PRESETS, FilterConfig, fit_filter
+    from dlsa_cli.flow import PRESETS, FilterConfig, fit_filter
+    from dlsa_cli.io.features import read_features
+    from dlsa_cli.io.files import provenance
 
     rep = Reporter(quiet)
     out_p = Path(out)
@@ -179,9 +187,9 @@ def split_cmd(
     Example: [bold]dlsa split filter.safetensors train.safetensors test.safetensors -o split1/[/]
     """
     from dlsa_cli.device import resolve_device
-    from dlsa_cli.features import feature_info
-    from dlsa_cli.files import provenance
-    from dlsa_cli.flowfilter import FlowFilter, split
+    from dlsa_cli.flow import FlowFilter, split
+    from dlsa_cli.io.features import feature_info
+    from dlsa_cli.io.files import provenance
 
     rep = Reporter(quiet)
     dev = resolve_device(device)

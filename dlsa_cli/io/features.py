@@ -3,7 +3,7 @@
 The canonical feature file is safetensors with `features` (N, D) float32 or
 float16, `labels` (N,) int64 where known, integer ids as an `ids` tensor or
 string ids as a JSON list in the metadata, and the usual dlsa metadata
-(see `dlsa_cli.files`).
+(see `dlsa_cli.io.files`).
 
 Readers, chosen by extension:
 - `.safetensors`: tensors `features` and `labels` (or `label`), optional `ids`.
@@ -20,15 +20,21 @@ Readers, chosen by extension:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from dlsa_cli.errors import InputError
-from dlsa_cli.files import read_safetensors, read_safetensors_header, read_table, require_file, write_safetensors
+from dlsa_cli.io.files import (
+    read_safetensors,
+    read_safetensors_header,
+    read_table,
+    require_file,
+    write_safetensors,
+)
 
 __all__ = [
     "FeatureSet",
@@ -424,7 +430,7 @@ def feature_info(path: str | Path) -> FeatureInfo:
     if fmt == "parquet":
         import pyarrow as pa
 
-        from dlsa_cli.files import read_table_metadata
+        from dlsa_cli.io.files import read_table_metadata
 
         schema, rows, kind, meta, prov = read_table_metadata(p)
         names = schema.names
@@ -538,7 +544,7 @@ def iter_feature_batches(
         for a in range(0, n, batch_size):
             yield out(a, np.array(x[a : a + batch_size]), None)
     elif fmt == "parquet":
-        from dlsa_cli.files import read_table_metadata
+        from dlsa_cli.io.files import read_table_metadata
 
         schema = read_table_metadata(p)[0]
         names = schema.names
@@ -590,7 +596,7 @@ def read_labels(path: str | Path, *, require_labels: bool = False) -> LabelSet:
         y = tensors[lkey] if lkey else None
         ids = tensors[ikey] if ikey else (np.asarray(raw_meta["ids"], dtype=str) if "ids" in raw_meta else None)
     elif fmt == "parquet":
-        from dlsa_cli.files import read_table_metadata
+        from dlsa_cli.io.files import read_table_metadata
 
         schema = read_table_metadata(p)[0]
         lkey, ikey = _pick(schema.names, _LABEL_KEYS), _pick(schema.names, ("id", "ids"))

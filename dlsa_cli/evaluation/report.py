@@ -24,8 +24,7 @@ from typing import Any
 import numpy as np
 
 from dlsa_cli.errors import InputError
-from dlsa_cli.files import read_table, read_table_metadata, require_file
-from dlsa_cli.metrics import (
+from dlsa_cli.evaluation.metrics import (
     FEW_BELOW,
     MANY_ABOVE,
     TAIL_AT_MOST,
@@ -37,6 +36,7 @@ from dlsa_cli.metrics import (
     shot_groups,
     top1_accuracy,
 )
+from dlsa_cli.io.files import read_table, read_table_metadata, require_file
 
 __all__ = [
     "Predictions",
@@ -153,7 +153,7 @@ def read_train_counts(path: str | Path) -> np.ndarray:
     A feature file: its `train_counts` metadata when derived (by `split`), else
     the counts of its labels over its `num_classes`.
     """
-    from dlsa_cli.features import read_labels, train_counts
+    from dlsa_cli.io.features import read_labels, train_counts
 
     p = require_file(path, "training file")
     if p.suffix.lower() == ".json":
@@ -287,15 +287,15 @@ def evaluate_files(
     writes the Fig. 1 view (binned confusion without correct predictions,
     one panel per table) atomically, after everything else succeeded.
     """
-    from dlsa_cli.features import read_labels
-    from dlsa_cli.metrics import binned_confusion
+    from dlsa_cli.evaluation.metrics import binned_confusion
+    from dlsa_cli.io.features import read_labels
 
     if not paths:
         raise InputError("no predictions file given")
     if len(set(map(str, paths))) != len(paths):
         raise InputError("a predictions file is given twice", hint="give each file once")
     if plot is not None:
-        from dlsa_cli.plot import check_plot_target
+        from dlsa_cli.evaluation.plot import check_plot_target
 
         check_plot_target(plot)
     if bins < 1:
@@ -333,7 +333,7 @@ def evaluate_files(
         if plot is not None:
             panels.append((str(path), binned_confusion(pr.labels, pr.predictions, counts, bins)))
     if plot is not None:
-        from dlsa_cli.plot import plot_confusion
+        from dlsa_cli.evaluation.plot import plot_confusion
 
         plot_confusion(plot, panels, num_classes=len(counts))
     return results

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from dlsa_cli.errors import DlsaError, InputError
-from dlsa_cli.files import atomic_path
+from dlsa_cli.io.files import atomic_path
 
 __all__ = ["PLOT_FORMATS", "check_plot_target", "plot_confusion"]
 

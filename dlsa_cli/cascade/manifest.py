@@ -1,0 +1,90 @@
+"""The cascade manifest (cascade.json): reading, checking paths, writing."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dlsa_cli.errors import InputError
+from dlsa_cli.io.files import (
+    require_file,
+    write_json,
+)
+
+MANIFEST = "cascade.json"
+
+
+@dataclass
+class CascadeSpec:
+    """The manifest, with paths resolved against its folder."""
+
+    manifest: Path
+    filters: list[Path]
+    classifiers: list[Path]
+    final: Path
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+def _manifest_path(path: str | Path) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        p = p / MANIFEST
+    if not p.exists():
+        raise InputError("cascade manifest does not exist", path=p, hint=f"give a cascade folder holding {MANIFEST}")
+    return p
+
+
+def read_manifest(path: str | Path) -> CascadeSpec:
+    """Parse a cascade manifest (the JSON file or its folder); paths resolved, files must exist."""
+    p = _manifest_path(path)
+    try:
+        raw = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"not a readable JSON cascade manifest ({e})", path=p) from None
+    if not isinstance(raw, dict) or "final" not in raw or not isinstance(raw.get("depths", []), list):
+        raise InputError(
+            'a cascade manifest needs "depths": [{"filter": ..., "classifier": ...}, ...] and "final"', path=p
+        )
+    root = p.parent
+    filters, classifiers = [], []
+    for i, d in enumerate(raw.get("depths", []), start=1):
+        if not isinstance(d, dict) or "filter" not in d or "classifier" not in d:
+            raise InputError(f'depth {i} needs "filter" and "classifier" entries', path=p)
+        filters.append(require_file(root / d["filter"], f"depth-{i} filter (listed in {p})"))
+        classifiers.append(require_file(root / d["classifier"], f"depth-{i} classifier (listed in {p})"))
+    final = require_file(root / raw["final"], f"final classifier (listed in {p})")
+    return CascadeSpec(p, filters, classifiers, final, raw)
+
+
+def write_manifest(
+    path: str | Path,
+    depths: list[tuple[str | Path, str | Path]],
+    final: str | Path,
+    *,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write `cascade.json` (into a folder `path`, or to the file `path`); paths stored relative to it."""
+    p = Path(path)
+    if p.is_dir() or not p.suffix:
+        p = p / MANIFEST
+    root = p.parent.resolve()
+
+    def rel(q: str | Path) -> str:
+        q = Path(q).resolve()
+        try:
+            return str(q.relative_to(root))
+        except ValueError:
+            return str(q)
+
+    obj = {
+        "dlsa_kind": "cascade",
+        "depths": [{"filter": rel(f), "classifier": rel(c)} for f, c in depths],
+        "final": rel(final),
+        **(extra or {}),
+    }
+    write_json(p, obj)
+    return p
+
+

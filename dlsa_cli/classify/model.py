@@ -1,0 +1,220 @@
+"""Classifier heads (linear, cosine, cluster-aided) and the Classifier object with its file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dlsa_cli.errors import InputError, ModelMismatchError
+from dlsa_cli.io.files import (
+    read_safetensors,
+    read_safetensors_header,
+    write_safetensors,
+)
+
+# ----------------------------------------------------------------------------- models
+
+
+class LinearHead(nn.Module):
+    """A linear (`W x + b`) or cosine (`s * cos(w_j, x) * |x| / (1 + |x|)`) classifier."""
+
+    def __init__(self, dim: int, num_classes: int, *, cosine: bool = False, scale: float = 16.0):
+        super().__init__()
+        self.cosine = cosine
+        self.scale = float(scale)
+        self.weight = nn.Parameter(torch.zeros(num_classes, dim))  # (C, D)
+        self.bias = nn.Parameter(torch.zeros(num_classes))  # (C,); unused (kept at 0) when cosine
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, C)
+        if self.cosine:
+            w = F.normalize(self.weight, dim=1)  # (C, D)
+            xs = x / (1.0 + x.norm(dim=1, keepdim=True))  # (B, D), length |x| / (1 + |x|)
+            return self.scale * xs @ w.T
+        return F.linear(x, self.weight, self.bias)
+
+
+class ClusterAidedHead(nn.Module):
+    """`FC_a(x) + FC_b([side, prior])`; FC_b starts at zero so the head starts at FC_a."""
+
+    def __init__(self, base: LinearHead, side_dim: int, num_classes: int):
+        super().__init__()
+        self.a = base
+        self.b = nn.Linear(side_dim + num_classes, num_classes)
+        nn.init.zeros_(self.b.weight)
+        nn.init.zeros_(self.b.bias)
+
+    def forward(self, x: torch.Tensor, side: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+        # x (B, D), side (B, S), prior (B, C) -> (B, C)
+        return self.a(x) + self.b(torch.cat([side, prior], dim=1))
+
+
+# ----------------------------------------------------------------------------- the classifier object
+
+
+@dataclass
+class Classifier:
+    """A trained classifier: its module, kind, sizes, post-hoc setting and metadata."""
+
+    kind: str  # linear | cosine | cluster-aided
+    dim: int
+    num_classes: int
+    module: nn.Module
+    meta: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def base_kind(self) -> str:
+        """linear or cosine: the kind of the FC_a part (or of the whole, when regular)."""
+        head = self.module.a if isinstance(self.module, ClusterAidedHead) else self.module
+        return "cosine" if head.cosine else "linear"
+
+    @property
+    def side_input(self) -> str | None:
+        return self.meta.get("side_input") if self.kind == "cluster-aided" else None
+
+    def check_features(self, dim: int, num_classes: int | None, *, path: Path | str | None) -> None:
+        """Raise ModelMismatchError when a feature file does not fit this classifier."""
+        where = f" ({self.path})" if self.path else ""
+        if dim != self.dim:
+            raise ModelMismatchError(
+                f"features have D={dim} but the classifier{where} expects D={self.dim}",
+                path=path,
+                hint="use features from the backbone the classifier was trained on",
+            )
+        if num_classes is not None and num_classes != self.num_classes:
+            raise ModelMismatchError(
+                f"features have {num_classes} classes but the classifier{where} has {self.num_classes}",
+                path=path,
+                hint="use a classifier trained on this label set",
+            )
+
+    @torch.no_grad()
+    def logits(
+        self,
+        x: np.ndarray | torch.Tensor,
+        *,
+        side: np.ndarray | torch.Tensor | None = None,
+        prior: np.ndarray | torch.Tensor | None = None,
+        batch_size: int = 4096,
+        device: torch.device | str = "cpu",
+        posthoc: bool = True,
+    ) -> np.ndarray:
+        """Logits (N, C) float32, post-hoc adjustment applied unless `posthoc=False`."""
+        device = torch.device(device)
+        self.module.to(device).eval()
+        adjust = self._posthoc_bias(device) if posthoc else None
+        scale = self._posthoc_scale(device) if posthoc else None
+        n = int(x.shape[0])
+        out = np.empty((n, self.num_classes), dtype=np.float32)
+        for s in range(0, n, batch_size):
+            xb = _as_tensor(x[s : s + batch_size], device)
+            if self.kind == "cluster-aided":
+                if side is None or prior is None:
+                    raise ModelMismatchError("a cluster-aided classifier needs its filter's cluster prior", path=self.path)
+                sb = _as_tensor(side[s : s + batch_size], device)
+                pb = _as_tensor(prior[s : s + batch_size], device)
+                out_b = self._forward_scaled(xb, sb, pb, scale)
+            else:
+                out_b = self._forward_scaled(xb, None, None, scale)
+            if adjust is not None:
+                out_b = out_b - adjust
+            out[s : s + len(xb)] = out_b.float().cpu().numpy()
+        return out
+
+    def _forward_scaled(self, x, side, prior, scale):
+        head = self.module.a if isinstance(self.module, ClusterAidedHead) else self.module
+        if scale is None:
+            return self.module(x, side, prior) if side is not None else self.module(x)
+        base = F.linear(x, head.weight * scale[:, None], head.bias * scale)  # tau-normalised FC(_a)
+        if side is not None:
+            base = base + self.module.b(torch.cat([side, prior], dim=1))
+        return base
+
+    def _posthoc_bias(self, device: torch.device) -> torch.Tensor | None:
+        ph = self.meta.get("posthoc") or {}
+        if ph.get("kind") != "la" or not ph.get("tau"):
+            return None
+        log_pi = _log_prior(np.asarray(self.meta["train_counts"]))
+        return float(ph["tau"]) * torch.as_tensor(log_pi, device=device)  # (C,)
+
+    def _posthoc_scale(self, device: torch.device) -> torch.Tensor | None:
+        ph = self.meta.get("posthoc") or {}
+        if ph.get("kind") != "tau" or not ph.get("tau"):
+            return None
+        head = self.module.a if isinstance(self.module, ClusterAidedHead) else self.module
+        norms = head.weight.detach().to(device).norm(dim=1).clamp_min(1e-12)  # (C,)
+        return norms.pow(-float(ph["tau"]))
+
+    # ---- files
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        if isinstance(self.module, ClusterAidedHead):
+            return {
+                "a.weight": self.module.a.weight.detach().cpu(),
+                "a.bias": self.module.a.bias.detach().cpu(),
+                "b.weight": self.module.b.weight.detach().cpu(),
+                "b.bias": self.module.b.bias.detach().cpu(),
+            }
+        return {"weight": self.module.weight.detach().cpu(), "bias": self.module.bias.detach().cpu()}
+
+    def save(self, path: str | Path, *, prov: dict | None = None) -> None:
+        """Write the classifier (kind "classifier") atomically."""
+        meta = dict(self.meta)
+        meta.update(model=self.kind, dim=self.dim, num_classes=self.num_classes)
+        write_safetensors(path, self.tensors(), kind="classifier", meta=meta, prov=prov)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Classifier:
+        """Read a classifier file; a one-line error for anything else."""
+        p = Path(path)
+        header, kind, meta, _ = read_safetensors_header(p)
+        if kind != "classifier":
+            raise ModelMismatchError(
+                f"is a dlsa '{kind}' file, not a classifier" if kind else "is not a dlsa classifier file",
+                path=p,
+                hint="pass a file written by `dlsa fit-classifier`",
+            )
+        tensors, _, meta, _ = read_safetensors(p)
+        model = meta.get("model")
+        try:
+            dim, c = int(meta["dim"]), int(meta["num_classes"])
+        except (KeyError, TypeError, ValueError):
+            raise InputError("classifier metadata lacks dim / num_classes", path=p) from None
+        cosine = (meta.get("base_model") or model) == "cosine"
+        scale = float(meta.get("hyper", {}).get("cosine_scale", 16.0))
+        try:
+            if model == "cluster-aided":
+                base = LinearHead(dim, c, cosine=cosine, scale=scale)
+                base.weight.data.copy_(tensors["a.weight"])
+                base.bias.data.copy_(tensors["a.bias"])
+                side_dim = int(tensors["b.weight"].shape[1]) - c
+                module: nn.Module = ClusterAidedHead(base, side_dim, c)
+                module.b.weight.data.copy_(tensors["b.weight"])
+                module.b.bias.data.copy_(tensors["b.bias"])
+            elif model in ("linear", "cosine"):
+                module = LinearHead(dim, c, cosine=model == "cosine", scale=scale)
+                module.weight.data.copy_(tensors["weight"])
+                module.bias.data.copy_(tensors["bias"])
+            else:
+                raise InputError(f"unknown classifier model '{model}'", path=p)
+        except (KeyError, RuntimeError) as e:
+            raise InputError(f"classifier tensors do not match its metadata ({e})", path=p) from None
+        return cls(kind=model, dim=dim, num_classes=c, module=module.eval(), meta=meta, path=p)
+
+
+def _as_tensor(a: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    t = a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))
+    return t.to(device=device, dtype=torch.float32, non_blocking=True)
+
+
+def _log_prior(counts: np.ndarray) -> np.ndarray:
+    c = np.maximum(np.asarray(counts, dtype=np.float64), 1.0)
+    return np.log(c / c.sum()).astype(np.float32)
+
+

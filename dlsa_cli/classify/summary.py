@@ -1,0 +1,59 @@
+"""`dlsa inspect` summary of a classifier file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dlsa_cli.classify.model import Classifier
+
+# ----------------------------------------------------------------------------- inspect
+
+
+def summary(path: str | Path) -> dict[str, Any]:
+    """Inspect summary of a classifier file (kind "classifier")."""
+    clf = Classifier.load(path)
+    m = clf.meta
+    hyper = m.get("hyper", {})
+    fields: dict[str, Any] = {
+        "model": clf.kind,
+        "base model": m.get("base_model", clf.kind),
+        "dim": clf.dim,
+        "classes": clf.num_classes,
+        "loss": m.get("loss"),
+        "sampler": m.get("sampler"),
+        "loss counts": m.get("loss_counts"),
+        "init": (m.get("init") or {}).get("source"),
+        "epochs": hyper.get("epochs"),
+        "lr": hyper.get("lr"),
+        "batch size": hyper.get("batch_size"),
+        "chosen epoch": m.get("epoch"),
+        "val balanced acc": (m.get("val") or {}).get("balanced_accuracy"),
+        "val accuracy": (m.get("val") or {}).get("accuracy"),
+        "val source": (m.get("val") or {}).get("source"),
+        "train samples": m.get("train_samples"),
+        "post-hoc": f"{(m.get('posthoc') or {}).get('kind', 'none')} (tau {(m.get('posthoc') or {}).get('tau', 0)})",
+    }
+    if clf.kind == "cluster-aided":
+        fields["side input"] = m.get("side_input")
+        fields["filter sha256"] = ((m.get("filter") or {}).get("sha256") or "")[:16]
+        fields["filter clusters"] = (m.get("filter") or {}).get("num_clusters")
+    hist = m.get("history") or []
+    charts = []
+    if hist:
+        charts.append({"title": "validation balanced accuracy per epoch", "values": [h["val_balanced"] for h in hist], "labels": None})
+        charts.append({"title": "training loss per epoch", "values": [h["loss"] for h in hist[1:]], "labels": None})
+    counts = m.get("train_counts") or []
+    tables = []
+    if counts:
+        cnt = np.asarray(counts)
+        tables.append(
+            {
+                "title": "training counts",
+                "columns": ["classes", "samples", "max", "min"],
+                "rows": [[len(cnt), int(cnt.sum()), int(cnt.max()), int(cnt.min())]],
+            }
+        )
+    return {"kind": "classifier", "path": str(path), "fields": fields, "tables": tables, "charts": charts}

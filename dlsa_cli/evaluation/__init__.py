@@ -1,0 +1,11 @@
+"""Evaluation: the long-tail metrics (`metrics`), scoring predictions tables (`report`), and Fig. 1 (`plot`)."""
+
+from dlsa_cli.evaluation.report import (
+    Predictions,
+    evaluate_files,
+    evaluate_predictions,
+    read_predictions,
+    read_train_counts,
+)
+
+__all__ = ["Predictions", "read_predictions", "read_train_counts", "evaluate_predictions", "evaluate_files"]

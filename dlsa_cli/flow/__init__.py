@@ -1,0 +1,48 @@
+"""The flow filter (paper Sec. 3.3): model, losses, training, scoring and splitting.
+
+- `model`: the masked autoregressive flow onto a mixture of K unit Gaussians;
+- `config`: every hyperparameter and the paper's presets;
+- `losses`: weighted likelihood, purity, balance, and the pair sampler;
+- `clusters`: the (cluster, class) table and cluster statistics;
+- `filter`: a trained filter (scoring, routing, its file);
+- `train`: `fit_filter`;
+- `split`: `split` and `split_features`, the routed and rest files;
+- `summary`: `dlsa inspect` of filters and split tables.
+"""
+
+from dlsa_cli.flow.clusters import cluster_stats, cluster_table
+from dlsa_cli.flow.config import PRESETS, FilterConfig
+from dlsa_cli.flow.filter import FilterScores, FlowFilter
+from dlsa_cli.flow.losses import (
+    BalanceLoss,
+    PairSampler,
+    class_weights,
+    mle_loss,
+    purity_loss,
+)
+from dlsa_cli.flow.model import MixtureFlow
+from dlsa_cli.flow.split import SplitResult, split, split_features, split_report
+from dlsa_cli.flow.summary import split_summary, summary
+from dlsa_cli.flow.train import fit_filter
+
+__all__ = [
+    "MixtureFlow",
+    "FilterConfig",
+    "PRESETS",
+    "FilterScores",
+    "FlowFilter",
+    "SplitResult",
+    "fit_filter",
+    "split_features",
+    "split",
+    "split_report",
+    "class_weights",
+    "mle_loss",
+    "purity_loss",
+    "BalanceLoss",
+    "PairSampler",
+    "cluster_table",
+    "cluster_stats",
+    "summary",
+    "split_summary",
+]

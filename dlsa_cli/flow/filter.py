@@ -1,0 +1,220 @@
+"""A trained flow filter: scoring (log p(x), cluster, route), and its file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dlsa_cli.errors import DlsaError, ModelMismatchError
+from dlsa_cli.flow.config import FilterConfig
+from dlsa_cli.flow.model import MixtureFlow
+from dlsa_cli.io.files import (
+    read_safetensors,
+    read_safetensors_header,
+    write_safetensors,
+)
+
+# ----------------------------------------------------------------------------- the filter
+
+
+@dataclass
+class FilterScores:
+    """What a filter says about N samples."""
+
+    log_likelihood: np.ndarray  # (N,) float64, log p(x)
+    cluster: np.ndarray  # (N,) int64, argmax_k log N(z; mu_k, I)
+    routed: np.ndarray  # (N,) bool, log_likelihood >= threshold
+    latent: np.ndarray | None = None  # (N, D) float32 when asked
+
+
+class FlowFilter:
+    """A trained flow filter: the flow, its threshold and its cluster prior."""
+
+    def __init__(
+        self,
+        flow: MixtureFlow,
+        *,
+        num_classes: int,
+        threshold: float,
+        share: float,
+        depth: int,
+        cluster_counts: torch.Tensor,
+        train_counts: np.ndarray,
+        config: FilterConfig,
+        history: list[dict[str, Any]] | None = None,
+        chosen_epoch: int | None = None,
+        stats: dict[str, Any] | None = None,
+        path: Path | None = None,
+    ):
+        self.flow = flow
+        self.num_classes = int(num_classes)
+        self.threshold = float(threshold)
+        self.share = float(share)
+        self.depth = int(depth)
+        self.cluster_counts = cluster_counts.detach().cpu().long()  # (K, C)
+        sizes = self.cluster_counts.sum(1, keepdim=True)
+        self.cluster_prior = (self.cluster_counts.float() / sizes.clamp(min=1).float()).contiguous()  # (K, C)
+        self.train_counts = np.asarray(train_counts, dtype=np.int64)
+        self.config = config
+        self.history = list(history or [])
+        self.chosen_epoch = chosen_epoch
+        self.stats = dict(stats or {})
+        self.path = None if path is None else Path(path)
+
+    @property
+    def dim(self) -> int:
+        return self.flow.dim
+
+    @property
+    def num_clusters(self) -> int:
+        return self.flow.num_clusters
+
+    @property
+    def device(self) -> torch.device:
+        return self.flow.means.device
+
+    def to(self, device: str | torch.device) -> FlowFilter:
+        self.flow.to(_device(device))
+        return self
+
+    # --- scoring
+
+    def check_dim(self, d: int, path: str | Path | None = None) -> None:
+        """Raise ModelMismatchError when features of dimension d do not fit this filter."""
+        if d != self.dim:
+            where = f" ({path})" if path is not None else ""
+            raise ModelMismatchError(
+                f"filter expects {self.dim}-dim features, got {d}-dim{where}",
+                path=self.path,
+                hint="use features from the backbone this filter was trained on",
+            )
+
+    def score(
+        self,
+        x: np.ndarray | torch.Tensor,
+        *,
+        batch_size: int = 4096,
+        device: str | torch.device | None = None,
+        latent: bool = False,
+    ) -> FilterScores:
+        """log p(x), cluster and route of every row of x (N, D), in batches (eval mode)."""
+        xt = x if isinstance(x, torch.Tensor) else np.asarray(x)  # numpy is converted batch by batch
+        if xt.ndim != 2:
+            raise ModelMismatchError(f"features must be (N, D), got shape {tuple(xt.shape)}", path=self.path)
+        self.check_dim(int(xt.shape[1]))
+        if batch_size < 1:
+            raise DlsaError(f"--batch-size {batch_size}: must be >= 1")
+        if device is not None:
+            self.to(device)
+        dev = self.device
+        n = int(xt.shape[0])
+        ll = np.empty(n, dtype=np.float64)
+        cl = np.empty(n, dtype=np.int64)
+        zs = np.empty((n, self.dim), dtype=np.float32) if latent else None
+        self.flow.eval()
+        with torch.inference_mode():
+            for s in range(0, n, batch_size):
+                xb = xt[s : s + batch_size]
+                xb = xb.to(dev, torch.float32) if isinstance(xb, torch.Tensor) else torch.tensor(xb, dtype=torch.float32, device=dev)  # (B, D)
+                logp, comp, z = self.flow.log_prob(xb)
+                ll[s : s + len(xb)] = logp.double().cpu().numpy()
+                cl[s : s + len(xb)] = comp.argmax(1).cpu().numpy()
+                if zs is not None:
+                    zs[s : s + len(xb)] = z.float().cpu().numpy()
+        return FilterScores(ll, cl, ll >= self.threshold, zs)
+
+    # --- files
+
+    def meta(self) -> dict[str, Any]:
+        """The filter file's `dlsa_meta`."""
+        cfg = self.config.to_dict()
+        return {
+            "dim": self.dim,
+            "num_clusters": self.num_clusters,
+            "num_classes": self.num_classes,
+            "threshold": self.threshold,
+            "share": self.share,
+            "depth": self.depth,
+            "train_counts": self.train_counts.tolist(),
+            "hidden": self.flow.hidden,
+            "blocks": self.flow.blocks,
+            "made_blocks": self.flow.made_blocks,
+            "config": cfg,
+            **{k: v for k, v in cfg.items() if k not in ("hidden", "blocks", "made_blocks")},
+            "chosen_epoch": self.chosen_epoch,
+            "stats": self.stats,
+            "history": self.history,
+        }
+
+    def save(self, path: str | Path, *, prov: dict | None = None) -> None:
+        """Write the filter file (kind "filter") atomically."""
+        tensors: dict[str, torch.Tensor] = {f"flow.{k}": v for k, v in self.flow.state_dict_to_save().items()}
+        tensors["means"] = self.flow.means
+        tensors["cluster_prior"] = self.cluster_prior
+        tensors["cluster_counts"] = self.cluster_counts
+        write_safetensors(path, tensors, kind="filter", meta=self.meta(), prov=prov)
+        self.path = Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str | torch.device = "cpu") -> FlowFilter:
+        """Read a filter file; ModelMismatchError/InputError when it is not a usable filter."""
+        header, kind, meta, _ = read_safetensors_header(path)
+        if kind != "filter":
+            raise ModelMismatchError(
+                f"is a '{kind or 'unknown'}' file, not a filter",
+                path=path,
+                hint="pass a file written by `dlsa fit-filter`",
+            )
+        needed = ("dim", "num_clusters", "num_classes", "threshold", "share", "depth", "train_counts")
+        missing = [k for k in needed if k not in meta]
+        if missing or "means" not in header or "cluster_counts" not in header:
+            raise ModelMismatchError(
+                f"filter file lacks {', '.join(missing) or 'tensors'}", path=path, hint="re-create it with `dlsa fit-filter`"
+            )
+        tensors, _, _, _ = read_safetensors(path)
+        cfg = FilterConfig.from_dict(meta.get("config", {}))
+        flow = MixtureFlow(
+            int(meta["dim"]),
+            int(meta["num_clusters"]),
+            hidden=int(meta.get("hidden", meta["dim"])),
+            blocks=int(meta.get("blocks", 2)),
+            made_blocks=int(meta.get("made_blocks", 1)),
+            center_std=cfg.center_std,
+        )
+        state = {k[len("flow.") :]: v for k, v in tensors.items() if k.startswith("flow.")}
+        try:
+            flow.load_saved_state(state)
+            if tuple(tensors["means"].shape) != tuple(flow.means.shape):
+                raise RuntimeError("means shape")
+            flow.means.copy_(tensors["means"])
+        except (KeyError, RuntimeError) as e:
+            raise ModelMismatchError(f"filter weights do not fit its settings ({e})", path=path) from None
+        flow.to(_device(device)).eval()
+        return cls(
+            flow,
+            num_classes=int(meta["num_classes"]),
+            threshold=float(meta["threshold"]),
+            share=float(meta["share"]),
+            depth=int(meta["depth"]),
+            cluster_counts=tensors["cluster_counts"],
+            train_counts=np.asarray(meta["train_counts"], dtype=np.int64),
+            config=cfg,
+            history=meta.get("history", []),
+            chosen_epoch=meta.get("chosen_epoch"),
+            stats=meta.get("stats", {}),
+            path=Path(path),
+        )
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    if isinstance(device, torch.device):
+        return device
+    from dlsa_cli.device import resolve_device
+
+    return resolve_device(device or "cpu")
+
+

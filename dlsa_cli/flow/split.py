@@ -1,0 +1,250 @@
+"""Splitting feature files with a filter: routed and rest parts, the split table and report."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dlsa_cli.errors import InputError
+from dlsa_cli.evaluation.metrics import (
+    FEW_BELOW,
+    MANY_ABOVE,
+    TAIL_AT_MOST,
+    shot_groups,
+    tail_classes,
+)
+from dlsa_cli.flow.filter import FilterScores, FlowFilter
+from dlsa_cli.io.features import FeatureSet, read_features
+from dlsa_cli.io.files import (
+    file_sha256,
+    write_json,
+    write_safetensors,
+    write_table,
+)
+
+# ----------------------------------------------------------------------------- split
+
+
+@dataclass
+class SplitResult:
+    """One feature file scored and divided by a filter."""
+
+    scores: FilterScores
+    ids: np.ndarray  # (N,) the file's ids, or the row index
+    routed: FeatureSet
+    rest: FeatureSet
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def split_report(
+    filt: FlowFilter,
+    labels: np.ndarray | None,
+    scores: FilterScores,
+    *,
+    many_above: int = MANY_ABOVE,
+    few_below: int = FEW_BELOW,
+    tail_at_most: int = TAIL_AT_MOST,
+) -> dict[str, Any]:
+    """Counts, shares, group make-up and head-tail separation of one scored file.
+
+    Groups use the filter's `train_counts` (the ORIGINAL training set).
+    Separation accuracy (paper Fig. 7) = share of routed samples whose class
+    is tail (train count <= tail_at_most); `tail_share` is the same share over
+    the whole file, the value a random routing would get.
+    """
+    n = int(scores.routed.shape[0])
+    parts = {"routed": scores.routed, "rest": ~scores.routed, "all": np.ones(n, dtype=bool)}
+    rep: dict[str, Any] = {
+        "samples": n,
+        "routed": int(scores.routed.sum()),
+        "rest": int(n - scores.routed.sum()),
+        "routed_share": float(scores.routed.mean()) if n else 0.0,
+        "rest_share": float(1 - scores.routed.mean()) if n else 0.0,
+        "threshold": filt.threshold,
+        "depth": filt.depth,
+        "mean_log_likelihood": {
+            p: (float(scores.log_likelihood[m].mean()) if m.any() else None) for p, m in parts.items()
+        },
+        "has_labels": labels is not None,
+        "many_above": many_above,
+        "few_below": few_below,
+        "tail_at_most": tail_at_most,
+    }
+    if labels is None:
+        return rep
+    groups = shot_groups(filt.train_counts, many_above, few_below)  # (C,)
+    tail = tail_classes(filt.train_counts, tail_at_most)  # (C,)
+    g, t = groups[labels], tail[labels]
+    rep["groups"] = {
+        p: {name: int((g[m] == name).sum()) for name in ("many", "medium", "few")} for p, m in parts.items()
+    }
+    rep["head_tail"] = {p: {"head": int((~t[m]).sum()), "tail": int(t[m].sum())} for p, m in parts.items()}
+    rep["tail_share"] = {p: (float(t[m].mean()) if m.any() else None) for p, m in parts.items()}
+    rep["separation_accuracy"] = rep["tail_share"]["routed"]
+    return rep
+
+
+def split_features(
+    filt: FlowFilter,
+    fs: FeatureSet,
+    *,
+    batch_size: int = 4096,
+    device: str | torch.device | None = None,
+    latent: bool = False,
+) -> SplitResult:
+    """Score a FeatureSet and divide it into routed and rest FeatureSets."""
+    filt.check_dim(fs.dim, fs.path)
+    if fs.labels is not None and fs.labels.size and fs.labels.max() >= filt.num_classes:
+        raise InputError(
+            f"label {int(fs.labels.max())} is out of range for the filter's {filt.num_classes} classes", path=fs.path
+        )
+    sc = filt.score(fs.features, batch_size=batch_size, device=device, latent=latent)
+    ids = fs.ids if fs.ids is not None else np.arange(fs.n, dtype=np.int64)
+    base = FeatureSet(fs.features, fs.labels, ids, {}, fs.path)
+    routed_idx = np.flatnonzero(sc.routed)
+    rest_idx = np.flatnonzero(~sc.routed)
+    return SplitResult(sc, ids, base.subset(routed_idx), base.subset(rest_idx), split_report(filt, fs.labels, sc))
+
+
+def _part_meta(filt: FlowFilter, fs: FeatureSet, part: str, filter_sha: str | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "num_classes": filt.num_classes,
+        "train_counts": filt.train_counts.tolist(),
+        "depth": filt.depth,
+        "part": part,
+        "filter_sha256": filter_sha,
+        "threshold": filt.threshold,
+        "source": None if fs.path is None else str(fs.path),
+    }
+    if "class_names" in fs.meta:
+        meta["class_names"] = fs.meta["class_names"]
+    return meta
+
+
+def _write_part(path: Path, part: FeatureSet, extra: dict[str, np.ndarray], meta: dict[str, Any], prov: dict | None) -> None:
+    """A canonical feature file (as `write_features` writes it) with extra per-sample tensors."""
+    tensors: dict[str, np.ndarray] = {"features": np.ascontiguousarray(part.features)}
+    if part.labels is not None:
+        tensors["labels"] = np.asarray(part.labels, dtype=np.int64)
+    meta = dict(meta)
+    ids = np.asarray(part.ids)
+    if np.issubdtype(ids.dtype, np.integer):
+        tensors["ids"] = ids.astype(np.int64)
+    else:
+        meta["ids"] = [str(i) for i in ids]
+    tensors.update(extra)
+    write_safetensors(path, tensors, kind="features", meta=meta, prov=prov)
+
+
+def split(
+    filt: FlowFilter | str | Path,
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    batch_size: int = 4096,
+    device: str | torch.device | None = None,
+    latent: bool = False,
+    prov: dict | None = None,
+    on_file: Callable[[str, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Split feature files with a filter and write, for each input NAME.ext, into out_dir:
+
+    - NAME.parquet (kind "split"): id, label (when known), cluster, log_likelihood, routed, depth;
+    - NAME.routed.safetensors / NAME.rest.safetensors: feature files with
+      `cluster`, `log_likelihood` (and `latent` when asked) per sample; a part
+      with no sample is not written (its entry in the report says so);
+    - split.json: the report of every input.
+
+    Everything is written into a staging folder first and moved into out_dir
+    only when every input succeeded. Returns the split.json content.
+    """
+    if not isinstance(filt, FlowFilter):
+        filt = FlowFilter.load(filt, device=device or "cpu")
+    out = Path(out_dir)
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError("output folder's parent does not exist", path=parent, hint="create it first")
+    if out.exists() and not out.is_dir():
+        raise InputError("output path exists and is not a folder", path=out)
+    names = [_stem(Path(p)) for p in inputs]
+    if len(set(names)) != len(names):
+        dup = next(nm for nm in names if names.count(nm) > 1)
+        raise InputError(f"two inputs share the name '{dup}'; their outputs would collide", hint="rename one of them")
+    filter_sha = file_sha256(filt.path) if filt.path is not None and filt.path.is_file() else None
+    report: dict[str, Any] = {
+        "filter": None if filt.path is None else str(filt.path),
+        "filter_sha256": filter_sha,
+        "depth": filt.depth,
+        "threshold": filt.threshold,
+        "share": filt.share,
+        "files": {},
+    }
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.split-", suffix=".tmp", dir=parent))
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(stage, 0o777 & ~mask)  # mkdtemp makes 0700; the folder may become `out` itself
+    try:
+        for p, name in zip(inputs, names):
+            fs = read_features(p)
+            res = split_features(filt, fs, batch_size=batch_size, device=device, latent=latent)
+            sc = res.scores
+            cols: dict[str, Any] = {"id": res.ids}
+            if fs.labels is not None:
+                cols["label"] = fs.labels.astype(np.int64)
+            cols.update(
+                cluster=sc.cluster,
+                log_likelihood=sc.log_likelihood,
+                routed=sc.routed,
+                depth=np.full(fs.n, filt.depth, dtype=np.int32),
+            )
+            file_rep = {"input": str(p), **res.report, "outputs": {"table": f"{name}.parquet"}}
+            meta_common = {"num_classes": filt.num_classes, "train_counts": filt.train_counts.tolist()}
+            write_table(
+                stage / f"{name}.parquet",
+                cols,
+                kind="split",
+                meta={**meta_common, "depth": filt.depth, "threshold": filt.threshold, "filter_sha256": filter_sha,
+                      "source": str(p), "report": res.report},
+                prov=prov,
+            )
+            for part, mask, sub in (("routed", sc.routed, res.routed), ("rest", ~sc.routed, res.rest)):
+                if sub.n == 0:
+                    file_rep["outputs"][part] = None
+                    continue
+                extra = {"cluster": sc.cluster[mask], "log_likelihood": sc.log_likelihood[mask]}
+                if sc.latent is not None:
+                    extra["latent"] = sc.latent[mask]
+                _write_part(stage / f"{name}.{part}.safetensors", sub, extra, _part_meta(filt, fs, part, filter_sha), prov)
+                file_rep["outputs"][part] = f"{name}.{part}.safetensors"
+            report["files"][name] = file_rep
+            if on_file is not None:
+                on_file(name, file_rep)
+        write_json(stage / "split.json", report)
+        if not out.exists():
+            os.replace(stage, out)
+        else:
+            for f in sorted(stage.iterdir()):
+                os.replace(f, out / f.name)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(stage)
+    return report
+
+
+def _stem(p: Path) -> str:
+    name = p.name
+    for ext in (".safetensors", ".parquet", ".npz", ".npy", ".pth", ".pt", ".hdf5", ".h5"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return p.stem
+
+
