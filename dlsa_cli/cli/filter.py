@@ -53,6 +53,7 @@ def fit_filter_cmd(
     min_cluster_size: Annotated[Optional[int], _opt("--min-cluster-size", help="A good cluster must hold more samples than this [default: 10].")] = None,
     max_cluster_share: Annotated[Optional[float], _opt("--max-cluster-share", help="Epochs whose largest cluster holds this share of the samples or more are not kept (the paper's 5000 of 115,846 is 0.043) [default: 0.05].")] = None,
     select: Annotated[Optional[str], _opt("--select", help="Which epoch to keep: good-clusters (the paper's rule) or last [default: good-clusters].")] = None,
+    routing: Annotated[Optional[str], _opt("--routing", help="Routing score: likelihood (the paper's log p(x)), ratio (log p(x) minus log p(x) of the same flow trained with q = 0, trained alongside) or cluster-tail (the tail share of the sample's training cluster) [default: likelihood].")] = None,
     depth: Annotated[Optional[int], _opt("--depth", help="Depth to record [default: the input's depth + 1 for a split's rest file, else 1].")] = None,
     allow_singletons: Annotated[Optional[bool], typer.Option("--allow-singletons/--no-singletons", help="Train with classes of a single sample.", show_default="only at depth > 1")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed on the same device repeats a run.")] = 0,
@@ -91,7 +92,7 @@ def fit_filter_cmd(
         clusters=clusters, epochs=epochs, batch_size=batch_size, lr=lr, lambda_lh=lambda_lh, lambda_bal=lambda_bal,
         lambda_pure=lambda_pure, q=q, center_std=center_std, ema=ema, share=share, hidden=hidden, blocks=blocks,
         purity_threshold=purity_threshold, min_cluster_size=min_cluster_size, max_cluster_share=max_cluster_share,
-        select=select,
+        select=select, routing=routing,
     )
     settings = {**(PRESETS[preset] if preset else {}), **{k: v for k, v in explicit.items() if v is not None}, "seed": seed}
     config = FilterConfig(**settings)

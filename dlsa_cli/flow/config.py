@@ -34,6 +34,7 @@ class FilterConfig:
     select: str = "good-clusters"  # or "last"
     seed: int = 0
     eval_batch_size: int = 4096
+    routing: str = "likelihood"  # the routing score (flow/routing.py): likelihood, ratio or cluster-tail
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,5 +86,8 @@ def _check_config(cfg: FilterConfig) -> None:
         raise bad("select", "use good-clusters or last")
     if cfg.eval_batch_size < 1:
         raise bad("eval-batch-size", "must be >= 1")
+    from dlsa_cli.flow.routing import check_routing
+
+    check_routing(cfg.routing)
 
 

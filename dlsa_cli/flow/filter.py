@@ -27,12 +27,17 @@ class FilterScores:
 
     log_likelihood: np.ndarray  # (N,) float64, log p(x)
     cluster: np.ndarray  # (N,) int64, argmax_k log N(z; mu_k, I)
-    routed: np.ndarray  # (N,) bool, log_likelihood >= threshold
+    routed: np.ndarray  # (N,) bool, route_score >= threshold
     latent: np.ndarray | None = None  # (N, D) float32 when asked
+    route_score: np.ndarray | None = None  # (N,) float64, the filter's routing score (flow/routing.py)
 
 
 class FlowFilter:
-    """A trained flow filter: the flow, its threshold and its cluster prior."""
+    """A trained flow filter: the flow, its threshold and its cluster prior.
+
+    `routing` names the score the threshold applies to (`flow/routing.py`);
+    `reference` is the unweighted (q = 0) flow of the "ratio" score.
+    """
 
     def __init__(
         self,
@@ -49,8 +54,12 @@ class FlowFilter:
         chosen_epoch: int | None = None,
         stats: dict[str, Any] | None = None,
         path: Path | None = None,
+        routing: str = "likelihood",
+        reference: MixtureFlow | None = None,
     ):
         self.flow = flow
+        self.routing = routing
+        self.reference = reference
         self.num_classes = int(num_classes)
         self.threshold = float(threshold)
         self.share = float(share)
@@ -79,6 +88,8 @@ class FlowFilter:
 
     def to(self, device: str | torch.device) -> FlowFilter:
         self.flow.to(_device(device))
+        if self.reference is not None:
+            self.reference.to(_device(device))
         return self
 
     # --- scoring
@@ -113,9 +124,12 @@ class FlowFilter:
         dev = self.device
         n = int(xt.shape[0])
         ll = np.empty(n, dtype=np.float64)
+        ref = np.empty(n, dtype=np.float64) if self.reference is not None else None
         cl = np.empty(n, dtype=np.int64)
         zs = np.empty((n, self.dim), dtype=np.float32) if latent else None
         self.flow.eval()
+        if self.reference is not None:
+            self.reference.eval()
         with torch.inference_mode():
             for s in range(0, n, batch_size):
                 xb = xt[s : s + batch_size]
@@ -123,9 +137,19 @@ class FlowFilter:
                 logp, comp, z = self.flow.log_prob(xb)
                 ll[s : s + len(xb)] = logp.double().cpu().numpy()
                 cl[s : s + len(xb)] = comp.argmax(1).cpu().numpy()
+                if ref is not None:
+                    ref[s : s + len(xb)] = self.reference.log_prob(xb)[0].double().cpu().numpy()
                 if zs is not None:
                     zs[s : s + len(xb)] = z.float().cpu().numpy()
-        return FilterScores(ll, cl, ll >= self.threshold, zs)
+        rs = self.route_score(ll, cl, ref)
+        return FilterScores(ll, cl, rs >= self.threshold, zs, rs)
+
+    def route_score(self, ll: np.ndarray, cluster: np.ndarray, reference_ll: np.ndarray | None = None) -> np.ndarray:
+        """This filter's routing score (N,) from log p(x), clusters and the reference's log p(x)."""
+        from dlsa_cli.flow.routing import cluster_tail_share, routing_score
+
+        tail = cluster_tail_share(self.cluster_counts, self.train_counts) if self.routing == "cluster-tail" else None
+        return routing_score(self.routing, ll, cluster, reference_log_likelihood=reference_ll, cluster_tail=tail)
 
     # --- files
 
@@ -137,6 +161,7 @@ class FlowFilter:
             "num_clusters": self.num_clusters,
             "num_classes": self.num_classes,
             "threshold": self.threshold,
+            "routing": self.routing,
             "share": self.share,
             "depth": self.depth,
             "train_counts": self.train_counts.tolist(),
@@ -156,6 +181,9 @@ class FlowFilter:
         tensors["means"] = self.flow.means
         tensors["cluster_prior"] = self.cluster_prior
         tensors["cluster_counts"] = self.cluster_counts
+        if self.reference is not None:
+            tensors.update({f"reference.flow.{k}": v for k, v in self.reference.state_dict_to_save().items()})
+            tensors["reference.means"] = self.reference.means
         write_safetensors(path, tensors, kind="filter", meta=self.meta(), prov=prov)
         self.path = Path(path)
 
@@ -177,23 +205,13 @@ class FlowFilter:
             )
         tensors, _, _, _ = read_safetensors(path)
         cfg = FilterConfig.from_dict(meta.get("config", {}))
-        flow = MixtureFlow(
-            int(meta["dim"]),
-            int(meta["num_clusters"]),
-            hidden=int(meta.get("hidden", meta["dim"])),
-            blocks=int(meta.get("blocks", 2)),
-            made_blocks=int(meta.get("made_blocks", 1)),
-            center_std=cfg.center_std,
-        )
-        state = {k[len("flow.") :]: v for k, v in tensors.items() if k.startswith("flow.")}
-        try:
-            flow.load_saved_state(state)
-            if tuple(tensors["means"].shape) != tuple(flow.means.shape):
-                raise RuntimeError("means shape")
-            flow.means.copy_(tensors["means"])
-        except (KeyError, RuntimeError) as e:
-            raise ModelMismatchError(f"filter weights do not fit its settings ({e})", path=path) from None
-        flow.to(_device(device)).eval()
+        flow = _load_flow(meta, cfg, tensors, "", path).to(_device(device)).eval()
+        routing = str(meta.get("routing", "likelihood"))
+        reference = None
+        if "reference.means" in tensors:
+            reference = _load_flow(meta, cfg, tensors, "reference.", path).to(_device(device)).eval()
+        elif routing == "ratio":
+            raise ModelMismatchError("filter routes by 'ratio' but holds no reference flow", path=path, hint="re-create it with `dlsa fit-filter --routing ratio`")
         return cls(
             flow,
             num_classes=int(meta["num_classes"]),
@@ -207,7 +225,32 @@ class FlowFilter:
             chosen_epoch=meta.get("chosen_epoch"),
             stats=meta.get("stats", {}),
             path=Path(path),
+            routing=routing,
+            reference=reference,
         )
+
+
+def _load_flow(meta: dict[str, Any], cfg: FilterConfig, tensors: dict[str, torch.Tensor], prefix: str, path: str | Path) -> MixtureFlow:
+    """The flow stored under `prefix` ("" for the filter's own, "reference." for the reference flow)."""
+    flow = MixtureFlow(
+        int(meta["dim"]),
+        int(meta["num_clusters"]),
+        hidden=int(meta.get("hidden", meta["dim"])),
+        blocks=int(meta.get("blocks", 2)),
+        made_blocks=int(meta.get("made_blocks", 1)),
+        center_std=cfg.center_std,
+    )
+    head = f"{prefix}flow."
+    state = {k[len(head) :]: v for k, v in tensors.items() if k.startswith(head)}
+    try:
+        flow.load_saved_state(state)
+        means = tensors[f"{prefix}means"]
+        if tuple(means.shape) != tuple(flow.means.shape):
+            raise RuntimeError("means shape")
+        flow.means.copy_(means)
+    except (KeyError, RuntimeError) as e:
+        raise ModelMismatchError(f"filter weights do not fit its settings ({e})", path=path) from None
+    return flow
 
 
 def _device(device: str | torch.device | None) -> torch.device:

@@ -237,7 +237,17 @@ def fit_filter(
         "seconds_per_epoch": float(np.mean([h["seconds"] for h in history])),
         "device": str(dev),
     }
+    if cfg.routing != "likelihood":  # flow/routing.py: re-threshold by another score
+        _route_by(filt, train, x, y_np, cfg, device=dev, allow_singletons=allow_singletons, on_warning=on_warning)
     return filt
+
+
+def _route_by(filt: FlowFilter, train: FeatureSet, x: torch.Tensor, y: np.ndarray, cfg: FilterConfig, **fit_kw: Any) -> None:
+    """Set the filter's routing score; "ratio" trains the unweighted (q = 0) reference flow on the same samples."""
+    from dlsa_cli.flow.routing import set_routing
+
+    ref_cfg = replace(cfg, q=0.0, routing="likelihood")
+    set_routing(filt, x, y, routing=cfg.routing, fit_reference=lambda: fit_filter(train, config=ref_cfg, depth=filt.depth, **fit_kw).flow)
 
 
 def _diverged(epoch: int, lr: float) -> TrainingError:
