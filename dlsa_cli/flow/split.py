@@ -70,6 +70,7 @@ def split_report(
         "routed_share": float(scores.routed.mean()) if n else 0.0,
         "rest_share": float(1 - scores.routed.mean()) if n else 0.0,
         "threshold": filt.threshold,
+        "routing": filt.routing,
         "depth": filt.depth,
         "mean_log_likelihood": {
             p: (float(scores.log_likelihood[m].mean()) if m.any() else None) for p, m in parts.items()
@@ -185,6 +186,7 @@ def split(
         "filter_sha256": filter_sha,
         "depth": filt.depth,
         "threshold": filt.threshold,
+        "routing": filt.routing,
         "share": filt.share,
         "files": {},
     }
