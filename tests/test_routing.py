@@ -194,3 +194,37 @@ def test_routed_by_keeps_clusters_and_routes_by_the_score(ratio_filter, data):
     sc, own = w.score(data.features), ratio_filter.score(data.features)
     assert np.array_equal(sc.routed, data.features[:, 0] >= thr)
     assert np.array_equal(sc.cluster, own.cluster) and w.cluster_prior is ratio_filter.cluster_prior
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def test_inspect_plot_draws_fig7_and_the_route_map(digits, tmp_path):
+    pytest.importorskip("matplotlib")
+    f = tmp_path / "f.safetensors"
+    assert invoke("fit-filter", digits / "train.safetensors", "-o", f, *FAST).returncode == 0
+    sp = tmp_path / "sp"
+    r = invoke("split", f, digits / "val.safetensors", digits / "test.safetensors", "-o", sp, "--device", "cpu", "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    r = invoke("inspect", sp, "--plot", tmp_path / "fig7.png", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = {row["split"]: row for row in json.loads(r.stdout)}
+    assert rows["test"]["separation"] == rep["files"]["test"]["separation_accuracy"]
+    assert rows["test"]["chance"] == rep["files"]["test"]["tail_share"]["all"] and rows["test"]["depth"] == 1
+    assert (tmp_path / "fig7.png").read_bytes()[:4] == b"\x89PNG"
+    r = invoke("inspect", sp / "test.parquet", "--plot", tmp_path / "fig8.svg")
+    assert r.returncode == 0, r.stderr
+    assert b"<svg" in (tmp_path / "fig8.svg").read_bytes()[:400]
+    out = tmp_path / "bad.gif"
+    assert_clean_failure(invoke("inspect", sp, "--plot", out), out, "plot format '.gif' is not supported")
+
+
+def test_pca_2d_matches_scikit_learn(data):
+    from sklearn.decomposition import PCA
+
+    from dlsa_cli.evaluation.plot import pca_2d
+
+    ours = pca_2d(data.features)
+    ref = PCA(2).fit_transform(data.features.astype(np.float64))
+    assert np.allclose(np.abs(ours), np.abs(ref), atol=1e-6)  # each component up to its sign

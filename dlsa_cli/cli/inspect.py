@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -14,6 +14,7 @@ from dlsa_cli.inspection import render, summarize
 @command("inspect")
 def inspect_cmd(
     file: Annotated[str, typer.Argument(help="Any file dlsa reads or writes: features (any format), filter, split, classifier, predictions, counts; or a cascade folder.", show_default=False)],
+    plot: Annotated[Optional[str], typer.Option("--plot", help="Also draw (.png/.pdf/.svg): for a `dlsa split` folder or a recipe's run folder, head-tail separation per depth against chance (paper Fig. 7); for a split table NAME.parquet, a PCA map of its routed and passed-on samples, head and tail coloured (Fig. 8 style).", show_default=False)] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Summarise any file the tool reads or writes.
@@ -24,8 +25,24 @@ def inspect_cmd(
     tensors/columns and metadata. A file with NaN or infinite features is
     summarised and then reported as an error (exit 1).
 
-    Example: [bold]dlsa inspect train.safetensors[/]
+    Example: [bold]dlsa inspect train.safetensors[/]; [bold]dlsa inspect runs/tiny --plot fig7.png[/]
     """
+    if plot is not None:
+        from pathlib import Path
+
+        from dlsa_cli.flow.routing import plot_routing, separation_rows
+
+        drawn = plot_routing(file, plot)
+        typer.echo(f"{drawn} -> {plot}", err=True)
+        if Path(file).is_dir() and not (Path(file) / "cascade.json").is_file():  # a split folder: its rows
+            rows = separation_rows(file)
+            if json_out:
+                emit_json(rows)
+            else:
+                for r in rows:
+                    stdout.print(f"depth {r['depth']} {r['split']}: routed {r['routed_share']:.1%}, tail share "
+                                 f"{r['separation']:.1%} of routed vs {r['chance']:.1%} of all")
+            return
     summary = summarize(file)
     if json_out:
         emit_json(summary)

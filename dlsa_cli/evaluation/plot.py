@@ -1,6 +1,6 @@
-"""The paper's Fig. 1 view: where the mistakes go, classes ordered by training frequency.
+"""Figures: the paper's Fig. 1 (where the mistakes go), Fig. 7 (separation per depth) and a Fig. 8-style map.
 
-Each panel draws a (B, B) matrix from `metrics.binned_confusion` as the paper
+Fig. 1: each panel draws a (B, B) matrix from `metrics.binned_confusion` as the paper
 does: true class bins along x, predicted class bins along y, most frequent
 classes first (left, top), correct predictions left out. Mass at the right-top
 is tail samples taken for head classes.
@@ -19,7 +19,7 @@ import numpy as np
 from dlsa_cli.errors import DlsaError, InputError
 from dlsa_cli.io.files import atomic_path
 
-__all__ = ["PLOT_FORMATS", "check_plot_target", "plot_confusion"]
+__all__ = ["PLOT_FORMATS", "check_plot_target", "pca_2d", "plot_confusion", "plot_route_map", "plot_separation"]
 
 PLOT_FORMATS = (".png", ".pdf", ".svg")
 
@@ -76,3 +76,67 @@ def plot_confusion(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], *
             fig.savefig(tmp, format=p.suffix.lower().lstrip("."), dpi=120)
     finally:
         plt.close(fig)
+
+
+def _save(fig, plt, path: str | Path) -> None:
+    p = Path(path)
+    try:
+        with atomic_path(p) as tmp:
+            fig.savefig(tmp, format=p.suffix.lower().lstrip("."), dpi=120)
+    finally:
+        plt.close(fig)
+
+
+def plot_separation(path: str | Path, rows: Sequence[dict]) -> None:
+    """The paper's Fig. 7: head-tail separation per depth, one line per split, chance dashed.
+
+    rows: dicts with `depth`, `split`, `separation` (tail share of the routed
+    samples) and `chance` (tail share of all samples that reached the depth).
+    """
+    check_plot_target(path)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.6, 4.0))
+    splits = list(dict.fromkeys(r["split"] for r in rows))
+    for i, name in enumerate(splits):
+        pts = sorted((r["depth"], r["separation"], r["chance"]) for r in rows if r["split"] == name and r["separation"] is not None)
+        if not pts:
+            continue
+        d, sep, chance = (np.array(v, dtype=float) for v in zip(*pts))
+        color = f"C{i}"
+        ax.plot(d, 100 * sep, "o-", color=color, label=f"{name}: routed")
+        ax.plot(d, 100 * chance, "x--", color=color, alpha=0.7, label=f"{name}: chance")
+    ax.set_xlabel("depth")
+    ax.set_ylabel("tail share of the samples (%)")
+    ax.set_ylim(0, 100)
+    ax.set_xticks(sorted({int(r["depth"]) for r in rows}))
+    ax.set_title("Head-tail separation per depth (paper Fig. 7)", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    _save(fig, plt, path)
+
+
+def pca_2d(x: np.ndarray) -> np.ndarray:
+    """The first two principal components of the rows of x (N, D), (N, 2)."""
+    xc = np.asarray(x, dtype=np.float64) - np.asarray(x, dtype=np.float64).mean(0)
+    _, _, vt = np.linalg.svd(xc, full_matrices=False)
+    return xc @ vt[:2].T
+
+
+def plot_route_map(path: str | Path, xy: np.ndarray, routed: np.ndarray, tail: np.ndarray, *, title: str = "") -> None:
+    """A Fig. 8-style map: 2-D points (N, 2), routed ones filled, passed-on ones hollow, head blue, tail red."""
+    check_plot_target(path)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.6, 5.0))
+    for is_routed in (False, True):
+        for is_tail, color, name in ((False, "tab:blue", "head"), (True, "tab:red", "tail")):
+            m = (routed == is_routed) & (tail == is_tail)
+            label = f"{'routed' if is_routed else 'passed on'}, {name} ({int(m.sum())})"
+            if is_routed:
+                ax.scatter(xy[m, 0], xy[m, 1], s=7, c=color, alpha=0.7, linewidths=0, label=label)
+            else:
+                ax.scatter(xy[m, 0], xy[m, 1], s=7, facecolors="none", edgecolors=color, alpha=0.35, linewidths=0.5, label=label)
+    ax.set_xlabel("principal component 1")
+    ax.set_ylabel("principal component 2")
+    ax.set_title(title or "Routed and passed-on samples (PCA)", fontsize=10)
+    ax.legend(fontsize=7, markerscale=2)
+    _save(fig, plt, path)
