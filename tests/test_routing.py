@@ -228,3 +228,28 @@ def test_pca_2d_matches_scikit_learn(data):
     ours = pca_2d(data.features)
     ref = PCA(2).fit_transform(data.features.astype(np.float64))
     assert np.allclose(np.abs(ours), np.abs(ref), atol=1e-6)  # each component up to its sign
+
+
+# --------------------------------------------------------------------------- the recipe
+
+
+@pytest.mark.slow
+def test_tinyimagenet_recipe_routes_by_ratio_and_writes_the_fixed_points(digits, tmp_path):
+    from dlsa_cli.io.files import read_table
+    from tests.test_recipes import run_recipe
+
+    out = tmp_path / "run"
+    small = ["--clusters", "4", "--filter-epochs", "1", "--filter-batch", "64", "--filter-opts", "--hidden 16 --max-cluster-share 0.9",
+             "--epochs", "2", "--device", "cpu"]
+    r = run_recipe("tinyimagenet_lt.sh", *(digits / f"{s}.safetensors" for s in ("train", "val", "test")), out, *small)
+    assert r.returncode == 0, r.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"overall", "few"} <= metrics["baseline"].keys() and {"overall", "few"} <= metrics["dlsa"].keys()
+    flt = FlowFilter.load(out / "depth1" / "filter.safetensors")
+    assert flt.routing == "ratio" and flt.reference is not None and flt.flow.hidden == 16  # later options win
+    table = read_table(out / "dlsa.parquet")[0]
+    assert {"label", "route", "depth"} <= set(table.column_names)
+    test = read_features(digits / "test.safetensors")
+    routes = np.array(table.column("route").to_pylist())
+    assert set(routes) <= {"cluster@1", "regular"}
+    assert (routes == "cluster@1").sum() == flt.score(test.features).routed.sum()
