@@ -253,3 +253,15 @@ def test_tinyimagenet_recipe_routes_by_ratio_and_writes_the_fixed_points(digits,
     routes = np.array(table.column("route").to_pylist())
     assert set(routes) <= {"cluster@1", "regular"}
     assert (routes == "cluster@1").sum() == flt.score(test.features).routed.sum()
+
+
+def test_set_routing_on_a_trained_filter_is_what_its_file_says(data, tmp_path):
+    from dlsa_cli.flow.routing import set_routing
+
+    f = fit_filter(data, **SMALL)
+    set_routing(f, data.features, data.labels, routing="cluster-tail")
+    f.save(tmp_path / "ct.safetensors")
+    g = FlowFilter.load(tmp_path / "ct.safetensors")
+    assert g.routing == "cluster-tail" and g.config.routing == "cluster-tail"
+    assert np.array_equal(g.score(data.features).routed, f.score(data.features).routed)
+    assert g.score(data.features).routed.sum() == round(0.3 * data.n)

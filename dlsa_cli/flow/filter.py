@@ -161,7 +161,6 @@ class FlowFilter:
             "num_clusters": self.num_clusters,
             "num_classes": self.num_classes,
             "threshold": self.threshold,
-            "routing": self.routing,
             "share": self.share,
             "depth": self.depth,
             "train_counts": self.train_counts.tolist(),
@@ -170,6 +169,7 @@ class FlowFilter:
             "made_blocks": self.flow.made_blocks,
             "config": cfg,
             **{k: v for k, v in cfg.items() if k not in ("hidden", "blocks", "made_blocks")},
+            "routing": self.routing,  # the score in use (may differ from config's when set afterwards)
             "chosen_epoch": self.chosen_epoch,
             "stats": self.stats,
             "history": self.history,

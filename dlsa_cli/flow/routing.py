@@ -112,6 +112,7 @@ def set_routing(
     """
     check_routing(routing)
     filt.routing = routing
+    filt.config = replace(filt.config, routing=routing)
     if routing == "ratio" and filt.reference is None:
         if fit_reference is None:
             raise DlsaError("routing 'ratio' needs a reference flow and no way to train one was given")

@@ -35,6 +35,7 @@ def summary(path: str | Path) -> dict[str, Any]:
         "classes": meta.get("num_classes"),
         "depth": meta.get("depth"),
         "threshold": meta.get("threshold"),
+        "routing": meta.get("routing", "likelihood"),
         "share": meta.get("share"),
         "chosen epoch": meta.get("chosen_epoch"),
         "epochs": len(hist),
