@@ -34,8 +34,8 @@ import numpy as np
 from dlsa_cli.cascade.manifest import MANIFEST, write_manifest
 from dlsa_cli.cascade.model import Cascade
 from dlsa_cli.classify.config import TrainConfig
-from dlsa_cli.errors import InputError, TrainingError
-from dlsa_cli.flow.config import FilterConfig
+from dlsa_cli.errors import DlsaError, InputError, TrainingError
+from dlsa_cli.flow.config import FilterConfig, _check_config
 from dlsa_cli.io.files import atomic_path, file_sha256, provenance, require_file, write_json
 
 __all__ = ["CascadePlan", "CascadeRun", "fit_cascade", "PROGRESS", "REPORT"]
@@ -87,6 +87,7 @@ class CascadePlan:
             require_file(self.baseline_init, "--baseline-init head")
         self.baseline_config().check()
         self.branch_config().check()
+        _check_filter_config(self.filter_config())
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -94,6 +95,18 @@ class CascadePlan:
             asdict(self.filter_config()), asdict(self.baseline_config()), asdict(self.branch_config())
         )
         return d
+
+
+def _check_filter_config(cfg: FilterConfig) -> None:
+    """The filter's range checks, naming fit-cascade's flags (`--filter-epochs`, not `--epochs`)."""
+    try:
+        _check_config(cfg)
+    except DlsaError as e:
+        msg = str(e)
+        for name in ("epochs", "batch-size", "lr", "select"):
+            if msg.startswith(f"--{name} "):
+                raise DlsaError(f"--filter-{msg[2:]}") from None
+        raise
 
 
 @dataclass
