@@ -67,7 +67,7 @@ def evaluate_cmd(
         bins=bins,
     )
     if plot is not None:
-        rep.log(f"wrote {plot}")
+        rep.note(f"plot -> {plot}")
     if json_out:
         emit_json(results)
         return
