@@ -128,6 +128,7 @@ class _Ctx:
     train: Path  # RUNDIR/inputs/train.EXT, a link to TRAIN
     val: Path | None  # RUNDIR/inputs/val.EXT, a link to VAL
     filters: dict[int, Path]
+    train_offset: np.ndarray | None  # (N_train, C) in TRAIN's row order, or None
     event: EventFn
     warn: EventFn
     progress: dict[str, Any]
@@ -147,6 +148,7 @@ def fit_cascade(
     filters: Mapping[int, str | Path] | None = None,
     device: Any = "cpu",
     resume: bool = False,
+    train_offset: np.ndarray | None = None,
     on_event: EventFn | None = None,
     on_warning: EventFn | None = None,
 ) -> CascadeRun:
@@ -163,7 +165,8 @@ def fit_cascade(
     plan = plan or CascadePlan()
     plan.check()
     dev = resolve_device(device) if isinstance(device, str) else device
-    ctx = _start(Path(out_dir), plan, Path(train), None if val is None else Path(val), dict(filters or {}), resume)
+    ctx = _start(Path(out_dir), plan, Path(train), None if val is None else Path(val), dict(filters or {}), resume,
+                 train_offset)
     ctx.device, ctx.event, ctx.warn = dev, on_event or _quiet, on_warning or _quiet
     t0 = time.perf_counter()
     base = _stage(ctx, "baseline", lambda: _fit_baseline(ctx))
@@ -203,7 +206,8 @@ def _stage(ctx: _Ctx, name: str, fit: Callable[[], dict[str, Any]]) -> dict[str,
 # ----------------------------------------------------------------------------- the run folder
 
 
-def _start(out: Path, plan: CascadePlan, train: Path, val: Path | None, filters: dict[int, Path], resume: bool) -> _Ctx:
+def _start(out: Path, plan: CascadePlan, train: Path, val: Path | None, filters: dict[int, Path], resume: bool,
+           train_offset: np.ndarray | None) -> _Ctx:
     """Check the inputs and RUNDIR; on resume, check that the earlier run had the same settings."""
     require_file(train, "training file")
     if val is not None:
@@ -222,6 +226,7 @@ def _start(out: Path, plan: CascadePlan, train: Path, val: Path | None, filters:
         "train_sha256": file_sha256(train),
         "val_sha256": None if val is None else file_sha256(val),
         "filters": {str(d): file_sha256(f) for d, f in sorted(filters.items())},
+        "train_offset_sha256": None if train_offset is None else _array_sha256(train_offset),
     }
     progress = {"settings": settings, "stages": {}}
     if out.is_dir() and any(out.iterdir()):
@@ -230,7 +235,16 @@ def _start(out: Path, plan: CascadePlan, train: Path, val: Path | None, filters:
         progress = _earlier(out, settings)
     out.mkdir(exist_ok=True)
     links = _link_inputs(out, train, val)
-    return _Ctx(out, plan, None, links[0], links[1], {int(d): Path(f) for d, f in filters.items()}, _quiet, _quiet, progress)
+    offset = None if train_offset is None else np.asarray(train_offset, dtype=np.float32)
+    return _Ctx(out, plan, None, links[0], links[1], {int(d): Path(f) for d, f in filters.items()}, offset, _quiet, _quiet,
+                progress)
+
+
+def _array_sha256(a: np.ndarray) -> str:
+    import hashlib
+
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    return hashlib.sha256(str(a.shape).encode() + a.tobytes()).hexdigest()
 
 
 def _earlier(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
@@ -414,8 +428,9 @@ def _fit_classifier(ctx: _Ctx, name: str, train: Path, val: Path | None, cfg: Tr
     flt = None if filter_path is None else FlowFilter.load(filter_path, device=ctx.device)
     seed_everything(cfg.seed)
     t0 = time.perf_counter()
+    offset = None if (ctx.train_offset is None or name == "baseline") else _offset_rows(ctx, train_fs)
     clf, rep = fit_classifier(train_fs, val_fs, cfg, init=init, flt=flt, filter_path=filter_path, device=ctx.device,
-                              val_class_counts=counts)
+                              val_class_counts=counts, train_offset=offset)
     seconds = time.perf_counter() - t0
     options = dict(cfg.__dict__, init=init, filter=filter_path, val_weights_from=whole, device=str(ctx.device))
     inputs = [p for p in (train, val, init, filter_path, whole) if p is not None]
@@ -427,6 +442,18 @@ def _fit_classifier(ctx: _Ctx, name: str, train: Path, val: Path | None, cfg: Tr
         "val_source": rep.val_source, "val_weighted": whole is not None, "val_balanced_accuracy": rep.val_balanced,
         "val_accuracy": rep.val_accuracy, "seconds": round(seconds, 2),
     }
+
+
+def _offset_rows(ctx: _Ctx, part: Any) -> np.ndarray:
+    """The rows of `train_offset` for a routed / rest part, found by its ids (the row index when TRAIN has none)."""
+    from dlsa_cli.io.features import read_features
+
+    whole = read_features(ctx.train)
+    ids = whole.ids if whole.ids is not None else np.arange(whole.n)
+    if ctx.train_offset.shape[0] != whole.n:
+        raise InputError(f"train_offset has {ctx.train_offset.shape[0]} rows for {whole.n} training samples", path=ctx.train)
+    row = {k: i for i, k in enumerate(ids.tolist())}
+    return ctx.train_offset[[row[k] for k in part.ids.tolist()]]
 
 
 # ----------------------------------------------------------------------------- the report
