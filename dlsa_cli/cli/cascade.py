@@ -113,6 +113,10 @@ def _kept(c: dict[str, Any]) -> str:
     return f"{c['epoch']}/{c['epochs']}" + (" kept" if c["kept_start"] else "")
 
 
+def _secs(seconds: float, stage: dict[str, Any]) -> str:
+    return f"{seconds:.1f}" + (" reused" if stage.get("reused") else "")
+
+
 def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.1f}%"
 
@@ -123,17 +127,17 @@ def render_report(r: dict[str, Any]) -> None:
     for col in ("stage", "train routed", "val routed", "separation", "filter epoch", "epoch", "val bal.", "s"):
         t.add_column(col, justify="left" if col == "stage" else "right")
     b = r["baseline"]["classifier"]
-    t.add_row("baseline", "", "", "", "", _kept(b), f"{b['val_balanced_accuracy']:.4f}", f"{b['seconds']:.1f}")
+    t.add_row("baseline", "", "", "", "", _kept(b), f"{b['val_balanced_accuracy']:.4f}", _secs(b["seconds"], r["baseline"]))
     for d in r["depths"]:
         tr, va, fl, cl = d["train"], d["val"], d["filter"], d["classifier"]
         fe = "given" if fl["given"] else f"{fl['chosen_epoch']}/{fl['epochs']}"
         val_cell = "no val" if va is None else f"{va['routed']}/{va['samples']}"
         sep = "n/a" if va is None else f"{_pct(va['separation'])} vs {_pct(va['tail_share'])}"
-        secs = f"{d['seconds']:.1f}" + (" reused" if d.get("reused") else "")
+        secs = _secs(d["seconds"], d)
         t.add_row(f"depth {d['depth']}", f"{tr['routed']}/{tr['samples']}", val_cell, sep, fe, _kept(cl),
                   f"{cl['val_balanced_accuracy']:.4f}", secs)
     f = r["final"]["classifier"]
-    t.add_row("final", f"{f['train_samples']} left", "", "", "", _kept(f), f"{f['val_balanced_accuracy']:.4f}", f"{f['seconds']:.1f}")
+    t.add_row("final", f"{f['train_samples']} left", "", "", "", _kept(f), f"{f['val_balanced_accuracy']:.4f}", _secs(f["seconds"], r["final"]))
     stdout.print(t)
     stdout.print("separation: tail share (classes with <= 50 training samples) of the routed validation samples vs "
                  "of all of them; epoch: the chosen classifier epoch ('kept': epoch 0, its starting point); "
