@@ -77,36 +77,52 @@ def fit_cascade_cmd(
 
     Example: [bold]dlsa fit-cascade train.safetensors --val val.safetensors -o run/ --depth 2 --clusters 100 --filter-epochs 20[/]
     """
-    from dlsa_cli.cascade import CascadePlan, fit_cascade
-    from dlsa_cli.classify import TrainConfig
-    from dlsa_cli.flow import PRESETS, FilterConfig
+    from dlsa_cli.cascade import fit_cascade
 
+    opts = dict(locals())
     rep = Reporter(quiet)
-    if preset is not None and preset not in PRESET_NAMES:
-        raise InputError(f"--preset {preset}: unknown preset", hint=f"use one of {', '.join(PRESET_NAMES)}")
-    explicit = dict(
-        clusters=clusters, epochs=filter_epochs, batch_size=filter_batch_size, lr=filter_lr, lambda_lh=lambda_lh,
-        lambda_bal=lambda_bal, lambda_pure=lambda_pure, q=q, center_std=center_std, ema=ema, share=share, hidden=hidden,
-        blocks=blocks, purity_threshold=purity_threshold, min_cluster_size=min_cluster_size,
-        max_cluster_share=max_cluster_share, select=filter_select,
-    )
-    filter_cfg = FilterConfig(**{**(PRESETS[preset] if preset else {}), **{k: v for k, v in explicit.items() if v is not None}})
-    base = TrainConfig(
-        model=model, loss=loss, sampler=sampler, epochs=epochs, batch_size=batch_size, lr=lr, lr_side=lr_side,
-        momentum=momentum, weight_decay=weight_decay, la_tau=la_tau, bsm_counts=loss_counts, side_input=side_input,
-        prior_train=prior_train, posthoc=posthoc, val_fraction=val_fraction, select=select,
-    )
-    from dataclasses import replace
-
-    plan = CascadePlan(
-        depth=depth, seed=seed, filter=filter_cfg, baseline=base, branch=replace(base, lr=branch_lr),
-        baseline_init=None if baseline_init is None else str(baseline_init), from_scratch=from_scratch,
-    )
+    plan = _plan(opts)
     run = fit_cascade(train, out, plan, val=val, device=device, resume=resume, on_event=rep.log, on_warning=rep.warn)
     if json_out:
         emit_json(run.report)
         return
     render_report(run.report)
+
+
+_FILTER_FIELDS = {  # fit-cascade's parameter -> FilterConfig field
+    "clusters": "clusters", "filter_epochs": "epochs", "filter_batch_size": "batch_size", "filter_lr": "lr",
+    "lambda_lh": "lambda_lh", "lambda_bal": "lambda_bal", "lambda_pure": "lambda_pure", "q": "q",
+    "center_std": "center_std", "ema": "ema", "share": "share", "hidden": "hidden", "blocks": "blocks",
+    "purity_threshold": "purity_threshold", "min_cluster_size": "min_cluster_size",
+    "max_cluster_share": "max_cluster_share", "filter_select": "select",
+}
+_CLASSIFIER_FIELDS = {  # fit-cascade's parameter -> TrainConfig field
+    "model": "model", "loss": "loss", "sampler": "sampler", "epochs": "epochs", "batch_size": "batch_size",
+    "lr": "lr", "lr_side": "lr_side", "momentum": "momentum", "weight_decay": "weight_decay", "la_tau": "la_tau",
+    "loss_counts": "bsm_counts", "side_input": "side_input", "prior_train": "prior_train", "posthoc": "posthoc",
+    "val_fraction": "val_fraction", "select": "select",
+}
+
+
+def _plan(o: dict[str, Any]) -> Any:
+    """The CascadePlan of fit-cascade's options: --preset under explicit filter options; --branch-lr for branches."""
+    from dataclasses import replace
+
+    from dlsa_cli.cascade import CascadePlan
+    from dlsa_cli.classify import TrainConfig
+    from dlsa_cli.flow import PRESETS, FilterConfig
+
+    preset = o["preset"]
+    if preset is not None and preset not in PRESET_NAMES:
+        raise InputError(f"--preset {preset}: unknown preset", hint=f"use one of {', '.join(PRESET_NAMES)}")
+    explicit = {f: o[k] for k, f in _FILTER_FIELDS.items() if o[k] is not None}
+    filter_cfg = FilterConfig(**{**(PRESETS[preset] if preset else {}), **explicit})
+    base = TrainConfig(**{f: o[k] for k, f in _CLASSIFIER_FIELDS.items()})
+    init = o["baseline_init"]
+    return CascadePlan(
+        depth=o["depth"], seed=o["seed"], filter=filter_cfg, baseline=base, branch=replace(base, lr=o["branch_lr"]),
+        baseline_init=None if init is None else str(init), from_scratch=o["from_scratch"],
+    )
 
 
 def _kept(c: dict[str, Any]) -> str:
