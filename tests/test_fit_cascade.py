@@ -212,3 +212,33 @@ def test_resume_with_other_settings_names_the_difference(digits, tmp_path):
     assert invoke("fit-cascade", *args).returncode == 0
     r = invoke("fit-cascade", *args, "--epochs", "9", "--resume")
     assert r.returncode == 1 and "other settings" in r.stderr and "epochs: 8 then, 9 now" in r.stderr
+
+
+def test_given_filters_are_used_as_they_are_and_serve_other_classifier_settings(digits, tmp_path):
+    from dlsa_cli.cascade import CascadePlan, fit_cascade
+    from dlsa_cli.classify import TrainConfig
+    from dlsa_cli.flow import FilterConfig
+    from dlsa_cli.io.files import file_sha256
+
+    train, val, test = digits / "train.safetensors", digits / "val.safetensors", digits / "test.safetensors"
+    fcfg = FilterConfig(clusters=6, epochs=3, batch_size=64, lr=0.01, hidden=32, max_cluster_share=0.9)
+    plan = CascadePlan(depth=2, filter=fcfg, baseline=TrainConfig(epochs=8))
+    first = fit_cascade(train, tmp_path / "first", plan, val=val)
+    filters = {d: tmp_path / "first" / f"depth{d}" / "filter.safetensors" for d in (1, 2)}
+    # the same settings with the filters given: the same cascade, the filters copied byte for byte
+    again = fit_cascade(train, tmp_path / "again", plan, val=val, filters=filters)
+    for d in (1, 2):
+        assert file_sha256(tmp_path / "again" / f"depth{d}" / "filter.safetensors") == file_sha256(filters[d])
+        assert again.report["depths"][d - 1]["filter"]["given"] == str(filters[d])
+    assert_same_cascade(tmp_path / "again", tmp_path / "first", test, tmp_path)
+    # other classifier settings on the same filters: the same routes, other classifiers
+    ce = fit_cascade(train, tmp_path / "ce", CascadePlan(depth=2, filter=fcfg, baseline=TrainConfig(epochs=8, loss="ce")),
+                     val=val, filters=filters)
+    a = predictions(tmp_path / "ce", test, tmp_path / "ce.parquet")
+    b = predictions(tmp_path / "first", test, tmp_path / "first.parquet")
+    assert np.array_equal(a["route"], b["route"])
+    assert ce.report["plan"]["baseline"]["loss"] == "ce" and first.report["plan"]["baseline"]["loss"] == "bsm"
+    # a filter given for the wrong depth is refused before anything is fitted
+    with pytest.raises(Exception, match="trained at depth 1, but is given for depth 2"):
+        fit_cascade(train, tmp_path / "bad", plan, val=val, filters={1: filters[1], 2: filters[1]})
+    assert not (tmp_path / "bad").exists()

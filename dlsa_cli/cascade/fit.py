@@ -36,7 +36,7 @@ from dlsa_cli.cascade.model import Cascade
 from dlsa_cli.classify.config import TrainConfig
 from dlsa_cli.errors import DlsaError, InputError, TrainingError
 from dlsa_cli.flow.config import FilterConfig, _check_config
-from dlsa_cli.io.files import atomic_path, file_sha256, provenance, require_file, write_json
+from dlsa_cli.io.files import atomic_path, file_sha256, provenance, read_safetensors_header, require_file, write_json
 
 __all__ = ["CascadePlan", "CascadeRun", "fit_cascade", "PROGRESS", "REPORT"]
 
@@ -216,6 +216,10 @@ def _start(out: Path, plan: CascadePlan, train: Path, val: Path | None, filters:
         if not 1 <= int(d) <= plan.depth:
             raise InputError(f"a filter is given for depth {d}, but the cascade has depths 1..{plan.depth}", path=f)
         require_file(f, f"depth-{d} filter")
+        kind, meta = read_safetensors_header(f)[1:3]
+        if kind != "filter" or int(meta.get("depth", 0)) != int(d):
+            what = f"was trained at depth {meta.get('depth')}" if kind == "filter" else f"is a '{kind}' file, not a filter"
+            raise InputError(f"{what}, but is given for depth {d}", path=f)
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise InputError("output folder's parent does not exist", path=parent, hint="create it first")
