@@ -201,6 +201,8 @@ def test_without_validation_each_classifier_carves_its_own(digits, tmp_path):
         (["--filter-select", "best"], "--filter-select best"),
         (["--filter-epochs", "0"], "--filter-epochs 0"),
         (["--val", "missing.safetensors"], "missing.safetensors"),
+        (["--device", "cuda:7"], "--device cuda:7"),
+        (["--baseline-init", "nohead.safetensors"], "nohead.safetensors"),
     ],
 )
 def test_bad_options_give_one_line_and_write_nothing(digits, tmp_path, extra, needle):
