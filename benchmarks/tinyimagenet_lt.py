@@ -157,8 +157,9 @@ def run_seed(data: str, seed: int, args) -> dict:
     out = Path(args.cache) / data / f"seed{seed}"
     out.mkdir(parents=True, exist_ok=True)
     res_path = out / "results.json"
-    if res_path.exists():
-        return json.loads(res_path.read_text())
+    for cached in (res_path, out / "separation.json") if args.separation_only else (res_path,):
+        if cached.exists():
+            return json.loads(cached.read_text())
     ds = load(data, seed, Path(args.data_root))
     fcfg = FilterConfig(**{**FILTERS[data], "seed": seed})
     main = cached_filter(out / "filter_q2.safetensors", ds["train"], fcfg)
@@ -174,12 +175,17 @@ def run_seed(data: str, seed: int, args) -> dict:
         res["accuracy"].setdefault("baseline+la", {})[split] = scores(ds, base, split, True)
     for name, flt in routers(ds, main, ref, base, seed, out).items():
         res["separation"][name] = {s: separation(flt.score(ds[s].features).routed, ds[s].labels, ds["counts"]) for s in SPLITS}
+        if args.separation_only:
+            continue
         fpath = out / ("filter_q2.safetensors" if name in ("likelihood", "posterior", "random") else f"filter_{name}.safetensors")
         casc = cascade(ds, flt, base_path, fpath, cfg)
         for split in ("val", "test"):
             res["accuracy"].setdefault(name, {})[split] = scores(ds, casc, split, False)
             res["accuracy"].setdefault(f"{name}+la", {})[split] = scores(ds, casc, split, True)
         log(f"  {data} seed {seed}: {name} done ({time.perf_counter() - t0:.0f} s)")
+    if args.separation_only:
+        res["accuracy"] = {}
+        res_path = out / "separation.json"
     tmp = res_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(res, indent=1))
     tmp.replace(res_path)
@@ -207,6 +213,9 @@ def separation_table(data: str, runs: list[dict]) -> str:
 
 
 def accuracy_table(data: str, runs: list[dict], split: str) -> str:
+    runs = [r for r in runs if r["accuracy"]]  # separation-only seeds have none
+    if not runs:
+        return ""
     lines = [f"\n{data}: depth-1 cascade accuracy on {split} (%, mean ± std over {len(runs)} seeds)",
              f"{'model':18s}" + "".join(f"{k:>14s}" for k in METRICS) + f"{'Δoverall':>10s}{'Δfew':>8s}"]
     for name in runs[0]["accuracy"]:
@@ -227,6 +236,7 @@ def main() -> None:
     ap.add_argument("--data-root", default=str(SHARED))
     ap.add_argument("--cache", default="/tmp/dlsa-bench/routing", help="filters and per-seed results")
     ap.add_argument("--json", default=None, help="also write every result here")
+    ap.add_argument("--separation-only", action="store_true", help="routes and separation only, no classifiers but the baseline")
     args = ap.parse_args()
     every = {}
     for data in args.data:
