@@ -234,7 +234,7 @@ def test_pca_2d_matches_scikit_learn(data):
 
 
 @pytest.mark.slow
-def test_tinyimagenet_recipe_routes_by_ratio_and_writes_the_fixed_points(digits, tmp_path):
+def test_tinyimagenet_recipe_routes_by_cluster_tail_and_writes_the_fixed_points(digits, tmp_path):
     from dlsa_cli.io.files import read_table
     from tests.test_recipes import run_recipe
 
@@ -246,7 +246,7 @@ def test_tinyimagenet_recipe_routes_by_ratio_and_writes_the_fixed_points(digits,
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"overall", "few"} <= metrics["baseline"].keys() and {"overall", "few"} <= metrics["dlsa"].keys()
     flt = FlowFilter.load(out / "depth1" / "filter.safetensors")
-    assert flt.routing == "ratio" and flt.reference is not None and flt.flow.hidden == 16  # later options win
+    assert flt.routing == "cluster-tail" and flt.flow.hidden == 16  # later options win
     table = read_table(out / "dlsa.parquet")[0]
     assert {"label", "route", "depth"} <= set(table.column_names)
     test = read_features(digits / "test.safetensors")
