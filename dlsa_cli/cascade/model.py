@@ -11,7 +11,7 @@ import torch
 from dlsa_cli.cascade.manifest import CascadeSpec, read_manifest
 from dlsa_cli.classify.data import branch_inputs
 from dlsa_cli.classify.model import Classifier
-from dlsa_cli.errors import InputError, ModelMismatchError
+from dlsa_cli.errors import InputError, ModelMismatchError, NonFiniteError
 from dlsa_cli.io.files import (
     file_sha256,
     read_safetensors_header,
@@ -104,7 +104,10 @@ class Cascade:
             for d, (flt, clf) in enumerate(zip(self.filters, self.classifiers), start=1):
                 if len(left) == 0:
                     break
-                sc = flt.score(xb[left], batch_size=batch_size, device=device, latent=clf.side_input == "latent")
+                try:
+                    sc = flt.score(xb[left], batch_size=batch_size, device=device, latent=clf.side_input == "latent")
+                except NonFiniteError as e:  # number the rows within the whole input, not this batch
+                    raise NonFiniteError.build(f"depth {d}'s {e.what}", s + left[e.rows], n, hint=e.hint) from None
                 take = left[sc.routed]
                 if len(take):
                     latent = None if sc.latent is None else sc.latent[sc.routed]

@@ -8,7 +8,6 @@ terminal and `--quiet` is not given; warnings appear unless `--quiet`.
 from __future__ import annotations
 
 import functools
-import json
 import sys
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -80,6 +79,10 @@ def guarded(fn: F) -> F:
         except DlsaError as e:
             _error_console().print(f"[bold red]error:[/] {escape(str(e))}")
             raise typer.Exit(e.exit_code) from None
+        except OSError as e:  # the library turns its own writes' errors into DlsaError; this is the net
+            where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+            _error_console().print(f"[bold red]error:[/] {escape(where + (e.strerror or str(e)))}")
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             _error_console().print("[bold red]interrupted[/]: no output was written")
             raise typer.Exit(130) from None
@@ -99,9 +102,9 @@ def command(name: str, **kwargs: Any) -> Callable[[F], F]:
 
 def emit_json(obj: Any) -> None:
     """Print one JSON object on stdout."""
-    from dlsa_cli.io.files import _json_default
+    from dlsa_cli.io.files import strict_json
 
-    sys.stdout.write(json.dumps(obj, default=_json_default) + "\n")
+    sys.stdout.write(strict_json(obj) + "\n")
     sys.stdout.flush()
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
@@ -60,6 +59,7 @@ def fit_filter_cmd(
     tf32: Annotated[bool, typer.Option("--tf32/--no-tf32", help="On CUDA, let matrix products use TF32: faster on Ampere and newer (the reference speed figures use it) but log p(x) then differs slightly from `split`'s full-precision scores near the threshold. No effect on CPU.")] = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last finished epoch (the checkpoint OUT.resume beside the output, written after every epoch and removed on success); the result equals an uninterrupted run's.")] = False,
 ) -> None:
     """Train the Gaussian-mixture flow filter on a training feature file.
 
@@ -76,13 +76,14 @@ def fit_filter_cmd(
     from dlsa_cli.io.features import read_features
     from dlsa_cli.io.files import provenance
 
+    from dlsa_cli.flow.checkpoint import checkpoint_path
+    from dlsa_cli.io.files import check_output_file
+
     rep = Reporter(quiet)
-    out_p = Path(out)
-    parent = out_p.parent if str(out_p.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError("output folder does not exist", path=parent, hint="create it first")
-    if out_p.exists() and out_p.resolve() == Path(train).resolve():
-        raise InputError("output would overwrite the training file", path=out_p, hint="pick another -o")
+    out_p = check_output_file(out, suffixes=(".safetensors",), inputs=[train])
+    ckpt = checkpoint_path(out_p)
+    if ckpt.exists() and not resume:
+        rep.warn(f"{ckpt} holds an interrupted run; starting over (pass --resume to continue it)")
     if preset is not None and preset not in _PRESETS:
         raise InputError(f"--preset {preset}: unknown preset", hint=f"use one of {', '.join(_PRESETS)}")
     if select is not None and select not in ("good-clusters", "last"):
@@ -126,9 +127,14 @@ def fit_filter_cmd(
             on_step=on_step,
             on_epoch=on_epoch,
             on_warning=rep.warn,
+            checkpoint=ckpt,
+            resume=resume,
         )
     options = {"preset": preset, **config.to_dict(), "depth": filt.depth, "device": str(dev), "tf32": tf32 and dev.type == "cuda"}
-    filt.save(out_p, prov=provenance("fit-filter", options, [train], seed))
+    prov = provenance("fit-filter", options, [train], seed)
+    prov["resumed_from"] = filt.resumed_from  # the epoch this run continued after, or None
+    filt.save(out_p, prov=prov)
+    ckpt.unlink(missing_ok=True)
     result = {
         "filter": str(out_p),
         "train": str(train),
@@ -139,6 +145,8 @@ def fit_filter_cmd(
         "stats": filt.stats,
         "config": config.to_dict(),
         "history": filt.history,
+        "resumed_from": filt.resumed_from,
+        "epochs_run": [h["epoch"] for h in filt.history[filt.resumed_from or 0 :]],
     }
     if json_out:
         emit_json(result)
