@@ -36,7 +36,9 @@ def make_dataset_cmd(
     Example: [bold]dlsa make-dataset caltech101-lt -o data/caltech-lt[/]
     """
     from dlsa_cli import datasets
+    from dlsa_cli.io.files import check_output_dir
 
+    check_output_dir(out, inputs=[source or Path("../shared/data/caltech101_lite0.npz")], whole=True)
     if name == "caltech101-lt":
         src = source or Path("../shared/data/caltech101_lite0.npz")
         if source is None and not src.exists():

@@ -17,7 +17,7 @@ from dlsa_cli.cli.common import (
     emit_json,
     stdout,
 )
-from dlsa_cli.errors import DlsaError, InputError
+from dlsa_cli.errors import DlsaError
 
 MAX_LISTED = 20  # skipped images named on stderr; all of them go into the file's metadata
 
@@ -93,11 +93,11 @@ def extract_cmd(
     from dlsa_cli.io.features import write_features
     from dlsa_cli.io.files import provenance
 
+    from dlsa_cli.io.files import check_output_file
+
     rep = Reporter(quiet)
-    if out.suffix.lower() != ".safetensors":
-        raise InputError("output must be a .safetensors file", path=out, hint="name it e.g. train.safetensors")
-    if not (out.parent if str(out.parent) else Path(".")).is_dir():
-        raise InputError("output folder does not exist", path=out.parent, hint="create it first")
+    backbone_file = Path(backbone) if Path(backbone).is_file() else None
+    check_output_file(out, suffixes=(".safetensors",), inputs=[images, root, weights, backbone_file])
     mean_t, std_t = _triple(mean, "mean"), _triple(std, "std")
     dev = resolve_device(device)
 

@@ -220,31 +220,48 @@ def sweep_stale(parent: Path, name: str, *, now: float | None = None) -> list[Pa
 # ----------------------------------------------------------------------------- output checks
 
 
-def _input_files(inputs: Sequence[str | Path | None]) -> list[Path]:
-    """Inputs as resolved paths; a folder input (a cascade) stands for every file inside it."""
-    out: list[Path] = []
-    for q in inputs:
-        if q is None:
-            continue
-        p = Path(q)
-        if p.is_dir():
-            out += [f.resolve() for f in p.rglob("*") if f.is_file()]
-        elif p.exists():
-            out.append(p.resolve())
-    return out
+def _clash(write: Path, inp: Path) -> str | None:
+    """How writing (or removing) `write` would harm the input `inp`, or None.
+
+    An input folder (a cascade, an image folder) stands for every file inside
+    it, so writing over any existing file there is a clash; a written folder
+    (replaced as a whole) clashes with any input inside it.
+    """
+    w, i = write.resolve(), inp.resolve()
+    if w == i or (w.exists() and i.exists() and not w.is_dir() and os.path.samefile(w, i)):
+        return "is"
+    if i.is_dir() and i in w.parents and w.exists():
+        return "is a file inside"
+    if w in i.parents:
+        return "holds"
+    return None
+
+
+def _expand_input(p: Path) -> list[Path]:
+    """A cascade (its folder or cascade.json) stands for its manifest and every file it lists;
+    any other path stands for itself (a folder then protects every file inside it)."""
+    manifest = p / "cascade.json" if p.is_dir() else p
+    if manifest.name != "cascade.json" or not manifest.is_file():
+        return [p]
+    try:
+        raw = json.loads(manifest.read_text())
+        listed = [d[k] for d in raw.get("depths", []) for k in ("filter", "classifier")] + [raw["final"]]
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return [p]
+    return [manifest, *(manifest.parent / q for q in listed if isinstance(q, str) and q)]
 
 
 def protect_inputs(writes: Sequence[str | Path], inputs: Sequence[str | Path | None], *, flag: str = "-o") -> None:
-    """Raise OutputError when a path to be written or removed is an input, or a folder holding one."""
-    files = _input_files(inputs)
-    for w in writes:
-        wp = Path(w).resolve()
-        for f in files:
-            same = f == wp or (wp.exists() and not wp.is_dir() and os.path.samefile(f, wp))
-            if same or wp in f.parents:
-                what = "is" if same else "holds"
+    """Raise OutputError when a path to be written or removed is an input, lies in an input
+    folder, or is a folder holding an input."""
+    for q in [e for q in inputs if q is not None for e in _expand_input(Path(q))]:
+        if not q.exists():
+            continue
+        for w in writes:
+            how = _clash(Path(w), Path(q))
+            if how is not None:
                 raise OutputError(
-                    f"{flag} {w} {what} one of this command's inputs ({f}); it would be lost",
+                    f"{flag}: {w} {how} one of this command's inputs ({q}); writing there would destroy it",
                     hint=f"pick another {flag}",
                 )
 
