@@ -180,7 +180,7 @@ def split_cmd(
     features: Annotated[list[str], typer.Argument(help="Feature files to score and route.", show_default=False)],
     out: Annotated[str, typer.Option("--out", "-o", help="Output folder (created if missing; files of the same names are replaced).", show_default=False)],
     latent: Annotated[bool, typer.Option("--latent", help="Also store each sample's latent z in the routed/rest files.")] = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Samples scored at once (memory is bounded by it).", min=1)] = 4096,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Samples scored at once (memory is bounded by it).")] = 4096,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,

@@ -173,6 +173,8 @@ def split(
     """
     if not isinstance(filt, FlowFilter):
         filt = FlowFilter.load(filt, device=device or "cpu")
+    if batch_size < 1:
+        raise InputError(f"--batch-size {batch_size}: must be at least 1")
     out = Path(out_dir)
     names = [_stem(Path(p)) for p in inputs]
     if len(set(names)) != len(names):

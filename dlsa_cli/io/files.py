@@ -271,8 +271,15 @@ def _check_writable_folder(folder: Path, flag: str, out: Path) -> None:
         raise OutputError(f"{flag} {out}: folder {folder} does not exist", hint="create it first")
     if not folder.is_dir():
         raise OutputError(f"{flag} {out}: {folder} is not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputError(f"{flag} {out}: folder {folder} is not writable", hint="check its permissions or pick another place")
+    try:  # a real probe: permission bits say nothing for root, a read-only mount or a full quota
+        fd, probe = tempfile.mkstemp(prefix=_stage_prefix(out.name), suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputError(
+            f"{flag} {out}: cannot write in folder {folder} ({e.strerror or e})",
+            hint="check its permissions or free space, or pick another place",
+        ) from None
 
 
 def check_output_file(
@@ -281,13 +288,13 @@ def check_output_file(
     """Check an output file before any work: its extension is one of `suffixes`, it is not a
     folder, its folder exists and is writable, and it is none of `inputs`."""
     p = Path(path)
+    if p.is_dir():
+        raise OutputError(f"{flag} {p} is a folder; give a file name", hint=f"e.g. {flag} {p / ('out' + (suffixes or ('',))[0])}")
     if suffixes and not any(p.name.lower().endswith(sfx) for sfx in suffixes):
         raise OutputError(
             f"{flag} {p}: this output is written as {' or '.join(suffixes)}, so its name must end so",
             hint=f"e.g. {flag} {p.with_suffix(suffixes[0]).name}",
         )
-    if p.is_dir():
-        raise OutputError(f"{flag} {p} is a folder; give a file name", hint=f"e.g. {flag} {p / ('out' + suffixes[0])}")
     _check_writable_folder(p.parent if str(p.parent) else Path("."), flag, p)
     protect_inputs([p], inputs, flag=flag)
     return p
@@ -386,6 +393,8 @@ def provenance(
         "seed": seed,
         "dlsa_cli": __version__,
         "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),  # results are bitwise repeatable at a fixed thread count
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "python": platform.python_version(),
         "argv": sys.argv[1:],
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
