@@ -133,3 +133,56 @@ def test_library_resume_runs_only_the_remaining_epochs(digits, tmp_path):
     assert resumed.threshold == plain.threshold
     for k, v in plain.flow.state_dict().items():
         assert np.array_equal(v.numpy(), resumed.flow.state_dict()[k].numpy()), k
+
+
+# ----------------------------------------------------------------------------- extract --resume
+
+EXTRACT_KILLER = """
+import os, signal, sys
+import dlsa_cli.extract as ex
+save = ex._save_chunk
+def save_then_die(store, c, *rest):
+    save(store, c, *rest)
+    if c == int(os.environ["KILL_AT"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+ex._save_chunk = save_then_die
+from dlsa_cli.cli import main
+sys.argv = ["dlsa"] + sys.argv[1:]
+main()
+"""
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")
+def test_extract_sigkill_then_resume_gives_the_uninterrupted_features(tmp_path):
+    pytest.importorskip("PIL")
+    import torch
+
+    from test_extract import TinyConv, make_images
+
+    images = tmp_path / "images"
+    make_images(images)  # 5 images: chunks of 2, 2 and 1
+    tiny = tmp_path / "tiny.pt"
+    torch.jit.script(TinyConv().eval()).save(str(tiny))
+    args = ["extract", str(images), "--backbone", str(tiny), "--chunk-size", "2", "--batch-size", "2", "--workers", "0", "--device", "cpu"]
+    whole = tmp_path / "whole.safetensors"
+    r = _cli(*args, "-o", whole, "--quiet")
+    assert r.returncode == 0, r.stderr
+
+    out = tmp_path / "out.safetensors"
+    chunks = tmp_path / "out.safetensors.resume"
+    r = subprocess.run(
+        [sys.executable, "-c", EXTRACT_KILLER, *args, "-o", str(out), "--quiet"], capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONPATH": str(REPO), **ENV, "KILL_AT": "1"},
+    )
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert not out.exists()
+    assert sorted(p.name for p in chunks.iterdir()) == ["chunk-000000.safetensors", "chunk-000001.safetensors", "run.json"]
+
+    r = _cli(*args, "-o", out, "--resume", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["resumed_from"] == 4 and res["images_run"] == 1  # only the fifth image ran
+    assert not chunks.exists()
+    assert read_safetensors(out)[3]["resumed_from"] == 4
+    _same(out, whole)
+    assert read_safetensors(out)[2]["ids"] == read_safetensors(whole)[2]["ids"]

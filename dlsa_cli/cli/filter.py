@@ -17,7 +17,7 @@ from dlsa_cli.cli.common import (
     emit_json,
     stdout,
 )
-from dlsa_cli.errors import InputError
+from dlsa_cli.errors import DlsaError, InputError
 
 _PRESETS = ("imagenet-lt", "places-lt", "inat18")
 
@@ -82,7 +82,8 @@ def fit_filter_cmd(
     rep = Reporter(quiet)
     out_p = check_output_file(out, suffixes=(".safetensors",), inputs=[train])
     ckpt = checkpoint_path(out_p)
-    if ckpt.exists() and not resume:
+    had_ckpt = ckpt.exists()
+    if had_ckpt and not resume:
         rep.warn(f"{ckpt} holds an interrupted run; starting over (pass --resume to continue it)")
     if preset is not None and preset not in _PRESETS:
         raise InputError(f"--preset {preset}: unknown preset", hint=f"use one of {', '.join(_PRESETS)}")
@@ -118,18 +119,23 @@ def fit_filter_cmd(
             last["good"] = record["good_clusters"]
             update(advance=1)
 
-        filt = fit_filter(
-            fs,
-            config=config,
-            depth=depth,
-            device=dev,
-            allow_singletons=allow_singletons,
-            on_step=on_step,
-            on_epoch=on_epoch,
-            on_warning=rep.warn,
-            checkpoint=ckpt,
-            resume=resume,
-        )
+        try:
+            filt = fit_filter(
+                fs,
+                config=config,
+                depth=depth,
+                device=dev,
+                allow_singletons=allow_singletons,
+                on_step=on_step,
+                on_epoch=on_epoch,
+                on_warning=rep.warn,
+                checkpoint=ckpt,
+                resume=resume,
+            )
+        except DlsaError:  # a refusal or a diverged run leaves nothing behind (an interrupted one keeps its checkpoint)
+            if not had_ckpt:
+                ckpt.unlink(missing_ok=True)
+            raise
     options = {"preset": preset, **config.to_dict(), "depth": filt.depth, "device": str(dev), "tf32": tf32 and dev.type == "cuda"}
     prov = provenance("fit-filter", options, [train], seed)
     prov["resumed_from"] = filt.resumed_from  # the epoch this run continued after, or None
