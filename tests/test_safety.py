@@ -316,3 +316,19 @@ def test_filter_settings_errors_name_real_flags():
     r = run_cli("fit-filter", "--help")
     for flag in (f for f in FLAGS.values() if f is not None):
         assert flag in r.stdout, flag
+
+
+def test_split_goes_on_past_nonfinite_rows_only_when_asked(run, tmp_path):
+    """--allow-nonfinite: the rows go to the rest, flagged in a `finite` column and counted; split.json stays JSON."""
+    huge = _huge(run, tmp_path)
+    out = tmp_path / "s"
+    r = run_cli("split", run / "filter.safetensors", huge, "-o", out, "--allow-nonfinite", "--device", "cpu", "--json")
+    assert r.returncode == 0, r.stderr
+    assert "2 sample(s) have a NaN or infinite log p(x)" in r.stderr
+    report = json.loads((out / "split.json").read_text())  # strict: json.loads would accept NaN, so check the text too
+    assert "NaN" not in (out / "split.json").read_text() and "Infinity" not in (out / "split.json").read_text()
+    assert report["files"]["huge"]["nonfinite"] == 2
+    t = read_table(out / "huge.parquet")[0]
+    finite = np.asarray(t.column("finite").to_pylist())
+    assert np.flatnonzero(~finite).tolist() == [3, 7]
+    assert not np.asarray(t.column("routed").to_pylist())[[3, 7]].any()

@@ -100,11 +100,11 @@ def command(name: str, **kwargs: Any) -> Callable[[F], F]:
     return deco
 
 
-def emit_json(obj: Any) -> None:
-    """Print one JSON object on stdout."""
+def emit_json(obj: Any, *, nonfinite_as_null: bool = False) -> None:
+    """Print one strict JSON object on stdout (NaN/infinity refused, or shown as null when asked)."""
     from dlsa_cli.io.files import strict_json
 
-    sys.stdout.write(strict_json(obj) + "\n")
+    sys.stdout.write(strict_json(obj, nonfinite_as_null=nonfinite_as_null) + "\n")
     sys.stdout.flush()
 
 

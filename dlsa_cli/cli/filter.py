@@ -190,6 +190,7 @@ def split_cmd(
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
+    allow_nonfinite: Annotated[bool, typer.Option("--allow-nonfinite", help="Go on when a sample's log p(x) is NaN or infinite (features far too large for the filter): it goes to the rest, flagged in the table's 'finite' column and counted; without it the split stops naming the rows.")] = False,
 ) -> None:
     """Score feature files with a filter and route each sample.
 
@@ -215,9 +216,11 @@ def split_cmd(
     with rep.progress("split", total=len(features)) as update:
         report = split(
             filt, features, out, batch_size=batch_size, device=dev, latent=latent, prov=prov,
-            on_file=lambda name, _r: update(advance=1, text=name),
+            on_file=lambda name, _r: update(advance=1, text=name), allow_nonfinite=allow_nonfinite,
         )
     for name, fr in report["files"].items():
+        if fr["nonfinite"]:
+            rep.warn(f"{name}: {fr['nonfinite']} sample(s) have a NaN or infinite log p(x); sent to the rest, flagged in its table's 'finite' column")
         for part in ("routed", "rest"):
             if fr["outputs"].get(part) is None:
                 rep.warn(f"{name}: no sample was {'routed' if part == 'routed' else 'left for the rest'}; no {part} file written")

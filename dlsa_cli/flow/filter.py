@@ -101,8 +101,13 @@ class FlowFilter:
         batch_size: int = 4096,
         device: str | torch.device | None = None,
         latent: bool = False,
+        allow_nonfinite: bool = False,
     ) -> FilterScores:
-        """log p(x), cluster and route of every row of x (N, D), in batches (eval mode)."""
+        """log p(x), cluster and route of every row of x (N, D), in batches (eval mode).
+
+        A NaN or infinite log p(x) raises NonFiniteError naming the rows; with
+        `allow_nonfinite` such rows are kept (log p as computed) and never routed.
+        """
         xt = x if isinstance(x, torch.Tensor) else np.asarray(x)  # numpy is converted batch by batch
         if xt.ndim != 2:
             raise ModelMismatchError(f"features must be (N, D), got shape {tuple(xt.shape)}", path=self.path)
@@ -126,8 +131,10 @@ class FlowFilter:
                 cl[s : s + len(xb)] = comp.argmax(1).cpu().numpy()
                 if zs is not None:
                     zs[s : s + len(xb)] = z.float().cpu().numpy()
-        _check_scores(ll, xt)
-        return FilterScores(ll, cl, ll >= self.threshold, zs)
+        finite = np.isfinite(ll)
+        if not allow_nonfinite:
+            _check_scores(ll, xt)
+        return FilterScores(ll, cl, finite & (ll >= self.threshold), zs)
 
     # --- files
 

@@ -63,6 +63,7 @@ def split_report(
     the whole file, the value a random routing would get.
     """
     n = int(scores.routed.shape[0])
+    finite = np.isfinite(scores.log_likelihood)
     parts = {"routed": scores.routed, "rest": ~scores.routed, "all": np.ones(n, dtype=bool)}
     rep: dict[str, Any] = {
         "samples": n,
@@ -72,9 +73,10 @@ def split_report(
         "rest_share": float(1 - scores.routed.mean()) if n else 0.0,
         "threshold": filt.threshold,
         "depth": filt.depth,
-        "mean_log_likelihood": {
-            p: (float(scores.log_likelihood[m].mean()) if m.any() else None) for p, m in parts.items()
+        "mean_log_likelihood": {  # over the rows with a finite log p(x)
+            p: (float(scores.log_likelihood[m & finite].mean()) if (m & finite).any() else None) for p, m in parts.items()
         },
+        "nonfinite": int((~finite).sum()),  # rows whose log p(x) is NaN or infinite (never routed)
         "has_labels": labels is not None,
         "many_above": many_above,
         "few_below": few_below,
@@ -101,14 +103,19 @@ def split_features(
     batch_size: int = 4096,
     device: str | torch.device | None = None,
     latent: bool = False,
+    allow_nonfinite: bool = False,
 ) -> SplitResult:
-    """Score a FeatureSet and divide it into routed and rest FeatureSets."""
+    """Score a FeatureSet and divide it into routed and rest FeatureSets.
+
+    A NaN or infinite log p(x) stops it (NonFiniteError naming the rows) unless
+    `allow_nonfinite`: then such rows go to the rest and the report counts them.
+    """
     filt.check_dim(fs.dim, fs.path)
     if fs.labels is not None and fs.labels.size and fs.labels.max() >= filt.num_classes:
         raise InputError(
             f"label {int(fs.labels.max())} is out of range for the filter's {filt.num_classes} classes", path=fs.path
         )
-    sc = filt.score(fs.features, batch_size=batch_size, device=device, latent=latent)
+    sc = filt.score(fs.features, batch_size=batch_size, device=device, latent=latent, allow_nonfinite=allow_nonfinite)
     ids = fs.ids if fs.ids is not None else np.arange(fs.n, dtype=np.int64)
     base = FeatureSet(fs.features, fs.labels, ids, {}, fs.path)
     routed_idx = np.flatnonzero(sc.routed)
@@ -156,6 +163,7 @@ def split(
     latent: bool = False,
     prov: dict | None = None,
     on_file: Callable[[str, dict[str, Any]], None] | None = None,
+    allow_nonfinite: bool = False,
 ) -> dict[str, Any]:
     """Split feature files with a filter and write, for each input NAME.ext, into out_dir:
 
@@ -164,6 +172,10 @@ def split(
       `cluster`, `log_likelihood` (and `latent` when asked) per sample; a part
       with no sample is not written (its entry in the report says so);
     - split.json: the report of every input.
+
+    A row whose log p(x) is NaN or infinite stops the split (one error naming
+    the file and rows) unless `allow_nonfinite`: then it goes to the rest, the
+    table flags it in a `finite` column and the report counts it (`nonfinite`).
 
     Everything is written into a staging folder first and moved into out_dir
     only when every input succeeded; the parts that a previous split.json in
@@ -195,7 +207,8 @@ def split(
     stage = staging_dir(out)
     try:
         for p, name in zip(inputs, names):
-            file_rep = _split_file(filt, p, name, stage, filter_sha, batch_size=batch_size, device=device, latent=latent, prov=prov)
+            file_rep = _split_file(filt, p, name, stage, filter_sha, batch_size=batch_size, device=device, latent=latent, prov=prov,
+                                   allow_nonfinite=allow_nonfinite)
             report["files"][name] = file_rep
             if on_file is not None:
                 on_file(name, file_rep)
@@ -240,12 +253,12 @@ def _publish(stage: Path, out: Path, previous: Sequence[str]) -> None:
 
 def _split_file(
     filt: FlowFilter, p: str | Path, name: str, stage: Path, filter_sha: str | None, *,
-    batch_size: int, device: Any, latent: bool, prov: dict | None,
+    batch_size: int, device: Any, latent: bool, prov: dict | None, allow_nonfinite: bool = False,
 ) -> dict[str, Any]:
     """Score one input and write its table and parts into `stage`; returns its report entry."""
     fs = read_features(p)
     try:
-        res = split_features(filt, fs, batch_size=batch_size, device=device, latent=latent)
+        res = split_features(filt, fs, batch_size=batch_size, device=device, latent=latent, allow_nonfinite=allow_nonfinite)
     except NonFiniteError as e:
         raise NonFiniteError.build(e.what, e.rows, e.total, path=p, hint=e.hint) from None
     sc = res.scores
@@ -254,6 +267,8 @@ def _split_file(
         cols["label"] = fs.labels.astype(np.int64)
     cols.update(cluster=sc.cluster, log_likelihood=sc.log_likelihood, routed=sc.routed,
                 depth=np.full(fs.n, filt.depth, dtype=np.int32))
+    if allow_nonfinite:
+        cols["finite"] = np.isfinite(sc.log_likelihood)
     file_rep = {"input": str(p), **res.report, "outputs": {"table": f"{name}.parquet"}}
     meta = {"num_classes": filt.num_classes, "train_counts": filt.train_counts.tolist(), "depth": filt.depth,
             "threshold": filt.threshold, "filter_sha256": filter_sha, "source": str(p), "report": res.report}

@@ -320,13 +320,31 @@ def check_output_dir(
 # ----------------------------------------------------------------------------- strict JSON
 
 
-def strict_json(obj: Any, *, indent: int | None = None, where: str | Path | None = None) -> str:
-    """JSON text with NaN and infinity refused (they are not JSON); DlsaError naming the field."""
+def strict_json(obj: Any, *, indent: int | None = None, where: str | Path | None = None, nonfinite_as_null: bool = False) -> str:
+    """JSON text with NaN and infinity refused (they are not JSON); DlsaError naming the field.
+
+    `nonfinite_as_null` writes them as null instead: for showing what another
+    file holds (its metadata may come from an older or foreign writer).
+    """
+    if nonfinite_as_null:
+        obj = _null_nonfinite(obj)
     try:
         return json.dumps(obj, indent=indent, default=_json_default, allow_nan=False)
     except ValueError:
         field = _first_nonfinite(obj) or "a value"
         raise DlsaError(f"{field} is NaN or infinite; refusing to write invalid JSON", path=where) from None
+
+
+def _null_nonfinite(obj: Any) -> Any:
+    import math
+
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Mapping):
+        return {k: _null_nonfinite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_null_nonfinite(v) for v in obj]
+    return obj
 
 
 def _first_nonfinite(obj: Any, at: str = "") -> str | None:
