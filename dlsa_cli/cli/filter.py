@@ -17,9 +17,7 @@ from dlsa_cli.cli.common import (
     emit_json,
     stdout,
 )
-from dlsa_cli.errors import DlsaError, InputError
-
-_PRESETS = ("imagenet-lt", "places-lt", "inat18")
+from dlsa_cli.errors import DlsaError
 
 
 def _opt(*names: str, help: str) -> Any:
@@ -72,7 +70,7 @@ def fit_filter_cmd(
     Example: [bold]dlsa fit-filter train.safetensors -o filter.safetensors --clusters 100 --epochs 20[/]
     """
     from dlsa_cli.device import resolve_device
-    from dlsa_cli.flow import PRESETS, FilterConfig, fit_filter
+    from dlsa_cli.flow import FilterConfig, fit_filter
     from dlsa_cli.io.features import read_features
     from dlsa_cli.io.files import provenance
 
@@ -81,22 +79,16 @@ def fit_filter_cmd(
 
     rep = Reporter(quiet)
     out_p = check_output_file(out, suffixes=(".safetensors",), inputs=[train])
+    config = FilterConfig.from_preset(  # unknown preset or a value out of range: one line, before any work
+        preset, clusters=clusters, epochs=epochs, batch_size=batch_size, lr=lr, lambda_lh=lambda_lh, lambda_bal=lambda_bal,
+        lambda_pure=lambda_pure, q=q, center_std=center_std, ema=ema, share=share, hidden=hidden, blocks=blocks,
+        purity_threshold=purity_threshold, min_cluster_size=min_cluster_size, max_cluster_share=max_cluster_share,
+        select=select, seed=seed,
+    )
     ckpt = checkpoint_path(out_p)
     had_ckpt = ckpt.exists()
     if had_ckpt and not resume:
         rep.warn(f"{ckpt} holds an interrupted run; starting over (pass --resume to continue it)")
-    if preset is not None and preset not in _PRESETS:
-        raise InputError(f"--preset {preset}: unknown preset", hint=f"use one of {', '.join(_PRESETS)}")
-    if select is not None and select not in ("good-clusters", "last"):
-        raise InputError(f"--select {select}: unknown rule", hint="use good-clusters or last")
-    explicit = dict(
-        clusters=clusters, epochs=epochs, batch_size=batch_size, lr=lr, lambda_lh=lambda_lh, lambda_bal=lambda_bal,
-        lambda_pure=lambda_pure, q=q, center_std=center_std, ema=ema, share=share, hidden=hidden, blocks=blocks,
-        purity_threshold=purity_threshold, min_cluster_size=min_cluster_size, max_cluster_share=max_cluster_share,
-        select=select,
-    )
-    settings = {**(PRESETS[preset] if preset else {}), **{k: v for k, v in explicit.items() if v is not None}, "seed": seed}
-    config = FilterConfig(**settings)
     dev = resolve_device(device)
     if dev.type == "cuda":
         import torch

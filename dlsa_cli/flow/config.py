@@ -42,6 +42,15 @@ class FilterConfig:
         return asdict(self)
 
     @classmethod
+    def from_preset(cls, preset: str | None = None, **settings: Any) -> FilterConfig:
+        """The paper's `preset` (or the defaults) with the `settings` that are not None on top, range-checked."""
+        if preset is not None and preset not in PRESETS:
+            raise DlsaError(f"--preset {preset}: unknown preset", hint=f"use one of {', '.join(PRESETS)}")
+        cfg = cls(**{**(PRESETS[preset] if preset else {}), **{k: v for k, v in settings.items() if v is not None}})
+        _check_config(cfg)
+        return cfg
+
+    @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FilterConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
