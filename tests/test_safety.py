@@ -251,23 +251,36 @@ def test_manifest_paths_stay_in_the_cascade_folder(run, tmp_path, where):
 # ----------------------------------------------------------------------------- 5. leftovers
 
 
-def _dead_pid() -> int:
-    p = subprocess.Popen([sys.executable, "-c", "pass"])
-    p.wait()
-    return p.pid
+SPLIT_KILLER = """
+import importlib, os, signal, sys
+sp = importlib.import_module("dlsa_cli.flow.split")  # the module, not the function dlsa_cli.flow.split
+one = sp._split_file
+def one_then_die(*a, **k):
+    rep = one(*a, **k)
+    os.kill(os.getpid(), signal.SIGKILL)
+sp._split_file = one_then_die
+from dlsa_cli.cli import main
+sys.argv = ["dlsa"] + sys.argv[1:]
+main()
+"""
 
 
-def test_stale_staging_of_a_killed_run_is_removed_by_the_next(run, tmp_path):
+def test_staging_of_a_sigkilled_split_is_removed_by_the_next(run, tmp_path):
     out = tmp_path / "s"
-    stale = tmp_path / f".s.{_dead_pid()}-abcd1234.tmp"  # what a SIGKILLed split leaves
-    stale.mkdir()
-    (stale / "train.parquet").write_text("half")
-    alive = tmp_path / f".s.{os.getpid()}-abcd1234.tmp"  # a writer that is still running
+    args = ["split", str(run / "filter.safetensors"), str(run / "train.safetensors"), str(run / "test.safetensors"), "-o", str(out),
+            "--device", "cpu", "--quiet"]
+    r = subprocess.run([sys.executable, "-c", SPLIT_KILLER, *args], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == -9, r.stderr  # killed after its first input was staged
+    stale = [p for p in tmp_path.iterdir() if p.name.startswith(".s.")]
+    assert len(stale) == 1 and (stale[0] / "train.parquet").exists() and not out.exists()
+    alive = tmp_path / f".s.{os.getpid()}-abcd1234.tmp"  # a writer that is still running keeps its staging
     alive.mkdir()
-    r = run_cli("split", run / "filter.safetensors", run / "test.safetensors", "-o", out, "--device", "cpu", "--quiet")
+    r = run_cli(*args[:2], str(run / "test.safetensors"), *args[4:])
     assert r.returncode == 0, r.stderr
-    assert not stale.exists()
+    assert not stale[0].exists()
     assert alive.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".s." + alive.name[3:], "s"])
 
 
 def test_second_split_removes_only_what_the_first_listed(run, tmp_path):
