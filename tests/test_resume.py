@@ -186,3 +186,29 @@ def test_extract_sigkill_then_resume_gives_the_uninterrupted_features(tmp_path):
     assert read_safetensors(out)[3]["resumed_from"] == 4
     _same(out, whole)
     assert read_safetensors(out)[2]["ids"] == read_safetensors(whole)[2]["ids"]
+
+
+def test_resume_under_another_thread_count_says_so(digits, tmp_path):
+    import torch
+
+    from dlsa_cli.flow import fit_filter
+    from dlsa_cli.io.features import read_features
+
+    fs = read_features(digits / "train.safetensors")
+    opts = dict(clusters=8, epochs=2, batch_size=64, hidden=32, seed=1)
+    ckpt = tmp_path / "ck"
+
+    def stop(rec):
+        raise KeyboardInterrupt
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with pytest.raises(KeyboardInterrupt):
+            fit_filter(fs, checkpoint=ckpt, on_epoch=stop, **opts)
+        torch.set_num_threads(2)
+        notes: list[str] = []
+        fit_filter(fs, checkpoint=ckpt, resume=True, on_warning=notes.append, **opts)
+    finally:
+        torch.set_num_threads(threads)
+    assert any("torch_threads 1, this one 2" in n for n in notes), notes

@@ -68,12 +68,20 @@ def save_checkpoint(path: str | Path, st: Any, fingerprint: dict[str, Any] | Non
         "balance_t": st.balance.t,
         "history": st.history,
         "fingerprint": fingerprint,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch": torch.__version__,
     }
     write_safetensors(path, tensors, kind=KIND, meta=meta)
 
 
-def load_checkpoint(path: str | Path, st: Any, fingerprint: dict[str, Any] | None, device: torch.device) -> None:
-    """Restore `st` (a fresh `TrainState`) from a checkpoint; InputError when it is not one of this run."""
+def load_checkpoint(path: str | Path, st: Any, fingerprint: dict[str, Any] | None, device: torch.device) -> list[str]:
+    """Restore `st` (a fresh `TrainState`) from a checkpoint; InputError when it is not one of this run.
+
+    Returns warnings: a resume under another thread count, CPU instruction set
+    or torch build than the interrupted run continues, but its result may then
+    differ in the last bits from an uninterrupted run.
+    """
     tensors, kind, meta, _ = read_safetensors(path)
     if kind != KIND:
         raise InputError(f"is a '{kind}' file, not a fit-filter resume checkpoint", path=path, hint="remove it")
@@ -101,3 +109,8 @@ def load_checkpoint(path: str | Path, st: Any, fingerprint: dict[str, Any] | Non
     st.best_key = None if meta["best_key"] is None else (bool(meta["best_key"][0]), int(meta["best_key"][1]))
     st.history = list(meta["history"])
     st.flow.train()
+    now = {"torch_threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__}
+    return [
+        f"the interrupted run had {k} {meta.get(k)}, this one {v}: the resumed filter may differ in the last bits from an uninterrupted run"
+        for k, v in now.items() if meta.get(k) is not None and meta.get(k) != v
+    ]

@@ -137,7 +137,8 @@ def fit_filter(
 
         fingerprint = data_fingerprint(train, cfg)
         if resume and Path(checkpoint).exists():
-            load_checkpoint(checkpoint, st, fingerprint, dev)
+            for note in load_checkpoint(checkpoint, st, fingerprint, dev):
+                warn(note)
     if st.epoch == 0:
         _check_start(st.flow, data, cfg)
     for epoch in range(st.epoch + 1, cfg.epochs + 1):
