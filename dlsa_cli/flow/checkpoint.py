@@ -5,7 +5,8 @@ filter being trained (`FILTER.resume`), rewritten atomically after every
 epoch and removed once the filter is saved. It holds everything the next
 epoch depends on:
 
-- `flow.*`: the flow's full state (weights, batch-norm running statistics);
+- `flow.*`: the flow's state (weights, batch-norm running statistics, the
+  fixed means; MADE masks are rebuilt, not stored);
 - `best.*`: the best epoch's weights so far, when that is not the current one;
 - `opt.N.*`: the optimiser's per-parameter state (empty for plain SGD);
 - `rng.init`, `rng.pairs`: both random generators' states;
@@ -50,9 +51,9 @@ def data_fingerprint(fs: FeatureSet, cfg: FilterConfig) -> dict[str, Any]:
 
 def save_checkpoint(path: str | Path, st: Any, fingerprint: dict[str, Any] | None) -> None:
     """Write the training state `st` (a `TrainState`) atomically."""
-    tensors: dict[str, torch.Tensor] = {f"flow.{k}": v for k, v in st.flow.state_dict().items()}
+    tensors: dict[str, torch.Tensor] = {f"flow.{k}": v for k, v in _learned(st.flow.state_dict()).items()}
     if st.best_state is not None:
-        tensors.update({f"best.{k}": v for k, v in st.best_state.items()})
+        tensors.update({f"best.{k}": v for k, v in _learned(st.best_state).items()})
     for i, p in enumerate(st.flow.parameters()):
         for name, v in st.opt.state.get(p, {}).items():
             if isinstance(v, torch.Tensor):
@@ -75,6 +76,13 @@ def save_checkpoint(path: str | Path, st: Any, fingerprint: dict[str, Any] | Non
     write_safetensors(path, tensors, kind=KIND, meta=meta)
 
 
+def _learned(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A flow state without what is rebuilt from the architecture (MADE masks, the permutation)."""
+    from dlsa_cli.flow.model import REBUILT_SUFFIXES
+
+    return {k: v for k, v in state.items() if not k.endswith(REBUILT_SUFFIXES)}
+
+
 def load_checkpoint(path: str | Path, st: Any, fingerprint: dict[str, Any] | None, device: torch.device) -> list[str]:
     """Restore `st` (a fresh `TrainState`) from a checkpoint; InputError when it is not one of this run.
 
@@ -91,10 +99,10 @@ def load_checkpoint(path: str | Path, st: Any, fingerprint: dict[str, Any] | Non
             path=path,
             hint="run with the same input and options, or remove the checkpoint (or drop --resume) to start over",
         )
-    flow_state = {k[5:]: v for k, v in tensors.items() if k.startswith("flow.")}
-    st.flow.load_state_dict(flow_state)
+    own = st.flow.state_dict()
+    st.flow.load_state_dict({**own, **{k[5:]: v for k, v in tensors.items() if k.startswith("flow.")}})
     best = {k[5:]: v.to(device) for k, v in tensors.items() if k.startswith("best.")}
-    st.best_state = best or None
+    st.best_state = {**{k: v.detach().clone() for k, v in own.items()}, **best} if best else None
     for i, p in enumerate(st.flow.parameters()):
         state = {k.split(".", 2)[2]: v.to(device) for k, v in tensors.items() if k.startswith(f"opt.{i}.")}
         if state:

@@ -101,6 +101,7 @@ def fit_filter(
     on_warning: Callable[[str], None] | None = None,
     checkpoint: str | Path | None = None,
     resume: bool = False,
+    checkpoint_every: int = 1,
     **options: Any,
 ) -> FlowFilter:
     """Train a flow filter on one depth's training samples.
@@ -122,6 +123,8 @@ def fit_filter(
         resume: continue from `checkpoint` when it exists (it must come from
             the same data and settings); the filter's `resumed_from` is then
             the epoch it continued after.
+        checkpoint_every: write the checkpoint after every this many epochs
+            (never after the last one: the filter itself follows).
     """
     if not isinstance(train, FeatureSet):
         train = FeatureSet(np.asarray(train), None if labels is None else np.asarray(labels, dtype=np.int64))
@@ -147,7 +150,7 @@ def fit_filter(
         record = _evaluate_epoch(st, data, cfg, epoch, sums, t0)
         _keep_best(st, record, cfg, epoch)
         st.epoch = epoch
-        if checkpoint is not None:
+        if checkpoint is not None and epoch < cfg.epochs and epoch % max(checkpoint_every, 1) == 0:
             from dlsa_cli.flow.checkpoint import save_checkpoint
 
             save_checkpoint(checkpoint, st, fingerprint)
