@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dlsa_cli.errors import DlsaError, ModelMismatchError
+from dlsa_cli.errors import DlsaError, ModelMismatchError, NonFiniteError
 from dlsa_cli.flow.config import FilterConfig
 from dlsa_cli.flow.model import MixtureFlow
 from dlsa_cli.io.files import (
@@ -73,6 +73,7 @@ class FlowFilter:
         self.chosen_epoch = chosen_epoch
         self.stats = dict(stats or {})
         self.path = None if path is None else Path(path)
+        self.resumed_from: int | None = None  # the epoch a resumed training continued after
 
     @property
     def dim(self) -> int:
@@ -111,8 +112,13 @@ class FlowFilter:
         batch_size: int = 4096,
         device: str | torch.device | None = None,
         latent: bool = False,
+        allow_nonfinite: bool = False,
     ) -> FilterScores:
-        """log p(x), cluster and route of every row of x (N, D), in batches (eval mode)."""
+        """log p(x), cluster and route of every row of x (N, D), in batches (eval mode).
+
+        A NaN or infinite log p(x) raises NonFiniteError naming the rows; with
+        `allow_nonfinite` such rows are kept (log p as computed) and never routed.
+        """
         xt = x if isinstance(x, torch.Tensor) else np.asarray(x)  # numpy is converted batch by batch
         if xt.ndim != 2:
             raise ModelMismatchError(f"features must be (N, D), got shape {tuple(xt.shape)}", path=self.path)
@@ -141,8 +147,11 @@ class FlowFilter:
                     ref[s : s + len(xb)] = self.reference.log_prob(xb)[0].double().cpu().numpy()
                 if zs is not None:
                     zs[s : s + len(xb)] = z.float().cpu().numpy()
+        finite = np.isfinite(ll)
+        if not allow_nonfinite:
+            _check_scores(ll, xt)
         rs = self.route_score(ll, cl, ref)
-        return FilterScores(ll, cl, rs >= self.threshold, zs, rs)
+        return FilterScores(ll, cl, finite & (rs >= self.threshold), zs, rs)
 
     def route_score(self, ll: np.ndarray, cluster: np.ndarray, reference_ll: np.ndarray | None = None) -> np.ndarray:
         """This filter's routing score (N,) from log p(x), clusters and the reference's log p(x)."""
@@ -251,6 +260,22 @@ def _load_flow(meta: dict[str, Any], cfg: FilterConfig, tensors: dict[str, torch
     except (KeyError, RuntimeError) as e:
         raise ModelMismatchError(f"filter weights do not fit its settings ({e})", path=path) from None
     return flow
+
+
+def _check_scores(ll: np.ndarray, x: np.ndarray | torch.Tensor) -> None:
+    """NonFiniteError (rows numbered within x) when a log p(x) (N,) is NaN or infinite."""
+    bad = np.flatnonzero(~np.isfinite(ll))
+    if bad.size == 0:
+        return
+    rows = x[torch.as_tensor(bad)] if isinstance(x, torch.Tensor) else np.asarray(x[bad])
+    big = float(np.abs(np.asarray(rows, dtype=np.float64)).max())
+    raise NonFiniteError.build(
+        "log p(x)",
+        bad,
+        int(ll.shape[0]),
+        hint=f"those rows hold values up to {big:.3g}, beyond what the flow can score; "
+        "check the features with `dlsa inspect` and scale them as the training features were",
+    )
 
 
 def _device(device: str | torch.device | None) -> torch.device:
