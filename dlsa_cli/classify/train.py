@@ -30,7 +30,7 @@ from dlsa_cli.classify.data import (
     loss_logit_shift,
 )
 from dlsa_cli.classify.m2m import m2m_fill
-from dlsa_cli.classify.model import Classifier, ClusterAidedHead, _as_tensor, expert_logits, fc_a
+from dlsa_cli.classify.model import Classifier, ClusterAidedHead, LinearHead, _as_tensor, expert_logits, fc_a
 from dlsa_cli.classify.ride import ride_diversity, ride_temperatures
 from dlsa_cli.classify.start import Start, starting_point
 from dlsa_cli.errors import InputError, ModelMismatchError, TrainingError
@@ -429,7 +429,8 @@ def _m2m_pool(run: _Run, epoch: int, gen: torch.Generator) -> _Pool:
         side = xg if cfg.side_input == "features" else d.side[rows].to(dev)
         return run.module(xg, side, d.prior[rows].to(dev))
 
-    tr = m2m_fill(run.g, f, d.x.to(dev), d.y.to(dev), d.c, beta=cfg.m2m_beta, lam=cfg.m2m_lambda,
+    linear = _linear_part(run.module, cfg, d.x.shape[1])
+    tr = m2m_fill(run.g, f if linear is None else linear, d.x.to(dev), d.y.to(dev), d.c, beta=cfg.m2m_beta, lam=cfg.m2m_lambda,
                   gamma=cfg.m2m_gamma, steps=cfg.m2m_steps, step=step, gen=gen)
     run.m2m["rounds"].append({"epoch": epoch, "added": int(len(tr.y)), "accepted": int(tr.accepted.sum()),
                               "seconds": round(time.perf_counter() - t0, 3)})
@@ -441,6 +442,18 @@ def _m2m_pool(run: _Run, epoch: int, gen: torch.Generator) -> _Pool:
         side = torch.cat([d.side, tr.x.to(d.dev) if cfg.side_input == "features" else d.side[src]])
     prior = None if d.prior is None else torch.cat([d.prior, d.prior[src]])
     return _Pool(torch.cat([d.x, tr.x.to(d.dev)]), torch.cat([d.y, tr.y.to(d.dev)]), side, prior)
+
+
+@torch.no_grad()
+def _linear_part(module: nn.Module, cfg: TrainConfig, dim: int) -> torch.Tensor | None:
+    """(C, D) A with f(x) = A x + (terms without x) when the trained classifier is linear in x, else None."""
+    head = fc_a(module)
+    if not isinstance(head, LinearHead) or head.cosine:
+        return None
+    a = head.weight.detach().clone()
+    if isinstance(module, ClusterAidedHead) and cfg.side_input == "features":
+        a += module.b.weight[:, :dim]  # FC_b sees x too
+    return a
 
 
 def _m2m_classifier(cfg: TrainConfig, fit_fs: FeatureSet, val_fs: FeatureSet, data: _Data,
