@@ -77,7 +77,7 @@ ABLATIONS: dict[str, dict] = {
 # Branch-classifier design choices (BSM), each measured on validation.
 DESIGNS: dict[str, dict] = {
     "default": dict(),
-    "counts-subset": dict(branch=dict(bsm_counts="subset")),
+    "counts-subset": dict(branch=dict(loss_counts="subset")),
     "input-latent": dict(branch=dict(side_input="latent")),
     "prior-only": dict(branch=dict(side_input="none")),
     "prior-loo": dict(branch=dict(prior_train="loo")),
@@ -86,9 +86,9 @@ DESIGNS: dict[str, dict] = {
     "honest-init": dict(branch=dict(lr=3e-2), honest=True),
     "honest-init-prior-only": dict(branch=dict(lr=3e-2, side_input="none"), honest=True),
     "scratch": dict(scratch=True),
-    "scratch-counts-all": dict(scratch=True, branch=dict(bsm_counts="all")),
-    "scratch-counts-subset": dict(scratch=True, branch=dict(bsm_counts="subset")),
-    "scratch-latent": dict(scratch=True, branch=dict(bsm_counts="subset", side_input="latent")),
+    "scratch-counts-all": dict(scratch=True, branch=dict(loss_counts="all")),
+    "scratch-counts-subset": dict(scratch=True, branch=dict(loss_counts="subset")),
+    "scratch-latent": dict(scratch=True, branch=dict(loss_counts="subset", side_input="latent")),
 }
 
 
@@ -178,8 +178,8 @@ def build_cascades(sd: Seed, base_path: Path, cfg: TrainConfig, depths: list[int
     branch = replace(cfg, allow_missing_val_classes=True, **design.get("branch", {}))
     if design.get("scratch"):
         branch = replace(branch, lr=branch.lr or 0.03)
-        if "bsm_counts" not in design.get("branch", {}):
-            branch = replace(branch, bsm_counts="subset")  # the authors' implementation
+        if "loss_counts" not in design.get("branch", {}):
+            branch = replace(branch, loss_counts="subset")  # the authors' implementation
     init = None if design.get("scratch") else base_path
     # as the recipe does: a branch's epoch maximises the WHOLE validation set's balanced accuracy
     vcc = np.bincount(sd.val.labels, minlength=C) if design.get("weighted", True) else None

@@ -391,7 +391,7 @@ class _Run:
         return float(total) / max(seen, 1)
 
     def loss(self, pool: _Pool, idx: torch.Tensor) -> torch.Tensor:
-        """Mean over experts of each one's loss (with the BSM/LA shift), minus RIDE's diversity term."""
+        """The sum over experts of each one's loss (with the BSM/LA shift) minus RIDE's diversity term."""
         dev = self.device
         side = None if pool.side is None else pool.side[idx].to(dev)
         prior = None if pool.prior is None else pool.prior[idx].to(dev)
@@ -400,10 +400,10 @@ class _Run:
         if self.shift is not None:
             zt = zt + self.shift
         yb = pool.y[idx].to(dev)
-        loss = F.cross_entropy(zt.flatten(0, 1), yb.repeat(z.shape[0]))
+        loss = F.cross_entropy(zt.flatten(0, 1), yb.repeat(z.shape[0]))  # mean over experts and samples
         if z.shape[0] > 1 and self.cfg.ride_diversity > 0:
             loss = loss - self.cfg.ride_diversity * ride_diversity(z, yb, self.temps)
-        return loss
+        return z.shape[0] * loss  # summed over experts, as RIDE does: each expert learns at the full --lr
 
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
