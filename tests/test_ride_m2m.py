@@ -262,3 +262,15 @@ def test_val_weights_from_without_val_is_a_library_error(digits):
 
     with pytest.raises(InputError, match="--val-weights-from needs --val"):
         fit_classifier(train, None, TrainConfig(epochs=1), val_weights_from=digits / "val.safetensors")
+
+
+def test_fit_classifier_help_lists_every_documented_input_and_the_new_options():
+    from conftest import run_cli
+
+    r = run_cli("fit-classifier", "--help")
+    assert r.returncode == 0, r.stderr
+    line = next(ln for ln in r.stdout.splitlines() if "--input " in ln)
+    for value in ("features", "latent", "none"):  # the values the README's table documents
+        assert value in line, line
+    for opt in ("--experts", "--expert-hidden", "--m2m-from", "--ride-diversity", "--m2m-start", "--m2m-every", "m2m (major"):
+        assert opt in r.stdout, opt
