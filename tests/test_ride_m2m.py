@@ -105,6 +105,27 @@ def test_ride_experts_differ_predict_their_mean_and_round_trip(digits, tmp_path)
     assert json.loads(r.stdout)["fields"]["experts"] == 3
 
 
+def test_router_of_hidden_layer_experts_is_chosen_on_validation_and_used(digits, tmp_path):
+    from dlsa_cli.classify.router import routed_logits
+
+    out = tmp_path / "ride.safetensors"
+    r = ok("fit-classifier", digits / "train.safetensors", "--val", digits / "val.safetensors", "-o", out,
+           "--model", "ride", "--experts", "3", "--expert-hidden", "32", "--epochs", "15", "--json", *CPU)
+    clf = Classifier.load(out)
+    router = clf.meta["router"]
+    assert json.loads(r.stdout)["router"]["saving"] == router["saving"]
+    assert router["threshold"] is not None and 0 < router["saving"] < 1  # digits: most samples are easy
+    assert router["val_balanced"] >= router["val_balanced_all_experts"]
+    x = torch.as_tensor(read_features(digits / "test.safetensors").features)
+    logits, used = routed_logits(clf.module, x, router["threshold"])
+    np.testing.assert_allclose(clf.logits(x.numpy()), logits.numpy(), atol=1e-5)
+    with torch.no_grad():
+        first = clf.module.experts[0](x)
+    easy = used == 1
+    assert easy.any() and torch.allclose(logits[easy], first[easy])  # a confident sample saw one expert
+    assert "router" not in fit(digits, tmp_path / "linear.safetensors", "--model", "ride", "--epochs", "2").meta
+
+
 def test_ride_from_a_linear_baseline_is_the_baseline_plus_seeded_noise(digits, tmp_path):
     base = fit(digits, tmp_path / "base.safetensors", "--epochs", "5")
     cfg = TrainConfig(model="ride", experts=2, ride_init_noise=0.1, seed=7)

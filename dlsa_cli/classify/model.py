@@ -177,6 +177,11 @@ class Classifier:
 
     def _forward_scaled(self, x, side, prior, scale):
         head = fc_a(self.module)
+        threshold = (self.meta.get("router") or {}).get("threshold")
+        if threshold is not None and side is None and isinstance(head, RideHead):
+            from dlsa_cli.classify.router import routed_logits
+
+            return routed_logits(head, x, float(threshold))[0]
         if scale is None:
             return self.module(x, side, prior) if side is not None else self.module(x)
         base = F.linear(x, head.weight * scale[:, None], head.bias * scale)  # tau-normalised FC(_a)

@@ -42,6 +42,9 @@ def summary(path: str | Path) -> dict[str, Any]:
         fields["experts"] = m.get("experts")
         fields["expert hidden"] = m.get("expert_hidden") or "none"
         fields["ride diversity"] = hyper.get("ride_diversity")
+        if router := m.get("router"):
+            fields["router threshold"] = router.get("threshold") or "off (it lost accuracy on validation)"
+            fields["router saving"] = f"{100 * router['saving']:.1f}% of expert evaluations (validation)"
     if m2m := m.get("m2m"):
         fields["m2m from"] = m2m.get("from")
         fields["m2m acceptance"] = m2m.get("acceptance")

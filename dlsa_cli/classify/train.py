@@ -32,6 +32,7 @@ from dlsa_cli.classify.data import (
 from dlsa_cli.classify.m2m import m2m_fill
 from dlsa_cli.classify.model import Classifier, ClusterAidedHead, LinearHead, _as_tensor, expert_logits, fc_a
 from dlsa_cli.classify.ride import ride_diversity, ride_temperatures
+from dlsa_cli.classify.router import choose_router
 from dlsa_cli.classify.start import Start, starting_point
 from dlsa_cli.errors import InputError, ModelMismatchError, TrainingError
 from dlsa_cli.io.features import FeatureSet, read_labels
@@ -170,6 +171,10 @@ def _fit(
     history = run.epochs(progress)
     meta = _meta(cfg, start, data, counts_all, run, history, val_source, train)
     clf = Classifier(kind=meta["model"], dim=train.dim, num_classes=c, module=module, meta=meta)
+    if start.base_kind == "ride" and not data.cluster_aided:
+        router = choose_router(module, data.xv.cpu(), data.yv.cpu(), c, None if weights is None else weights.cpu())
+        if router is not None:
+            meta["router"] = router
     meta["posthoc"] = _choose_posthoc(clf, data, cfg, weights, device)
     report = FitReport(epoch=run.best_epoch, val_balanced=run.best_scores[0], val_accuracy=run.best_scores[1],
                        val_source=val_source, val_samples=int(val_fs.n), posthoc=meta["posthoc"], history=history,

@@ -208,12 +208,16 @@ def _render_fit(clf, report, out: Path, *, epochs: int, seconds: float, weighted
         result["experts"] = clf.meta["experts"]
     if report.m2m is not None:
         result["m2m_acceptance"] = report.m2m["acceptance"]
+    if router := clf.meta.get("router"):
+        result["router"] = {k: router[k] for k in ("threshold", "saving")}
     if json_out:
         emit_json(result)
         return
     ph = result["posthoc"]
     ph_text = "" if ph["kind"] == "none" else f", post-hoc {ph['kind']} tau {ph['tau']:g}"
     m2m_text = "" if report.m2m is None else f", M2M acceptance {report.m2m['acceptance']:.3f}"
+    if router := clf.meta.get("router"):
+        m2m_text += f", router skips {100 * router['saving']:.1f}% of expert evaluations"
     what = "share of the whole validation set's balanced acc" if weighted else "balanced acc"
     kind = clf.kind if "experts" not in clf.meta else f"{clf.kind} ({clf.meta['experts']} experts)"
     stdout.print(
