@@ -63,6 +63,8 @@ CLASSIFIERS: dict[str, dict] = {
     "la": dict(loss="ce", posthoc="la"),  # logit adjustment (post-hoc, strength on validation)
     "cosine": dict(loss="ce", model="cosine"),
     "cbs": dict(loss="ce", sampler="balanced"),
+    "ride": dict(loss="bsm", model="ride"),  # 2 experts, RIDE's defaults (see benchmarks/classifiers.py)
+    "m2m": dict(loss="ce", sampler="m2m", m2m_every=100),  # one round; each branch warms up its own g
 }
 
 # The paper's ablations (Table 4) on the filter; K scaled to Caltech's 101 classes.
