@@ -4,6 +4,7 @@ validation, post-hoc strength. `fit_classifier` is the one entry point."""
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -422,8 +423,6 @@ class _Run:
 
 def _m2m_pool(run: _Run, epoch: int, gen: torch.Generator) -> _Pool:
     """The real samples plus a fresh round of M2M translations (recorded in `run.m2m`)."""
-    import time
-
     cfg, d, dev = run.cfg, run.data, run.device
     t0 = time.perf_counter()
     step = cfg.m2m_step * float(d.x.norm(dim=1).mean())
