@@ -295,3 +295,18 @@ def test_fit_classifier_help_lists_every_documented_input_and_the_new_options():
         assert value in line, line
     for opt in ("--experts", "--expert-hidden", "--m2m-from", "--ride-diversity", "--m2m-start", "--m2m-every", "m2m (major"):
         assert opt in r.stdout, opt
+
+
+def test_branch_rules_hold_for_library_callers(digits):
+    """The rules the CLI used to apply itself now come from the library, so fit_classifier callers get them."""
+    from dlsa_cli.errors import InputError
+    from dlsa_cli.io.features import FeatureSet
+
+    train = read_features(digits / "train.safetensors", require_labels=True)
+    rest = FeatureSet(features=train.features, labels=train.labels, ids=train.ids, meta={**train.meta, "part": "rest"})
+    with pytest.raises(InputError, match="rest of a split.*--init BASELINE"):
+        fit_classifier(rest, None, TrainConfig(epochs=1))
+    with pytest.raises(InputError, match="--init and --from-scratch exclude each other"):
+        fit_classifier(train, None, TrainConfig(epochs=1), init=digits / "x.safetensors", from_scratch=True)
+    clf, _ = fit_classifier(rest, None, TrainConfig(epochs=1), from_scratch=True)
+    assert clf.kind == "linear"
