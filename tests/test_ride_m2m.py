@@ -255,7 +255,8 @@ def test_m2m_through_the_cli_with_a_given_g(digits, tmp_path):
         (["--model", "ride", "--posthoc", "tau"], "--posthoc tau applies to linear classifiers"),
         (["--m2m-from", "x.safetensors"], "--m2m-from applies to --sampler m2m"),
         (["--sampler", "m2m", "--m2m-beta", "1.5"], "--m2m-beta 1.5: must be between 0 and 1"),
-        (["--sampler", "m2m", "--m2m-every", "0"], "--m2m-every 0: must be at least 1"),
+        (["--sampler", "m2m", "--m2m-every", "-1"], "--m2m-every -1: must be zero or more"),
+        (["--sampler", "m2m", "--m2m-start", "0"], "--m2m-start 0: must be at least 1"),
         (["--model", "ride", "--ride-diversity", "-1"], "--ride-diversity -1.0: must be zero or more"),
         (["--sampler", "m2m", "--m2m-from", "missing.safetensors"], "missing.safetensors"),
         (["--model", "ridge"], "--model ridge: use linear, cosine or ride"),
@@ -310,3 +311,11 @@ def test_branch_rules_hold_for_library_callers(digits):
         fit_classifier(train, None, TrainConfig(epochs=1), init=digits / "x.safetensors", from_scratch=True)
     clf, _ = fit_classifier(rest, None, TrainConfig(epochs=1), from_scratch=True)
     assert clf.kind == "linear"
+
+
+def test_m2m_schedule_rounds():
+    from dlsa_cli.classify.train import _m2m_round
+
+    rounds = lambda start, every: [e for e in range(1, 11) if _m2m_round(e, start, every)]  # noqa: E731
+    assert rounds(1, 0) == [1] and rounds(6, 0) == [6]
+    assert rounds(1, 5) == [1, 6] and rounds(3, 2) == [3, 5, 7, 9]

@@ -74,7 +74,7 @@ class TrainConfig:
     `m2m_warmup` epochs), `m2m_beta` / `m2m_lambda` / `m2m_gamma` the paper's
     beta, lambda and gamma, `m2m_steps` gradient steps of `m2m_step` times the
     mean feature norm each, translated samples used from epoch `m2m_start`
-    and regenerated every `m2m_every` epochs.
+    and regenerated every `m2m_every` epochs (0: made once and kept).
     """
 
     model: str | None = None
@@ -109,7 +109,7 @@ class TrainConfig:
     m2m_steps: int = 10
     m2m_step: float = 0.05
     m2m_start: int = 1
-    m2m_every: int = 1
+    m2m_every: int = 0
     bsm_counts: InitVar[str | None] = None  # the old name of loss_counts, still accepted
 
     def __post_init__(self, bsm_counts: str | None) -> None:
@@ -131,14 +131,14 @@ class TrainConfig:
         ):
             if getattr(self, name) not in allowed:
                 raise InputError(f"{flag(name)} {getattr(self, name)}: use one of {', '.join(allowed)}")
-        for name in ("epochs", "batch_size", "experts", "m2m_steps", "m2m_start", "m2m_every", "m2m_warmup"):
+        for name in ("epochs", "batch_size", "experts", "m2m_steps", "m2m_start", "m2m_warmup"):
             if getattr(self, name) < 1:
                 raise InputError(f"{flag(name)} {getattr(self, name)}: must be at least 1")
         for name in ("lr", "lr_side", "ride_temperature", "m2m_step", "cosine_scale"):
             v = getattr(self, name)
             if v is not None and not (v > 0 and math.isfinite(v)):
                 raise InputError(f"{flag(name)} {v}: must be a positive number")
-        for name in ("ride_diversity", "ride_init_noise", "m2m_lambda", "m2m_gamma", "expert_hidden", "weight_decay"):
+        for name in ("ride_diversity", "ride_init_noise", "m2m_lambda", "m2m_gamma", "expert_hidden", "weight_decay", "m2m_every"):
             v = getattr(self, name)
             if not (v >= 0 and math.isfinite(v)):
                 raise InputError(f"{flag(name)} {v}: must be zero or more")

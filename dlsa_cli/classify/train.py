@@ -364,7 +364,7 @@ class _Run:
         pool = _Pool(d.x, d.y, d.side, d.prior, d.correction)
         self.module.train()
         for epoch in range(1, cfg.epochs + 1):
-            if self.g is not None and epoch >= cfg.m2m_start and (epoch - cfg.m2m_start) % cfg.m2m_every == 0:
+            if self.g is not None and _m2m_round(epoch, cfg.m2m_start, cfg.m2m_every):
                 pool = _m2m_pool(self, epoch, gen)
             loss = self._epoch(pool, gen)
             if not math.isfinite(loss):
@@ -419,6 +419,12 @@ class _Run:
                  for s in range(0, d.xv.shape[0], 4096)]
         self.module.train()
         return balanced_accuracy(torch.cat(preds).to(d.yv.device), d.yv, d.c, self.weights)
+
+
+def _m2m_round(epoch: int, start: int, every: int) -> bool:
+    """Whether M2M translates anew before `epoch`: at `start`, then every `every` epochs (0: never again)."""
+    since = epoch - start
+    return since == 0 or (since > 0 and every > 0 and since % every == 0)
 
 
 def _m2m_pool(run: _Run, epoch: int, gen: torch.Generator) -> _Pool:

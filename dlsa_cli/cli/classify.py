@@ -124,7 +124,9 @@ def fit_classifier_cmd(
     m2m_steps: Annotated[int, typer.Option("--m2m-steps", help="--sampler m2m: gradient steps per translation.")] = 10,
     m2m_step: Annotated[float, typer.Option("--m2m-step", help="--sampler m2m: length of a step, times the mean feature norm.")] = 0.05,
     m2m_start: Annotated[int, typer.Option("--m2m-start", help="--sampler m2m: first epoch that trains on translations.")] = 1,
-    m2m_every: Annotated[int, typer.Option("--m2m-every", help="--sampler m2m: regenerate the translations every this many epochs.")] = 1,
+    m2m_every: Annotated[
+        int, typer.Option("--m2m-every", help="--sampler m2m: regenerate the translations every this many epochs (0: make them once).")
+    ] = 0,
 ) -> None:
     """Train a regular (linear / cosine / RIDE) or cluster-aided classifier.
 
