@@ -98,6 +98,10 @@ def test_ride_experts_differ_predict_their_mean_and_round_trip(digits, tmp_path)
     np.testing.assert_allclose(clf.logits(x), z.mean(0).numpy(), atol=1e-5)
     tensors, _, meta, _ = read_safetensors(out)
     assert meta["experts"] == 3 and meta["expert_hidden"] == 16 and "experts.2.hidden.weight" in tensors
+    search = meta["ride_diversity_search"]  # no --ride-diversity: the weight is chosen on validation
+    assert list(search) == ["0.0", "0.05", "0.2"]
+    assert meta["hyper"]["ride_diversity"] == float(max(search, key=search.get))
+    assert meta["val"]["balanced_accuracy"] == max(search.values())
     pred = tmp_path / "pred.parquet"
     r = ok("predict", out, digits / "test.safetensors", "-o", pred, "--json", *CPU)
     assert json.loads(r.stdout)["model"] == "ride"
@@ -258,6 +262,7 @@ def test_m2m_through_the_cli_with_a_given_g(digits, tmp_path):
         (["--sampler", "m2m", "--m2m-every", "-1"], "--m2m-every -1: must be zero or more"),
         (["--sampler", "m2m", "--m2m-start", "0"], "--m2m-start 0: must be at least 1"),
         (["--model", "ride", "--ride-diversity", "-1"], "--ride-diversity -1.0: must be zero or more"),
+        (["--ride-diversity", "0.1"], "--ride-diversity applies to --model ride"),
         (["--sampler", "m2m", "--m2m-from", "missing.safetensors"], "missing.safetensors"),
         (["--model", "ridge"], "--model ridge: use linear, cosine or ride"),
         (["--input", "zz"], "--input zz: use one of features, latent, none"),

@@ -34,6 +34,7 @@ DEFAULT_LR_SCRATCH = 0.03
 DEFAULT_LR_FINETUNE = 3e-4
 LA_GRID = tuple(np.round(np.arange(0.0, 2.01, 0.25), 2).tolist())
 SMALL_WORK = 1 << 27  # batch x D x C below which CPU training uses one thread
+RIDE_GRID = (0.0, 0.05, 0.2)  # diversity weights tried on validation when none is given (0.2: RIDE's)
 TAU_GRID = tuple(np.round(np.arange(0.0, 1.51, 0.1), 2).tolist())
 
 # The one place where a library name differs from its `fit-classifier` flag; every other
@@ -67,7 +68,7 @@ class TrainConfig:
     `experts` heads); None = the init classifier's kind, else linear. A filter
     makes the classifier cluster-aided.
     RIDE: `ride_diversity` weighs the diversity term subtracted from each
-    expert's loss, `ride_temperature` is its base temperature, `expert_hidden`
+    expert's loss (None: chosen on validation from RIDE_GRID), `ride_temperature` is its base temperature, `expert_hidden`
     (0 = none) a hidden layer per expert, `ride_init_noise` the relative noise
     added to each expert when started from a linear baseline.
     M2M (`sampler="m2m"`): `m2m_from` the classifier g (None: a CE warm-up of
@@ -98,7 +99,7 @@ class TrainConfig:
     seed: int = 0
     experts: int = 2
     expert_hidden: int = 0
-    ride_diversity: float = 0.2
+    ride_diversity: float | None = None
     ride_temperature: float = 1.5
     ride_init_noise: float = 0.1
     m2m_from: str | None = None
@@ -138,7 +139,9 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and not (v > 0 and math.isfinite(v)):
                 raise InputError(f"{flag(name)} {v}: must be a positive number")
-        for name in ("ride_diversity", "ride_init_noise", "m2m_lambda", "m2m_gamma", "expert_hidden", "weight_decay", "m2m_every"):
+        if self.ride_diversity is not None and not (self.ride_diversity >= 0 and math.isfinite(self.ride_diversity)):
+            raise InputError(f"--ride-diversity {self.ride_diversity}: must be zero or more")
+        for name in ("ride_init_noise", "m2m_lambda", "m2m_gamma", "expert_hidden", "weight_decay", "m2m_every"):
             v = getattr(self, name)
             if not (v >= 0 and math.isfinite(v)):
                 raise InputError(f"{flag(name)} {v}: must be zero or more")
@@ -150,7 +153,7 @@ class TrainConfig:
 
     def _check_combinations(self) -> None:
         if self.model != "ride":
-            for name, default in (("experts", 2), ("expert_hidden", 0)):
+            for name, default in (("experts", 2), ("expert_hidden", 0), ("ride_diversity", None)):
                 if getattr(self, name) != default:
                     raise InputError(f"{flag(name)} applies to --model ride", hint="add --model ride or drop it")
         if self.sampler != "m2m" and self.m2m_from is not None:

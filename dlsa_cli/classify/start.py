@@ -16,7 +16,7 @@ from dlsa_cli.classify.model import Classifier, LinearHead, RideHead
 from dlsa_cli.errors import InputError, ModelMismatchError
 from dlsa_cli.io.files import file_sha256, read_safetensors_header
 
-__all__ = ["Start", "starting_point"]
+__all__ = ["Start", "starting_point", "is_ride_file"]
 
 
 @dataclass
@@ -98,6 +98,11 @@ def _from_head(cfg: TrainConfig, init: str | Path, dim: int, c: int, gen: torch.
     head.weight.data.copy_(w0)
     head.bias.data.copy_(b0)
     return head, kind
+
+
+def is_ride_file(init: str | Path | None) -> bool:
+    """Whether `init` names a regular RIDE classifier file."""
+    return _ride_classifier(init) is not None
 
 
 def _ride_classifier(init: str | Path | None) -> Classifier | None:

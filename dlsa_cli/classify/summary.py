@@ -42,6 +42,8 @@ def summary(path: str | Path) -> dict[str, Any]:
         fields["experts"] = m.get("experts")
         fields["expert hidden"] = m.get("expert_hidden") or "none"
         fields["ride diversity"] = hyper.get("ride_diversity")
+        if search := m.get("ride_diversity_search"):
+            fields["ride diversity (val)"] = ", ".join(f"{w}: {v:.4f}" for w, v in search.items())
         if router := m.get("router"):
             fields["router threshold"] = router.get("threshold") or "off (it lost accuracy on validation)"
             fields["router saving"] = f"{100 * router['saving']:.1f}% of expert evaluations (validation)"

@@ -17,6 +17,7 @@ from torch import nn
 
 from dlsa_cli.classify.config import (
     LA_GRID,
+    RIDE_GRID,
     SMALL_WORK,
     TAU_GRID,
     TrainConfig,
@@ -34,7 +35,7 @@ from dlsa_cli.classify.m2m import m2m_fill
 from dlsa_cli.classify.model import Classifier, ClusterAidedHead, LinearHead, _as_tensor, expert_logits, fc_a
 from dlsa_cli.classify.ride import ride_diversity, ride_temperatures
 from dlsa_cli.classify.router import choose_router
-from dlsa_cli.classify.start import Start, starting_point
+from dlsa_cli.classify.start import Start, is_ride_file, starting_point
 from dlsa_cli.errors import InputError, ModelMismatchError, TrainingError
 from dlsa_cli.io.features import FeatureSet, read_labels
 from dlsa_cli.io.features import num_classes as _num_classes
@@ -107,11 +108,27 @@ def fit_classifier(
         val_class_counts = val_weights(val_weights_from, c)
     if val_class_counts is not None and val is None:
         raise InputError(f"{flag('val_class_counts')} needs --val (the part of that file this classifier sees)")
+    kw = dict(init=init, flt=flt, filter_path=filter_path, device=device, progress=progress,
+              train_offset=train_offset, val_class_counts=val_class_counts)
     with _cpu_threads(device, cfg.batch_size * train.dim * max(c, 1)):
-        clf, report = _fit(train, val, cfg, init=init, flt=flt, filter_path=filter_path, device=device,
-                           progress=progress, train_offset=train_offset, val_class_counts=val_class_counts)
+        if cfg.ride_diversity is None and (cfg.model == "ride" or (cfg.model is None and is_ride_file(init))):
+            clf, report = _fit_ride_search(train, val, cfg, **kw)
+        else:
+            clf, report = _fit(train, val, cfg, **kw)
     report.warnings = warnings + report.warnings
     return clf, report
+
+
+def _fit_ride_search(train: FeatureSet, val: FeatureSet | None, cfg: TrainConfig, **kw: Any) -> tuple[Classifier, FitReport]:
+    """RIDE with its diversity weight chosen on validation from RIDE_GRID (the first best among ties)."""
+    best, scores = None, {}
+    for w in RIDE_GRID:
+        clf, rep = _fit(train, val, replace(cfg, ride_diversity=w), **kw)
+        scores[str(w)] = rep.val_balanced
+        if best is None or rep.val_balanced > best[1].val_balanced:
+            best = (clf, rep)
+    best[0].meta["ride_diversity_search"] = scores
+    return best
 
 
 def check_fit_rules(
@@ -407,7 +424,7 @@ class _Run:
             zt = zt + self.shift
         yb = pool.y[idx].to(dev)
         loss = F.cross_entropy(zt.flatten(0, 1), yb.repeat(z.shape[0]))  # mean over experts and samples
-        if z.shape[0] > 1 and self.cfg.ride_diversity > 0:
+        if z.shape[0] > 1 and self.cfg.ride_diversity:
             loss = loss - self.cfg.ride_diversity * ride_diversity(z, yb, self.temps)
         return z.shape[0] * loss  # summed over experts, as RIDE does: each expert learns at the full --lr
 

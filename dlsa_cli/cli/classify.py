@@ -105,8 +105,10 @@ def fit_classifier_cmd(
         int, typer.Option("--expert-hidden", help="--model ride: a hidden layer of this width per expert (0: none).")
     ] = 0,
     ride_diversity: Annotated[
-        float, typer.Option("--ride-diversity", help="--model ride: weight of the diversity term subtracted from each expert's loss.")
-    ] = 0.2,
+        float | None,
+        typer.Option("--ride-diversity", help="--model ride: weight of the diversity term subtracted from each expert's loss "
+                     "(default: chosen on validation from 0, 0.05, 0.2; RIDE's own is 0.2)."),
+    ] = None,
     ride_temperature: Annotated[
         float, typer.Option("--ride-temperature", help="--model ride: base temperature of the diversity term (per class, growing with its count).")
     ] = 1.5,
