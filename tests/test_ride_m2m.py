@@ -324,3 +324,20 @@ def test_m2m_schedule_rounds():
     rounds = lambda start, every: [e for e in range(1, 11) if _m2m_round(e, start, every)]  # noqa: E731
     assert rounds(1, 0) == [1] and rounds(6, 0) == [6]
     assert rounds(1, 5) == [1, 6] and rounds(3, 2) == [3, 5, 7, 9]
+
+
+@pytest.mark.parametrize("opts", [["--model", "ride"], ["--sampler", "m2m", "--loss", "ce"]])
+def test_fit_cascade_runs_ride_and_m2m_classifiers(digits, tmp_path, opts):
+    run = tmp_path / "run"
+    ok("fit-cascade", digits / "train.safetensors", "--val", digits / "val.safetensors", "-o", run, "--depth", "1",
+       "--clusters", "6", "--filter-epochs", "3", "--filter-batch-size", "64", "--filter-lr", "0.01", "--hidden", "32",
+       "--max-cluster-share", "0.9", "--epochs", "4", *opts, *CPU)
+    cas = Cascade.load(run)
+    for clf in (Classifier.load(run / "baseline.safetensors"), *cas.classifiers, cas.final):
+        if opts[1] == "ride":
+            assert clf.base_kind == "ride" and clf.meta["experts"] == 2
+        else:
+            assert clf.meta["sampler"] == "m2m" and clf.meta["m2m"]["rounds"]
+    assert cas.classifiers[0].kind == "cluster-aided"
+    r = ok("predict", run, digits / "test.safetensors", "-o", tmp_path / "pred.parquet", "--json", *CPU)
+    assert json.loads(r.stdout)["model"] == "cascade"
