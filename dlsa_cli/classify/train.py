@@ -376,7 +376,7 @@ class _Run:
         cfg, d = self.cfg, self.data
         gen = torch.Generator(device=d.dev.type if d.dev.type != "cuda" else d.dev).manual_seed(cfg.seed)
         bal, acc = self.evaluate()
-        history = [{"epoch": 0, "loss": float("nan"), "val_balanced": bal, "val_accuracy": acc}]
+        history = [{"epoch": 0, "loss": None, "val_balanced": bal, "val_accuracy": acc}]  # strict JSON: no NaN
         self._keep(0, bal, acc)
         pool = _Pool(d.x, d.y, d.side, d.prior, d.correction)
         self.module.train()
