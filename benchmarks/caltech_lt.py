@@ -66,6 +66,8 @@ CLASSIFIERS: dict[str, dict] = {
     "la": dict(loss="ce", posthoc="la"),  # logit adjustment (post-hoc, strength on validation)
     "cosine": dict(loss="ce", model="cosine"),
     "cbs": dict(loss="ce", sampler="balanced"),
+    "ride": dict(loss="bsm", model="ride"),  # 2 experts, RIDE's defaults (see benchmarks/classifiers.py)
+    "m2m": dict(loss="ce", sampler="m2m", m2m_every=100),  # one round; each branch warms up its own g
 }
 
 # The paper's ablations (Table 4) on the filter; K scaled to Caltech's 101 classes.
@@ -80,7 +82,7 @@ ABLATIONS: dict[str, dict] = {
 # Branch-classifier design choices (BSM), each measured on validation.
 DESIGNS: dict[str, dict] = {
     "default": dict(),
-    "counts-subset": dict(branch=dict(bsm_counts="subset")),
+    "counts-subset": dict(branch=dict(loss_counts="subset")),
     "input-latent": dict(branch=dict(side_input="latent")),
     "prior-only": dict(branch=dict(side_input="none")),
     "prior-loo": dict(branch=dict(prior_train="loo")),
@@ -89,9 +91,9 @@ DESIGNS: dict[str, dict] = {
     "honest-init": dict(branch=dict(lr=3e-2), honest=True),
     "honest-init-prior-only": dict(branch=dict(lr=3e-2, side_input="none"), honest=True),
     "scratch": dict(scratch=True),
-    "scratch-counts-all": dict(scratch=True, branch=dict(bsm_counts="all")),
-    "scratch-counts-subset": dict(scratch=True, branch=dict(bsm_counts="subset")),
-    "scratch-latent": dict(scratch=True, branch=dict(bsm_counts="subset", side_input="latent")),
+    "scratch-counts-all": dict(scratch=True, branch=dict(loss_counts="all")),
+    "scratch-counts-subset": dict(scratch=True, branch=dict(loss_counts="subset")),
+    "scratch-latent": dict(scratch=True, branch=dict(loss_counts="subset", side_input="latent")),
 }
 
 
@@ -190,8 +192,8 @@ def build_cascades(sd: Seed, cfg: TrainConfig, depths: list[int], design_name: s
     branch = replace(cfg, **{"lr": None, **design.get("branch", {})})
     if design.get("scratch"):
         branch = replace(branch, lr=branch.lr or 0.03)
-        if "bsm_counts" not in design.get("branch", {}):
-            branch = replace(branch, bsm_counts="subset")  # the authors' implementation
+        if "loss_counts" not in design.get("branch", {}):
+            branch = replace(branch, loss_counts="subset")  # the authors' implementation
     out = {}
     for d in depths:
         run_dir = sd.dir / "runs" / f"{sd.tag}_{cfg.loss}_{cfg.sampler}_{cfg.model}_{cfg.posthoc}_{design_name}_d{d}"

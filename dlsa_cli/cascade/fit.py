@@ -434,7 +434,8 @@ def _fit_classifier(ctx: _Ctx, name: str, train: Path, val: Path | None, cfg: Tr
     t0 = time.perf_counter()
     offset = None if (ctx.train_offset is None or name == "baseline") else _offset_rows(ctx, train_fs)
     clf, rep = fit_classifier(train_fs, val_fs, cfg, init=init, flt=flt, filter_path=filter_path, device=ctx.device,
-                              val_class_counts=counts, train_offset=offset)
+                              val_class_counts=counts, train_offset=offset,
+                              from_scratch=init is None and name != "baseline")
     seconds = time.perf_counter() - t0
     options = dict(cfg.__dict__, init=init, filter=filter_path, val_weights_from=whole, device=str(ctx.device))
     inputs = [p for p in (train, val, init, filter_path, whole) if p is not None]

@@ -1,13 +1,16 @@
 """Classifiers on feature files (paper Sec. 3.4): heads, settings, inputs, training.
 
 - `config`: `TrainConfig` and the names each setting accepts;
-- `model`: linear, cosine and cluster-aided heads, the `Classifier` and its file;
+- `model`: linear, cosine, RIDE and cluster-aided heads, the `Classifier` and its file;
 - `data`: init heads, carved validation, batches, loss shifts, branch inputs;
-- `train`: `fit_classifier`;
+- `start`: where a fit starts (scratch, a baseline head, a RIDE classifier);
+- `ride`: RIDE's distribution-aware diversity term;
+- `m2m`: M2M's major-to-minor translation in feature space;
+- `train`: `fit_classifier` and the fit's rules;
 - `summary`: `dlsa inspect` of a classifier.
 """
 
-from dlsa_cli.classify.config import LOSSES, MODELS, POSTHOC, SAMPLERS, TrainConfig
+from dlsa_cli.classify.config import FLAGS, LOSSES, MODELS, POSTHOC, SAMPLERS, TrainConfig, flag
 from dlsa_cli.classify.data import (
     balanced_accuracy,
     branch_inputs,
@@ -17,18 +20,30 @@ from dlsa_cli.classify.data import (
     load_init_head,
     loss_logit_shift,
 )
-from dlsa_cli.classify.model import Classifier, ClusterAidedHead, LinearHead
+from dlsa_cli.classify.m2m import Translation, m2m_fill
+from dlsa_cli.classify.model import Classifier, ClusterAidedHead, LinearHead, RideHead, expert_logits
+from dlsa_cli.classify.ride import ride_diversity, ride_temperatures
 from dlsa_cli.classify.summary import summary
-from dlsa_cli.classify.train import FitReport, fit_classifier
+from dlsa_cli.classify.train import FitReport, check_fit_rules, fit_classifier, val_weights
 
 __all__ = [
     "MODELS",
     "LOSSES",
     "SAMPLERS",
     "POSTHOC",
+    "FLAGS",
+    "flag",
     "TrainConfig",
     "LinearHead",
+    "RideHead",
     "ClusterAidedHead",
+    "expert_logits",
+    "ride_diversity",
+    "ride_temperatures",
+    "Translation",
+    "m2m_fill",
+    "check_fit_rules",
+    "val_weights",
     "Classifier",
     "FitReport",
     "fit_classifier",

@@ -33,6 +33,9 @@ def load_init_head(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, str, d
         _, kind, meta, _ = read_safetensors_header(p)
         if kind == "classifier":
             clf = Classifier.load(p)
+            if clf.base_kind == "ride":
+                raise InputError("is a RIDE classifier: it has no single (C, D) head", path=p,
+                                 hint="fit-classifier --init takes it as a whole")
             if clf.kind == "cluster-aided":
                 raise InputError(
                     "is a cluster-aided classifier; --init takes a regular (linear or cosine) one",

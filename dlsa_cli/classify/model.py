@@ -1,4 +1,4 @@
-"""Classifier heads (linear, cosine, cluster-aided) and the Classifier object with its file."""
+"""Classifier heads (linear, cosine, RIDE experts, cluster-aided) and the Classifier object with its file."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from dlsa_cli.io.files import (
     read_safetensors_header,
     write_safetensors,
 )
+
+__all__ = ["LinearHead", "Expert", "RideHead", "ClusterAidedHead", "Classifier", "expert_logits", "fc_a"]
 
 # ----------------------------------------------------------------------------- models
 
@@ -39,6 +41,34 @@ class LinearHead(nn.Module):
         return F.linear(x, self.weight, self.bias)
 
 
+class Expert(nn.Module):
+    """One RIDE expert: an optional hidden layer (ReLU) then a linear head."""
+
+    def __init__(self, dim: int, num_classes: int, hidden: int = 0):
+        super().__init__()
+        self.hidden = nn.Linear(dim, hidden) if hidden else None
+        self.out = LinearHead(hidden or dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, C)
+        return self.out(torch.relu(self.hidden(x)) if self.hidden is not None else x)
+
+
+class RideHead(nn.Module):
+    """RIDE's experts on frozen features; the prediction is their mean logits."""
+
+    cosine = False
+
+    def __init__(self, dim: int, num_classes: int, experts: int, hidden: int = 0):
+        super().__init__()
+        self.experts = nn.ModuleList(Expert(dim, num_classes, hidden) for _ in range(experts))
+
+    def expert_logits(self, x: torch.Tensor) -> torch.Tensor:  # (B, D) -> (E, B, C)
+        return torch.stack([e(x) for e in self.experts])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, C)
+        return self.expert_logits(x).mean(0)
+
+
 class ClusterAidedHead(nn.Module):
     """`FC_a(x) + FC_b([side, prior])`; FC_b starts at zero so the head starts at FC_a."""
 
@@ -54,6 +84,22 @@ class ClusterAidedHead(nn.Module):
         return self.a(x) + self.b(torch.cat([side, prior], dim=1))
 
 
+def fc_a(module: nn.Module) -> nn.Module:
+    """The FC_a part of a cluster-aided head, or the head itself."""
+    return module.a if isinstance(module, ClusterAidedHead) else module
+
+
+def expert_logits(module: nn.Module, x: torch.Tensor, side: torch.Tensor | None = None,
+                  prior: torch.Tensor | None = None) -> torch.Tensor:
+    """(E, B, C) logits of each expert (E = 1 for a single head); a cluster-aided
+    head adds the same FC_b([side, prior]) term to every expert."""
+    head = fc_a(module)
+    z = head.expert_logits(x) if isinstance(head, RideHead) else head(x)[None]  # (E, B, C)
+    if isinstance(module, ClusterAidedHead):
+        z = z + module.b(torch.cat([side, prior], dim=1))[None]
+    return z
+
+
 # ----------------------------------------------------------------------------- the classifier object
 
 
@@ -61,7 +107,7 @@ class ClusterAidedHead(nn.Module):
 class Classifier:
     """A trained classifier: its module, kind, sizes, post-hoc setting and metadata."""
 
-    kind: str  # linear | cosine | cluster-aided
+    kind: str  # linear | cosine | ride | cluster-aided
     dim: int
     num_classes: int
     module: nn.Module
@@ -70,8 +116,10 @@ class Classifier:
 
     @property
     def base_kind(self) -> str:
-        """linear or cosine: the kind of the FC_a part (or of the whole, when regular)."""
-        head = self.module.a if isinstance(self.module, ClusterAidedHead) else self.module
+        """linear, cosine or ride: the kind of the FC_a part (or of the whole, when regular)."""
+        head = fc_a(self.module)
+        if isinstance(head, RideHead):
+            return "ride"
         return "cosine" if head.cosine else "linear"
 
     @property
@@ -128,7 +176,12 @@ class Classifier:
         return out
 
     def _forward_scaled(self, x, side, prior, scale):
-        head = self.module.a if isinstance(self.module, ClusterAidedHead) else self.module
+        head = fc_a(self.module)
+        threshold = (self.meta.get("router") or {}).get("threshold")
+        if threshold is not None and side is None and isinstance(head, RideHead):
+            from dlsa_cli.classify.router import routed_logits
+
+            return routed_logits(head, x, float(threshold))[0]
         if scale is None:
             return self.module(x, side, prior) if side is not None else self.module(x)
         base = F.linear(x, head.weight * scale[:, None], head.bias * scale)  # tau-normalised FC(_a)
@@ -147,21 +200,15 @@ class Classifier:
         ph = self.meta.get("posthoc") or {}
         if ph.get("kind") != "tau" or not ph.get("tau"):
             return None
-        head = self.module.a if isinstance(self.module, ClusterAidedHead) else self.module
+        head = fc_a(self.module)
         norms = head.weight.detach().to(device).norm(dim=1).clamp_min(1e-12)  # (C,)
         return norms.pow(-float(ph["tau"]))
 
     # ---- files
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        if isinstance(self.module, ClusterAidedHead):
-            return {
-                "a.weight": self.module.a.weight.detach().cpu(),
-                "a.bias": self.module.a.bias.detach().cpu(),
-                "b.weight": self.module.b.weight.detach().cpu(),
-                "b.bias": self.module.b.bias.detach().cpu(),
-            }
-        return {"weight": self.module.weight.detach().cpu(), "bias": self.module.bias.detach().cpu()}
+        """The module's state: `weight`/`bias`, `a.*`/`b.*` (cluster-aided), `experts.i.*` (RIDE)."""
+        return {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
 
     def save(self, path: str | Path, *, prov: dict | None = None) -> None:
         """Write the classifier (kind "classifier") atomically."""
@@ -186,25 +233,23 @@ class Classifier:
             dim, c = int(meta["dim"]), int(meta["num_classes"])
         except (KeyError, TypeError, ValueError):
             raise InputError("classifier metadata lacks dim / num_classes", path=p) from None
-        cosine = (meta.get("base_model") or model) == "cosine"
+        base = meta.get("base_model") or model
+        if model not in ("linear", "cosine", "ride", "cluster-aided") or base not in ("linear", "cosine", "ride"):
+            raise InputError(f"unknown classifier model '{model}'", path=p)
         scale = float(meta.get("hyper", {}).get("cosine_scale", 16.0))
+        if base == "ride":
+            head: nn.Module = RideHead(dim, c, int(meta.get("experts", 2)), int(meta.get("expert_hidden", 0)))
+        else:
+            head = LinearHead(dim, c, cosine=base == "cosine", scale=scale)
+        module = head
+        if model == "cluster-aided":
+            side_dim = int(tensors["b.weight"].shape[1]) - c if "b.weight" in tensors else 0
+            module = ClusterAidedHead(head, side_dim, c)
         try:
-            if model == "cluster-aided":
-                base = LinearHead(dim, c, cosine=cosine, scale=scale)
-                base.weight.data.copy_(tensors["a.weight"])
-                base.bias.data.copy_(tensors["a.bias"])
-                side_dim = int(tensors["b.weight"].shape[1]) - c
-                module: nn.Module = ClusterAidedHead(base, side_dim, c)
-                module.b.weight.data.copy_(tensors["b.weight"])
-                module.b.bias.data.copy_(tensors["b.bias"])
-            elif model in ("linear", "cosine"):
-                module = LinearHead(dim, c, cosine=model == "cosine", scale=scale)
-                module.weight.data.copy_(tensors["weight"])
-                module.bias.data.copy_(tensors["bias"])
-            else:
-                raise InputError(f"unknown classifier model '{model}'", path=p)
+            module.load_state_dict(tensors, strict=True)
         except (KeyError, RuntimeError) as e:
-            raise InputError(f"classifier tensors do not match its metadata ({e})", path=p) from None
+            msg = str(e).splitlines()[0][:160]
+            raise InputError(f"classifier tensors do not match its metadata ({msg})", path=p) from None
         return cls(kind=model, dim=dim, num_classes=c, module=module.eval(), meta=meta, path=p)
 
 

@@ -9,6 +9,8 @@ import numpy as np
 
 from dlsa_cli.classify.model import Classifier
 
+__all__ = ["summary"]
+
 # ----------------------------------------------------------------------------- inspect
 
 
@@ -36,6 +38,19 @@ def summary(path: str | Path) -> dict[str, Any]:
         "train samples": m.get("train_samples"),
         "post-hoc": f"{(m.get('posthoc') or {}).get('kind', 'none')} (tau {(m.get('posthoc') or {}).get('tau', 0)})",
     }
+    if clf.base_kind == "ride":
+        fields["experts"] = m.get("experts")
+        fields["expert hidden"] = m.get("expert_hidden") or "none"
+        fields["ride diversity"] = hyper.get("ride_diversity")
+        if search := m.get("ride_diversity_search"):
+            fields["ride diversity (val)"] = ", ".join(f"{w}: {v:.4f}" for w, v in search.items())
+        if router := m.get("router"):
+            fields["router threshold"] = router.get("threshold") or "off (it lost accuracy on validation)"
+            fields["router saving"] = f"{100 * router['saving']:.1f}% of expert evaluations (validation)"
+    if m2m := m.get("m2m"):
+        fields["m2m from"] = m2m.get("from")
+        fields["m2m acceptance"] = m2m.get("acceptance")
+        fields["m2m rounds"] = len(m2m.get("rounds") or [])
     if clf.kind == "cluster-aided":
         fields["side input"] = m.get("side_input")
         fields["filter sha256"] = ((m.get("filter") or {}).get("sha256") or "")[:16]

@@ -56,7 +56,7 @@ def fit_cascade_cmd(
     la_tau: C.la_tau = CD.la_tau,
     side_input: C.side_input = CD.side_input,
     prior_train: C.prior_train = CD.prior_train,
-    loss_counts: C.bsm_counts = CD.bsm_counts,
+    loss_counts: C.loss_counts = CD.loss_counts,
     posthoc: C.posthoc = CD.posthoc,
     val_fraction: C.val_fraction = CD.val_fraction,
     select: C.select = CD.select,
@@ -100,7 +100,7 @@ _FILTER_FIELDS = {  # fit-cascade's parameter -> FilterConfig field
 _CLASSIFIER_FIELDS = {  # fit-cascade's parameter -> TrainConfig field
     "model": "model", "loss": "loss", "sampler": "sampler", "epochs": "epochs", "batch_size": "batch_size",
     "lr": "lr", "lr_side": "lr_side", "momentum": "momentum", "weight_decay": "weight_decay", "la_tau": "la_tau",
-    "loss_counts": "bsm_counts", "side_input": "side_input", "prior_train": "prior_train", "posthoc": "posthoc",
+    "loss_counts": "loss_counts", "side_input": "side_input", "prior_train": "prior_train", "posthoc": "posthoc",
     "val_fraction": "val_fraction", "select": "select",
 }
 

@@ -56,7 +56,7 @@ def fit_classifier_cmd(
     ] = None,
     side_input: CLASSIFIER.side_input = CLASSIFIER_DEFAULTS.side_input,
     prior_train: CLASSIFIER.prior_train = CLASSIFIER_DEFAULTS.prior_train,
-    loss_counts: CLASSIFIER.bsm_counts = CLASSIFIER_DEFAULTS.bsm_counts,
+    loss_counts: CLASSIFIER.loss_counts = CLASSIFIER_DEFAULTS.loss_counts,
     posthoc: CLASSIFIER.posthoc = CLASSIFIER_DEFAULTS.posthoc,
     val_fraction: CLASSIFIER.val_fraction = CLASSIFIER_DEFAULTS.val_fraction,
     val_weights_from: Annotated[
@@ -76,8 +76,37 @@ def fit_classifier_cmd(
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
+    experts: Annotated[int, typer.Option("--experts", help="--model ride: number of expert heads, trained jointly.")] = 2,
+    expert_hidden: Annotated[
+        int, typer.Option("--expert-hidden", help="--model ride: a hidden layer of this width per expert (0: none).")
+    ] = 0,
+    ride_diversity: Annotated[
+        float | None,
+        typer.Option("--ride-diversity", help="--model ride: weight of the diversity term subtracted from each expert's loss "
+                     "(default: chosen on validation from 0, 0.05, 0.2; RIDE's own is 0.2)."),
+    ] = None,
+    ride_temperature: Annotated[
+        float, typer.Option("--ride-temperature", help="--model ride: base temperature of the diversity term (per class, growing with its count).")
+    ] = 1.5,
+    ride_init_noise: Annotated[
+        float, typer.Option("--ride-init-noise", help="--model ride from a linear --init: noise added to each expert, times the weights' std.")
+    ] = 0.1,
+    m2m_from: Annotated[
+        Path | None,
+        typer.Option("--m2m-from", help="--sampler m2m: the classifier g that translates (trained on the imbalanced data; default: a CE warm-up)."),
+    ] = None,
+    m2m_warmup: Annotated[int, typer.Option("--m2m-warmup", help="--sampler m2m without --m2m-from: epochs of g's CE warm-up.")] = 30,
+    m2m_beta: Annotated[float, typer.Option("--m2m-beta", help="--sampler m2m: source class k0 drawn with weight 1 - beta^(n_k0 - n_k).")] = 0.999,
+    m2m_lambda: Annotated[float, typer.Option("--m2m-lambda", help="--sampler m2m: weight of the source-class logit penalty.")] = 0.1,
+    m2m_gamma: Annotated[float, typer.Option("--m2m-gamma", help="--sampler m2m: keep a translation when g's loss for the target is at most this.")] = 0.9,
+    m2m_steps: Annotated[int, typer.Option("--m2m-steps", help="--sampler m2m: gradient steps per translation.")] = 10,
+    m2m_step: Annotated[float, typer.Option("--m2m-step", help="--sampler m2m: length of a step, times the mean feature norm.")] = 0.05,
+    m2m_start: Annotated[int, typer.Option("--m2m-start", help="--sampler m2m: first epoch that trains on translations.")] = 1,
+    m2m_every: Annotated[
+        int, typer.Option("--m2m-every", help="--sampler m2m: regenerate the translations every this many epochs (0: make them once).")
+    ] = 0,
 ) -> None:
-    """Train a regular (linear / cosine) or cluster-aided classifier.
+    """Train a regular (linear / cosine / RIDE) or cluster-aided classifier.
 
     The epoch is chosen by balanced accuracy on --val (or on a stratified split
     carved from TRAIN: 20% of each class with two or more samples; a class with
@@ -89,124 +118,94 @@ def fit_classifier_cmd(
 
     Example: [bold]dlsa fit-classifier train.safetensors --val val.safetensors -o baseline.safetensors[/]
     """
-    from dlsa_cli.classify import TrainConfig, fit_classifier
-    from dlsa_cli.device import resolve_device, seed_everything
-    from dlsa_cli.io.features import read_features
-    from dlsa_cli.io.files import provenance
-
+    from dlsa_cli.classify import TrainConfig
     from dlsa_cli.io.files import check_output_file
 
-    check_output_file(out, suffixes=(".safetensors",), inputs=[train, val, init, filter_path, val_weights_from])
+    check_output_file(out, suffixes=(".safetensors",), inputs=[train, val, init, filter_path, val_weights_from, m2m_from])
     rep = Reporter(quiet)
     cfg = TrainConfig(
-        model=model,
-        loss=loss,
-        sampler=sampler,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        lr_side=lr_side,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        la_tau=la_tau,
-        bsm_counts=loss_counts,
-        side_input=side_input,
-        prior_train=prior_train,
-        posthoc=posthoc,
-        val_fraction=val_fraction,
-        allow_missing_val_classes=allow_missing_val_classes,
-        select=select,
-        seed=seed,
+        model=model, loss=loss, sampler=sampler, epochs=epochs, batch_size=batch_size, lr=lr, lr_side=lr_side,
+        momentum=momentum, weight_decay=weight_decay, la_tau=la_tau, loss_counts=loss_counts, side_input=side_input,
+        prior_train=prior_train, posthoc=posthoc, val_fraction=val_fraction,
+        allow_missing_val_classes=allow_missing_val_classes, select=select, seed=seed, experts=experts,
+        expert_hidden=expert_hidden, ride_diversity=ride_diversity, ride_temperature=ride_temperature,
+        ride_init_noise=ride_init_noise, m2m_from=None if m2m_from is None else str(m2m_from), m2m_warmup=m2m_warmup,
+        m2m_beta=m2m_beta, m2m_lambda=m2m_lambda, m2m_gamma=m2m_gamma, m2m_steps=m2m_steps, m2m_step=m2m_step,
+        m2m_start=m2m_start, m2m_every=m2m_every,
     )
     cfg.check()
-    if init is not None and from_scratch:
-        raise InputError("--init and --from-scratch exclude each other", hint="pick one")
+    paths = {"train": train, "val": val, "init": init, "filter": filter_path, "val_weights_from": val_weights_from,
+             "m2m_from": m2m_from}
+    clf, report, seconds, dev = _run_fit(cfg, paths, from_scratch=from_scratch, device=device, rep=rep)
+    _save_classifier(clf, cfg, paths, out, seconds=seconds, dev=dev)
+    _render_fit(clf, report, out, epochs=epochs, seconds=seconds, weighted=val_weights_from is not None, json_out=json_out)
+
+
+def _run_fit(cfg, paths: dict[str, Path | None], *, from_scratch: bool, device: str, rep: Reporter):
+    """Read the inputs and fit; returns (classifier, report, seconds, device)."""
+    from dlsa_cli.classify import fit_classifier
+    from dlsa_cli.device import resolve_device, seed_everything
+    from dlsa_cli.io.features import read_features
+
     dev = resolve_device(device)
-    train_fs = read_features(train, require_labels=True)
-    val_fs = read_features(val, require_labels=True) if val is not None else None
-    val_counts = None
-    if val_weights_from is not None:
-        import numpy as np
-
-        from dlsa_cli.io.features import num_classes, read_labels
-
-        if val_fs is None:
-            raise InputError("--val-weights-from needs --val (the part of that file this classifier sees)")
-        whole = read_labels(val_weights_from, require_labels=True)
-        c = num_classes(train_fs)
-        if whole.labels.size and int(whole.labels.max()) >= c:
-            raise InputError(f"label {int(whole.labels.max())} is out of range for {c} classes", path=val_weights_from)
-        val_counts = np.bincount(whole.labels, minlength=c)
+    train_fs = read_features(paths["train"], require_labels=True)
+    val_fs = read_features(paths["val"], require_labels=True) if paths["val"] is not None else None
     flt = None
-    if filter_path is not None:
+    if paths["filter"] is not None:
         from dlsa_cli.flow import FlowFilter
 
-        flt = FlowFilter.load(filter_path, device=dev)
-        if init is None and not from_scratch:
-            raise InputError(
-                "a cluster-aided classifier starts from the classifier trained on all training data",
-                hint="pass --init BASELINE (or --from-scratch to train it on the routed samples alone)",
-            )
-        sha = train_fs.meta.get("filter_sha256")
-        if sha:
-            from dlsa_cli.io.files import file_sha256
-
-            if sha != file_sha256(filter_path):
-                rep.warn(f"{train} was split by another filter than {filter_path}")
-    elif train_fs.meta.get("part") == "rest" and init is None and not from_scratch:
-        raise InputError(
-            "is the rest of a split: the final regular classifier starts from the classifier trained on all training data",
-            path=train,
-            hint="pass --init BASELINE (or --from-scratch)",
-        )
-    seed_everything(seed)
+        flt = FlowFilter.load(paths["filter"], device=dev)
+    seed_everything(cfg.seed)
     t0 = time.perf_counter()
-    with rep.progress("fit-classifier", total=epochs) as update:
+    with rep.progress("fit-classifier", total=cfg.epochs) as update:
         clf, report = fit_classifier(
-            train_fs,
-            val_fs,
-            cfg,
-            init=init,
-            flt=flt,
-            filter_path=filter_path,
-            device=dev,
-            val_class_counts=val_counts,
+            train_fs, val_fs, cfg, init=paths["init"], flt=flt, filter_path=paths["filter"], device=dev,
+            val_weights_from=paths["val_weights_from"], from_scratch=from_scratch,
             progress=lambda e, n, s: update(1, text=f"loss {s['loss']:.3f}  val bal. acc {s['val_balanced']:.3f}  best epoch {s['best_epoch']}"),
         )
-    seconds = time.perf_counter() - t0
-    inputs = [p for p in (train, val, init, filter_path, val_weights_from) if p is not None]
-    prov = provenance("fit-classifier", {k: v for k, v in cfg.__dict__.items()} | {"init": init, "filter": filter_path, "device": str(dev)}, inputs, seed)
+    for w in report.warnings:
+        rep.warn(w)
+    return clf, report, time.perf_counter() - t0, dev
+
+
+def _save_classifier(clf, cfg, paths: dict[str, Path | None], out: Path, *, seconds: float, dev) -> None:
+    from dlsa_cli.io.files import provenance
+
+    inputs = [p for p in paths.values() if p is not None]
+    options = dict(cfg.__dict__) | {"init": paths["init"], "filter": paths["filter"], "device": str(dev)}
     clf.meta["seconds"] = seconds
-    clf.save(out, prov=prov)
+    clf.save(out, prov=provenance("fit-classifier", options, inputs, cfg.seed))
+
+
+def _render_fit(clf, report, out: Path, *, epochs: int, seconds: float, weighted: bool, json_out: bool) -> None:
     result = {
-        "output": str(out),
-        "model": clf.kind,
-        "dim": clf.dim,
-        "classes": clf.num_classes,
-        "loss": cfg.loss,
-        "sampler": cfg.sampler,
-        "init": clf.meta["init"]["source"],
-        "train_samples": report.train_samples,
-        "val_samples": report.val_samples,
-        "val_source": report.val_source,
-        "epoch": report.epoch,
-        "epochs": epochs,
-        "lr": report.lr,
-        "val_balanced_accuracy": report.val_balanced,
-        "val_accuracy": report.val_accuracy,
-        "posthoc": {k: report.posthoc[k] for k in ("kind", "tau")},
+        "output": str(out), "model": clf.kind, "base_model": clf.base_kind, "dim": clf.dim, "classes": clf.num_classes,
+        "loss": clf.meta["loss"], "sampler": clf.meta["sampler"], "init": clf.meta["init"]["source"],
+        "train_samples": report.train_samples, "val_samples": report.val_samples, "val_source": report.val_source,
+        "epoch": report.epoch, "epochs": epochs, "lr": report.lr, "val_balanced_accuracy": report.val_balanced,
+        "val_accuracy": report.val_accuracy, "posthoc": {k: report.posthoc[k] for k in ("kind", "tau")},
         "seconds": round(seconds, 2),
     }
+    if "experts" in clf.meta:
+        result["experts"] = clf.meta["experts"]
+    if report.m2m is not None:
+        result["m2m_acceptance"] = report.m2m["acceptance"]
+    if router := clf.meta.get("router"):
+        result["router"] = {k: router[k] for k in ("threshold", "saving")}
     if json_out:
         emit_json(result)
-    else:
-        ph = result["posthoc"]
-        ph_text = "" if ph["kind"] == "none" else f", post-hoc {ph['kind']} tau {ph['tau']:g}"
-        what = "share of the whole validation set's balanced acc" if val_counts is not None else "balanced acc"
-        stdout.print(
-            f"{clf.kind} classifier -> {out}: epoch {report.epoch}/{epochs} chosen on {report.val_samples} validation samples, "
-            f"{what} {report.val_balanced:.4f}, acc {report.val_accuracy:.4f}{ph_text} ({seconds:.1f} s)"
-        )
+        return
+    ph = result["posthoc"]
+    ph_text = "" if ph["kind"] == "none" else f", post-hoc {ph['kind']} tau {ph['tau']:g}"
+    m2m_text = "" if report.m2m is None else f", M2M acceptance {report.m2m['acceptance']:.3f}"
+    if router := clf.meta.get("router"):
+        m2m_text += f", router skips {100 * router['saving']:.1f}% of expert evaluations"
+    what = "share of the whole validation set's balanced acc" if weighted else "balanced acc"
+    kind = clf.kind if "experts" not in clf.meta else f"{clf.kind} ({clf.meta['experts']} experts)"
+    stdout.print(
+        f"{kind} classifier -> {out}: epoch {report.epoch}/{epochs} chosen on {report.val_samples} validation samples, "
+        f"{what} {report.val_balanced:.4f}, acc {report.val_accuracy:.4f}{ph_text}{m2m_text} ({seconds:.1f} s)"
+    )
 
 
 @command("predict")

@@ -76,11 +76,11 @@ def filter_option(name: str, *, prefixed: bool = False) -> Any:
 
 
 # field -> (flag, type, help); the default is TrainConfig's
-CLASSIFIER_FLAGS: dict[str, str] = {"side_input": "--input", "bsm_counts": "--loss-counts"}
+CLASSIFIER_FLAGS: dict[str, str] = {"side_input": "--input"}  # as dlsa_cli.classify.config.FLAGS
 _CLASSIFIER_HELP: dict[str, tuple[Any, str]] = {
-    "model": (Optional[str], "linear or cosine (default: the --init classifier's kind, else linear)."),
-    "loss": (str, "ce, bsm (Balanced Softmax) or la (logit-adjusted CE)."),
-    "sampler": (str, "uniform, or balanced (CBS: classes drawn uniformly)."),
+    "model": (Optional[str], "linear, cosine, or ride (RIDE's --experts heads) (default: the --init classifier's kind, else linear)."),
+    "loss": (str, "ce, bsm (Balanced Softmax) or la (logit-adjusted CE); RIDE: each expert's loss."),
+    "sampler": (str, "uniform, balanced (CBS: classes drawn uniformly) or m2m (major-to-minor translation, see --m2m-*)."),
     "epochs": (int, "Classifier training epochs; the best on validation is kept."),
     "batch_size": (int, "Classifier samples per SGD step."),
     "lr": (Optional[float], "Classifier learning rate (default 0.03 from scratch, 3e-4 when fine-tuning from --init)."),
@@ -90,7 +90,7 @@ _CLASSIFIER_HELP: dict[str, tuple[Any, str]] = {
     "la_tau": (float, "Strength of the logit-adjusted loss (1 = Balanced Softmax)."),
     "side_input": (str, "Cluster-aided: what FC_b sees besides the cluster prior: features, latent (the flow's z) or none (the prior alone)."),
     "prior_train": (str, "Cluster-aided: the prior a training sample sees: plain (the filter's table) or loo (without itself)."),
-    "bsm_counts": (str, "n_j of bsm/la on a subset: all (original training counts) or subset (its own counts)."),
+    "loss_counts": (str, "n_j of bsm/la on a subset: all (original training counts) or subset (its own counts)."),
     "posthoc": (str, "none, la (logit adjustment) or tau (tau-normalisation); strength chosen on validation."),
     "val_fraction": (float, "Share of each class carved for validation when there is no validation file."),
     "select": (str, "Which classifier epoch to keep: best (on validation, the start included) or last."),

@@ -1,0 +1,58 @@
+"""RIDE's expert router, in its confidence form: experts are consulted one after another and a
+sample stops as soon as the ensemble so far is confident enough.
+
+Only where it saves real work: RIDE experts with a hidden layer (each costs D*H + H*C
+multiply-adds per sample). Linear experts on frozen features cost one row of a
+matrix product each, which a router's bookkeeping would not pay back, so they get none.
+The threshold is chosen on validation: the lowest (the most experts skipped) whose
+balanced accuracy is not below all experts'. RIDE learns a router per expert from
+whether the next expert would fix the sample; this one uses the ensemble's own
+confidence and needs no training (a departure, stated in the README).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from dlsa_cli.classify.data import balanced_accuracy
+from dlsa_cli.classify.model import RideHead
+
+__all__ = ["THRESHOLDS", "routed_logits", "choose_router"]
+
+THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+
+
+@torch.no_grad()
+def routed_logits(head: RideHead, x: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean logits of the experts consulted (B, C), experts consulted per sample (B,))."""
+    total = head.experts[0](x)  # (B, C)
+    used = torch.ones(x.shape[0], device=x.device)
+    for expert in head.experts[1:]:
+        conf = F.softmax(total / used[:, None], dim=1).amax(1)  # (B,)
+        need = torch.nonzero(conf < threshold).squeeze(1)
+        if len(need) == 0:
+            break
+        total[need] += expert(x[need])
+        used[need] += 1
+    return total / used[:, None], used
+
+
+@torch.no_grad()
+def choose_router(head: RideHead, xv: torch.Tensor, yv: torch.Tensor, num_classes: int,
+                  weights: torch.Tensor | None = None) -> dict[str, Any] | None:
+    """The router setting for `head` on validation (None when its experts are linear)."""
+    if head.experts[0].hidden is None or len(head.experts) < 2:
+        return None
+    n = len(head.experts)
+    full = balanced_accuracy(head(xv).argmax(1), yv, num_classes, weights)[0]
+    for t in THRESHOLDS:  # lowest first: the most saving
+        logits, used = routed_logits(head, xv, t)
+        bal = balanced_accuracy(logits.argmax(1), yv, num_classes, weights)[0]
+        if bal >= full:
+            share = float(used.mean()) / n
+            return {"threshold": t, "val_balanced": bal, "val_balanced_all_experts": full,
+                    "expert_share": share, "saving": 1.0 - share}
+    return {"threshold": None, "val_balanced_all_experts": full, "expert_share": 1.0, "saving": 0.0}
