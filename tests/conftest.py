@@ -25,9 +25,11 @@ requires_caltech_sample = pytest.mark.skipif(
 )
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run `python -m dlsa_cli ARGS` in a real subprocess, capturing text output."""
-    env = dict(os.environ, PYTHONPATH=str(REPO), COLUMNS="200")
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run `python -m dlsa_cli ARGS` in a real subprocess, capturing text output (`env`: extra variables)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), COLUMNS="200", **(env or {}))
     return subprocess.run(
         [sys.executable, "-m", "dlsa_cli", *map(str, args)],
         capture_output=True,
