@@ -26,6 +26,7 @@ What the helpers give:
 
 from __future__ import annotations
 
+import atexit
 import datetime as _dt
 import os
 from collections.abc import Callable, Mapping
@@ -146,7 +147,14 @@ def setup(device: str = "auto", *, timeout_s: float | None = None) -> tuple[Dist
         backend = "nccl" if dev.type == "cuda" else "gloo"
         seconds = timeout_s if timeout_s is not None else float(os.environ.get("DLSA_DIST_TIMEOUT", 1800))
         dist.init_process_group(backend=backend, timeout=_dt.timedelta(seconds=seconds))
+        atexit.register(_teardown)
     return current(), dev
+
+
+def _teardown() -> None:
+    """Leave the process group at exit (gloo aborts the process otherwise)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def shard_range(n: int, rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
@@ -244,9 +252,23 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum of `t` over ranks, differentiable (the backward sums the gradients over ranks too); t alone."""
     if not current().active:
         return t
-    from torch.distributed.nn.functional import all_reduce
+    return _SumOverRanks.apply(t)
 
-    return all_reduce(t, op=dist.ReduceOp.SUM)
+
+class _SumOverRanks(torch.autograd.Function):
+    """y = sum over ranks of x; dL/dx = sum over ranks of dL/dy (each rank's loss depends on every x)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        y = x.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(y, op=dist.ReduceOp.SUM)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        g = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(g, op=dist.ReduceOp.SUM)
+        return g
 
 
 def provenance_fields(n: int | None = None) -> dict[str, Any]:

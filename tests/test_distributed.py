@@ -1,0 +1,94 @@
+"""Past one process: shards, collectives, agreed errors and global-batch DDP, under real torchrun (2 gloo processes on CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dlsa_cli import distributed as d
+
+REPO = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).with_name("dist_worker.py")
+
+
+def torchrun(*args: str, nproc: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc-per-node N ARGS` with one thread per process, output captured."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", COLUMNS="200", DLSA_DIST_TIMEOUT="120")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def _worker(scenario: str, out: Path) -> list[dict]:
+    r = torchrun(WORKER, scenario, out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return [json.loads((out / f"{scenario}.{rank}.json").read_text()) for rank in (0, 1)]
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 10, 11, 437_513])
+@pytest.mark.parametrize("w", [1, 2, 3, 8])
+def test_shard_ranges_are_contiguous_disjoint_covering_and_balanced(n, w):
+    ranges = d.shard_ranges(n, w)
+    assert ranges[0][0] == 0 and ranges[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))  # contiguous, hence disjoint and covering
+    sizes = [b - a for a, b in ranges]
+    assert min(sizes) >= 0 and max(sizes) - min(sizes) <= 1
+    assert [d.shard_range(n, r, w) for r in range(w)] == ranges
+
+
+def test_alone_everything_is_a_world_of_one(monkeypatch):
+    for k in d.TORCHRUN_VARS:
+        monkeypatch.delenv(k, raising=False)
+    info, dev = d.setup("cpu")
+    assert (info.rank, info.world_size, info.active, str(dev)) == (0, 1, False, "cpu")
+    assert d.shard_range(7) == (0, 7)
+    assert d.all_gather_object("x") == ["x"] and d.gather_object(3) == [3] and d.broadcast_object(5) == 5
+    assert d.provenance_fields(7) == {"world_size": 1, "row_ranges": [[0, 7]]}
+    assert d.collective(lambda: 4) == 4
+    from dlsa_cli.errors import InputError
+
+    with pytest.raises(InputError):
+        d.collective(lambda: (_ for _ in ()).throw(InputError("bad")))
+    from dlsa_cli.io.files import provenance
+
+    assert provenance("x")["world_size"] == 1
+
+
+def test_launched_by_torchrun_needs_the_rendezvous_variables():
+    full = {k: "0" for k in d.TORCHRUN_VARS}
+    assert d.launched_by_torchrun(full)
+    assert not d.launched_by_torchrun({k: v for k, v in full.items() if k != "MASTER_PORT"})
+
+
+def test_collectives_under_torchrun(tmp_path):
+    r0, r1 = _worker("collectives", tmp_path)
+    assert (r0["world_size"], r0["backend"], r0["device"]) == (2, "gloo", "cpu")
+    assert (r0["threads"], r1["threads"]) == (1, 1)  # equal threads per process
+    assert (r0["range"], r1["range"]) == ([0, 5], [5, 11])
+    assert r0["gathered"] == r1["gathered"] == [list(range(5)), list(range(5, 11))]  # rank order = input order
+    assert r0["at_zero"] == [{"rank": 0}, {"rank": 1}] and r1["at_zero"] is None
+    assert r0["broadcast"] == r1["broadcast"] == "from 0"
+    assert r0["sum"] == r1["sum"] == 2 * 1 + 2 * 2
+    assert r0["grad"] == r1["grad"] == 2 * 2  # the backward of the sum sums the ranks' gradients
+    assert r0["prov"] == {"world_size": 2, "row_ranges": [[0, 5], [5, 11]]}
+
+
+def test_one_ranks_error_is_every_ranks_error(tmp_path):
+    r0, r1 = _worker("error", tmp_path)
+    assert r0["raised"] == r1["raised"] == "x.safetensors: row 7 holds NaN (repair it)"
+    assert r0["agreed"] and r1["agreed"] and r0["code"] == r1["code"] == 1
+    assert r0["after"] == r1["after"] == "ok"  # no rank was left waiting in a collective
+
+
+@pytest.mark.slow
+def test_ddp_step_with_global_batch_statistics_equals_one_process(tmp_path):
+    """Three SGD steps of the filter's losses (likelihood, purity, balance through nflows' batch norm)
+    on an odd global batch of 63 split 31 / 32: DDP with global statistics lands where one process does."""
+    r0, r1 = _worker("ddp_flow", tmp_path)
+    assert (r0["share"], r1["share"]) == ([0, 31], [31, 63])
+    assert r0["moved"] > 0.05  # the steps did move the parameters
+    assert r0["max_diff"] < 1e-5 and r1["max_diff"] < 1e-5
