@@ -191,7 +191,7 @@ def test_iter_rows_names_the_rows_with_nan(tmp_path):
     write_features(p, FeatureSet(x, y, ids))
     from dlsa_cli.errors import InputError
 
-    with pytest.raises(InputError, match=r"rows 60\.\.79"):
+    with pytest.raises(InputError, match=r"row 61 of features holds NaN .* in rows 60\.\.79"):
         list(iter_rows(p, 20))
     assert sum(len(b.features) for b in iter_rows(p, 20, check_finite=False)) == N
 

@@ -183,16 +183,19 @@ def split_cmd(
     routed, depth), DIR/NAME.routed.safetensors (to the cluster-aided
     classifier) and DIR/NAME.rest.safetensors (to the next depth: a valid
     `fit-filter` input), and DIR/split.json with the table shown here.
+    Files are read and written in batches (memory is bounded by --batch-size,
+    not by the file); under `torchrun --nproc-per-node N` each process scores
+    its contiguous share of the rows and rank 0 writes the same files.
 
     Example: [bold]dlsa split filter.safetensors train.safetensors test.safetensors -o split1/[/]
     """
-    from dlsa_cli.device import resolve_device
+    from dlsa_cli.distributed import setup
     from dlsa_cli.flow import FlowFilter, split
     from dlsa_cli.io.features import feature_info
     from dlsa_cli.io.files import provenance
 
     rep = Reporter(quiet)
-    dev = resolve_device(device)
+    _, dev = setup(device)  # under torchrun: this rank's device, rows sharded over the ranks
     filt = FlowFilter.load(filter_path, device=dev)
     for p in features:  # headers only: fail before any scoring
         info = feature_info(p)

@@ -23,12 +23,10 @@ from dlsa_cli.evaluation.metrics import (
     tail_classes,
 )
 from dlsa_cli.flow.filter import FilterScores, FlowFilter
-from dlsa_cli.io.features import FeatureSet, read_features
+from dlsa_cli.io.features import FeatureSet, feature_info
 from dlsa_cli.io.files import (
     file_sha256,
     write_json,
-    write_safetensors,
-    write_table,
 )
 
 # ----------------------------------------------------------------------------- split
@@ -115,7 +113,7 @@ def split_features(
     return SplitResult(sc, ids, base.subset(routed_idx), base.subset(rest_idx), split_report(filt, fs.labels, sc))
 
 
-def _part_meta(filt: FlowFilter, fs: FeatureSet, part: str, filter_sha: str | None) -> dict[str, Any]:
+def _part_meta(filt: FlowFilter, fs: Any, part: str, filter_sha: str | None) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "num_classes": filt.num_classes,
         "train_counts": filt.train_counts.tolist(),
@@ -128,21 +126,6 @@ def _part_meta(filt: FlowFilter, fs: FeatureSet, part: str, filter_sha: str | No
     if "class_names" in fs.meta:
         meta["class_names"] = fs.meta["class_names"]
     return meta
-
-
-def _write_part(path: Path, part: FeatureSet, extra: dict[str, np.ndarray], meta: dict[str, Any], prov: dict | None) -> None:
-    """A canonical feature file (as `write_features` writes it) with extra per-sample tensors."""
-    tensors: dict[str, np.ndarray] = {"features": np.ascontiguousarray(part.features)}
-    if part.labels is not None:
-        tensors["labels"] = np.asarray(part.labels, dtype=np.int64)
-    meta = dict(meta)
-    ids = np.asarray(part.ids)
-    if np.issubdtype(ids.dtype, np.integer):
-        tensors["ids"] = ids.astype(np.int64)
-    else:
-        meta["ids"] = [str(i) for i in ids]
-    tensors.update(extra)
-    write_safetensors(path, tensors, kind="features", meta=meta, prov=prov)
 
 
 def split(
@@ -188,55 +171,41 @@ def split(
         "share": filt.share,
         "files": {},
     }
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.split-", suffix=".tmp", dir=parent))
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(stage, 0o777 & ~mask)  # mkdtemp makes 0700; the folder may become `out` itself
+    from dlsa_cli import distributed as dist
+    from dlsa_cli.flow.split_stream import split_file
+
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.split-", suffix=".tmp", dir=parent)) if dist.is_main() else None
+    if stage is not None:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(stage, 0o777 & ~mask)  # mkdtemp makes 0700; the folder may become `out` itself
     try:
-        for p, name in zip(inputs, names):
-            fs = read_features(p)
-            res = split_features(filt, fs, batch_size=batch_size, device=device, latent=latent)
-            sc = res.scores
-            cols: dict[str, Any] = {"id": res.ids}
-            if fs.labels is not None:
-                cols["label"] = fs.labels.astype(np.int64)
-            cols.update(
-                cluster=sc.cluster,
-                log_likelihood=sc.log_likelihood,
-                routed=sc.routed,
-                depth=np.full(fs.n, filt.depth, dtype=np.int32),
-            )
-            file_rep = {"input": str(p), **res.report, "outputs": {"table": f"{name}.parquet"}}
+        for p, name in zip(inputs, names):  # streamed in batches, sharded over torchrun's ranks
+            info = feature_info(p)
             meta_common = {"num_classes": filt.num_classes, "train_counts": filt.train_counts.tolist()}
-            write_table(
-                stage / f"{name}.parquet",
-                cols,
-                kind="split",
-                meta={**meta_common, "depth": filt.depth, "threshold": filt.threshold, "filter_sha256": filter_sha,
-                      "source": str(p), "report": res.report},
-                prov=prov,
+            file_rep = split_file(
+                filt, p, stage, name, batch_size=batch_size, device=device, latent=latent, prov=prov,
+                table_meta={**meta_common, "depth": filt.depth, "threshold": filt.threshold,
+                            "filter_sha256": filter_sha, "source": str(p)},
+                part_meta={part: _part_meta(filt, info, part, filter_sha) for part in ("routed", "rest")},
             )
-            for part, mask, sub in (("routed", sc.routed, res.routed), ("rest", ~sc.routed, res.rest)):
-                if sub.n == 0:
-                    file_rep["outputs"][part] = None
-                    continue
-                extra = {"cluster": sc.cluster[mask], "log_likelihood": sc.log_likelihood[mask]}
-                if sc.latent is not None:
-                    extra["latent"] = sc.latent[mask]
-                _write_part(stage / f"{name}.{part}.safetensors", sub, extra, _part_meta(filt, fs, part, filter_sha), prov)
-                file_rep["outputs"][part] = f"{name}.{part}.safetensors"
+            if file_rep is None:
+                continue
             report["files"][name] = file_rep
             if on_file is not None:
                 on_file(name, file_rep)
-        write_json(stage / "split.json", report)
-        if not out.exists():
-            os.replace(stage, out)
-        else:
-            for f in sorted(stage.iterdir()):
-                os.replace(f, out / f.name)
+        if stage is not None:
+            write_json(stage / "split.json", report)
+            if not out.exists():
+                os.replace(stage, out)
+            else:
+                for f in sorted(stage.iterdir()):
+                    os.replace(f, out / f.name)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(stage)
+        if stage is not None:
+            with contextlib.suppress(FileNotFoundError):
+                shutil.rmtree(stage)
+    dist.barrier()  # the other ranks return once rank 0's files are in place
     return report
 
 

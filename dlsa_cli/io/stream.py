@@ -412,9 +412,18 @@ def _checked(p: Path, a: int, x: Any, y: Any, ids: Any, check_finite: bool) -> R
 
     fs = FeatureSet(np.asarray(x), None if y is None else np.asarray(y), None if ids is None else np.asarray(ids), path=p)
     try:
-        validate_features(fs, check_finite=check_finite)
+        validate_features(fs, check_finite=False)
     except InputError as e:
         raise InputError(f"{e} (in rows {a}..{a + len(fs.features) - 1})") from None
+    if check_finite:
+        bad = ~np.isfinite(fs.features).all(axis=1)
+        if bad.any():
+            raise InputError(
+                f"row {a + int(np.flatnonzero(bad)[0])} of features holds NaN or infinity "
+                f"({int(bad.sum())} such row(s) in rows {a}..{a + len(bad) - 1})",
+                path=p,
+                hint="remove or repair those rows",
+            )
     return RowBatch(a, fs.features, fs.labels, fs.ids)
 
 
