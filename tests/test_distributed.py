@@ -92,3 +92,71 @@ def test_ddp_step_with_global_batch_statistics_equals_one_process(tmp_path):
     assert (r0["share"], r1["share"]) == ([0, 31], [31, 63])
     assert r0["moved"] > 0.05  # the steps did move the parameters
     assert r0["max_diff"] < 1e-5 and r1["max_diff"] < 1e-5
+
+
+TINY = Path(os.environ.get("DLSA_SHARED_DATA", REPO.parent / "shared" / "data")) / "tinyimagenet-lt"
+requires_tiny = pytest.mark.skipif(not (TINY / "test.safetensors").exists(), reason=f"Tiny-ImageNet-LT features not found at {TINY}")
+
+
+@pytest.fixture(scope="module")
+def tiny_filter(tmp_path_factory) -> Path:
+    """A small filter on the real Tiny-ImageNet-LT validation features (1280-d)."""
+    if not (TINY / "val.safetensors").exists():
+        pytest.skip(f"Tiny-ImageNet-LT features not found at {TINY}")
+    from tests.conftest import run_cli
+
+    out = tmp_path_factory.mktemp("tiny") / "filter.safetensors"
+    r = run_cli("fit-filter", TINY / "val.safetensors", "-o", out, "--clusters", "20", "--epochs", "1",
+                "--batch-size", "256", "--hidden", "64", "--device", "cpu", "--quiet")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+@requires_tiny
+@pytest.mark.slow
+def test_split_under_torchrun_writes_what_one_process_writes(tiny_filter, tmp_path):
+    """5,000 real test rows with string ids, batches of 700: the ranks' rows 0..2500 and 2500..5000."""
+    from tests.conftest import run_cli
+
+    from dlsa_cli.io.features import read_features
+    from dlsa_cli.io.files import read_table
+
+    args = ["split", tiny_filter, TINY / "test.safetensors", "--batch-size", "700", "--device", "cpu", "--latent", "--json"]
+    one = run_cli(*args, "-o", tmp_path / "one")
+    two = torchrun("-m", "dlsa_cli", *args, "-o", tmp_path / "two")
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
+    assert two.stdout == one.stdout and len(two.stdout.splitlines()) == 1  # rank 0 alone prints, the same report
+    t1, _, _, p1 = read_table(tmp_path / "one" / "test.parquet")
+    t2, _, _, p2 = read_table(tmp_path / "two" / "test.parquet")
+    for c in ("id", "label", "cluster", "routed", "depth"):
+        assert t1.column(c).to_pylist() == t2.column(c).to_pylist(), c
+    ll1, ll2 = (t.column("log_likelihood").to_numpy() for t in (t1, t2))
+    assert abs(ll1 - ll2).max() <= 1e-5 * max(1.0, abs(ll1).max())
+    assert (p1["world_size"], p2["world_size"]) == (1, 2)
+    assert p1["row_ranges"] == [[0, 5000]] and p2["row_ranges"] == [[0, 2500], [2500, 5000]]
+    for part in ("routed", "rest"):
+        a, b = (read_features(tmp_path / d / f"test.{part}.safetensors") for d in ("one", "two"))
+        assert list(a.ids) == list(b.ids) and (a.labels == b.labels).all()
+        assert abs(a.features - b.features).max() == 0  # copied from the input, never recomputed
+    assert read_features(tmp_path / "two" / "test.routed.safetensors").n + read_features(tmp_path / "two" / "test.rest.safetensors").n == 5000
+
+
+@requires_tiny
+@pytest.mark.slow
+def test_a_bad_row_in_one_ranks_shard_fails_every_rank_with_one_line(tiny_filter, tmp_path):
+    import numpy as np
+
+    from dlsa_cli.io.features import read_features, write_features
+
+    fs = read_features(TINY / "test.safetensors")
+    fs.features = fs.features.copy()
+    fs.features[4000, 3] = np.nan  # in rank 1's rows
+    write_features(tmp_path / "nan.safetensors", fs)
+    out = tmp_path / "out"
+    r = torchrun("-m", "dlsa_cli", "split", tiny_filter, tmp_path / "nan.safetensors", "-o", out, "--batch-size", "700", "--device", "cpu")
+    assert r.returncode != 0
+    ours = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert ours == [f"error: {tmp_path / 'nan.safetensors'}: row 4000 of features holds NaN or infinity "
+                    "(1 such row(s) in rows 3900..4599) (remove or repair those rows)"]
+    assert "exitcode  : 1" in r.stderr  # both ranks exited 1 (torchrun's own summary follows our line)
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
