@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+
+import numpy as np
 import os
 import subprocess
 import sys
@@ -103,7 +105,7 @@ def tiny_filter(tmp_path_factory) -> Path:
     """A small filter on the real Tiny-ImageNet-LT validation features (1280-d)."""
     if not (TINY / "val.safetensors").exists():
         pytest.skip(f"Tiny-ImageNet-LT features not found at {TINY}")
-    from tests.conftest import run_cli
+    from conftest import run_cli
 
     out = tmp_path_factory.mktemp("tiny") / "filter.safetensors"
     r = run_cli("fit-filter", TINY / "val.safetensors", "-o", out, "--clusters", "20", "--epochs", "1",
@@ -116,7 +118,7 @@ def tiny_filter(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_split_under_torchrun_writes_what_one_process_writes(tiny_filter, tmp_path):
     """5,000 real test rows with string ids, batches of 700: the ranks' rows 0..2500 and 2500..5000."""
-    from tests.conftest import run_cli
+    from conftest import run_cli
 
     from dlsa_cli.io.features import read_features
     from dlsa_cli.io.files import read_table
@@ -160,3 +162,59 @@ def test_a_bad_row_in_one_ranks_shard_fails_every_rank_with_one_line(tiny_filter
                     "(1 such row(s) in rows 3900..4599) (remove or repair those rows)"]
     assert "exitcode  : 1" in r.stderr  # both ranks exited 1 (torchrun's own summary follows our line)
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+@pytest.fixture(scope="module")
+def digits_cascade(digits) -> Path:
+    """A real one-depth cascade on digits-LT (baseline, filter, split, cluster-aided and final classifiers)."""
+    from conftest import invoke
+
+    from dlsa_cli.cascade import write_manifest
+
+    def ok(*args) -> None:
+        r = invoke(*args)
+        assert r.returncode == 0, r.stderr
+
+    d, clf = digits, ["--epochs", "5", "--device", "cpu", "--quiet"]
+    ok("fit-classifier", d / "train.safetensors", "--val", d / "val.safetensors", "-o", d / "base.safetensors", *clf)
+    ok("fit-filter", d / "train.safetensors", "-o", d / "filter.safetensors", "-k", "8", "--epochs", "2", "--batch-size", "64",
+       "--hidden", "32", "--lr", "0.01", "--max-cluster-share", "0.9", "--device", "cpu", "--quiet")
+    ok("split", d / "filter.safetensors", d / "train.safetensors", d / "val.safetensors", "-o", d / "s1", "--quiet")
+    ok("fit-classifier", d / "s1" / "train.routed.safetensors", "--val", d / "s1" / "val.routed.safetensors",
+       "--allow-missing-val-classes", "--filter", d / "filter.safetensors", "--init", d / "base.safetensors",
+       "-o", d / "cluster.safetensors", *clf)
+    ok("fit-classifier", d / "s1" / "train.rest.safetensors", "--val", d / "s1" / "val.rest.safetensors",
+       "--allow-missing-val-classes", "--init", d / "base.safetensors", "-o", d / "final.safetensors", *clf)
+    write_manifest(d, [(d / "filter.safetensors", d / "cluster.safetensors")], d / "final.safetensors")
+    return d
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["cascade.json", "base.safetensors"])
+def test_predict_under_torchrun_writes_what_one_process_writes(digits_cascade, tmp_path, model):
+    from conftest import run_cli
+
+    from dlsa_cli.io.files import read_table
+
+    d = digits_cascade
+    args = ["predict", d / model, d / "test.safetensors", "--batch-size", "37", "--device", "cpu", "--json"]
+    one = run_cli(*args, "-o", tmp_path / "one.parquet")
+    two = torchrun("-m", "dlsa_cli", *args, "-o", tmp_path / "two.parquet")
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
+    r1, r2 = json.loads(one.stdout), json.loads(two.stdout)
+    assert len(two.stdout.splitlines()) == 1
+    assert {k: v for k, v in r1.items() if k not in ("output", "seconds")} == {k: v for k, v in r2.items() if k not in ("output", "seconds")}
+    t1, _, m1, p1 = read_table(tmp_path / "one.parquet")
+    t2, _, m2, p2 = read_table(tmp_path / "two.parquet")
+    assert t1.column_names == t2.column_names and m1 == m2
+    for c in t1.column_names:
+        a, b = t1.column(c).to_pylist(), t2.column(c).to_pylist()
+        if c in ("score", "topk_scores"):
+            assert np.allclose(np.asarray(a, dtype=float), np.asarray(b, dtype=float), atol=1e-5), c
+        else:
+            assert a == b, c
+    n = t1.num_rows
+    assert (p1["world_size"], p2["world_size"]) == (1, 2)
+    assert p2["row_ranges"] == [[0, n // 2], [n // 2, n]]
+    if model == "cascade.json":
+        assert set(r2["routes"]) == {"cluster@1", "regular"}

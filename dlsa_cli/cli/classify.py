@@ -241,12 +241,15 @@ def predict_cmd(
 
     Writes a Parquet table: id, label (when known), prediction, score, topk_labels,
     topk_scores, and for a cascade the route each sample took (route, depth, branch).
+    The file is read and the table written in batches (memory is bounded by
+    --batch-size); under `torchrun --nproc-per-node N` each process predicts
+    its contiguous share of the rows and rank 0 writes the table.
 
     Example: [bold]dlsa predict cascade/ test.safetensors -o pred.parquet[/]
     """
-    from dlsa_cli.cascade import Cascade, load_model, predict, write_predictions
-    from dlsa_cli.device import resolve_device
-    from dlsa_cli.io.features import read_features
+    from dlsa_cli.cascade import Cascade, load_model
+    from dlsa_cli.cascade.predict_stream import predict_file
+    from dlsa_cli.distributed import setup
     from dlsa_cli.io.files import provenance
 
     Reporter(quiet)
@@ -254,23 +257,23 @@ def predict_cmd(
         raise InputError(f"--topk {topk}: must be at least 1")
     if batch_size < 1:
         raise InputError(f"--batch-size {batch_size}: must be at least 1")
-    dev = resolve_device(device)
+    _, dev = setup(device)  # under torchrun: this rank's device, rows sharded over the ranks
     mdl = load_model(model)
-    fs = read_features(features)
     flt = None
     if filter_path is not None:
         from dlsa_cli.flow import FlowFilter
 
         flt = FlowFilter.load(filter_path, device=dev)
     t0 = time.perf_counter()
-    pred = predict(mdl, fs, batch_size=batch_size, device=dev, flt=flt)
     inputs: list[Path] = [features]
     if isinstance(mdl, Cascade):
         inputs += [mdl.spec.manifest, *mdl.spec.filters, *mdl.spec.classifiers, mdl.spec.final]
     else:
         inputs.append(model)
     prov = provenance("predict", {"model": model, "topk": topk, "device": str(dev)}, inputs)
-    report = write_predictions(out, fs, pred, mdl, topk=topk, prov=prov)
+    report = predict_file(mdl, features, out, topk=topk, batch_size=batch_size, device=dev, flt=flt, prov=prov)
+    if report is None:  # a torchrun rank other than 0: rank 0 writes and reports
+        return
     report["output"] = str(out)
     report["seconds"] = round(time.perf_counter() - t0, 3)
     if json_out:
