@@ -28,9 +28,12 @@ import torch
 from nflows.transforms import BatchNorm
 from torch import nn
 
-from dlsa_cli.distributed import all_reduce_sum, current, shard_range
+from collections.abc import Callable
 
-__all__ = ["batch_share", "ddp_mean", "global_mean", "sync_flow_batchnorm", "unsync_flow_batchnorm", "wrap", "unwrap"]
+from dlsa_cli.distributed import all_gather_object, all_reduce_sum, current, shard_range
+
+__all__ = ["batch_share", "ddp_mean", "global_mean", "sync_flow_batchnorm", "unsync_flow_batchnorm", "wrap", "unwrap",
+           "sharded_rows", "mean_over_ranks"]
 
 
 def batch_share(b: int) -> slice:
@@ -91,10 +94,34 @@ def wrap(module: nn.Module, device: torch.device) -> nn.Module:
         return module
     from torch.nn.parallel import DistributedDataParallel
 
+    import inspect
+
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+    newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters  # torch >= 2.13
+    no_sync = {"forward_sync_buffers": False} if newer else {"broadcast_buffers": False}
+    return DistributedDataParallel(module, device_ids=ids, **no_sync)
 
 
 def unwrap(module: nn.Module) -> nn.Module:
     """The module inside a DistributedDataParallel wrapper (itself otherwise)."""
     return getattr(module, "module", module)
+
+
+def sharded_rows(fn: Callable[[int, int], tuple[torch.Tensor, ...]], n: int) -> tuple[torch.Tensor, ...]:
+    """fn(start, stop) on this rank's rows, results of every rank concatenated in row order, on every rank.
+
+    For per-sample results over a whole training set (the epoch's clusters,
+    the threshold's log-likelihoods): each rank computes a 1/W share.
+    """
+    lo, hi = shard_range(n)
+    mine = fn(lo, hi)
+    if not current().active:
+        return mine
+    parts = all_gather_object(tuple(t.cpu() for t in mine))
+    return tuple(torch.cat([p[i] for p in parts]).to(mine[i].device) for i in range(len(mine)))
+
+
+def mean_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    """The mean over ranks of a (detached) tensor, e.g. per-rank loss terms for a progress report; t alone."""
+    w = current().world_size
+    return all_reduce_sum(t.detach().clone()) / w if w > 1 else t

@@ -218,3 +218,29 @@ def test_predict_under_torchrun_writes_what_one_process_writes(digits_cascade, t
     assert p2["row_ranges"] == [[0, n // 2], [n // 2, n]]
     if model == "cascade.json":
         assert set(r2["routes"]) == {"cluster@1", "regular"}
+
+
+@requires_tiny
+@pytest.mark.slow
+def test_fit_filter_under_torchrun_is_repeatable_and_matches_one_process(tmp_path):
+    """Real Tiny-ImageNet-LT validation features (2,000 x 1280), 2 epochs of batch 256 on 2 ranks."""
+    from conftest import run_cli
+    from safetensors.numpy import load_file
+
+    from dlsa_cli.flow import FlowFilter
+    from dlsa_cli.io.files import read_safetensors_header
+
+    args = ["fit-filter", TINY / "val.safetensors", "--clusters", "20", "--epochs", "2", "--batch-size", "256",
+            "--hidden", "64", "--device", "cpu", "--json", "--quiet"]
+    one = run_cli(*args, "-o", tmp_path / "one.safetensors")
+    runs = [torchrun("-m", "dlsa_cli", *args, "-o", tmp_path / f"two{i}.safetensors") for i in (0, 1)]
+    assert one.returncode == 0 and all(r.returncode == 0 for r in runs), runs[0].stderr[-2000:]
+    a, b, c = (load_file(str(tmp_path / f"{n}.safetensors")) for n in ("one", "two0", "two1"))
+    assert all((b[k] == c[k]).all() for k in b)  # repeatable for a given world size, bit for bit
+    assert max(float(abs(a[k].astype(float) - b[k].astype(float)).max()) for k in a if a[k].size) < 1e-3
+    f = FlowFilter.load(tmp_path / "two0.safetensors")  # valid: loads, routes its share of the training rows
+    assert int(f.cluster_counts.sum()) == 2000 and f.stats["routed"] == 600
+    assert read_safetensors_header(tmp_path / "two0.safetensors")[3]["world_size"] == 2
+    assert read_safetensors_header(tmp_path / "one.safetensors")[3]["world_size"] == 1
+    r1, r2 = json.loads(one.stdout), json.loads(runs[0].stdout)
+    assert abs(r1["threshold"] - r2["threshold"]) < 1e-2 * abs(r1["threshold"])

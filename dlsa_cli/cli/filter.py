@@ -67,11 +67,13 @@ def fit_filter_cmd(
     Gaussians, trained with the class-weighted likelihood, balance and purity
     losses on pairs from two different classes. The epoch with the most good
     clusters is kept; the routing threshold routes --share of the training
-    samples; the cluster prior P(y | cluster) is stored with it.
+    samples; the cluster prior P(y | cluster) is stored with it. Under
+    `torchrun --nproc-per-node N` each process takes its share of every global
+    batch (DistributedDataParallel, batch statistics over the global batch).
 
     Example: [bold]dlsa fit-filter train.safetensors -o filter.safetensors --clusters 100 --epochs 20[/]
     """
-    from dlsa_cli.device import resolve_device
+    from dlsa_cli import distributed as dist
     from dlsa_cli.flow import PRESETS, FilterConfig, fit_filter
     from dlsa_cli.io.features import read_features
     from dlsa_cli.io.files import provenance
@@ -95,7 +97,7 @@ def fit_filter_cmd(
     )
     settings = {**(PRESETS[preset] if preset else {}), **{k: v for k, v in explicit.items() if v is not None}, "seed": seed}
     config = FilterConfig(**settings)
-    dev = resolve_device(device)
+    _, dev = dist.setup(device)  # under torchrun: DDP over the ranks, one device each
     if dev.type == "cuda":
         import torch
 
@@ -128,7 +130,9 @@ def fit_filter_cmd(
             on_warning=rep.warn,
         )
     options = {"preset": preset, **config.to_dict(), "depth": filt.depth, "device": str(dev), "tf32": tf32 and dev.type == "cuda"}
-    filt.save(out_p, prov=provenance("fit-filter", options, [train], seed))
+    if dist.is_main():  # every rank holds the same filter; rank 0 writes it
+        filt.save(out_p, prov=provenance("fit-filter", options, [train], seed))
+    dist.barrier()
     result = {
         "filter": str(out_p),
         "train": str(train),

@@ -17,7 +17,8 @@ from dlsa_cli.evaluation.metrics import (
 )
 from dlsa_cli.flow.clusters import cluster_stats, cluster_table
 from dlsa_cli.flow.config import FilterConfig, _check_config
-from dlsa_cli.flow.filter import FlowFilter, _device
+from dlsa_cli import ddp
+from dlsa_cli.flow.filter import FilterScores, FlowFilter, _device
 from dlsa_cli.flow.losses import (
     BalanceLoss,
     PairSampler,
@@ -116,17 +117,19 @@ def fit_filter(
     flow = MixtureFlow(
         d, k, hidden=cfg.hidden, blocks=cfg.blocks, made_blocks=cfg.made_blocks, center_std=cfg.center_std, generator=g_init
     ).to(dev)
-    g_pairs = torch.Generator(device=dev).manual_seed(cfg.seed + 1)
+    model = ddp.wrap(ddp.sync_flow_batchnorm(flow), dev)  # under torchrun: DDP, batch norm over the global batch
+    g_pairs = torch.Generator(device=dev).manual_seed(cfg.seed + 1)  # every rank draws the same global batch
     x = torch.as_tensor(train.features).to(dev, torch.float32)  # (N, D)
     y = torch.as_tensor(y_np).to(dev)  # (N,)
     sampler = PairSampler(y, g_pairs)
     w = class_weights(counts, cfg.q).to(dev)  # (C,)
-    balance = BalanceLoss(k, cfg.ema, cfg.lambda_bal)
+    b = cfg.batch_size
+    balance = BalanceLoss(k, cfg.ema, cfg.lambda_bal, batch_mean=lambda v: ddp.global_mean(v, b))
+    mean = lambda v: ddp.ddp_mean(v, b)  # noqa: E731  the global batch's mean (plain mean alone)
     opt = torch.optim.SGD(flow.parameters(), lr=cfg.lr, momentum=0.0)
     steps = n // cfg.batch_size
     report_every = max(1, steps // 20)
     log_k = math.log(k)
-    b = cfg.batch_size
     use_neg = cfg.lambda_pure > 0
     n_route = min(max(int(round(cfg.share * n)), 1), n)
     is_tail = torch.as_tensor(tail_classes(_train_counts(train))).to(dev)[y]  # (N,) bool
@@ -141,35 +144,38 @@ def fit_filter(
         sums = torch.zeros(4, device=dev, dtype=torch.float64)  # loss, mle, bal, pure
         for step in range(1, steps + 1):
             pos, neg = sampler.draw(b)
-            xb = x[torch.cat([pos, neg])] if use_neg else x[pos]  # (2B or B, D)
-            z, logdet = flow(xb)
-            comp = flow.component_log_density(z)  # (2B, K)
-            l_pos = comp[:b]
+            share = ddp.batch_share(b)  # this rank's positions of the global batch (all of it alone)
+            pos, neg = pos[share], neg[share]
+            bl = pos.shape[0]
+            xb = x[torch.cat([pos, neg])] if use_neg else x[pos]  # (2b or b, D)
+            z, logdet = model(xb)
+            comp = flow.component_log_density(z)  # (2b, K)
+            l_pos = comp[:bl]
             zero = comp.new_zeros(())
             l_mle = (
-                mle_loss(torch.logsumexp(l_pos, 1) - log_k + logdet[:b], w[y[pos]], cfg.lambda_lh)
+                mle_loss(torch.logsumexp(l_pos, 1) - log_k + logdet[:bl], w[y[pos]], cfg.lambda_lh, mean)
                 if cfg.lambda_lh > 0
                 else zero
             )
             l_bal = balance(l_pos) if cfg.lambda_bal > 0 else zero
-            l_pure = purity_loss(l_pos, comp[b:], cfg.lambda_pure) if use_neg else zero
+            l_pure = purity_loss(l_pos, comp[bl:], cfg.lambda_pure, mean) if use_neg else zero
             loss = l_mle + l_bal + l_pure
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sums += torch.stack([loss.detach(), l_mle.detach(), l_bal.detach(), l_pure.detach()]).double()
             if step % report_every == 0 or step == steps:
-                means = (sums / step).tolist()
+                means = (ddp.mean_over_ranks(sums) / step).tolist()
                 if not all(math.isfinite(v) for v in means):
                     raise _diverged(epoch, cfg.lr)
                 if on_step is not None:
                     on_step(epoch, step, steps, dict(zip(("loss", "mle", "bal", "pure"), means)))
-        logp, cluster = _assign(flow, x, cfg.eval_batch_size)
+        logp, cluster = ddp.sharded_rows(lambda a, e: _assign(flow, x[a:e], cfg.eval_batch_size), n)
         if not bool(torch.isfinite(logp).all()):
             raise _diverged(epoch, cfg.lr)
         st = cluster_stats(cluster_table(cluster, y, k, c), cfg.purity_threshold, cfg.min_cluster_size)
         eligible = st["largest_share"] < cfg.max_cluster_share
-        means = (sums / steps).tolist()
+        means = (ddp.mean_over_ranks(sums) / steps).tolist()
         record = {
             "epoch": epoch,
             "loss": means[0],
@@ -204,6 +210,7 @@ def fit_filter(
     if best_state is not None:
         flow.load_state_dict(best_state)
     del best_state
+    ddp.unsync_flow_batchnorm(flow)
     flow.eval()
 
     filt = FlowFilter(
@@ -219,7 +226,7 @@ def fit_filter(
         chosen_epoch=best_epoch,
         path=None,
     )
-    sc = filt.score(x, batch_size=cfg.eval_batch_size)
+    sc = _scores(filt, x, cfg.eval_batch_size)
     filt.threshold = float(np.sort(sc.log_likelihood)[::-1][n_route - 1])
     table = cluster_table(torch.from_numpy(sc.cluster), torch.from_numpy(y_np), k, c)
     filt.cluster_counts = table.long()
@@ -238,6 +245,17 @@ def fit_filter(
         "device": str(dev),
     }
     return filt
+
+
+def _scores(filt: FlowFilter, x: torch.Tensor, batch_size: int) -> FilterScores:
+    """The filter's scores of every training row; under torchrun each rank scores its share and all gather them."""
+    def part(a: int, e: int) -> tuple[torch.Tensor, ...]:
+        sc = filt.score(x[a:e], batch_size=batch_size)
+        return torch.from_numpy(sc.log_likelihood), torch.from_numpy(sc.cluster)
+
+    ll, cl = ddp.sharded_rows(part, x.shape[0])
+    ll_np = ll.numpy()
+    return FilterScores(ll_np, cl.numpy(), ll_np >= filt.threshold)
 
 
 def _diverged(epoch: int, lr: float) -> TrainingError:
