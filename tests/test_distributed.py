@@ -244,3 +244,31 @@ def test_fit_filter_under_torchrun_is_repeatable_and_matches_one_process(tmp_pat
     assert read_safetensors_header(tmp_path / "one.safetensors")[3]["world_size"] == 1
     r1, r2 = json.loads(one.stdout), json.loads(runs[0].stdout)
     assert abs(r1["threshold"] - r2["threshold"]) < 1e-2 * abs(r1["threshold"])
+
+
+@requires_tiny
+@pytest.mark.slow
+def test_fit_classifier_under_torchrun_lands_within_a_point_of_one_process(tmp_path):
+    """Real Tiny-ImageNet-LT (21,199 training rows, 200 classes), epochs chosen on the validation split."""
+    from conftest import run_cli
+    from safetensors.numpy import load_file
+
+    from dlsa_cli.io.files import read_safetensors_header
+
+    args = ["fit-classifier", TINY / "train.safetensors", "--val", TINY / "val.safetensors", "--epochs", "3",
+            "--device", "cpu", "--json", "--quiet"]
+    one = run_cli(*args, "-o", tmp_path / "one.safetensors")
+    two = torchrun("-m", "dlsa_cli", *args, "-o", tmp_path / "two.safetensors")
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
+    assert len(two.stdout.splitlines()) == 1
+    r1, r2 = json.loads(one.stdout), json.loads(two.stdout)
+    assert abs(r1["val_balanced_accuracy"] - r2["val_balanced_accuracy"]) <= 0.01
+    acc = {}
+    for n in ("one", "two"):
+        p = run_cli("predict", tmp_path / f"{n}.safetensors", TINY / "test.safetensors", "-o", tmp_path / f"{n}.parquet",
+                    "--device", "cpu", "--json")
+        acc[n] = json.loads(p.stdout)["accuracy"]
+    assert abs(acc["one"] - acc["two"]) <= 0.01, acc  # within 1 point on the test split
+    a, b = load_file(str(tmp_path / "one.safetensors")), load_file(str(tmp_path / "two.safetensors"))
+    assert max(float(abs(a[k].astype(float) - b[k].astype(float)).max()) for k in a) < 1e-3  # the same global batches
+    assert read_safetensors_header(tmp_path / "two.safetensors")[3]["world_size"] == 2

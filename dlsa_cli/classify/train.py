@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dlsa_cli import ddp
 from dlsa_cli.classify.config import (
     DEFAULT_LR_FINETUNE,
     DEFAULT_LR_SCRATCH,
@@ -228,11 +229,14 @@ def _fit(
     for g in opt.param_groups:
         g["params"] = [p for p in g["params"] if p.requires_grad]
 
+    net = ddp.wrap(module, device)  # under torchrun: DDP (gradients averaged over ranks); module alone
+
     def forward(idx: torch.Tensor | slice, xs, ss, ps) -> torch.Tensor:
+        m = net if module.training else module  # evaluation runs on every rank alone, no collective
         xb = xs[idx].to(device, non_blocking=True)
         if ss is None:
-            return module(xb)
-        return module(xb, ss[idx].to(device, non_blocking=True), ps[idx].to(device, non_blocking=True))
+            return m(xb)
+        return m(xb, ss[idx].to(device, non_blocking=True), ps[idx].to(device, non_blocking=True))
 
     @torch.no_grad()
     def evaluate() -> tuple[float, float]:
@@ -271,20 +275,21 @@ def _fit(
     module.train()
     for epoch in range(1, cfg.epochs + 1):
         total, seen = torch.zeros((), device=device), 0
-        for idx in draw_batches(y, cfg.sampler, cfg.batch_size, gen):
-            logits = forward(idx, x, side, prior)  # (B, C)
+        for idx_all in draw_batches(y, cfg.sampler, cfg.batch_size, gen):  # the same global batch on every rank
+            idx = idx_all[ddp.batch_share(len(idx_all))]  # this rank's share of it
+            logits = forward(idx, x, side, prior)  # (b, C)
             if correction is not None:
                 logits = logits + correction[idx].to(device, non_blocking=True)
             if shift is not None:
                 logits = logits + shift
             yb = y[idx].to(device, non_blocking=True)
-            loss = F.cross_entropy(logits, yb)
+            loss = ddp.ddp_mean(F.cross_entropy(logits, yb, reduction="none"), len(idx_all))  # the global batch's mean
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += loss.detach() * len(idx)
-            seen += len(idx)
-        mean_loss = float(total) / max(seen, 1)
+            total += loss.detach() * len(idx_all)
+            seen += len(idx_all)
+        mean_loss = float(ddp.mean_over_ranks(total)) / max(seen, 1)
         if not math.isfinite(mean_loss):
             raise TrainingError(
                 f"training diverged at epoch {epoch} (loss {mean_loss})", hint="lower --lr"

@@ -107,7 +107,8 @@ def fit_classifier_cmd(
     Example: [bold]dlsa fit-classifier train.safetensors --val val.safetensors -o baseline.safetensors[/]
     """
     from dlsa_cli.classify import TrainConfig, fit_classifier
-    from dlsa_cli.device import resolve_device, seed_everything
+    from dlsa_cli import distributed as dist
+    from dlsa_cli.device import seed_everything
     from dlsa_cli.io.features import read_features
     from dlsa_cli.io.files import provenance
 
@@ -135,7 +136,7 @@ def fit_classifier_cmd(
     cfg.check()
     if init is not None and from_scratch:
         raise InputError("--init and --from-scratch exclude each other", hint="pick one")
-    dev = resolve_device(device)
+    _, dev = dist.setup(device)  # under torchrun: DDP over the ranks, one device each
     train_fs = read_features(train, require_labels=True)
     val_fs = read_features(val, require_labels=True) if val is not None else None
     val_counts = None
@@ -191,7 +192,9 @@ def fit_classifier_cmd(
     inputs = [p for p in (train, val, init, filter_path, val_weights_from) if p is not None]
     prov = provenance("fit-classifier", {k: v for k, v in cfg.__dict__.items()} | {"init": init, "filter": filter_path, "device": str(dev)}, inputs, seed)
     clf.meta["seconds"] = seconds
-    clf.save(out, prov=prov)
+    if dist.is_main():  # every rank holds the same classifier; rank 0 writes it
+        clf.save(out, prov=prov)
+    dist.barrier()
     result = {
         "output": str(out),
         "model": clf.kind,
