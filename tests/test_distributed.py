@@ -272,3 +272,60 @@ def test_fit_classifier_under_torchrun_lands_within_a_point_of_one_process(tmp_p
     a, b = load_file(str(tmp_path / "one.safetensors")), load_file(str(tmp_path / "two.safetensors"))
     assert max(float(abs(a[k].astype(float) - b[k].astype(float)).max()) for k in a) < 1e-3  # the same global batches
     assert read_safetensors_header(tmp_path / "two.safetensors")[3]["world_size"] == 2
+
+
+CALTECH_SAMPLE = Path(os.environ.get("DLSA_SHARED_DATA", REPO.parent / "shared" / "data")) / "caltech101-sample"
+requires_photos = pytest.mark.skipif(not (CALTECH_SAMPLE / "manifest.csv").exists(), reason=f"photo sample not found at {CALTECH_SAMPLE}")
+
+
+def _photo_list(tmp_path: Path, every: int = 25) -> Path:
+    rows = (CALTECH_SAMPLE / "manifest.csv").read_text().splitlines()
+    listing = tmp_path / "list.csv"
+    listing.write_text("\n".join([rows[0], *rows[1::every]]) + "\n")
+    return listing
+
+
+@requires_photos
+@pytest.mark.slow
+def test_extract_under_torchrun_writes_what_one_process_writes(tmp_path):
+    """The fixed point: `torchrun --standalone --nproc-per-node 2 -m dlsa_cli extract LIST.csv --root DIR -o OUT.safetensors`."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from conftest import run_cli
+
+    from dlsa_cli.io.features import read_features
+    from dlsa_cli.io.files import read_safetensors_header
+
+    listing = _photo_list(tmp_path)  # 41 real photos
+    opts = ["--batch-size", "8", "--workers", "0"]
+    one = run_cli("extract", listing, "--root", CALTECH_SAMPLE, "-o", tmp_path / "one.safetensors", *opts)
+    two = torchrun("-m", "dlsa_cli", "extract", listing, "--root", CALTECH_SAMPLE, "-o", tmp_path / "two.safetensors", *opts)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
+    assert len(two.stdout.splitlines()) == 1
+    a, b = read_features(tmp_path / "one.safetensors"), read_features(tmp_path / "two.safetensors")
+    assert a.n == b.n == 41 and list(a.ids) == list(b.ids) and (a.labels == b.labels).all()
+    assert abs(a.features - b.features).max() <= 1e-4 * max(1.0, float(abs(a.features).max()))
+    prov = read_safetensors_header(tmp_path / "two.safetensors")[3]
+    assert prov["world_size"] == 2 and prov["row_ranges"] == [[0, 20], [20, 41]]
+
+
+@requires_photos
+@pytest.mark.slow
+def test_extract_a_corrupt_photo_in_rank_1s_share_is_one_line_everywhere(tmp_path):
+    pytest.importorskip("efficientnet_lite_pytorch")
+    import shutil
+
+    rows = (CALTECH_SAMPLE / "manifest.csv").read_text().splitlines()[1:9]
+    root = tmp_path / "img"
+    for r in rows:
+        (root / Path(r.split(",")[0]).parent).mkdir(parents=True, exist_ok=True)
+        shutil.copy(CALTECH_SAMPLE / r.split(",")[0], root / r.split(",")[0])
+    bad = root / rows[6].split(",")[0]  # in rank 1's share (rows 4..8)
+    bad.write_bytes(bad.read_bytes()[:200])
+    listing = tmp_path / "list.csv"
+    listing.write_text("path,label\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "out.safetensors"
+    r = torchrun("-m", "dlsa_cli", "extract", listing, "--root", root, "-o", out, "--batch-size", "2", "--workers", "0")
+    assert r.returncode != 0
+    ours = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(ours) == 1 and str(bad) in ours[0] and "cannot read image" in ours[0], r.stderr[-2000:]
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]

@@ -86,10 +86,14 @@ def extract_cmd(
     the list (for a folder, relative to it), labels and class names where
     known, and the backbone, weights and preprocessing in its metadata.
 
+    Under `torchrun --nproc-per-node N` each process extracts its contiguous
+    share of the list and rank 0 writes the same file (ids and order).
+
     Example: [bold]dlsa extract train.csv --root images/ -o train.safetensors --backbone efficientnet-lite0[/]
     """
+    from dlsa_cli import distributed as dist
     from dlsa_cli import extract as ex
-    from dlsa_cli.device import resolve_device
+    from dlsa_cli.extract_shard import extract_sharded
     from dlsa_cli.io.features import write_features
     from dlsa_cli.io.files import provenance
 
@@ -99,7 +103,7 @@ def extract_cmd(
     if not (out.parent if str(out.parent) else Path(".")).is_dir():
         raise InputError("output folder does not exist", path=out.parent, hint="create it first")
     mean_t, std_t = _triple(mean, "mean"), _triple(std, "std")
-    dev = resolve_device(device)
+    _, dev = dist.setup(device)  # under torchrun: this rank's device and its share of the images
 
     model = ex.load_backbone(backbone, weights=weights)  # first: cheap, while listing a big folder is not
     image_list = ex.read_image_list(images, root=root)
@@ -124,11 +128,14 @@ def extract_cmd(
             rate = done / max(time.perf_counter() - start, 1e-9)
             update(k, text=f"{rate:.1f} images/s")
 
-        fs = ex.extract_features(
+        fs = extract_sharded(
             image_list, model, preprocess=pre, batch_size=batch_size, workers=n_workers, device=dev,
             half=half, dtype=dtype, skip_bad=skip_bad, progress=step,
         )
     seconds = time.perf_counter() - start
+    if fs is None:  # a torchrun rank other than 0: rank 0 writes the joined file
+        dist.barrier()
+        return
 
     skipped = fs.meta["skipped"]
     for s in skipped[:MAX_LISTED]:
@@ -144,7 +151,9 @@ def extract_cmd(
     inputs = [p for p in (images, weights) if p is not None and p.is_file()]
     if Path(backbone).is_file():
         inputs.append(Path(backbone))
-    write_features(out, fs, prov=provenance("extract", options, inputs), dtype=dtype)
+    prov = {**provenance("extract", options, inputs), **dist.provenance_fields(len(image_list))}
+    write_features(out, fs, prov=prov, dtype=dtype)
+    dist.barrier()
 
     summary = {
         "out": str(out), "images": fs.n, "dim": fs.dim, "skipped": len(skipped), "backbone": model.name,
