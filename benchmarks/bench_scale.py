@@ -20,6 +20,10 @@ Stages: `split` (the filter's routes; writes the table and both part files),
     python benchmarks/bench_scale.py --sizes 437513 --dim 2048 --device cuda --procs 1 2 4 8   # iNat-2018's shape on GPUs
     bash benchmarks/bench_scale_gpu.sh                        # the prepared GPU run
 
+`--code DIR` runs another checkout's stages on the same files, e.g. the code
+before streaming: `git archive ff6a239 dlsa_cli | tar -x -C /tmp/old`, then
+`--code /tmp/old --procs 1 --stages split`.
+
 Ratios printed: peak RssAnon at each N over that at the smallest N (the
 streaming target is <= 1.5 for split from 50k to 400k), and seconds with P
 processes over one process.
@@ -100,10 +104,10 @@ def _rss_anon_kb(pid: int) -> int:
     return 0
 
 
-def run_measured(cmd: list[str], env: dict[str, str]) -> dict[str, float]:
-    """Run cmd; wall seconds, peak RssAnon of its largest process and of its whole tree (MB)."""
+def run_measured(cmd: list[str], env: dict[str, str], cwd: Path = REPO) -> dict[str, float]:
+    """Run cmd in cwd (`-m dlsa_cli` imports from there first); wall seconds, peak RssAnon of its largest process and of its tree (MB)."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     peak = {"one": 0, "sum": 0}
     done = threading.Event()
 
@@ -144,11 +148,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="OMP threads per process (equal for every process)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/dlsa-bench-scale"))
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    ap.add_argument("--code", type=Path, default=REPO, help="the checkout whose dlsa_cli runs the stages (e.g. an older commit's `git archive`)")
     a = ap.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(REPO))
     flt, clf = make_models(a.work, a.dim, a.device)
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS=str(a.threads))
+    env = dict(os.environ, PYTHONPATH=str(a.code), OMP_NUM_THREADS=str(a.threads))
     rows = []
     for n in a.sizes:
         data = a.work / f"n{n}_d{a.dim}.safetensors"
@@ -163,7 +168,7 @@ def main() -> None:
                     [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={p}", "-m", "dlsa_cli"]
                 if stage == "inspect" and p > 1:
                     continue  # inspect runs in one process
-                r = run_measured(launch + args, env)
+                r = run_measured(launch + args, env, cwd=a.code)
                 rows.append({"stage": stage, "n": n, "dim": a.dim, "procs": p, **r})
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     _table(rows)
