@@ -14,7 +14,8 @@ process of its tree every 20 ms:
 - wall seconds of the whole command, start-up included.
 
 Stages: `split` (the filter's routes; writes the table and both part files),
-`predict` (the classifier's table), `inspect` (the feature file's summary).
+`predict` (the classifier's table), `inspect` (the feature file's summary),
+`evaluate` (the predict stage's table; list it after predict).
 
     python benchmarks/bench_scale.py                          # CPU: N = 50,000 and 400,000 at D = 256, 1 and 2 processes
     python benchmarks/bench_scale.py --sizes 437513 --dim 2048 --device cuda --procs 1 2 4 8   # iNat-2018's shape on GPUs
@@ -135,6 +136,8 @@ def stage_args(stage: str, data: Path, flt: Path, clf: Path, out: Path, device: 
         return ["predict", str(clf), str(data), "-o", str(out / "pred.parquet"), "--device", device, "--quiet"]
     if stage == "inspect":
         return ["inspect", str(data), "--json"]
+    if stage == "evaluate":  # the predict stage's one-process table, same N
+        return ["evaluate", str(out.parent / out.name.replace("evaluate", "predict") / "pred.parquet"), "--json"]
     raise SystemExit(f"unknown stage {stage}")
 
 
@@ -166,8 +169,8 @@ def main() -> None:
                 args = stage_args(stage, data, flt, clf, out, a.device)
                 launch = [sys.executable, "-m", "dlsa_cli"] if p == 1 else \
                     [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={p}", "-m", "dlsa_cli"]
-                if stage == "inspect" and p > 1:
-                    continue  # inspect runs in one process
+                if stage in ("inspect", "evaluate") and p > 1:
+                    continue  # they run in one process
                 r = run_measured(launch + args, env, cwd=a.code)
                 rows.append({"stage": stage, "n": n, "dim": a.dim, "procs": p, **r})
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
