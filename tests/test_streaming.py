@@ -230,3 +230,42 @@ def test_string_ids_past_the_header_cap_go_to_tensors(tmp_path):
     np.testing.assert_array_equal(read_id_range(out, 0, 2), ids(0, 2))
     got = [b.ids for b in iter_rows(out, 150_000, 250_000, 250_010)]
     np.testing.assert_array_equal(np.concatenate(got), ids(250_000, 250_010))
+
+
+@pytest.fixture(scope="module")
+def digits_filter(digits) -> object:
+    from conftest import invoke
+
+    out = digits / "stream_filter.safetensors"
+    r = invoke("fit-filter", digits / "train.safetensors", "-o", out, "-k", "8", "--epochs", "2", "--batch-size", "64",
+               "--hidden", "32", "--lr", "0.01", "--max-cluster-share", "0.9", "--device", "cpu", "--quiet")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+@pytest.mark.parametrize("ids_in_header_max", [None, 50])
+def test_split_streams_in_small_batches_and_keeps_string_ids_either_way(digits, digits_filter, tmp_path, monkeypatch, ids_in_header_max):
+    """Batches of 7 rows; string ids in the part files' header, or (past the size limit) in byte tensors."""
+    from conftest import invoke
+
+    src = read_features(digits / "val.safetensors")
+    ids = np.array([f"scans/é{i:03d}.png" for i in range(src.n)])
+    write_features(tmp_path / "v.safetensors", FeatureSet(src.features, src.labels, ids))
+    if ids_in_header_max is not None:
+        monkeypatch.setattr("dlsa_cli.flow.split_stream.IDS_IN_HEADER_MAX", ids_in_header_max)
+    out = tmp_path / "s"
+    r = invoke("split", digits_filter, tmp_path / "v.safetensors", "-o", out, "--batch-size", "7", "--device", "cpu", "--json")
+    assert r.returncode == 0, r.stderr
+    table = read_table(out / "v.parquet")[0]
+    assert table.column("id").to_pylist() == list(ids)
+    routed = table.column("routed").to_numpy(zero_copy_only=False)
+    for part, m in (("routed", routed), ("rest", ~routed)):
+        p = out / f"v.{part}.safetensors"
+        header = read_safetensors_header(p)[0]
+        assert (IDS_OFFSETS_KEY in header) == (ids_in_header_max is not None)
+        fs = read_features(p)
+        assert list(fs.ids) == list(ids[m])
+        np.testing.assert_array_equal(fs.features, src.features[m])
+        np.testing.assert_array_equal(fs.labels, src.labels[m])
+        np.testing.assert_array_equal(load_file(str(p))["log_likelihood"], table.column("log_likelihood").to_numpy()[m])
+    assert not [q for q in out.iterdir() if q.name.startswith(".")]  # no temporary columns left behind
