@@ -170,12 +170,7 @@ def split_file(
             batches = iter_rows(p, batch_size, lo, hi)
             for _ in range(rounds):
                 item = dist.collective(lambda: _next_scored(filt, batches, p, device, latent))
-                for r, got in enumerate(dist.gather_object(item) or []):
-                    if got is not None and table is not None:
-                        start, cols = got
-                        table.write({k: v for k, v in cols.items() if k != "latent"}, part=r)
-                        store.put(start, cols, r)
-                        counter.add(cols["routed"], cols["log_likelihood"], cols.get("label"))
+                _receive(dist.gather_object(item), table, store, counter)
             if table is not None:
                 table.meta["report"] = counter.report()
         outputs = dist.collective(
@@ -191,6 +186,17 @@ def split_file(
     if counter is None:
         return None
     return {"input": str(path), **counter.report(), "outputs": {"table": f"{name}.parquet", **outputs}}
+
+
+def _receive(gathered: list | None, table: Any, store: _Columns | None, counter: ReportCounter | None) -> None:
+    """Rank 0: one round's (start, columns) of every rank into the table's rank part, the columns and the counts."""
+    for r, got in enumerate(gathered or []):
+        if got is None or table is None:
+            continue
+        start, cols = got
+        table.write({k: v for k, v in cols.items() if k != "latent"}, part=r)
+        store.put(start, cols, r)
+        counter.add(cols["routed"], cols["log_likelihood"], cols.get("label"))
 
 
 def _next_scored(filt: FlowFilter, batches: Any, p: Path, device: torch.device | None, latent: bool) -> tuple | None:
