@@ -9,11 +9,12 @@ training part) and every model is trained with seed s. Per seed, one flow
 filter per depth is trained (depth d on the samples no earlier filter routed)
 and shared by every classifier, as in the paper. For each classifier type:
   - the baseline: one classifier on all training data;
-  - DLSA at depth k: filters 1..k, a cluster-aided classifier per depth on its
-    routed training samples (validated on its routed validation samples,
+  - DLSA at depth k: the library loop `fit_cascade` (what `dlsa fit-cascade`
+    runs) given the seed's filters 1..k: a cluster-aided classifier per depth on
+    its routed training samples (validated on its routed validation samples,
     weighted so that the epoch maximises the whole validation set's balanced
-    accuracy, as recipes/dlsa.sh does) and a final regular classifier on what
-    is left, every branch starting from the baseline (the tool's default).
+    accuracy) and a final regular classifier on what is left, every branch
+    starting from the baseline (the tool's default).
 Printed: overall / many / medium / few (mean per-class accuracy of the group)
 / MCC / NMI on the TEST split as mean +- std over seeds, the head-tail
 separation accuracy per depth, where routed and remaining test samples gain or
@@ -28,13 +29,15 @@ over-fit the small routed validation parts), so design choices are compared on
 the held-out half.
 
 Library calls only (no subprocesses). Filters are cached under --cache, so a
-second run with the same filter settings skips them.
+second run with the same filter settings skips them; each cascade's run folder
+(fit_cascade's RUNDIR) is written under --cache/seedS/runs/.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from dataclasses import replace
@@ -46,11 +49,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dlsa_cli.cascade import Cascade  # noqa: E402
+from dlsa_cli.cascade import Cascade, CascadePlan, fit_cascade  # noqa: E402
 from dlsa_cli.classify import Classifier, TrainConfig, fit_classifier  # noqa: E402
 from dlsa_cli.datasets import caltech101_lt  # noqa: E402
 from dlsa_cli.evaluation import evaluate_predictions  # noqa: E402
-from dlsa_cli.io.features import FeatureSet  # noqa: E402
+from dlsa_cli.io.features import FeatureSet, write_features  # noqa: E402
 from dlsa_cli.flow import FilterConfig, FlowFilter, fit_filter  # noqa: E402
 
 C = 101
@@ -121,6 +124,11 @@ class Seed:
             self.val, self.assess = self.val.subset(sel), self.val.subset(assess)
         self.dir = Path(args.cache) / f"seed{seed}"
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.tag, self.filter_cfg = tag, replace(filter_cfg, seed=seed)
+        self.train_path = self.dir / "train.safetensors"  # the files fit_cascade reads
+        self.val_path = self.dir / ("val_nested.safetensors" if args.nested_val else "val.safetensors")
+        write_features(self.train_path, self.train)
+        write_features(self.val_path, self.val)
         self.filters: list[FlowFilter] = []
         self.filter_paths: list[Path] = []
         # rows of each split still unrouted before depth d (index into the full split)
@@ -172,29 +180,27 @@ def out_of_fold_logits(sd: Seed, cfg: TrainConfig, folds: int = 5) -> np.ndarray
     return oof
 
 
-def build_cascades(sd: Seed, base_path: Path, cfg: TrainConfig, depths: list[int], filters: list[FlowFilter],
-                   filter_paths: list[Path], design: dict, oof: np.ndarray | None) -> dict[int, Cascade]:
-    """Cascades of depth k (k in depths) sharing the cluster-aided classifiers of lower depths."""
-    branch = replace(cfg, allow_missing_val_classes=True, **design.get("branch", {}))
+def build_cascades(sd: Seed, cfg: TrainConfig, depths: list[int], design_name: str, design: dict,
+                   oof: np.ndarray | None) -> dict[int, Cascade]:
+    """Cascades of depth k (k in depths) by the library loop, `fit_cascade`, on this seed's cached filters.
+
+    Each depth k is its own run (its final classifier sits after depth k), so the
+    lower depths' classifiers are fitted again: the same seed gives the same ones.
+    """
+    branch = replace(cfg, **{"lr": None, **design.get("branch", {})})
     if design.get("scratch"):
         branch = replace(branch, lr=branch.lr or 0.03)
         if "bsm_counts" not in design.get("branch", {}):
             branch = replace(branch, bsm_counts="subset")  # the authors' implementation
-    init = None if design.get("scratch") else base_path
-    # as the recipe does: a branch's epoch maximises the WHOLE validation set's balanced accuracy
-    vcc = np.bincount(sd.val.labels, minlength=C) if design.get("weighted", True) else None
-    clusters, out = [], {}
-    for d in range(1, max(depths) + 1):
-        rows = sd.routed["train"][d - 1]
-        clusters.append(
-            fit(sd.part("train", d, True), sd.part("val", d, True), branch, init=init, flt=filters[d - 1],
-                filter_path=filter_paths[d - 1], train_offset=None if oof is None else oof[rows], val_class_counts=vcc)
-        )
-        if d in depths:
-            rows = sd.left["train"][d]
-            final = fit(sd.part("train", d, False), sd.part("val", d, False), branch, init=init,
-                        train_offset=None if oof is None else oof[rows], val_class_counts=vcc)
-            out[d] = Cascade(None, filters[:d], clusters[:d], final)
+    out = {}
+    for d in depths:
+        run_dir = sd.dir / "runs" / f"{sd.tag}_{cfg.loss}_{cfg.sampler}_{cfg.model}_{cfg.posthoc}_{design_name}_d{d}"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        plan = CascadePlan(depth=d, seed=sd.seed, filter=sd.filter_cfg, baseline=cfg, branch=branch,
+                           from_scratch=bool(design.get("scratch")), val_weights=design.get("weighted", True))
+        filters = {i: sd.filter_paths[i - 1] for i in range(1, d + 1)}
+        out[d] = fit_cascade(sd.train_path, run_dir, plan, val=sd.val_path, filters=filters, train_offset=oof).cascade
     return out
 
 
@@ -317,7 +323,7 @@ def main() -> None:
             base.save(base_path)
             base_logits = {s: base.logits(getattr(sd, s).features) for s in ("val", "test")}
             main_rows.setdefault(f"{name}", []).append(evaluate_model(sd, base))
-            cascades = build_cascades(sd, base_path, cfg, depths, sd.filters, sd.filter_paths, {}, None)
+            cascades = build_cascades(sd, cfg, depths, "default", {}, None)
             for d in depths:
                 res = evaluate_model(sd, cascades[d], base_logits)
                 main_rows.setdefault(f"{name} + DLSA depth {d}", []).append(res)
@@ -330,8 +336,7 @@ def main() -> None:
                     design = DESIGNS[dn]
                     if design.get("honest") and oof is None:
                         oof = out_of_fold_logits(sd, cfg)
-                    cas = build_cascades(sd, base_path, cfg, design_depths, sd.filters, sd.filter_paths, design,
-                                         oof if design.get("honest") else None)
+                    cas = build_cascades(sd, cfg, design_depths, dn, design, oof if design.get("honest") else None)
                     des_rows.setdefault("bsm baseline", [])
                     if len(des_rows["bsm baseline"]) <= seed:
                         des_rows["bsm baseline"].append(main_rows["bsm"][-1])
@@ -353,7 +358,7 @@ def main() -> None:
                 cfg_f = replace(base_cfg, **ABLATIONS[ab])
                 atag = tag + "_" + ab
                 sa = Seed(args, seed, cfg_f, atag, args.ablation_depth)
-                cas = build_cascades(sa, base_path, cfg, [args.ablation_depth], sa.filters, sa.filter_paths, {}, None)
+                cas = build_cascades(sa, cfg, [args.ablation_depth], "default", {}, None)
                 abl_rows.setdefault(ab, []).append(evaluate_model(sa, cas[args.ablation_depth]))
             log(f"  seed {seed}: ablations done ({time.perf_counter() - t0:.0f} s)")
         log(f"seed {seed} finished in {time.perf_counter() - t0:.0f} s")

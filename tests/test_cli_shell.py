@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import run_cli
 
-COMMANDS = ["extract", "fit-filter", "split", "fit-classifier", "predict", "evaluate", "inspect", "make-dataset"]
+COMMANDS = ["extract", "fit-filter", "split", "fit-classifier", "fit-cascade", "predict", "evaluate", "inspect", "make-dataset"]
 
 
 def test_top_level_help_lists_every_command():
@@ -29,3 +29,23 @@ def test_unknown_dataset_is_one_clear_line():
     assert "Traceback" not in r.stderr
     assert r.stderr.strip().count("\n") == 0
     assert "unknown data set 'nope'" in r.stderr
+
+
+def test_version_and_shell_completion():
+    from dlsa_cli import __version__
+
+    r = run_cli("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"dlsa {__version__}"
+    r = run_cli("--help")
+    assert "--install-completion" in r.stdout and "--show-completion" in r.stdout
+    r = run_cli("--show-completion", "bash")
+    assert r.returncode == 0 and "complete" in r.stdout
+
+
+def test_extract_help_shows_every_default():
+    r = run_cli("extract", "--help")
+    assert r.returncode == 0, r.stderr
+    for flag, default in (("--resize", "256"), ("--crop", "224"), ("--mean", "ImageNet's"), ("--interpolation", "bilinear")):
+        line = next(ln for ln in r.stdout.splitlines() if flag in ln)
+        assert f"[default: ({default})]" in line, line
+    assert " ." not in r.stdout.replace("...", "")

@@ -135,6 +135,7 @@ def test_plot_writes_a_png_with_one_panel_per_file(files, tmp_path):
         w, h = im.size
     assert w > 1.5 * h  # two panels side by side
     assert [p.name for p in tmp_path.iterdir()] == ["fig1.png"]  # no temporary file left
+    assert f"plot -> {out}" in r.stderr  # says where the picture went, even when stderr is not a terminal
 
 
 def test_plot_without_matplotlib_says_how_to_install(files, tmp_path):

@@ -26,6 +26,7 @@ from dlsa_cli.cascade.manifest import (
     read_manifest,
     write_manifest,
 )
+from dlsa_cli.cascade.fit import CascadePlan, CascadeRun, fit_cascade
 from dlsa_cli.cascade.model import Cascade, load_model
 from dlsa_cli.cascade.predict import (
     Prediction,
@@ -39,6 +40,9 @@ __all__ = [
     "MANIFEST",
     "CascadeSpec",
     "Cascade",
+    "CascadePlan",
+    "CascadeRun",
+    "fit_cascade",
     "Prediction",
     "read_manifest",
     "write_manifest",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 # Import order is the order of `dlsa --help`: the pipeline's order.
 from dlsa_cli.cli import (
+    cascade,  # noqa: F401
     classify,  # noqa: F401
     datasets,  # noqa: F401
     evaluate,  # noqa: F401

@@ -18,6 +18,7 @@ from dlsa_cli.cli.common import (
     emit_json,
     stdout,
 )
+from dlsa_cli.cli.options import CLASSIFIER, CLASSIFIER_DEFAULTS
 from dlsa_cli.errors import InputError
 
 
@@ -29,22 +30,16 @@ def fit_classifier_cmd(
         Path | None,
         typer.Option("--val", help="Validation feature file that chooses the epoch (default: a stratified 20% carved from TRAIN)."),
     ] = None,
-    model: Annotated[
-        str | None, typer.Option("--model", help="linear or cosine (default: the --init classifier's kind, else linear).")
-    ] = None,
-    loss: Annotated[str, typer.Option("--loss", help="ce, bsm (Balanced Softmax) or la (logit-adjusted CE).")] = "bsm",
-    sampler: Annotated[str, typer.Option("--sampler", help="uniform, or balanced (CBS: classes drawn uniformly).")] = "uniform",
-    epochs: Annotated[int, typer.Option("--epochs", help="Training epochs; the best on validation is kept.")] = 150,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per SGD step.")] = 128,
-    lr: Annotated[
-        float | None, typer.Option("--lr", help="Learning rate (default 0.03 from scratch, 3e-4 when fine-tuning from --init).")
-    ] = None,
-    lr_side: Annotated[
-        float | None, typer.Option("--lr-side", help="Cluster-aided only: learning rate of FC_b(\\[side, prior]) (default: --lr).")
-    ] = None,
-    momentum: Annotated[float, typer.Option("--momentum", help="SGD momentum.")] = 0.9,
-    weight_decay: Annotated[float, typer.Option("--weight-decay", help="SGD weight decay.")] = 0.0,
-    la_tau: Annotated[float, typer.Option("--la-tau", help="Strength of the logit-adjusted loss (1 = Balanced Softmax).")] = 1.0,
+    model: CLASSIFIER.model = CLASSIFIER_DEFAULTS.model,
+    loss: CLASSIFIER.loss = CLASSIFIER_DEFAULTS.loss,
+    sampler: CLASSIFIER.sampler = CLASSIFIER_DEFAULTS.sampler,
+    epochs: CLASSIFIER.epochs = CLASSIFIER_DEFAULTS.epochs,
+    batch_size: CLASSIFIER.batch_size = CLASSIFIER_DEFAULTS.batch_size,
+    lr: CLASSIFIER.lr = CLASSIFIER_DEFAULTS.lr,
+    lr_side: CLASSIFIER.lr_side = CLASSIFIER_DEFAULTS.lr_side,
+    momentum: CLASSIFIER.momentum = CLASSIFIER_DEFAULTS.momentum,
+    weight_decay: CLASSIFIER.weight_decay = CLASSIFIER_DEFAULTS.weight_decay,
+    la_tau: CLASSIFIER.la_tau = CLASSIFIER_DEFAULTS.la_tau,
     init: Annotated[
         Path | None,
         typer.Option(
@@ -59,21 +54,11 @@ def fit_classifier_cmd(
     filter_path: Annotated[
         Path | None, typer.Option("--filter", help="The depth's filter: makes the classifier cluster-aided.")
     ] = None,
-    side_input: Annotated[
-        str, typer.Option("--input", help="Cluster-aided: FC_b sees the features (default) or the flow's latent z.")
-    ] = "features",
-    prior_train: Annotated[
-        str,
-        typer.Option("--prior-train", help="Cluster-aided: the prior a training sample sees: plain (the filter's table) or loo (without itself)."),
-    ] = "plain",
-    loss_counts: Annotated[
-        str,
-        typer.Option("--loss-counts", help="n_j of bsm/la on a subset: all (original training counts) or subset (its own counts)."),
-    ] = "all",
-    posthoc: Annotated[
-        str, typer.Option("--posthoc", help="none, la (logit adjustment) or tau (tau-normalisation); strength chosen on validation.")
-    ] = "none",
-    val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of each class carved for validation when --val is not given.")] = 0.2,
+    side_input: CLASSIFIER.side_input = CLASSIFIER_DEFAULTS.side_input,
+    prior_train: CLASSIFIER.prior_train = CLASSIFIER_DEFAULTS.prior_train,
+    loss_counts: CLASSIFIER.bsm_counts = CLASSIFIER_DEFAULTS.bsm_counts,
+    posthoc: CLASSIFIER.posthoc = CLASSIFIER_DEFAULTS.posthoc,
+    val_fraction: CLASSIFIER.val_fraction = CLASSIFIER_DEFAULTS.val_fraction,
     val_weights_from: Annotated[
         Path | None,
         typer.Option(
@@ -86,9 +71,7 @@ def fit_classifier_cmd(
         bool,
         typer.Option("--allow-missing-val-classes", help="Accept a validation file that lacks some training classes (routed subsets do)."),
     ] = False,
-    select: Annotated[
-        str, typer.Option("--select", help="Which epoch to keep: best (on validation, the start included) or last.")
-    ] = "best",
+    select: CLASSIFIER.select = CLASSIFIER_DEFAULTS.select,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,

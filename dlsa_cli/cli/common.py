@@ -49,12 +49,29 @@ app = typer.Typer(
     ),
     rich_markup_mode="rich",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 stdout = Console(highlight=False, soft_wrap=False)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from dlsa_cli import __version__
+
+        sys.stdout.write(f"dlsa {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", callback=_print_version, is_eager=True)
+    ] = False,
+) -> None:
+    """DLSA for long-tailed recognition on feature files."""
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the report as one JSON object on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress, logs or warnings on stderr.")]
@@ -157,6 +174,11 @@ class Reporter:
     def log(self, message: str) -> None:
         if self.interactive:
             self.console.print(message)
+
+    def note(self, message: str) -> None:
+        """A line the user should see (where an output went), unless --quiet; also when stderr is not a terminal."""
+        if not self.quiet:
+            self.console.print(escape(message))
 
     def warn(self, message: str) -> None:
         if not self.quiet:

@@ -67,7 +67,7 @@ def evaluate_cmd(
         bins=bins,
     )
     if plot is not None:
-        rep.log(f"wrote {plot}")
+        rep.note(f"plot -> {plot}")
     if json_out:
         emit_json(results)
         return
@@ -75,8 +75,19 @@ def evaluate_cmd(
 
 
 def _render(results: dict[str, dict[str, Any]], many_above: int, few_below: int, tail_at_most: int) -> None:
+    """The metrics side by side, each table's routes, the per-class table when asked."""
     names = list(results)
-    res = [results[n] for n in names]
+    _render_metrics(names, [results[n] for n in names], many_above, few_below, tail_at_most)
+    _render_routes(names, [results[n] for n in names])
+    if "per_class" in results[names[0]]:
+        _render_per_class(names, [results[n] for n in names])
+    stdout.print(
+        f"[dim]Group accuracy = mean per-class accuracy; many > {many_above}, few < {few_below} training samples; "
+        "n/a = no class of the group among the evaluated samples.[/]"
+    )
+
+
+def _render_metrics(names: list[str], res: list[dict[str, Any]], many_above: int, few_below: int, tail_at_most: int) -> None:
     first = res[0]
     short = [Path(n).name for n in names]
     if len(set(short)) < len(short):
@@ -105,6 +116,8 @@ def _render(results: dict[str, dict[str, Any]], many_above: int, few_below: int,
         t.add_row(label, *cells, *diffs)
     stdout.print(t)
 
+
+def _render_routes(names: list[str], res: list[dict[str, Any]]) -> None:
     for n, r in zip(names, res):
         if not r["routes"]:
             continue
@@ -125,21 +138,19 @@ def _render(results: dict[str, dict[str, Any]], many_above: int, few_below: int,
             )
         stdout.print(rt)
 
-    if "per_class" in first:
-        pt = Table(title="Per-class accuracy (%), classes by training count", title_justify="left")
-        for col in ("class", "train", "group", "samples"):
-            pt.add_column(col, justify="right")
-        for n in names:
-            pt.add_column(n, justify="right")
-        order = sorted(range(len(first["per_class"])), key=lambda k: (-first["per_class"][k]["train_count"], k))
-        for k in order:
-            e = first["per_class"][k]
-            pt.add_row(
-                str(k), str(e["train_count"]), e["group"], str(e["samples"]),
-                *[_pct(r["per_class"][k]["accuracy"]) for r in res],
-            )
-        stdout.print(pt)
-    stdout.print(
-        f"[dim]Group accuracy = mean per-class accuracy; many > {many_above}, few < {few_below} training samples; "
-        "n/a = no class of the group among the evaluated samples.[/]"
-    )
+
+def _render_per_class(names: list[str], res: list[dict[str, Any]]) -> None:
+    first = res[0]
+    pt = Table(title="Per-class accuracy (%), classes by training count", title_justify="left")
+    for col in ("class", "train", "group", "samples"):
+        pt.add_column(col, justify="right")
+    for n in names:
+        pt.add_column(n, justify="right")
+    order = sorted(range(len(first["per_class"])), key=lambda k: (-first["per_class"][k]["train_count"], k))
+    for k in order:
+        e = first["per_class"][k]
+        pt.add_row(
+            str(k), str(e["train_count"]), e["group"], str(e["samples"]),
+            *[_pct(r["per_class"][k]["accuracy"]) for r in res],
+        )
+    stdout.print(pt)

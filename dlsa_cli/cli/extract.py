@@ -59,17 +59,17 @@ def extract_cmd(
         Path | None,
         typer.Option("--weights", help="Local weights file (state dict) for torchvision/timm, or to replace efficientnet-lite0's."),
     ] = None,
-    resize: Annotated[int | None, typer.Option("--resize", help="Shorter side after resizing [default: 256].")] = None,
-    crop: Annotated[int | None, typer.Option("--crop", help="Centre crop size [default: 224].")] = None,
-    mean: Annotated[str | None, typer.Option("--mean", help="Per-channel mean, R,G,B [default: ImageNet's].")] = None,
-    std: Annotated[str | None, typer.Option("--std", help="Per-channel std, R,G,B [default: ImageNet's].")] = None,
+    resize: Annotated[int | None, typer.Option("--resize", help="Shorter side after resizing.", show_default="256")] = None,
+    crop: Annotated[int | None, typer.Option("--crop", help="Centre crop size.", show_default="224")] = None,
+    mean: Annotated[str | None, typer.Option("--mean", help="Per-channel mean, R,G,B.", show_default="ImageNet's")] = None,
+    std: Annotated[str | None, typer.Option("--std", help="Per-channel std, R,G,B.", show_default="ImageNet's")] = None,
     interpolation: Annotated[
-        str | None, typer.Option("--interpolation", help="Resize filter: bilinear or bicubic [default: bilinear].")
+        str | None, typer.Option("--interpolation", help="Resize filter: bilinear or bicubic.", show_default="bilinear")
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 64,
     workers: Annotated[
         int | None,
-        typer.Option("--workers", help="Decoding processes (0: decode in the main process) [default: cores - 1, at most 8]."),
+        typer.Option("--workers", help="Decoding processes (0: decode in the main process).", show_default="cores - 1, at most 8"),
     ] = None,
     device: DeviceOpt = "auto",
     half: Annotated[bool, typer.Option("--half", help="Run the model in float16 (CUDA only).")] = False,

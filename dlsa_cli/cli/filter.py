@@ -14,13 +14,15 @@ from dlsa_cli.cli.common import (
     JsonOpt,
     QuietOpt,
     Reporter,
+    SeedOpt,
     command,
     emit_json,
     stdout,
 )
+from dlsa_cli.cli.options import FILTER, PRESET_NAMES
 from dlsa_cli.errors import InputError
 
-_PRESETS = ("imagenet-lt", "places-lt", "inat18")
+_PRESETS = PRESET_NAMES
 
 
 def _opt(*names: str, help: str) -> Any:
@@ -35,27 +37,27 @@ def _opt(*names: str, help: str) -> Any:
 def fit_filter_cmd(
     train: Annotated[str, typer.Argument(help="Training feature file with labels (or a split's rest file for the next depth).", show_default=False)],
     out: Annotated[str, typer.Option("--out", "-o", help="Filter file to write (.safetensors).", show_default=False)],
-    preset: Annotated[Optional[str], _opt("--preset", help="The paper's settings for imagenet-lt (the defaults), places-lt or inat18; explicit options override it.")] = None,
-    clusters: Annotated[Optional[int], _opt("--clusters", "-k", help="Mixture components K [default: 500].")] = None,
-    epochs: Annotated[Optional[int], _opt("--epochs", help="Epochs (one epoch = N pairs) [default: 50].")] = None,
-    batch_size: Annotated[Optional[int], _opt("--batch-size", help="Pairs per step [default: 1024].")] = None,
-    lr: Annotated[Optional[float], _opt("--lr", help="SGD learning rate, no momentum, no schedule [default: 0.2].")] = None,
-    lambda_lh: Annotated[Optional[float], _opt("--lambda-lh", help="Weight of the class-weighted likelihood loss; 0 turns it off [default: 2].")] = None,
-    lambda_bal: Annotated[Optional[float], _opt("--lambda-bal", help="Weight of the cluster-balance loss; 0 turns it off [default: 1].")] = None,
-    lambda_pure: Annotated[Optional[float], _opt("--lambda-pure", help="Weight of the purity loss; 0 turns it off [default: 0.02].")] = None,
-    q: Annotated[Optional[float], _opt("--q", help="Class weight exponent: w_c ~ (n_max / n_c)^q [default: 2].")] = None,
-    center_std: Annotated[Optional[float], _opt("--center-std", help="The fixed means are drawn from N(0, std^2 I) [default: 0.05].")] = None,
-    ema: Annotated[Optional[float], _opt("--ema", help="Decay of the balance loss's moving estimate [default: 0.7].")] = None,
-    share: Annotated[Optional[float], _opt("--share", help="Share of the training samples routed to the cluster-aided classifier [default: 0.3].")] = None,
-    hidden: Annotated[Optional[int], _opt("--hidden", help="Hidden units of each MADE [default: D].")] = None,
-    blocks: Annotated[Optional[int], _opt("--blocks", help="MAF blocks (each MADE + batch norm) [default: 2].")] = None,
-    purity_threshold: Annotated[Optional[float], _opt("--purity-threshold", help="A good cluster's share of its largest class must exceed this [default: 0.7].")] = None,
-    min_cluster_size: Annotated[Optional[int], _opt("--min-cluster-size", help="A good cluster must hold more samples than this [default: 10].")] = None,
-    max_cluster_share: Annotated[Optional[float], _opt("--max-cluster-share", help="Epochs whose largest cluster holds this share of the samples or more are not kept (the paper's 5000 of 115,846 is 0.043) [default: 0.05].")] = None,
-    select: Annotated[Optional[str], _opt("--select", help="Which epoch to keep: good-clusters (the paper's rule) or last [default: good-clusters].")] = None,
+    preset: FILTER.preset = None,
+    clusters: FILTER.clusters = None,
+    epochs: FILTER.epochs = None,
+    batch_size: FILTER.batch_size = None,
+    lr: FILTER.lr = None,
+    lambda_lh: FILTER.lambda_lh = None,
+    lambda_bal: FILTER.lambda_bal = None,
+    lambda_pure: FILTER.lambda_pure = None,
+    q: FILTER.q = None,
+    center_std: FILTER.center_std = None,
+    ema: FILTER.ema = None,
+    share: FILTER.share = None,
+    hidden: FILTER.hidden = None,
+    blocks: FILTER.blocks = None,
+    purity_threshold: FILTER.purity_threshold = None,
+    min_cluster_size: FILTER.min_cluster_size = None,
+    max_cluster_share: FILTER.max_cluster_share = None,
+    select: FILTER.select = None,
     depth: Annotated[Optional[int], _opt("--depth", help="Depth to record [default: the input's depth + 1 for a split's rest file, else 1].")] = None,
     allow_singletons: Annotated[Optional[bool], typer.Option("--allow-singletons/--no-singletons", help="Train with classes of a single sample.", show_default="only at depth > 1")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed on the same device repeats a run.")] = 0,
+    seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     tf32: Annotated[bool, typer.Option("--tf32/--no-tf32", help="On CUDA, let matrix products use TF32: faster on Ampere and newer (the reference speed figures use it) but log p(x) then differs slightly from `split`'s full-precision scores near the threshold. No effect on CPU.")] = False,
     json_out: JsonOpt = False,

@@ -222,35 +222,56 @@ def evaluate_predictions(
         "routes": {},
     }
     if routes is not None:
-        routes = np.asarray(routes).astype(str)
-        is_cluster = (np.asarray(branches).astype(str) == "cluster") if branches is not None else np.char.startswith(routes, "cluster")
-        if is_cluster.any():
-            out["separation"] = separation_accuracy(y[is_cluster], counts, tail_at_most)
-        for r in sorted(np.unique(routes), key=_route_order):
-            m = routes == r
-            r_acc = per_class_accuracy(y[m], p[m], c)[0]
-            entry: dict[str, Any] = {
-                "samples": int(m.sum()),
-                "share": float(m.mean()),
-                "overall": top1_accuracy(y[m], p[m]),
-                **group_accuracies(r_acc, counts, many_above, few_below),
-                "depth": int(np.asarray(depths)[m][0]) if depths is not None else _route_depth(r),
-                "separation": separation_accuracy(y[m], counts, tail_at_most) if is_cluster[m].all() else None,
-            }
-            out["routes"][str(r)] = entry
+        out["separation"], out["routes"] = _route_metrics(
+            y, p, counts, np.asarray(routes).astype(str), depths, branches, many_above, few_below, tail_at_most
+        )
     if per_class:
-        out["per_class"] = [
-            {
-                "class": k,
-                "train_count": int(counts[k]),
-                "group": str(groups[k]),
-                "samples": int(support[k]),
-                "correct": int(correct[k]),
-                "accuracy": None if support[k] == 0 else float(acc[k]),
-            }
-            for k in range(c)
-        ]
+        out["per_class"] = _per_class(counts, groups, acc, correct, support)
     return out
+
+
+def _route_metrics(
+    y: np.ndarray,
+    p: np.ndarray,
+    counts: np.ndarray,
+    routes: np.ndarray,
+    depths: np.ndarray | None,
+    branches: np.ndarray | None,
+    many_above: int,
+    few_below: int,
+    tail_at_most: int,
+) -> tuple[float | None, dict[str, Any]]:
+    """Separation over every cluster-routed sample, and the metrics of each route."""
+    c = len(counts)
+    is_cluster = (np.asarray(branches).astype(str) == "cluster") if branches is not None else np.char.startswith(routes, "cluster")
+    separation = separation_accuracy(y[is_cluster], counts, tail_at_most) if is_cluster.any() else None
+    per_route: dict[str, Any] = {}
+    for r in sorted(np.unique(routes), key=_route_order):
+        m = routes == r
+        r_acc = per_class_accuracy(y[m], p[m], c)[0]
+        per_route[str(r)] = {
+            "samples": int(m.sum()),
+            "share": float(m.mean()),
+            "overall": top1_accuracy(y[m], p[m]),
+            **group_accuracies(r_acc, counts, many_above, few_below),
+            "depth": int(np.asarray(depths)[m][0]) if depths is not None else _route_depth(r),
+            "separation": separation_accuracy(y[m], counts, tail_at_most) if is_cluster[m].all() else None,
+        }
+    return separation, per_route
+
+
+def _per_class(counts: np.ndarray, groups: np.ndarray, acc: np.ndarray, correct: np.ndarray, support: np.ndarray) -> list[dict[str, Any]]:
+    return [
+        {
+            "class": k,
+            "train_count": int(counts[k]),
+            "group": str(groups[k]),
+            "samples": int(support[k]),
+            "correct": int(correct[k]),
+            "accuracy": None if support[k] == 0 else float(acc[k]),
+        }
+        for k in range(len(counts))
+    ]
 
 
 def _route_depth(route: str) -> int | None:
@@ -264,6 +285,33 @@ def _route_order(route: str) -> tuple[int, int, str]:
     if route.startswith("cluster"):
         return (0, d or 0, route)
     return (1 if route == "regular" else 2, 0, route)
+
+
+def _check_request(paths: list[str], plot: str | Path | None, bins: int) -> None:
+    """Errors in what was asked, before any file is read."""
+    if not paths:
+        raise InputError("no predictions file given")
+    if len(set(map(str, paths))) != len(paths):
+        raise InputError("a predictions file is given twice", hint="give each file once")
+    if plot is not None:
+        from dlsa_cli.evaluation.plot import check_plot_target
+
+        check_plot_target(plot)
+    if bins < 1:
+        raise InputError(f"--bins must be at least 1, got {bins}")
+
+
+def _counts_for(first_path: str, train: str | Path | None) -> tuple[np.ndarray, str]:
+    """Per-class training counts from --train, else the first table's recorded train_counts; and their name."""
+    if train is not None:
+        return read_train_counts(train), str(train)
+    first = require_file(first_path, "predictions file")
+    meta = read_table_metadata(first)[3]
+    if "train_counts" not in meta:
+        raise InputError(
+            "records no training counts", path=first, hint="pass --train TRAIN (a feature file or a JSON counts list)"
+        )
+    return np.asarray(meta["train_counts"], dtype=np.int64), f"{first}'s train_counts"
 
 
 def evaluate_files(
@@ -290,28 +338,8 @@ def evaluate_files(
     from dlsa_cli.evaluation.metrics import binned_confusion
     from dlsa_cli.io.features import read_labels
 
-    if not paths:
-        raise InputError("no predictions file given")
-    if len(set(map(str, paths))) != len(paths):
-        raise InputError("a predictions file is given twice", hint="give each file once")
-    if plot is not None:
-        from dlsa_cli.evaluation.plot import check_plot_target
-
-        check_plot_target(plot)
-    if bins < 1:
-        raise InputError(f"--bins must be at least 1, got {bins}")
-    if train is not None:
-        counts = read_train_counts(train)
-        train_name = str(train)
-    else:
-        first = require_file(paths[0], "predictions file")
-        meta = read_table_metadata(first)[3]
-        if "train_counts" not in meta:
-            raise InputError(
-                "records no training counts", path=first, hint="pass --train TRAIN (a feature file or a JSON counts list)"
-            )
-        counts = np.asarray(meta["train_counts"], dtype=np.int64)
-        train_name = f"{first}'s train_counts"
+    _check_request(paths, plot, bins)
+    counts, train_name = _counts_for(paths[0], train)
     label_set = read_labels(labels, require_labels=True) if labels is not None else None
     results: dict[str, dict[str, Any]] = {}
     panels = []

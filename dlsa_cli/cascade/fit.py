@@ -1,0 +1,484 @@
+"""Fitting a DLSA cascade (paper Sec. 3.2): DLSA's loop as one library function.
+
+    baseline: one classifier on all of TRAIN
+    for d in 1..depth:
+        filter d   on depth d's training samples (all of TRAIN at d = 1, else the rest of depth d-1)
+        split      of depth d's training and validation samples by filter d: routed / rest
+        cluster d  a cluster-aided classifier on the routed training samples, started from the baseline
+    final: a regular classifier on what no filter routed, started from the baseline
+
+It makes the same choices as running the stages by hand (`fit-filter`, `split`,
+`fit-classifier`, as `recipes/dlsa.sh` did): one seed for every step; a branch
+is validated on its routed (or rest) part of VAL, and its epoch maximises the
+WHOLE validation set's balanced accuracy; a branch accepts a validation part
+that lacks some classes; with no validation samples for a part (no VAL, or an
+empty routed part) a classifier carves its validation from its own training file.
+
+RUNDIR holds every stage's file; `progress.json` records each finished stage,
+so an interrupted run continues (`resume=True`) from the last finished one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dlsa_cli.cascade.manifest import MANIFEST, write_manifest
+from dlsa_cli.cascade.model import Cascade
+from dlsa_cli.classify.config import TrainConfig
+from dlsa_cli.errors import DlsaError, InputError, TrainingError
+from dlsa_cli.flow.config import FilterConfig, _check_config
+from dlsa_cli.io.files import atomic_path, file_sha256, provenance, read_safetensors_header, require_file, write_json
+
+__all__ = ["CascadePlan", "CascadeRun", "fit_cascade", "PROGRESS", "REPORT"]
+
+PROGRESS = "progress.json"
+REPORT = "report.json"
+
+EventFn = Callable[[str], None]
+
+
+@dataclass
+class CascadePlan:
+    """What `fit_cascade` fits. Every field is recorded in report.json; `resume` checks them.
+
+    `filter`: the flow filters' settings (its `seed` is replaced by `seed`).
+    `baseline`: the classifier settings of the baseline; `branch`: those of the
+    cluster-aided and final classifiers (None: the baseline's, with the learning
+    rate left to fit-classifier's default: 3e-4 fine-tuning, 0.03 from scratch).
+    `baseline_init`: a backbone head the baseline starts from. `from_scratch`:
+    branches start from scratch instead of from the baseline. `val_weights`:
+    a branch's epoch maximises the whole validation set's balanced accuracy.
+    """
+
+    depth: int = 3
+    seed: int = 0
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    baseline: TrainConfig = field(default_factory=TrainConfig)
+    branch: TrainConfig | None = None
+    baseline_init: str | None = None
+    from_scratch: bool = False
+    val_weights: bool = True
+    split_batch_size: int = 4096
+
+    def filter_config(self) -> FilterConfig:
+        return replace(self.filter, seed=self.seed)
+
+    def baseline_config(self) -> TrainConfig:
+        return replace(self.baseline, seed=self.seed)
+
+    def branch_config(self) -> TrainConfig:
+        """A branch sees part of the validation set, which may lack some classes."""
+        b = self.branch if self.branch is not None else replace(self.baseline, lr=None)
+        return replace(b, allow_missing_val_classes=True, seed=self.seed)
+
+    def check(self) -> None:
+        if self.depth < 1:
+            raise InputError(f"--depth {self.depth}: must be at least 1")
+        if self.baseline_init is not None:
+            require_file(self.baseline_init, "--baseline-init head")
+        self.baseline_config().check()
+        self.branch_config().check()
+        _check_filter_config(self.filter_config())
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["filter"], d["baseline"], d["branch"] = (
+            asdict(self.filter_config()), asdict(self.baseline_config()), asdict(self.branch_config())
+        )
+        return d
+
+
+def _check_filter_config(cfg: FilterConfig) -> None:
+    """The filter's range checks, naming fit-cascade's flags (`--filter-epochs`, not `--epochs`)."""
+    try:
+        _check_config(cfg)
+    except DlsaError as e:
+        msg = str(e)
+        for name in ("epochs", "batch-size", "lr", "select"):
+            if msg.startswith(f"--{name} "):
+                raise DlsaError(f"--filter-{msg[2:]}") from None
+        raise
+
+
+@dataclass
+class CascadeRun:
+    """What `fit_cascade` returns: the loaded cascade and the run's report (report.json)."""
+
+    cascade: Cascade
+    report: dict[str, Any]
+    out_dir: Path
+
+
+@dataclass
+class _Ctx:
+    """One run's fixed inputs: where it writes, what it was given, how it reports."""
+
+    out: Path
+    plan: CascadePlan
+    device: Any
+    train: Path  # RUNDIR/inputs/train.EXT, a link to TRAIN
+    val: Path | None  # RUNDIR/inputs/val.EXT, a link to VAL
+    filters: dict[int, Path]
+    train_offset: np.ndarray | None  # (N_train, C) in TRAIN's row order, or None
+    event: EventFn
+    warn: EventFn
+    progress: dict[str, Any]
+
+    def done(self, stage: str, rep: dict[str, Any]) -> None:
+        """Record a finished stage, atomically, before the next one starts."""
+        self.progress["stages"][stage] = rep
+        write_json(self.out / PROGRESS, self.progress)
+
+
+def fit_cascade(
+    train: str | Path,
+    out_dir: str | Path,
+    plan: CascadePlan | None = None,
+    *,
+    val: str | Path | None = None,
+    filters: Mapping[int, str | Path] | None = None,
+    device: Any = "cpu",
+    resume: bool = False,
+    train_offset: np.ndarray | None = None,
+    on_event: EventFn | None = None,
+    on_warning: EventFn | None = None,
+) -> CascadeRun:
+    """Fit the baseline, `plan.depth` (filter, split, cluster-aided classifier) depths and the final classifier.
+
+    `filters` maps a depth to an already fitted filter file (trained at that
+    depth on that depth's training samples): it is copied into RUNDIR instead of
+    fitting one, so one set of filters can serve several classifier settings.
+    `resume=True` reuses the stages `progress.json` records as finished (the
+    settings, inputs and given filters must be the same).
+    """
+    from dlsa_cli.device import resolve_device
+
+    plan = plan or CascadePlan()
+    plan.check()
+    dev = resolve_device(device) if isinstance(device, str) else device
+    ctx = _start(Path(out_dir), plan, Path(train), None if val is None else Path(val), dict(filters or {}), resume,
+                 train_offset)
+    ctx.device, ctx.event, ctx.warn = dev, on_event or _quiet, on_warning or _quiet
+    t0 = time.perf_counter()
+    base = _stage(ctx, "baseline", lambda: _fit_baseline(ctx))
+    cur_train, cur_val, depths = ctx.train, ctx.val, []
+    for d in range(1, plan.depth + 1):
+        rep = _stage(ctx, f"depth{d}", lambda d=d, tr=cur_train, va=cur_val: _fit_depth(ctx, d, tr, va))
+        depths.append(rep)
+        cur_train = ctx.out / rep["files"]["train_rest"]
+        cur_val = ctx.out / rep["files"]["val_rest"] if rep["files"].get("val_rest") else None
+    final = _stage(ctx, "final", lambda: _fit_final(ctx, cur_train, cur_val))
+    write_manifest(ctx.out, [(ctx.out / r["files"]["filter"], ctx.out / r["files"]["classifier"]) for r in depths],
+                   ctx.out / final["files"]["classifier"])
+    report = _report(ctx, base, depths, final, time.perf_counter() - t0)
+    write_json(ctx.out / REPORT, report)
+    return CascadeRun(Cascade.load(ctx.out), report, ctx.out)
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def _stage(ctx: _Ctx, name: str, fit: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """A finished stage's record when resuming (its files still there), else fit it and record it."""
+    rep = ctx.progress["stages"].get(name)
+    if rep is not None and all((ctx.out / f).is_file() for f in rep["files"].values() if f):
+        ctx.event(f"{name}: finished in an earlier run, reused")
+        return {**rep, "reused": True}
+    # this stage is refitted, so no later stage of the earlier run may be reused
+    order = ["baseline", *[f"depth{d}" for d in range(1, ctx.plan.depth + 1)], "final"]
+    for later in order[order.index(name):]:
+        ctx.progress["stages"].pop(later, None)
+    rep = fit()
+    ctx.done(name, rep)
+    return {**rep, "reused": False}
+
+
+# ----------------------------------------------------------------------------- the run folder
+
+
+def _start(out: Path, plan: CascadePlan, train: Path, val: Path | None, filters: dict[int, Path], resume: bool,
+           train_offset: np.ndarray | None) -> _Ctx:
+    """Check the inputs and RUNDIR; on resume, check that the earlier run had the same settings."""
+    require_file(train, "training file")
+    if val is not None:
+        require_file(val, "validation file")
+    for d, f in filters.items():
+        if not 1 <= int(d) <= plan.depth:
+            raise InputError(f"a filter is given for depth {d}, but the cascade has depths 1..{plan.depth}", path=f)
+        require_file(f, f"depth-{d} filter")
+        kind, meta = read_safetensors_header(f)[1:3]
+        if kind != "filter" or int(meta.get("depth", 0)) != int(d):
+            what = f"was trained at depth {meta.get('depth')}" if kind == "filter" else f"is a '{kind}' file, not a filter"
+            raise InputError(f"{what}, but is given for depth {d}", path=f)
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError("output folder's parent does not exist", path=parent, hint="create it first")
+    if out.exists() and not out.is_dir():
+        raise InputError("output path exists and is not a folder", path=out)
+    settings = {
+        "plan": plan.to_dict(),
+        "train_sha256": file_sha256(train),
+        "val_sha256": None if val is None else file_sha256(val),
+        "filters": {str(d): file_sha256(f) for d, f in sorted(filters.items())},
+        "train_offset_sha256": None if train_offset is None else _array_sha256(train_offset),
+    }
+    progress = {"settings": settings, "stages": {}}
+    if out.is_dir() and any(out.iterdir()):
+        if not resume:
+            raise InputError("output folder is not empty", path=out, hint="pass --resume to continue its run, or pick another -o")
+        progress = _earlier(out, settings)
+    out.mkdir(exist_ok=True)
+    links = _link_inputs(out, train, val)
+    offset = None if train_offset is None else np.asarray(train_offset, dtype=np.float32)
+    return _Ctx(out, plan, None, links[0], links[1], {int(d): Path(f) for d, f in filters.items()}, offset, _quiet, _quiet,
+                progress)
+
+
+def _array_sha256(a: np.ndarray) -> str:
+    import hashlib
+
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    return hashlib.sha256(str(a.shape).encode() + a.tobytes()).hexdigest()
+
+
+def _earlier(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """The earlier run's progress; an error when it was started with other settings or inputs."""
+    p = out / PROGRESS
+    if not p.is_file():
+        raise InputError(f"holds no {PROGRESS}, so it is not a fit-cascade run to resume", path=out,
+                         hint="pick another -o")
+    try:
+        old = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"unreadable ({e})", path=p, hint="pick another -o") from None
+    if old.get("settings") != settings:
+        diff = _differences(old.get("settings", {}), settings)
+        raise InputError(f"was started with other settings ({', '.join(diff[:4])})", path=out,
+                         hint="resume with the same options and inputs, or pick another -o")
+    old.setdefault("stages", {})
+    return old
+
+
+def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    out: list[str] = []
+    for k in sorted(set(a) | set(b)):
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _differences(x, y, f"{prefix}{k}.")
+        elif x != y:
+            out.append(f"{prefix}{k}: {x} then, {y} now")
+    return out
+
+
+def _link_inputs(out: Path, train: Path, val: Path | None) -> tuple[Path, Path | None]:
+    """RUNDIR/inputs/train.EXT and val.EXT: links, so that `split` names its outputs train.* and val.*."""
+    (out / "inputs").mkdir(exist_ok=True)
+    links: list[Path | None] = []
+    for name, src in (("train", train), ("val", val)):
+        if src is None:
+            links.append(None)
+            continue
+        link = out / "inputs" / f"{name}{''.join(src.suffixes[-1:])}"
+        _relink(link, src.resolve())
+        links.append(link)
+    return links[0], links[1]  # type: ignore[return-value]
+
+
+def _relink(link: Path, target: Path) -> None:
+    tmp = link.with_name(f".{link.name}.tmp")
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+
+
+# ----------------------------------------------------------------------------- the stages
+
+
+def _start_from(ctx: _Ctx) -> Path | None:
+    """Where every branch starts: the baseline, unless from scratch."""
+    return None if ctx.plan.from_scratch else ctx.out / "baseline.safetensors"
+
+
+def _fit_baseline(ctx: _Ctx) -> dict[str, Any]:
+    ctx.event("baseline: one classifier on all training data")
+    plan = ctx.plan
+    init = None if plan.baseline_init is None else Path(plan.baseline_init)
+    rep = _fit_classifier(ctx, "baseline", ctx.train, ctx.val, plan.baseline_config(), init=init, weigh=False)
+    return {"classifier": rep, "files": {"classifier": "baseline.safetensors"}}
+
+
+def _fit_depth(ctx: _Ctx, d: int, train: Path, val: Path | None) -> dict[str, Any]:
+    """Filter d on this depth's training samples, the split of train/val by it, cluster-aided classifier d."""
+    t0 = time.perf_counter()
+    ddir = ctx.out / f"depth{d}"
+    ddir.mkdir(exist_ok=True)
+    train, val = _depth_inputs(ctx, d, train, val)
+    ctx.event(f"depth {d}: flow filter on {train.resolve().name}")
+    filt = _filter(ctx, d, train, ddir / "filter.safetensors")
+    split = _split(ctx, d, [p for p in (train, val) if p is not None], ddir)
+    files = {"filter": f"depth{d}/filter.safetensors", "classifier": f"depth{d}/cluster.safetensors"}
+    for name in ("train", "val"):
+        for part in ("routed", "rest"):
+            out = (split["files"].get(name) or {}).get("outputs", {}).get(part)
+            files[f"{name}_{part}"] = None if out is None else f"depth{d}/{out}"
+        files[f"{name}_table"] = f"depth{d}/{name}.parquet" if name in split["files"] else None
+    if files["train_routed"] is None:
+        raise TrainingError(f"depth {d}: the filter routes no training sample", path=ddir / "filter.safetensors",
+                            hint="raise --share or lower --depth")
+    if files["train_rest"] is None:
+        raise TrainingError(f"depth {d}: the filter routes every training sample, none is left for the next stage",
+                            path=ddir / "filter.safetensors", hint="lower --share or --depth")
+    ctx.event(f"depth {d}: cluster-aided classifier on the routed training samples")
+    routed_val = None if files["val_routed"] is None else ctx.out / files["val_routed"]
+    clf = _fit_classifier(ctx, f"depth{d}/cluster", ctx.out / files["train_routed"], routed_val, ctx.plan.branch_config(),
+                          init=_start_from(ctx), filter_path=ddir / "filter.safetensors", weigh=True)
+    return {"depth": d, **_routing(split), "filter": filt, "classifier": clf,
+            "seconds": round(time.perf_counter() - t0, 2), "files": files}
+
+
+def _fit_final(ctx: _Ctx, train: Path, val: Path | None) -> dict[str, Any]:
+    ctx.event("final: regular classifier on the samples no filter routed")
+    rep = _fit_classifier(ctx, "final", train, val, ctx.plan.branch_config(), init=_start_from(ctx), weigh=True)
+    return {"classifier": rep, "files": {"classifier": "final.safetensors"}}
+
+
+def _depth_inputs(ctx: _Ctx, d: int, train: Path, val: Path | None) -> tuple[Path, Path | None]:
+    """Depth d's inputs under the names train.* and val.* (links to depth d-1's rest files)."""
+    if d == 1:
+        return train, val
+    folder = ctx.out / "inputs" / f"depth{d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    links = []
+    for name, src in (("train", train), ("val", val)):
+        if src is None:
+            links.append(None)
+            continue
+        link = folder / f"{name}.safetensors"
+        _relink(link, Path(os.path.relpath(src, folder)))
+        links.append(link)
+    return links[0], links[1]  # type: ignore[return-value]
+
+
+def _filter(ctx: _Ctx, d: int, train: Path, path: Path) -> dict[str, Any]:
+    """Fit filter d as `dlsa fit-filter TRAIN --depth d` does, or copy the given one."""
+    from dlsa_cli.flow import FlowFilter, fit_filter
+    from dlsa_cli.io.features import read_features
+
+    given = ctx.filters.get(d)
+    if given is not None:
+        flt = FlowFilter.load(given)
+        if flt.depth != d:
+            raise InputError(f"was trained at depth {flt.depth}, but is given for depth {d}", path=given)
+        with atomic_path(path) as tmp:
+            shutil.copyfile(given, tmp)
+        return {"given": str(given), "chosen_epoch": flt.chosen_epoch, "epochs": flt.config.epochs, "seconds": 0.0}
+    cfg = ctx.plan.filter_config()
+    t0 = time.perf_counter()
+    fs = read_features(train, require_labels=True)
+    flt = fit_filter(fs, config=cfg, depth=d, device=ctx.device, on_warning=ctx.warn)
+    options = {"preset": None, **cfg.to_dict(), "depth": d, "device": str(ctx.device), "tf32": False}
+    flt.save(path, prov=provenance("fit-cascade: fit-filter", options, [train], cfg.seed))
+    return {"given": None, "chosen_epoch": flt.chosen_epoch, "epochs": cfg.epochs,
+            "good_clusters": flt.stats.get("good_clusters"), "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _split(ctx: _Ctx, d: int, inputs: list[Path], ddir: Path) -> dict[str, Any]:
+    """`dlsa split FILTER TRAIN [VAL] -o depthD/`: tables, routed and rest files, split.json."""
+    from dlsa_cli.flow import FlowFilter, split
+
+    fpath = ddir / "filter.safetensors"
+    flt = FlowFilter.load(fpath, device=ctx.device)
+    bs = ctx.plan.split_batch_size
+    prov = provenance("fit-cascade: split", {"latent": False, "batch_size": bs, "device": str(ctx.device)}, [fpath, *inputs])
+    return split(flt, inputs, ddir, batch_size=bs, device=ctx.device, prov=prov)
+
+
+def _routing(split: dict[str, Any]) -> dict[str, Any]:
+    """Routed counts of train and val, and head-tail separation (tail share of the routed samples)."""
+    out: dict[str, Any] = {}
+    for name in ("train", "val"):
+        r = split["files"].get(name)
+        out[name] = None if r is None else {
+            "samples": r["samples"], "routed": r["routed"], "rest": r["rest"],
+            "separation": r.get("separation_accuracy"), "tail_share": (r.get("tail_share") or {}).get("all"),
+        }
+    return out
+
+
+def _fit_classifier(ctx: _Ctx, name: str, train: Path, val: Path | None, cfg: TrainConfig, *, init: Path | None,
+                    filter_path: Path | None = None, weigh: bool) -> dict[str, Any]:
+    """`dlsa fit-classifier TRAIN [--val VAL] [--val-weights-from WHOLE_VAL] ...` into RUNDIR/NAME.safetensors."""
+    from dlsa_cli.classify import fit_classifier
+    from dlsa_cli.device import seed_everything
+    from dlsa_cli.flow import FlowFilter
+    from dlsa_cli.io.features import num_classes, read_features, read_labels
+
+    train_fs = read_features(train, require_labels=True)
+    val_fs = read_features(val, require_labels=True) if val is not None else None
+    whole = ctx.val if (weigh and val_fs is not None and ctx.val is not None and ctx.plan.val_weights) else None
+    counts = None if whole is None else np.bincount(read_labels(whole, require_labels=True).labels,
+                                                    minlength=num_classes(train_fs))
+    flt = None if filter_path is None else FlowFilter.load(filter_path, device=ctx.device)
+    seed_everything(cfg.seed)
+    t0 = time.perf_counter()
+    offset = None if (ctx.train_offset is None or name == "baseline") else _offset_rows(ctx, train_fs)
+    clf, rep = fit_classifier(train_fs, val_fs, cfg, init=init, flt=flt, filter_path=filter_path, device=ctx.device,
+                              val_class_counts=counts, train_offset=offset)
+    seconds = time.perf_counter() - t0
+    options = dict(cfg.__dict__, init=init, filter=filter_path, val_weights_from=whole, device=str(ctx.device))
+    inputs = [p for p in (train, val, init, filter_path, whole) if p is not None]
+    clf.meta["seconds"] = seconds
+    clf.save(ctx.out / f"{name}.safetensors", prov=provenance("fit-cascade: fit-classifier", options, inputs, cfg.seed))
+    return {
+        "kind": clf.kind, "start": "scratch" if init is None else init.name, "epoch": rep.epoch, "epochs": cfg.epochs,
+        "kept_start": rep.epoch == 0, "lr": rep.lr, "train_samples": rep.train_samples, "val_samples": rep.val_samples,
+        "val_source": rep.val_source, "val_weighted": whole is not None, "val_balanced_accuracy": rep.val_balanced,
+        "val_accuracy": rep.val_accuracy, "seconds": round(seconds, 2),
+    }
+
+
+def _offset_rows(ctx: _Ctx, part: Any) -> np.ndarray:
+    """The rows of `train_offset` for a routed / rest part, found by its ids (the row index when TRAIN has none)."""
+    from dlsa_cli.io.features import read_features
+
+    whole = read_features(ctx.train)
+    ids = whole.ids if whole.ids is not None else np.arange(whole.n)
+    if ctx.train_offset.shape[0] != whole.n:
+        raise InputError(f"train_offset has {ctx.train_offset.shape[0]} rows for {whole.n} training samples", path=ctx.train)
+    row = {k: i for i, k in enumerate(ids.tolist())}
+    return ctx.train_offset[[row[k] for k in part.ids.tolist()]]
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def _report(ctx: _Ctx, base: dict[str, Any], depths: list[dict[str, Any]], final: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """report.json: the settings, each stage's record, and whether DLSA changed anything."""
+    branches = [r["classifier"] for r in depths] + [final["classifier"]]
+    unchanged = not ctx.plan.from_scratch and all(b["kept_start"] for b in branches)
+    return {
+        "out_dir": str(ctx.out),
+        "manifest": MANIFEST,
+        "train": str(ctx.train.resolve()),
+        "val": None if ctx.val is None else str(ctx.val.resolve()),
+        "depth": ctx.plan.depth,
+        "device": str(ctx.device),
+        "plan": ctx.plan.to_dict(),
+        "baseline": base,
+        "depths": depths,
+        "final": final,
+        "unchanged": unchanged,
+        "resumed": any(r.get("reused") for r in [base, *depths, final]),
+        "seconds": round(seconds, 2),
+    }

@@ -1,0 +1,165 @@
+"""CLI for `fit-cascade`: a thin wrapper over `dlsa_cli.cascade.fit_cascade`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from dlsa_cli.cli.common import DeviceOpt, JsonOpt, QuietOpt, Reporter, SeedOpt, command, emit_json, stdout
+from dlsa_cli.cli.options import CASCADE_FILTER as F
+from dlsa_cli.cli.options import CLASSIFIER as C
+from dlsa_cli.cli.options import CLASSIFIER_DEFAULTS as CD
+from dlsa_cli.cli.options import PRESET_NAMES
+from dlsa_cli.errors import InputError
+
+__all__ = ["fit_cascade_cmd"]
+
+
+@command("fit-cascade")
+def fit_cascade_cmd(
+    train: Annotated[Path, typer.Argument(help="Training feature file with labels.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write (must be new or empty, unless --resume).", show_default=False)],
+    val: Annotated[Optional[Path], typer.Option("--val", help="Validation feature file: chooses every epoch (default: each classifier carves 20% of its training file).", show_default=False)] = None,
+    depth: Annotated[int, typer.Option("--depth", help="Cascade depth: how many filters and cluster-aided classifiers.")] = 3,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in OUT from its last finished stage (same options and inputs).")] = False,
+    preset: F.preset = None,
+    clusters: F.clusters = None,
+    filter_epochs: F.epochs = None,
+    filter_batch_size: F.batch_size = None,
+    filter_lr: F.lr = None,
+    lambda_lh: F.lambda_lh = None,
+    lambda_bal: F.lambda_bal = None,
+    lambda_pure: F.lambda_pure = None,
+    q: F.q = None,
+    center_std: F.center_std = None,
+    ema: F.ema = None,
+    share: F.share = None,
+    hidden: F.hidden = None,
+    blocks: F.blocks = None,
+    purity_threshold: F.purity_threshold = None,
+    min_cluster_size: F.min_cluster_size = None,
+    max_cluster_share: F.max_cluster_share = None,
+    filter_select: F.select = None,
+    model: C.model = CD.model,
+    loss: C.loss = CD.loss,
+    sampler: C.sampler = CD.sampler,
+    epochs: C.epochs = CD.epochs,
+    batch_size: C.batch_size = CD.batch_size,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate of the baseline (default 0.03, or 3e-4 with --baseline-init).", show_default=False)] = None,
+    lr_side: C.lr_side = CD.lr_side,
+    momentum: C.momentum = CD.momentum,
+    weight_decay: C.weight_decay = CD.weight_decay,
+    la_tau: C.la_tau = CD.la_tau,
+    side_input: C.side_input = CD.side_input,
+    prior_train: C.prior_train = CD.prior_train,
+    loss_counts: C.bsm_counts = CD.bsm_counts,
+    posthoc: C.posthoc = CD.posthoc,
+    val_fraction: C.val_fraction = CD.val_fraction,
+    select: C.select = CD.select,
+    branch_lr: Annotated[Optional[float], typer.Option("--branch-lr", help="Learning rate of the branch classifiers (default 3e-4 fine-tuning, 0.03 with --from-scratch).", show_default=False)] = None,
+    from_scratch: Annotated[bool, typer.Option("--from-scratch", help="Train branch classifiers from scratch on their subsets (the authors' way) instead of from the baseline.")] = False,
+    baseline_init: Annotated[Optional[Path], typer.Option("--baseline-init", help="Start the baseline from a backbone's own head (weight (C, D), bias (C,); .safetensors or .pt), as the paper does for PaCo.", show_default=False)] = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Fit a whole DLSA cascade: the baseline, then per depth a flow filter, the split and a cluster-aided classifier, then the final classifier.
+
+    Every branch starts from the baseline (a classifier on all of TRAIN) and is
+    validated on its part of --val, its epoch chosen for the whole validation
+    set's balanced accuracy. OUT holds baseline.safetensors, depthD/ (filter,
+    split tables, routed and rest files, cluster.safetensors), final.safetensors,
+    cascade.json (run it with `dlsa predict OUT TEST`) and report.json.
+
+    Example: [bold]dlsa fit-cascade train.safetensors --val val.safetensors -o run/ --depth 2 --clusters 100 --filter-epochs 20[/]
+    """
+    from dlsa_cli.cascade import fit_cascade
+
+    opts = dict(locals())
+    rep = Reporter(quiet)
+    plan = _plan(opts)
+    run = fit_cascade(train, out, plan, val=val, device=device, resume=resume, on_event=rep.log, on_warning=rep.warn)
+    if json_out:
+        emit_json(run.report)
+        return
+    render_report(run.report)
+
+
+_FILTER_FIELDS = {  # fit-cascade's parameter -> FilterConfig field
+    "clusters": "clusters", "filter_epochs": "epochs", "filter_batch_size": "batch_size", "filter_lr": "lr",
+    "lambda_lh": "lambda_lh", "lambda_bal": "lambda_bal", "lambda_pure": "lambda_pure", "q": "q",
+    "center_std": "center_std", "ema": "ema", "share": "share", "hidden": "hidden", "blocks": "blocks",
+    "purity_threshold": "purity_threshold", "min_cluster_size": "min_cluster_size",
+    "max_cluster_share": "max_cluster_share", "filter_select": "select",
+}
+_CLASSIFIER_FIELDS = {  # fit-cascade's parameter -> TrainConfig field
+    "model": "model", "loss": "loss", "sampler": "sampler", "epochs": "epochs", "batch_size": "batch_size",
+    "lr": "lr", "lr_side": "lr_side", "momentum": "momentum", "weight_decay": "weight_decay", "la_tau": "la_tau",
+    "loss_counts": "bsm_counts", "side_input": "side_input", "prior_train": "prior_train", "posthoc": "posthoc",
+    "val_fraction": "val_fraction", "select": "select",
+}
+
+
+def _plan(o: dict[str, Any]) -> Any:
+    """The CascadePlan of fit-cascade's options: --preset under explicit filter options; --branch-lr for branches."""
+    from dataclasses import replace
+
+    from dlsa_cli.cascade import CascadePlan
+    from dlsa_cli.classify import TrainConfig
+    from dlsa_cli.flow import PRESETS, FilterConfig
+
+    preset = o["preset"]
+    if preset is not None and preset not in PRESET_NAMES:
+        raise InputError(f"--preset {preset}: unknown preset", hint=f"use one of {', '.join(PRESET_NAMES)}")
+    explicit = {f: o[k] for k, f in _FILTER_FIELDS.items() if o[k] is not None}
+    filter_cfg = FilterConfig(**{**(PRESETS[preset] if preset else {}), **explicit})
+    base = TrainConfig(**{f: o[k] for k, f in _CLASSIFIER_FIELDS.items()})
+    init = o["baseline_init"]
+    return CascadePlan(
+        depth=o["depth"], seed=o["seed"], filter=filter_cfg, baseline=base, branch=replace(base, lr=o["branch_lr"]),
+        baseline_init=None if init is None else str(init), from_scratch=o["from_scratch"],
+    )
+
+
+def _kept(c: dict[str, Any]) -> str:
+    return f"{c['epoch']}/{c['epochs']}" + (" kept" if c["kept_start"] else "")
+
+
+def _secs(seconds: float, stage: dict[str, Any]) -> str:
+    return f"{seconds:.1f}" + (" reused" if stage.get("reused") else "")
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
+def render_report(r: dict[str, Any]) -> None:
+    """The per-depth table of a fit-cascade report, and a sentence on what DLSA changed."""
+    t = Table(title=f"DLSA cascade -> {r['out_dir']}", title_justify="left")
+    for col in ("stage", "train routed", "val routed", "separation", "filter epoch", "epoch", "val bal.", "s"):
+        t.add_column(col, justify="left" if col == "stage" else "right")
+    b = r["baseline"]["classifier"]
+    t.add_row("baseline", "", "", "", "", _kept(b), f"{b['val_balanced_accuracy']:.4f}", _secs(b["seconds"], r["baseline"]))
+    for d in r["depths"]:
+        tr, va, fl, cl = d["train"], d["val"], d["filter"], d["classifier"]
+        fe = "given" if fl["given"] else f"{fl['chosen_epoch']}/{fl['epochs']}"
+        val_cell = "no val" if va is None else f"{va['routed']}/{va['samples']}"
+        sep = "n/a" if va is None else f"{_pct(va['separation'])} vs {_pct(va['tail_share'])}"
+        secs = _secs(d["seconds"], d)
+        t.add_row(f"depth {d['depth']}", f"{tr['routed']}/{tr['samples']}", val_cell, sep, fe, _kept(cl),
+                  f"{cl['val_balanced_accuracy']:.4f}", secs)
+    f = r["final"]["classifier"]
+    t.add_row("final", f"{f['train_samples']} left", "", "", "", _kept(f), f"{f['val_balanced_accuracy']:.4f}", _secs(f["seconds"], r["final"]))
+    stdout.print(t)
+    stdout.print("separation: tail share (classes with <= 50 training samples) of the routed validation samples vs "
+                 "of all of them; epoch: the chosen classifier epoch ('kept': epoch 0, its starting point); "
+                 "val bal.: a branch's share of the whole validation set's balanced accuracy")
+    if r["unchanged"]:
+        stdout.print("[bold]DLSA changed nothing[/]: every branch kept its starting point (epoch 0, the baseline), "
+                     "so the cascade predicts exactly as the baseline does.")
+    stdout.print(f"cascade -> {r['out_dir']}/cascade.json (run it: dlsa predict {r['out_dir']} TEST -o PRED.parquet); "
+                 f"report -> {r['out_dir']}/report.json; {r['seconds']:.1f} s")

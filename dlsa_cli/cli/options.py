@@ -1,0 +1,109 @@
+"""Options shared by several commands, declared once; defaults come from the config dataclasses.
+
+- `FILTER`: the flow filter's options under fit-filter's names (`--epochs`, `--lr`, ...);
+- `CASCADE_FILTER`: the same options under fit-cascade's names: the four that
+  fit-classifier also has get a `--filter-` prefix (`--filter-epochs`,
+  `--filter-batch-size`, `--filter-lr`, `--filter-select`), the rest keep theirs;
+- `CLASSIFIER`: the classifier options of fit-classifier and fit-cascade.
+
+Each is an `Annotated[...]` type for a command's signature, e.g.
+`clusters: FILTER.clusters = None`. A flow filter option's value None means
+"from --preset, else the paper's default" (the default is shown in the help);
+a classifier option's default is `CLASSIFIER_DEFAULTS.<field>`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from types import SimpleNamespace
+from typing import Annotated, Any, Optional
+
+import typer
+
+from dlsa_cli.classify.config import TrainConfig
+from dlsa_cli.flow.config import FilterConfig
+
+__all__ = [
+    "FILTER",
+    "CASCADE_FILTER",
+    "CLASSIFIER",
+    "CLASSIFIER_DEFAULTS",
+    "FILTER_SHARED_NAMES",
+    "CLASSIFIER_FLAGS",
+    "filter_option",
+    "classifier_option",
+]
+
+PRESET_NAMES = ("imagenet-lt", "places-lt", "inat18")
+# Filter options whose names fit-classifier also has: fit-cascade prefixes them with --filter-.
+FILTER_SHARED_NAMES = ("epochs", "batch_size", "lr", "select")
+_FILTER_DEFAULTS = {f.name: f.default for f in fields(FilterConfig)}
+CLASSIFIER_DEFAULTS = TrainConfig()
+
+# field -> (type, help); the default is FilterConfig's unless the help says otherwise
+_FILTER_HELP: dict[str, tuple[type, str]] = {
+    "preset": (str, f"The paper's settings for {', '.join(PRESET_NAMES)} (imagenet-lt's are the defaults); explicit options override it."),
+    "clusters": (int, "Mixture components K."),
+    "epochs": (int, "Flow filter epochs (one epoch = N pairs)."),
+    "batch_size": (int, "Flow filter pairs per step."),
+    "lr": (float, "Flow filter SGD learning rate, no momentum, no schedule."),
+    "lambda_lh": (float, "Weight of the class-weighted likelihood loss; 0 turns it off."),
+    "lambda_bal": (float, "Weight of the cluster-balance loss; 0 turns it off."),
+    "lambda_pure": (float, "Weight of the purity loss; 0 turns it off."),
+    "q": (float, "Class weight exponent: w_c ~ (n_max / n_c)^q."),
+    "center_std": (float, "The fixed means are drawn from N(0, std^2 I)."),
+    "ema": (float, "Decay of the balance loss's moving estimate."),
+    "share": (float, "Share of the training samples routed to the cluster-aided classifier."),
+    "hidden": (int, "Hidden units of each MADE."),
+    "blocks": (int, "MAF blocks (each MADE + batch norm)."),
+    "purity_threshold": (float, "A good cluster's share of its largest class must exceed this."),
+    "min_cluster_size": (int, "A good cluster must hold more samples than this."),
+    "max_cluster_share": (float, "Filter epochs whose largest cluster holds this share of the samples or more are not kept (the paper's 5000 of 115,846 is 0.043)."),
+    "select": (str, "Which filter epoch to keep: good-clusters (the paper's rule) or last."),
+}
+_FILTER_SHOWN = {"preset": None, "hidden": "D"}
+
+
+def filter_option(name: str, *, prefixed: bool = False) -> Any:
+    """The Annotated type of the flow filter option for FilterConfig field `name` (value None: preset or default)."""
+    typ, help_text = _FILTER_HELP[name]
+    flag = "--" + ("filter-" if prefixed else "") + name.replace("_", "-")
+    names = (flag, "-k") if name == "clusters" else (flag,)
+    shown = _FILTER_SHOWN.get(name, _FILTER_DEFAULTS.get(name))
+    default = False if shown is None else f"{shown:g}" if isinstance(shown, float) else str(shown)
+    return Annotated[Optional[typ], typer.Option(*names, help=help_text, show_default=default)]
+
+
+# field -> (flag, type, help); the default is TrainConfig's
+CLASSIFIER_FLAGS: dict[str, str] = {"side_input": "--input", "bsm_counts": "--loss-counts"}
+_CLASSIFIER_HELP: dict[str, tuple[Any, str]] = {
+    "model": (Optional[str], "linear or cosine (default: the --init classifier's kind, else linear)."),
+    "loss": (str, "ce, bsm (Balanced Softmax) or la (logit-adjusted CE)."),
+    "sampler": (str, "uniform, or balanced (CBS: classes drawn uniformly)."),
+    "epochs": (int, "Classifier training epochs; the best on validation is kept."),
+    "batch_size": (int, "Classifier samples per SGD step."),
+    "lr": (Optional[float], "Classifier learning rate (default 0.03 from scratch, 3e-4 when fine-tuning from --init)."),
+    "lr_side": (Optional[float], "Cluster-aided only: learning rate of FC_b(\\[side, prior]) (default: --lr)."),
+    "momentum": (float, "SGD momentum."),
+    "weight_decay": (float, "SGD weight decay."),
+    "la_tau": (float, "Strength of the logit-adjusted loss (1 = Balanced Softmax)."),
+    "side_input": (str, "Cluster-aided: what FC_b sees besides the cluster prior: features, latent (the flow's z) or none (the prior alone)."),
+    "prior_train": (str, "Cluster-aided: the prior a training sample sees: plain (the filter's table) or loo (without itself)."),
+    "bsm_counts": (str, "n_j of bsm/la on a subset: all (original training counts) or subset (its own counts)."),
+    "posthoc": (str, "none, la (logit adjustment) or tau (tau-normalisation); strength chosen on validation."),
+    "val_fraction": (float, "Share of each class carved for validation when there is no validation file."),
+    "select": (str, "Which classifier epoch to keep: best (on validation, the start included) or last."),
+}
+
+
+def classifier_option(name: str, *, flag: str | None = None) -> Any:
+    """The Annotated type of the classifier option for TrainConfig field `name` (default: TrainConfig's)."""
+    typ, help_text = _CLASSIFIER_HELP[name]
+    flag = flag or CLASSIFIER_FLAGS.get(name, "--" + name.replace("_", "-"))
+    shown = getattr(CLASSIFIER_DEFAULTS, name) is not None
+    return Annotated[typ, typer.Option(flag, help=help_text, show_default=shown)]
+
+
+FILTER = SimpleNamespace(**{name: filter_option(name) for name in _FILTER_HELP})
+CASCADE_FILTER = SimpleNamespace(**{name: filter_option(name, prefixed=name in FILTER_SHARED_NAMES) for name in _FILTER_HELP})
+CLASSIFIER = SimpleNamespace(**{name: classifier_option(name) for name in _CLASSIFIER_HELP})
