@@ -329,3 +329,32 @@ def test_extract_a_corrupt_photo_in_rank_1s_share_is_one_line_everywhere(tmp_pat
     ours = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(ours) == 1 and str(bad) in ours[0] and "cannot read image" in ours[0], r.stderr[-2000:]
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+@pytest.mark.slow
+def test_fit_cascade_under_torchrun_builds_the_cascade_one_process_builds(digits, tmp_path):
+    """digits-LT, depth 2: every filter and classifier by DDP, every split sharded, rank 0 writing the run folder."""
+    from conftest import run_cli
+
+    from dlsa_cli.io.files import read_safetensors_header, read_table
+
+    args = ["fit-cascade", digits / "train.safetensors", "--val", digits / "val.safetensors", "--depth", "2", "--clusters", "8",
+            "--hidden", "16", "--max-cluster-share", "0.9", "--filter-epochs", "2", "--filter-batch-size", "64",
+            "--epochs", "3", "--device", "cpu", "--json", "--quiet"]
+    one = run_cli(*args, "-o", tmp_path / "one")
+    two = torchrun("-m", "dlsa_cli", *args, "-o", tmp_path / "two")
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
+    assert len(two.stdout.splitlines()) == 1
+    r1, r2 = json.loads(one.stdout), json.loads(two.stdout)
+    for d1, d2 in zip(r1["depths"], r2["depths"]):
+        assert d1["train"] == d2["train"] and d1["val"] == d2["val"]  # same routed / rest counts at every depth
+    preds = {}
+    for n in ("one", "two"):
+        p = run_cli("predict", tmp_path / n, digits / "test.safetensors", "-o", tmp_path / f"{n}.parquet", "--device", "cpu")
+        assert p.returncode == 0, p.stderr
+        preds[n] = read_table(tmp_path / f"{n}.parquet")[0]
+    assert preds["one"].column("route").to_pylist() == preds["two"].column("route").to_pylist()
+    agree = np.mean(np.asarray(preds["one"].column("prediction")) == np.asarray(preds["two"].column("prediction")))
+    assert agree >= 0.99
+    assert read_safetensors_header(tmp_path / "two" / "depth2" / "filter.safetensors")[3]["world_size"] == 2
+    assert read_safetensors_header(tmp_path / "two" / "final.safetensors")[3]["world_size"] == 2

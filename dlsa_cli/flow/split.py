@@ -205,8 +205,7 @@ def split(
         if stage is not None:
             with contextlib.suppress(FileNotFoundError):
                 shutil.rmtree(stage)
-    dist.barrier()  # the other ranks return once rank 0's files are in place
-    return report
+    return dist.broadcast_object(report)  # every rank returns rank 0's report, once its files are in place
 
 
 def _stem(p: Path) -> str:
