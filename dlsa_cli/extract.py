@@ -582,6 +582,9 @@ def extract_features(
     dtype: str = "float32",
     skip_bad: bool = False,
     progress: Callable[[int], None] | None = None,
+    chunks: str | Path | None = None,
+    chunk_size: int = 4096,
+    resume: bool = False,
 ) -> FeatureSet:
     """Run `backbone` over `images` batch by batch; return features (N, D) with ids and labels.
 
@@ -589,11 +592,60 @@ def extract_features(
     `skip_bad` is left out and listed in `meta["skipped"]` (id and reason).
     `progress(k)` is called after each batch with the number of images done.
     Working memory is one batch per worker plus the (N, D) result.
+
+    With `chunks` (a folder; the CLI uses `OUT.resume/`), every `chunk_size`
+    images are written there as a file of their own when finished; with
+    `resume`, chunks already there (of the same images and settings) are read
+    instead of computed, and `meta["resumed_from"]` is the number of images
+    they covered. The caller removes the folder once the output is written.
     """
     pre = preprocess or backbone.preprocess
     dev = torch.device(device)
+    workers = _check_extract_args(batch_size, dtype, half, dev, workers, chunk_size)
+    keep, skipped = _existing_images(images, skip_bad)
+    model = _ready_model(backbone, dev, half)
+    store = None
+    if chunks is not None:
+        store = _ChunkStore(Path(chunks), _run_fingerprint(images, backbone, pre, batch_size, half, dtype, skip_bad, chunk_size), resume)
+    size = len(keep) if store is None else chunk_size
+    blocks: list[np.ndarray] = []
+    rows: list[int] = []
+    resumed_from = 0
+    for c, start in enumerate(range(0, len(keep), size)):
+        part = keep[start : start + size]
+        done = store.load(c) if store is not None else None
+        if done is None:
+            done = _extract_rows(part, images, model, backbone, pre, batch_size, workers, dev, half, skip_bad, dtype, progress)
+            if store is not None:
+                _save_chunk(store, c, *done)
+        else:
+            resumed_from += len(part)
+        blocks += [done[0]] if len(done[1]) else []
+        rows += done[1]
+        skipped += done[2]
+    meta = _extract_meta(backbone, pre, rows, skipped, blocks, dev, half, dtype, images)
+    if store is not None and resume:
+        meta["resumed_from"] = resumed_from
+    feats = np.concatenate(blocks) if blocks else None
+    if not rows or feats is None:
+        raise InputError(
+            f"no image could be read ({len(skipped)} skipped; first: {skipped[0]['id']}: {skipped[0]['reason']})",
+            path=images.source,
+        )
+    order = np.asarray(rows, dtype=np.int64)
+    return FeatureSet(
+        features=feats,
+        labels=None if images.labels is None else images.labels[order],
+        ids=np.asarray(images.ids, dtype=object)[order].astype(str),
+        meta=meta,
+    )
+
+
+def _check_extract_args(batch_size: int, dtype: str, half: bool, dev: torch.device, workers: int | None, chunk_size: int) -> int:
     if batch_size < 1:
         raise DlsaError(f"--batch-size {batch_size}: must be at least 1")
+    if chunk_size < 1:
+        raise DlsaError(f"--chunk-size {chunk_size}: must be at least 1")
     if dtype not in ("float32", "float16"):
         raise DlsaError(f"--dtype {dtype}: unknown", hint="use float32 or float16")
     if half and dev.type != "cuda":
@@ -601,7 +653,11 @@ def extract_features(
     workers = default_workers() if workers is None else workers
     if workers < 0:
         raise DlsaError(f"--workers {workers}: must be 0 or more")
+    return workers
 
+
+def _existing_images(images: ImageList, skip_bad: bool) -> tuple[list[int], list[dict[str, str]]]:
+    """Rows of `images` whose file exists, and the skipped ones (or InputError without skip_bad)."""
     skipped: list[dict[str, str]] = []
     keep: list[int] = []  # rows of `images` to decode
     for i, p in enumerate(images.paths):
@@ -618,22 +674,31 @@ def extract_features(
             skipped.append({"id": images.ids[i], "reason": "file not found"})
     if not keep:
         raise InputError("none of the listed images exist", path=images.source, hint="check --root")
+    return keep, skipped
 
+
+def _ready_model(backbone: Backbone, dev: torch.device, half: bool) -> torch.nn.Module:
     model = backbone.module.to(dev).eval()
     if backbone.channels_last and not isinstance(model, torch.jit.ScriptModule):
         model = model.to(memory_format=torch.channels_last)
-    model = model.half() if half else model.float()  # .to/.half act in place: undo an earlier half run
-    compute_dtype = torch.float16 if half else torch.float32
-    out_dtype = np.dtype(dtype)
+    return model.half() if half else model.float()  # .to/.half act in place: undo an earlier half run
 
+
+def _extract_rows(
+    keep: list[int], images: ImageList, model: torch.nn.Module, backbone: Backbone, pre: Preprocess, batch_size: int,
+    workers: int, dev: torch.device, half: bool, skip_bad: bool, dtype: str, progress: Callable[[int], None] | None,
+) -> tuple[np.ndarray, list[int], list[dict[str, str]]]:
+    """Features of the images at rows `keep`: (block (n, D), the rows read, in order, the skipped)."""
+    compute_dtype = torch.float16 if half else torch.float32
     dataset = ImageDataset([images.paths[i] for i in keep], pre)
+    skipped: list[dict[str, str]] = []
+    feats: np.ndarray | None = None
+    rows: list[int] = []  # rows of `images` written, in order
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="This DataLoader will create")
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=dev.type == "cuda"
         )
-        feats: np.ndarray | None = None
-        rows: list[int] = []  # rows of `images` written, in order
         with torch.inference_mode():
             for xb, idx, errors in loader:  # (B, H, W, 3) uint8, (B,), B strings
                 good = [j for j, e in enumerate(errors) if not e]
@@ -646,13 +711,10 @@ def extract_features(
                             )
                         skipped.append({"id": images.ids[row], "reason": e})
                 if good:
-                    if len(good) < len(errors):
-                        xb = xb[good]
-                    x = xb.to(dev, non_blocking=True).permute(0, 3, 1, 2)  # (B, 3, H, W), channels-last memory
-                    f = backbone.features(pre.normalise(x, compute_dtype))  # (B, D)
+                    x = (xb[good] if len(good) < len(errors) else xb).to(dev, non_blocking=True).permute(0, 3, 1, 2)  # (B, 3, H, W)
+                    block = backbone.features(pre.normalise(x, compute_dtype)).float().cpu().numpy()  # (B, D)
                     if feats is None:
-                        feats = np.empty((len(keep), f.shape[1]), dtype=out_dtype)
-                    block = f.float().cpu().numpy()
+                        feats = np.empty((len(keep), block.shape[1]), dtype=np.dtype(dtype))
                     if not np.isfinite(block).all():
                         first = keep[int(idx[good[int(np.flatnonzero(~np.isfinite(block).all(1))[0])]])]
                         raise ModelMismatchError(
@@ -663,19 +725,21 @@ def extract_features(
                     rows.extend(keep[int(idx[j])] for j in good)
                 if progress is not None:
                     progress(len(errors))
-    if not rows or feats is None:
-        raise InputError(
-            f"no image could be read ({len(skipped)} skipped; first: {skipped[0]['id']}: {skipped[0]['reason']})",
-            path=images.source,
-        )
-    order = np.asarray(rows, dtype=np.int64)
+    out = feats[: len(rows)] if feats is not None else np.zeros((0, 0), dtype=np.dtype(dtype))
+    return out, rows, skipped
+
+
+def _extract_meta(
+    backbone: Backbone, pre: Preprocess, rows: list[int], skipped: list[dict[str, str]], blocks: list[np.ndarray],
+    dev: torch.device, half: bool, dtype: str, images: ImageList,
+) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "backbone": backbone.name,
         "weights": backbone.weights,
         "preprocessing": pre.to_meta(),
         "images": len(rows),
         "skipped": skipped,
-        "dim": int(feats.shape[1]),
+        "dim": int(blocks[0].shape[1]) if blocks else 0,
         "device": str(dev),
         "half": half,
         "dtype": dtype,
@@ -685,9 +749,70 @@ def extract_features(
     if images.class_names is not None:
         meta["class_names"] = list(images.class_names)
         meta["num_classes"] = len(images.class_names)
-    return FeatureSet(
-        features=feats[: len(rows)],
-        labels=None if images.labels is None else images.labels[order],
-        ids=np.asarray(images.ids, dtype=object)[order].astype(str),
-        meta=meta,
-    )
+    return meta
+
+
+# --------------------------------------------------------------------------- resume: finished chunks as files
+
+
+def _run_fingerprint(
+    images: ImageList, backbone: Backbone, pre: Preprocess, batch_size: int, half: bool, dtype: str, skip_bad: bool, chunk_size: int
+) -> dict[str, Any]:
+    """What a chunk depends on: the images (ids and paths), the model, preprocessing and batching."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256(json.dumps([images.ids, images.paths]).encode())
+    return {
+        "images_sha256": h.hexdigest(), "images": len(images), "backbone": backbone.name, "weights": backbone.weights,
+        "preprocessing": pre.to_meta(), "batch_size": batch_size, "half": half, "dtype": dtype, "skip_bad": skip_bad,
+        "chunk_size": chunk_size,
+    }
+
+
+class _ChunkStore:
+    """A folder of finished chunks (`chunk-000000.safetensors`, ...) and the run's fingerprint (`run.json`)."""
+
+    def __init__(self, folder: Path, fingerprint: dict[str, Any], resume: bool):
+        import json
+        import shutil
+
+        self.folder, self.fingerprint = folder, json.loads(json.dumps(fingerprint))
+        run = folder / "run.json"
+        if resume and run.is_file():
+            try:
+                old = json.loads(run.read_text())
+            except (OSError, ValueError):
+                old = None
+            if old != self.fingerprint:
+                raise InputError(
+                    "resume folder comes from other images or other settings",
+                    path=folder,
+                    hint="run with the same list and options, or remove the folder (or drop --resume) to start over",
+                )
+            return
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir()
+        from dlsa_cli.io.files import write_json
+
+        write_json(run, self.fingerprint)
+
+    def path(self, c: int) -> Path:
+        return self.folder / f"chunk-{c:06d}.safetensors"
+
+    def load(self, c: int) -> tuple[np.ndarray, list[int], list[dict[str, str]]] | None:
+        from dlsa_cli.io.files import read_safetensors
+
+        if not self.path(c).is_file():
+            return None
+        tensors, _, meta, _ = read_safetensors(self.path(c))
+        return tensors["features"].numpy(), tensors["rows"].tolist(), list(meta["skipped"])
+
+
+def _save_chunk(store: _ChunkStore, c: int, block: np.ndarray, rows: list[int], skipped: list[dict[str, str]]) -> None:
+    """Write one finished chunk atomically (a module function, so a test can kill the run right after it)."""
+    from dlsa_cli.io.files import write_safetensors
+
+    tensors = {"features": np.ascontiguousarray(block), "rows": np.asarray(rows, dtype=np.int64)}
+    write_safetensors(store.path(c), tensors, kind="extract-chunk", meta={"skipped": skipped})

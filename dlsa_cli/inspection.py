@@ -221,7 +221,7 @@ def features_summary(path: str | Path, *, many_above: int = MANY_ABOVE, few_belo
     }
     tables: list[dict[str, Any]] = []
     charts: list[dict[str, Any]] = []
-    if labels.labels is not None:
+    if labels.labels is not None and (labels.labels.size or num_classes(labels)):
         c = num_classes(labels)
         counts = np.bincount(labels.labels, minlength=c)
         pf, pt, pc = _profile(counts, many_above, few_below, meta.get("class_names"))

@@ -124,19 +124,19 @@ def test_cascade_whose_files_do_not_belong_together(cascade, tmp_path):
     test = cascade.dir / "test.safetensors"
     # filters swapped: depth order and recorded filter hashes disagree
     bad = _copy_with(cascade, tmp_path, [(f2, c1), (f1, c2)], cascade.final)
-    assert_clean_failure(invoke("predict", bad, test, "-o", out), out, "do not belong together")
+    assert_clean_failure(invoke("predict", bad, test, "-o", out, "--allow-outside-paths"), out, "do not belong together")
     # a classifier behind another filter than the one it was trained with (same data, other seed)
     other = tmp_path / "other_filter.safetensors"
     ok("fit-filter", cascade.dir / "train.safetensors", "-o", other, "--seed", "5", *FILTER)
     bad2 = tmp_path / "bad2"
     bad2.mkdir()
     write_manifest(bad2, [(other, c1)], cascade.final)
-    assert_clean_failure(invoke("predict", bad2, test, "-o", out), out, "trained with another filter")
+    assert_clean_failure(invoke("predict", bad2, test, "-o", out, "--allow-outside-paths"), out, "trained with another filter")
     # a regular classifier where a cluster-aided one belongs, and a cluster-aided one as final
     bad3 = tmp_path / "bad3"
     bad3.mkdir()
     write_manifest(bad3, [(f1, cascade.final)], c1)
-    assert_clean_failure(invoke("predict", bad3, test, "-o", out), out, "do not belong together")
+    assert_clean_failure(invoke("predict", bad3, test, "-o", out, "--allow-outside-paths"), out, "do not belong together")
 
 
 def test_cascade_from_another_class_set_is_refused(cascade, tmp_path):
@@ -149,7 +149,7 @@ def test_cascade_from_another_class_set_is_refused(cascade, tmp_path):
     d.mkdir()
     write_manifest(d, cascade.depths[:1], tmp_path / "final12.safetensors")
     out = tmp_path / "pred.parquet"
-    assert_clean_failure(invoke("predict", d, cascade.dir / "test.safetensors", "-o", out), out, "do not belong together")
+    assert_clean_failure(invoke("predict", d, cascade.dir / "test.safetensors", "-o", out, "--allow-outside-paths"), out, "do not belong together")
 
 
 def test_missing_manifest_entry_is_a_clean_error(cascade, tmp_path):

@@ -36,8 +36,15 @@ def _manifest_path(path: str | Path) -> Path:
     return p
 
 
-def read_manifest(path: str | Path) -> CascadeSpec:
-    """Parse a cascade manifest (the JSON file or its folder); paths resolved, files must exist."""
+def read_manifest(path: str | Path, *, allow_outside: bool = False) -> CascadeSpec:
+    """Parse a cascade manifest (the JSON file or its folder); paths resolved, files must exist.
+
+    Every path must stay inside the manifest's folder (no absolute paths, no
+    `..` climbing out, no symlink leading out): a manifest is data, and a
+    cascade folder received from elsewhere must not make `predict` read files
+    anywhere on the machine. `allow_outside=True` (`--allow-outside-paths`)
+    trusts the manifest instead.
+    """
     p = _manifest_path(path)
     try:
         raw = json.loads(p.read_text())
@@ -48,13 +55,26 @@ def read_manifest(path: str | Path) -> CascadeSpec:
             'a cascade manifest needs "depths": [{"filter": ..., "classifier": ...}, ...] and "final"', path=p
         )
     root = p.parent
+
+    def entry(value: Any, what: str) -> Path:
+        if not isinstance(value, str) or not value:
+            raise InputError(f"{what} must be a path (a non-empty string), got {value!r}", path=p)
+        q = root / value
+        if not allow_outside and (Path(value).is_absolute() or root.resolve() not in q.resolve().parents):
+            raise InputError(
+                f"{what} '{value}' lies outside the cascade folder",
+                path=p,
+                hint="keep the cascade's files inside its folder, or pass --allow-outside-paths if you trust this manifest",
+            )
+        return require_file(q, f"{what} (listed in {p})")
+
     filters, classifiers = [], []
     for i, d in enumerate(raw.get("depths", []), start=1):
         if not isinstance(d, dict) or "filter" not in d or "classifier" not in d:
             raise InputError(f'depth {i} needs "filter" and "classifier" entries', path=p)
-        filters.append(require_file(root / d["filter"], f"depth-{i} filter (listed in {p})"))
-        classifiers.append(require_file(root / d["classifier"], f"depth-{i} classifier (listed in {p})"))
-    final = require_file(root / raw["final"], f"final classifier (listed in {p})")
+        filters.append(entry(d["filter"], f"depth-{i} filter"))
+        classifiers.append(entry(d["classifier"], f"depth-{i} classifier"))
+    final = entry(raw["final"], "final classifier")
     return CascadeSpec(p, filters, classifiers, final, raw)
 
 

@@ -11,7 +11,7 @@ import torch
 from dlsa_cli.cascade.manifest import CascadeSpec, read_manifest
 from dlsa_cli.classify.data import branch_inputs
 from dlsa_cli.classify.model import Classifier
-from dlsa_cli.errors import InputError, ModelMismatchError
+from dlsa_cli.errors import InputError, ModelMismatchError, NonFiniteError
 from dlsa_cli.io.files import (
     file_sha256,
     read_safetensors_header,
@@ -48,11 +48,11 @@ class Cascade:
         self.final.check_features(dim, num_classes, path=path)
 
     @classmethod
-    def load(cls, path: str | Path, *, device: str | torch.device = "cpu") -> Cascade:
+    def load(cls, path: str | Path, *, device: str | torch.device = "cpu", allow_outside: bool = False) -> Cascade:
         """Read and check a cascade; 'cascade files do not belong together' when they do not."""
         from dlsa_cli.flow.filter import FlowFilter
 
-        spec = read_manifest(path)
+        spec = read_manifest(path, allow_outside=allow_outside)
         filters = [FlowFilter.load(f, device=device) for f in spec.filters]
         classifiers = [Classifier.load(c) for c in spec.classifiers]
         final = Classifier.load(spec.final)
@@ -104,7 +104,10 @@ class Cascade:
             for d, (flt, clf) in enumerate(zip(self.filters, self.classifiers), start=1):
                 if len(left) == 0:
                     break
-                sc = flt.score(xb[left], batch_size=batch_size, device=device, latent=clf.side_input == "latent")
+                try:
+                    sc = flt.score(xb[left], batch_size=batch_size, device=device, latent=clf.side_input == "latent")
+                except NonFiniteError as e:  # number the rows within the whole input, not this batch
+                    raise NonFiniteError.build(f"depth {d}'s {e.what}", s + left[e.rows], n, hint=e.hint) from None
                 take = left[sc.routed]
                 if len(take):
                     latent = None if sc.latent is None else sc.latent[sc.routed]
@@ -117,11 +120,11 @@ class Cascade:
         return out, route
 
 
-def load_model(path: str | Path) -> Classifier | Cascade:
-    """A classifier file, or a cascade (its folder or manifest)."""
+def load_model(path: str | Path, *, allow_outside: bool = False) -> Classifier | Cascade:
+    """A classifier file, or a cascade (its folder or manifest; see `read_manifest` for `allow_outside`)."""
     p = Path(path)
     if p.is_dir() or p.suffix.lower() == ".json":
-        return Cascade.load(p)
+        return Cascade.load(p, allow_outside=allow_outside)
     require_file(p, "model file")
     if p.suffix.lower() != ".safetensors":
         raise InputError("a model is a classifier .safetensors file or a cascade folder / cascade.json", path=p)

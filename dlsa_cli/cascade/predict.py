@@ -12,7 +12,7 @@ import torch
 
 from dlsa_cli.cascade.model import Cascade
 from dlsa_cli.classify.model import Classifier
-from dlsa_cli.errors import InputError, ModelMismatchError
+from dlsa_cli.errors import InputError, ModelMismatchError, NonFiniteError
 from dlsa_cli.io.features import FeatureSet
 from dlsa_cli.io.files import (
     file_sha256,
@@ -52,6 +52,20 @@ def predict(
             path=fs.path,
             hint="use a model trained on this label set",
         )
+    try:
+        pred = _predict(model, fs, batch_size=batch_size, device=device, flt=flt)
+    except NonFiniteError as e:
+        raise NonFiniteError.build(e.what, e.rows, e.total, path=fs.path, hint=e.hint) from None
+    bad = np.flatnonzero(~np.isfinite(pred.logits).all(1))
+    if bad.size:
+        raise NonFiniteError.build(
+            "the classifier's score", bad, fs.n, path=fs.path,
+            hint="those rows hold values far beyond the training features'; check them with `dlsa inspect`",
+        )
+    return pred
+
+
+def _predict(model: Classifier | Cascade, fs: FeatureSet, *, batch_size: int, device: Any, flt: Any) -> Prediction:
     if isinstance(model, Cascade):
         logits, route = model.logits(fs.features, batch_size=batch_size, device=device)
         return Prediction(logits, route)

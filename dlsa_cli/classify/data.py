@@ -40,12 +40,20 @@ def load_init_head(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, str, d
                     hint="pass the baseline classifier trained on all training data",
                 )
             return clf.module.weight.detach().clone(), clf.module.bias.detach().clone(), clf.kind, clf.meta
+        if kind is not None:
+            raise InputError(
+                f"is a dlsa '{kind}' file, not a classifier; --init takes the classifier trained on all training data "
+                "(or a backbone head with weight and bias)",
+                path=p,
+            )
         tensors, _, meta, _ = read_safetensors(p)
     elif p.suffix.lower() in (".pt", ".pth"):
         try:
             obj = torch.load(str(p), map_location="cpu", weights_only=True)
         except Exception as e:
-            raise InputError(f"cannot load safely ({str(e).splitlines()[0][:160]})", path=p) from None
+            from dlsa_cli.io.features import unsafe_torch_file
+
+            raise unsafe_torch_file(p, e) from None
         if not isinstance(obj, dict):
             raise InputError("expected a dict with 'weight' and 'bias'", path=p)
         tensors, meta = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}, {}

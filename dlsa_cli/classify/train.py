@@ -270,7 +270,7 @@ def _fit(
                 "the full validation counts do not cover this validation part", hint="pass the validation file it was split from"
             )
     bal0, acc0 = evaluate()
-    history = [{"epoch": 0, "loss": float("nan"), "val_balanced": bal0, "val_accuracy": acc0}]
+    history = [{"epoch": 0, "loss": None, "val_balanced": bal0, "val_accuracy": acc0}]
     best = (bal0, acc0, 0, _snapshot(module))
     module.train()
     for epoch in range(1, cfg.epochs + 1):

@@ -95,6 +95,9 @@ def fit_classifier_cmd(
     from dlsa_cli.io.features import read_features
     from dlsa_cli.io.files import provenance
 
+    from dlsa_cli.io.files import check_output_file
+
+    check_output_file(out, suffixes=(".safetensors",), inputs=[train, val, init, filter_path, val_weights_from])
     rep = Reporter(quiet)
     cfg = TrainConfig(
         model=model,
@@ -222,6 +225,9 @@ def predict_cmd(
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
+    allow_outside_paths: Annotated[
+        bool, typer.Option("--allow-outside-paths", help="Trust a cascade.json whose paths leave its folder (absolute or ../); refused otherwise.")
+    ] = False,
 ) -> None:
     """Predict with one classifier or a whole DLSA cascade.
 
@@ -238,13 +244,16 @@ def predict_cmd(
     from dlsa_cli.distributed import setup
     from dlsa_cli.io.files import provenance
 
+    from dlsa_cli.io.files import check_output_file
+
+    check_output_file(out, suffixes=(".parquet",), inputs=[model, features, filter_path])
     Reporter(quiet)
     if topk < 1:
         raise InputError(f"--topk {topk}: must be at least 1")
     if batch_size < 1:
         raise InputError(f"--batch-size {batch_size}: must be at least 1")
     _, dev = setup(device)  # under torchrun: this rank's device, rows sharded over the ranks
-    mdl = load_model(model)
+    mdl = load_model(model, allow_outside=allow_outside_paths)
     flt = None
     if filter_path is not None:
         from dlsa_cli.flow import FlowFilter

@@ -8,7 +8,6 @@ terminal and `--quiet` is not given; warnings appear unless `--quiet`.
 from __future__ import annotations
 
 import functools
-import json
 import sys
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -100,6 +99,10 @@ def guarded(fn: F) -> F:
             if _rank() == 0:
                 _error_console().print(f"[bold red]error:[/] {escape(str(e))}")
             raise typer.Exit(e.exit_code) from None
+        except OSError as e:  # the library turns its own writes' errors into DlsaError; this is the net
+            where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+            _error_console().print(f"[bold red]error:[/] {escape(where + (e.strerror or str(e)))}")
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             _error_console().print("[bold red]interrupted[/]: no output was written")
             raise typer.Exit(130) from None
@@ -155,11 +158,11 @@ def command(name: str, **kwargs: Any) -> Callable[[F], F]:
     return deco
 
 
-def emit_json(obj: Any) -> None:
-    """Print one JSON object on stdout."""
-    from dlsa_cli.io.files import _json_default
+def emit_json(obj: Any, *, nonfinite_as_null: bool = False) -> None:
+    """Print one strict JSON object on stdout (NaN/infinity refused, or shown as null when asked)."""
+    from dlsa_cli.io.files import strict_json
 
-    sys.stdout.write(json.dumps(obj, default=_json_default) + "\n")
+    sys.stdout.write(strict_json(obj, nonfinite_as_null=nonfinite_as_null) + "\n")
     sys.stdout.flush()
 
 

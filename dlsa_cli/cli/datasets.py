@@ -36,7 +36,11 @@ def make_dataset_cmd(
     Example: [bold]dlsa make-dataset caltech101-lt -o data/caltech-lt[/]
     """
     from dlsa_cli import datasets
+    from dlsa_cli.io.files import check_output_dir
 
+    if not 0 < val_fraction < 1:
+        raise DlsaError(f"--val-fraction {val_fraction}: must be between 0 and 1 (exclusive)")
+    check_output_dir(out, inputs=[source or Path("../shared/data/caltech101_lite0.npz")], whole=True)
     if name == "caltech101-lt":
         src = source or Path("../shared/data/caltech101_lite0.npz")
         if source is None and not src.exists():

@@ -17,7 +17,7 @@ from dlsa_cli.cli.common import (
     emit_json,
     stdout,
 )
-from dlsa_cli.errors import DlsaError, InputError
+from dlsa_cli.errors import DlsaError
 
 MAX_LISTED = 20  # skipped images named on stderr; all of them go into the file's metadata
 
@@ -79,6 +79,12 @@ def extract_cmd(
     ] = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted run: reuse the finished chunks in OUT.resume/ (same images and options) and extract only the rest.")
+    ] = False,
+    chunk_size: Annotated[
+        int, typer.Option("--chunk-size", help="Images per chunk file in OUT.resume/ (what an interrupted run keeps; the folder is removed on success).")
+    ] = 4096,
 ) -> None:
     """Images to a feature file with a pretrained backbone (the pooled penultimate layer). Offline.
 
@@ -97,11 +103,11 @@ def extract_cmd(
     from dlsa_cli.io.features import write_features
     from dlsa_cli.io.files import provenance
 
+    from dlsa_cli.io.files import check_output_file
+
     rep = Reporter(quiet)
-    if out.suffix.lower() != ".safetensors":
-        raise InputError("output must be a .safetensors file", path=out, hint="name it e.g. train.safetensors")
-    if not (out.parent if str(out.parent) else Path(".")).is_dir():
-        raise InputError("output folder does not exist", path=out.parent, hint="create it first")
+    backbone_file = Path(backbone) if Path(backbone).is_file() else None
+    check_output_file(out, suffixes=(".safetensors",), inputs=[images, root, weights, backbone_file])
     mean_t, std_t = _triple(mean, "mean"), _triple(std, "std")
     _, dev = dist.setup(device)  # under torchrun: this rank's device and its share of the images
 
@@ -128,10 +134,25 @@ def extract_cmd(
             rate = done / max(time.perf_counter() - start, 1e-9)
             update(k, text=f"{rate:.1f} images/s")
 
-        fs = extract_sharded(
-            image_list, model, preprocess=pre, batch_size=batch_size, workers=n_workers, device=dev,
-            half=half, dtype=dtype, skip_bad=skip_bad, progress=step,
-        )
+        chunks = out.with_name(out.name + ".resume")
+        alone = dist.current().world_size == 1  # under torchrun no resume chunks: the ranks would share one folder
+        if resume and not alone:
+            raise DlsaError("--resume is not available under torchrun", hint="resume the run in one process")
+        had_chunks = chunks.exists()
+        if had_chunks and not resume:
+            rep.warn(f"{chunks} holds an interrupted run; starting over (pass --resume to continue it)")
+        try:
+            fs = extract_sharded(
+                image_list, model, preprocess=pre, batch_size=batch_size, workers=n_workers, device=dev,
+                half=half, dtype=dtype, skip_bad=skip_bad, progress=step, chunks=chunks if alone else None,
+                chunk_size=chunk_size, resume=resume,
+            )
+        except DlsaError:  # bad input: nothing stays behind (an interrupted run keeps its chunks)
+            if not had_chunks and alone:
+                import shutil
+
+                shutil.rmtree(chunks, ignore_errors=True)
+            raise
     seconds = time.perf_counter() - start
     if fs is None:  # a torchrun rank other than 0: rank 0 writes the joined file
         dist.barrier()
@@ -151,8 +172,13 @@ def extract_cmd(
     inputs = [p for p in (images, weights) if p is not None and p.is_file()]
     if Path(backbone).is_file():
         inputs.append(Path(backbone))
+    resumed_from = fs.meta.pop("resumed_from", None)
     prov = {**provenance("extract", options, inputs), **dist.provenance_fields(len(image_list))}
+    prov["resumed_from"] = resumed_from  # images taken from an interrupted run's chunks, or None
     write_features(out, fs, prov=prov, dtype=dtype)
+    import shutil
+
+    shutil.rmtree(chunks, ignore_errors=True)
     dist.barrier()
 
     summary = {
@@ -160,6 +186,7 @@ def extract_cmd(
         "device": str(dev), "dtype": dtype, "labels": fs.labels is not None,
         "classes": len(fs.meta["class_names"]) if "class_names" in fs.meta else None,
         "seconds": round(seconds, 3), "images_per_s": round(fs.n / max(seconds, 1e-9), 2),
+        "resumed_from": resumed_from, "images_run": done,
     }
     if json_out:
         emit_json(summary)

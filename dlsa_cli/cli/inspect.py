@@ -28,7 +28,7 @@ def inspect_cmd(
     """
     summary = summarize(file)
     if json_out:
-        emit_json(summary)
+        emit_json(summary, nonfinite_as_null=True)  # a file from elsewhere may hold NaN in its metadata
     else:
         stdout.print(render(summary))
     problems = summary.get("problems") or []

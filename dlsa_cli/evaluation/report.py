@@ -44,6 +44,7 @@ __all__ = [
     "read_train_counts",
     "evaluate_predictions",
     "evaluate_files",
+    "check_groups",
 ]
 
 
@@ -130,6 +131,15 @@ def _join_labels(table: Any, source: Any, p: Path) -> np.ndarray:
     ids = table.column("id").to_numpy(zero_copy_only=False)
     if ids.dtype == object:  # Arrow strings
         ids = ids.astype(str)
+    uniq, counts = np.unique(ids, return_counts=True)
+    if uniq.size < ids.size:
+        dup = uniq[counts > 1]
+        raise InputError(
+            f"{int((counts[counts > 1] - 1).sum())} rows repeat an id (first: {dup[0]}); joined to the labels "
+            "they would be scored twice",
+            path=p,
+            hint="give a table with one row per sample",
+        )
     if (ids.dtype.kind in "iu") != (src_ids.dtype.kind in "iu"):  # int ids on one side, strings on the other
         ids, src_ids = ids.astype(str), src_ids.astype(str)
     order = np.argsort(src_ids, kind="stable")
@@ -144,6 +154,19 @@ def _join_labels(table: Any, source: Any, p: Path) -> np.ndarray:
             hint="evaluate against the feature file the predictions were made from",
         )
     return y[order[pos]]
+
+
+def check_groups(many_above: int, few_below: int, tail_at_most: int) -> None:
+    """Refuse group bounds out of range, or overlapping many-/few-shot groups, before any work."""
+    for flag, v in (("--many-above", many_above), ("--few-below", few_below), ("--tail-at-most", tail_at_most)):
+        if v < 0:
+            raise InputError(f"{flag} {v}: a count bound must be >= 0")
+    if few_below > many_above + 1:
+        raise InputError(
+            f"--few-below {few_below} and --many-above {many_above} overlap: a class with "
+            f"{many_above + 1} training samples would be both many- and few-shot",
+            hint=f"keep --few-below at most --many-above + 1 ({many_above + 1})",
+        )
 
 
 def read_train_counts(path: str | Path) -> np.ndarray:
@@ -338,7 +361,12 @@ def evaluate_files(
     from dlsa_cli.evaluation.metrics import binned_confusion
     from dlsa_cli.io.features import read_labels
 
+    check_groups(many_above, few_below, tail_at_most)
     _check_request(paths, plot, bins)
+    if plot is not None:
+        from dlsa_cli.io.files import check_output_file
+
+        check_output_file(plot, suffixes=(), inputs=[*paths, train, labels], flag="--plot")
     counts, train_name = _counts_for(paths[0], train)
     label_set = read_labels(labels, require_labels=True) if labels is not None else None
     results: dict[str, dict[str, Any]] = {}

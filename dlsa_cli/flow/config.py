@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from dlsa_cli.errors import DlsaError
+
+__all__ = ["FilterConfig", "PRESETS", "FLAGS", "flag_of"]
 
 # ----------------------------------------------------------------------------- settings
 
@@ -39,9 +42,51 @@ class FilterConfig:
         return asdict(self)
 
     @classmethod
+    def from_preset(cls, preset: str | None = None, **settings: Any) -> FilterConfig:
+        """The paper's `preset` (or the defaults) with the `settings` that are not None on top, range-checked."""
+        if preset is not None and preset not in PRESETS:
+            raise DlsaError(f"--preset {preset}: unknown preset", hint=f"use one of {', '.join(PRESETS)}")
+        cfg = cls(**{**(PRESETS[preset] if preset else {}), **{k: v for k, v in settings.items() if v is not None}})
+        _check_config(cfg)
+        return cfg
+
+    @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FilterConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# Where each setting comes from on the command line (`dlsa fit-filter`): every error that
+# names a setting names it through this map, so it names a flag that exists. A setting
+# with no flag (None) is named as the library keyword it is.
+FLAGS: dict[str, str | None] = {
+    "clusters": "--clusters",
+    "epochs": "--epochs",
+    "batch_size": "--batch-size",
+    "lr": "--lr",
+    "lambda_lh": "--lambda-lh",
+    "lambda_bal": "--lambda-bal",
+    "lambda_pure": "--lambda-pure",
+    "q": "--q",
+    "center_std": "--center-std",
+    "ema": "--ema",
+    "share": "--share",
+    "hidden": "--hidden",
+    "blocks": "--blocks",
+    "made_blocks": None,
+    "purity_threshold": "--purity-threshold",
+    "min_cluster_size": "--min-cluster-size",
+    "max_cluster_share": "--max-cluster-share",
+    "select": "--select",
+    "seed": "--seed",
+    "eval_batch_size": None,
+}
+
+
+def flag_of(name: str) -> str:
+    """The CLI flag of a FilterConfig field, or `FilterConfig.NAME` for a library-only setting."""
+    flag = FLAGS[name]
+    return flag if flag is not None else f"FilterConfig.{name}"
 
 
 # The paper's configurations (reference notes, from the authors' config files).
@@ -53,37 +98,32 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def _check_config(cfg: FilterConfig) -> None:
-    def bad(opt: str, msg: str) -> DlsaError:
-        return DlsaError(f"--{opt} {getattr(cfg, opt.replace('-', '_'))}: {msg}")
-
-    if cfg.clusters < 1:
-        raise bad("clusters", "need at least 1 cluster")
-    if cfg.epochs < 1:
-        raise bad("epochs", "need at least 1 epoch")
-    if cfg.batch_size < 2:
-        raise bad("batch-size", "batch norm needs at least 2 samples per batch")
-    if not cfg.lr > 0:
-        raise bad("lr", "the learning rate must be > 0")
-    for name in ("lambda_lh", "lambda_bal", "lambda_pure", "q", "center_std"):
-        if not getattr(cfg, name) >= 0:
-            raise bad(name.replace("_", "-"), "must be >= 0")
-    if not 0 <= cfg.ema < 1:
-        raise bad("ema", "the decay must be in [0, 1)")
-    if not 0 < cfg.share < 1:
-        raise bad("share", "the routed share must be in (0, 1)")
-    if cfg.hidden is not None and cfg.hidden < 1:
-        raise bad("hidden", "need at least 1 hidden unit")
-    if cfg.blocks < 1:
-        raise bad("blocks", "need at least 1 flow block")
-    if cfg.made_blocks < 0:
-        raise bad("made-blocks", "must be >= 0")
-    if not 0 <= cfg.purity_threshold <= 1:
-        raise bad("purity-threshold", "must be in [0, 1]")
-    if not 0 < cfg.max_cluster_share <= 1:
-        raise bad("max-cluster-share", "must be in (0, 1]")
-    if cfg.select not in ("good-clusters", "last"):
-        raise bad("select", "use good-clusters or last")
-    if cfg.eval_batch_size < 1:
-        raise bad("eval-batch-size", "must be >= 1")
+    """Refuse settings out of their range, naming the flag (or the library setting) at fault."""
+    for name, ok, msg in _RULES:
+        value = getattr(cfg, name)
+        if value is not None and not ok(value):
+            raise DlsaError(f"{flag_of(name)} {value}: {msg}")
 
 
+_RULES: tuple[tuple[str, Any, str], ...] = (
+    ("clusters", lambda v: v >= 1, "need at least 1 cluster"),
+    ("epochs", lambda v: v >= 1, "need at least 1 epoch"),
+    ("batch_size", lambda v: v >= 2, "batch norm needs at least 2 samples per batch"),
+    ("lr", lambda v: v > 0 and math.isfinite(v), "the learning rate must be a finite number > 0"),
+    ("lambda_lh", lambda v: 0 <= v < math.inf, "must be a finite number >= 0"),
+    ("lambda_bal", lambda v: 0 <= v < math.inf, "must be a finite number >= 0"),
+    ("lambda_pure", lambda v: 0 <= v < math.inf, "must be a finite number >= 0"),
+    ("q", lambda v: 0 <= v < math.inf, "must be a finite number >= 0"),
+    ("center_std", lambda v: 0 <= v < math.inf, "must be a finite number >= 0"),
+    ("ema", lambda v: 0 <= v < 1, "the decay must be in [0, 1)"),
+    ("share", lambda v: 0 < v < 1, "the routed share must be in (0, 1)"),
+    ("hidden", lambda v: v >= 1, "need at least 1 hidden unit"),
+    ("blocks", lambda v: v >= 1, "need at least 1 flow block"),
+    ("made_blocks", lambda v: v >= 0, "must be >= 0"),
+    ("purity_threshold", lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+    ("min_cluster_size", lambda v: v >= 0, "must be >= 0"),
+    ("max_cluster_share", lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    ("select", lambda v: v in ("good-clusters", "last"), "use good-clusters or last"),
+    ("seed", lambda v: 0 <= v < 2**63, "must be in [0, 2^63)"),
+    ("eval_batch_size", lambda v: v >= 1, "must be >= 1"),
+)

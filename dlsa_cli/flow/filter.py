@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dlsa_cli.errors import DlsaError, ModelMismatchError
+from dlsa_cli.errors import DlsaError, ModelMismatchError, NonFiniteError
 from dlsa_cli.flow.config import FilterConfig
 from dlsa_cli.flow.model import MixtureFlow
 from dlsa_cli.io.files import (
@@ -64,6 +64,7 @@ class FlowFilter:
         self.chosen_epoch = chosen_epoch
         self.stats = dict(stats or {})
         self.path = None if path is None else Path(path)
+        self.resumed_from: int | None = None  # the epoch a resumed training continued after
 
     @property
     def dim(self) -> int:
@@ -100,8 +101,13 @@ class FlowFilter:
         batch_size: int = 4096,
         device: str | torch.device | None = None,
         latent: bool = False,
+        allow_nonfinite: bool = False,
     ) -> FilterScores:
-        """log p(x), cluster and route of every row of x (N, D), in batches (eval mode)."""
+        """log p(x), cluster and route of every row of x (N, D), in batches (eval mode).
+
+        A NaN or infinite log p(x) raises NonFiniteError naming the rows; with
+        `allow_nonfinite` such rows are kept (log p as computed) and never routed.
+        """
         xt = x if isinstance(x, torch.Tensor) else np.asarray(x)  # numpy is converted batch by batch
         if xt.ndim != 2:
             raise ModelMismatchError(f"features must be (N, D), got shape {tuple(xt.shape)}", path=self.path)
@@ -125,7 +131,10 @@ class FlowFilter:
                 cl[s : s + len(xb)] = comp.argmax(1).cpu().numpy()
                 if zs is not None:
                     zs[s : s + len(xb)] = z.float().cpu().numpy()
-        return FilterScores(ll, cl, ll >= self.threshold, zs)
+        finite = np.isfinite(ll)
+        if not allow_nonfinite:
+            _check_scores(ll, xt)
+        return FilterScores(ll, cl, finite & (ll >= self.threshold), zs)
 
     # --- files
 
@@ -208,6 +217,22 @@ class FlowFilter:
             stats=meta.get("stats", {}),
             path=Path(path),
         )
+
+
+def _check_scores(ll: np.ndarray, x: np.ndarray | torch.Tensor) -> None:
+    """NonFiniteError (rows numbered within x) when a log p(x) (N,) is NaN or infinite."""
+    bad = np.flatnonzero(~np.isfinite(ll))
+    if bad.size == 0:
+        return
+    rows = x[torch.as_tensor(bad)] if isinstance(x, torch.Tensor) else np.asarray(x[bad])
+    big = float(np.abs(np.asarray(rows, dtype=np.float64)).max())
+    raise NonFiniteError.build(
+        "log p(x)",
+        bad,
+        int(ll.shape[0]),
+        hint=f"those rows hold values up to {big:.3g}, beyond what the flow can score; "
+        "check the features with `dlsa inspect` and scale them as the training features were",
+    )
 
 
 def _device(device: str | torch.device | None) -> torch.device:

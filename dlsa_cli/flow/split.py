@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dlsa_cli.errors import InputError
+from dlsa_cli.errors import InputError, NonFiniteError
 from dlsa_cli.evaluation.metrics import (
     FEW_BELOW,
     MANY_ABOVE,
@@ -23,10 +22,14 @@ from dlsa_cli.evaluation.metrics import (
     tail_classes,
 )
 from dlsa_cli.flow.filter import FilterScores, FlowFilter
-from dlsa_cli.io.features import FeatureSet, feature_info
+from dlsa_cli.io.features import FeatureSet, feature_info, read_features
 from dlsa_cli.io.files import (
+    check_output_dir,
     file_sha256,
+    staging_dir,
     write_json,
+    write_safetensors,
+    write_table,
 )
 
 # ----------------------------------------------------------------------------- split
@@ -60,6 +63,7 @@ def split_report(
     the whole file, the value a random routing would get.
     """
     n = int(scores.routed.shape[0])
+    finite = np.isfinite(scores.log_likelihood)
     parts = {"routed": scores.routed, "rest": ~scores.routed, "all": np.ones(n, dtype=bool)}
     rep: dict[str, Any] = {
         "samples": n,
@@ -69,9 +73,10 @@ def split_report(
         "rest_share": float(1 - scores.routed.mean()) if n else 0.0,
         "threshold": filt.threshold,
         "depth": filt.depth,
-        "mean_log_likelihood": {
-            p: (float(scores.log_likelihood[m].mean()) if m.any() else None) for p, m in parts.items()
+        "mean_log_likelihood": {  # over the rows with a finite log p(x)
+            p: (float(scores.log_likelihood[m & finite].mean()) if (m & finite).any() else None) for p, m in parts.items()
         },
+        "nonfinite": int((~finite).sum()),  # rows whose log p(x) is NaN or infinite (never routed)
         "has_labels": labels is not None,
         "many_above": many_above,
         "few_below": few_below,
@@ -98,14 +103,19 @@ def split_features(
     batch_size: int = 4096,
     device: str | torch.device | None = None,
     latent: bool = False,
+    allow_nonfinite: bool = False,
 ) -> SplitResult:
-    """Score a FeatureSet and divide it into routed and rest FeatureSets."""
+    """Score a FeatureSet and divide it into routed and rest FeatureSets.
+
+    A NaN or infinite log p(x) stops it (NonFiniteError naming the rows) unless
+    `allow_nonfinite`: then such rows go to the rest and the report counts them.
+    """
     filt.check_dim(fs.dim, fs.path)
     if fs.labels is not None and fs.labels.size and fs.labels.max() >= filt.num_classes:
         raise InputError(
             f"label {int(fs.labels.max())} is out of range for the filter's {filt.num_classes} classes", path=fs.path
         )
-    sc = filt.score(fs.features, batch_size=batch_size, device=device, latent=latent)
+    sc = filt.score(fs.features, batch_size=batch_size, device=device, latent=latent, allow_nonfinite=allow_nonfinite)
     ids = fs.ids if fs.ids is not None else np.arange(fs.n, dtype=np.int64)
     base = FeatureSet(fs.features, fs.labels, ids, {}, fs.path)
     routed_idx = np.flatnonzero(sc.routed)
@@ -128,6 +138,21 @@ def _part_meta(filt: FlowFilter, fs: Any, part: str, filter_sha: str | None) -> 
     return meta
 
 
+def _write_part(path: Path, part: FeatureSet, extra: dict[str, np.ndarray], meta: dict[str, Any], prov: dict | None) -> None:
+    """A canonical feature file (as `write_features` writes it) with extra per-sample tensors."""
+    tensors: dict[str, np.ndarray] = {"features": np.ascontiguousarray(part.features)}
+    if part.labels is not None:
+        tensors["labels"] = np.asarray(part.labels, dtype=np.int64)
+    meta = dict(meta)
+    ids = np.asarray(part.ids)
+    if np.issubdtype(ids.dtype, np.integer):
+        tensors["ids"] = ids.astype(np.int64)
+    else:
+        meta["ids"] = [str(i) for i in ids]
+    tensors.update(extra)
+    write_safetensors(path, tensors, kind="features", meta=meta, prov=prov)
+
+
 def split(
     filt: FlowFilter | str | Path,
     inputs: Sequence[str | Path],
@@ -138,6 +163,7 @@ def split(
     latent: bool = False,
     prov: dict | None = None,
     on_file: Callable[[str, dict[str, Any]], None] | None = None,
+    allow_nonfinite: bool = False,
 ) -> dict[str, Any]:
     """Split feature files with a filter and write, for each input NAME.ext, into out_dir:
 
@@ -147,21 +173,28 @@ def split(
       with no sample is not written (its entry in the report says so);
     - split.json: the report of every input.
 
+    A row whose log p(x) is NaN or infinite stops the split (one error naming
+    the file and rows) unless `allow_nonfinite`: then it goes to the rest, the
+    table flags it in a `finite` column and the report counts it (`nonfinite`).
+
     Everything is written into a staging folder first and moved into out_dir
-    only when every input succeeded. Returns the split.json content.
+    only when every input succeeded; the parts that a previous split.json in
+    out_dir listed are removed then (and nothing else there). Nothing written
+    or removed may be one of the inputs (checked before any scoring). Returns
+    the split.json content.
     """
     if not isinstance(filt, FlowFilter):
         filt = FlowFilter.load(filt, device=device or "cpu")
+    if batch_size < 1:
+        raise InputError(f"--batch-size {batch_size}: must be at least 1")
     out = Path(out_dir)
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError("output folder's parent does not exist", path=parent, hint="create it first")
-    if out.exists() and not out.is_dir():
-        raise InputError("output path exists and is not a folder", path=out)
     names = [_stem(Path(p)) for p in inputs]
     if len(set(names)) != len(names):
         dup = next(nm for nm in names if names.count(nm) > 1)
         raise InputError(f"two inputs share the name '{dup}'; their outputs would collide", hint="rename one of them")
+    previous = previous_split_outputs(out)
+    planned = [f"{nm}{sfx}" for nm in names for sfx in (".parquet", ".routed.safetensors", ".rest.safetensors")]
+    check_output_dir(out, writes=[*planned, "split.json", *previous], inputs=[filt.path, *inputs])
     filter_sha = file_sha256(filt.path) if filt.path is not None and filt.path.is_file() else None
     report: dict[str, Any] = {
         "filter": None if filt.path is None else str(filt.path),
@@ -172,23 +205,12 @@ def split(
         "files": {},
     }
     from dlsa_cli import distributed as dist
-    from dlsa_cli.flow.split_stream import split_file
 
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.split-", suffix=".tmp", dir=parent)) if dist.is_main() else None
-    if stage is not None:
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(stage, 0o777 & ~mask)  # mkdtemp makes 0700; the folder may become `out` itself
+    stage = staging_dir(out) if dist.is_main() else None  # under torchrun rank 0 alone writes
     try:
-        for p, name in zip(inputs, names):  # streamed in batches, sharded over torchrun's ranks
-            info = feature_info(p)
-            meta_common = {"num_classes": filt.num_classes, "train_counts": filt.train_counts.tolist()}
-            file_rep = split_file(
-                filt, p, stage, name, batch_size=batch_size, device=device, latent=latent, prov=prov,
-                table_meta={**meta_common, "depth": filt.depth, "threshold": filt.threshold,
-                            "filter_sha256": filter_sha, "source": str(p)},
-                part_meta={part: _part_meta(filt, info, part, filter_sha) for part in ("routed", "rest")},
-            )
+        for p, name in zip(inputs, names):
+            file_rep = _split_one(filt, p, name, stage, filter_sha, batch_size=batch_size, device=device, latent=latent,
+                                  prov=prov, allow_nonfinite=allow_nonfinite)
             if file_rep is None:
                 continue
             report["files"][name] = file_rep
@@ -196,16 +218,100 @@ def split(
                 on_file(name, file_rep)
         if stage is not None:
             write_json(stage / "split.json", report)
-            if not out.exists():
-                os.replace(stage, out)
-            else:
-                for f in sorted(stage.iterdir()):
-                    os.replace(f, out / f.name)
+            _publish(stage, out, previous)
     finally:
         if stage is not None:
             with contextlib.suppress(FileNotFoundError):
                 shutil.rmtree(stage)
     return dist.broadcast_object(report)  # every rank returns rank 0's report, once its files are in place
+
+
+def _split_one(filt: FlowFilter, p: str | Path, name: str, stage: Path | None, filter_sha: str | None, *,
+               batch_size: int, device: Any, latent: bool, prov: dict | None, allow_nonfinite: bool) -> dict[str, Any] | None:
+    """One input: streamed in batches and sharded over torchrun's ranks; with `allow_nonfinite`, read whole by rank 0.
+
+    Returns its report entry on rank 0 (None on the other ranks).
+    """
+    from dlsa_cli import distributed as dist
+    from dlsa_cli.flow.split_stream import split_file
+
+    if allow_nonfinite:  # not streamed yet: the whole file, in rank 0 alone
+        return dist.collective(lambda: None if stage is None else _split_file(
+            filt, p, name, stage, filter_sha, batch_size=batch_size, device=device, latent=latent, prov=prov,
+            allow_nonfinite=True))
+    info = feature_info(p)
+    meta_common = {"num_classes": filt.num_classes, "train_counts": filt.train_counts.tolist()}
+    return split_file(
+        filt, p, stage, name, batch_size=batch_size, device=device, latent=latent, prov=prov,
+        table_meta={**meta_common, "depth": filt.depth, "threshold": filt.threshold, "filter_sha256": filter_sha,
+                    "source": str(p)},
+        part_meta={part: _part_meta(filt, info, part, filter_sha) for part in ("routed", "rest")},
+    )
+
+
+def previous_split_outputs(out: Path) -> list[str]:
+    """File names (inside `out`) that a split.json already there lists as its outputs.
+
+    Only plain names are taken (no folders, no `..`): the report cannot point
+    outside its folder. An unreadable split.json lists nothing.
+    """
+    import json
+
+    try:
+        old = json.loads((out / "split.json").read_text())
+        entries = [f.get("outputs", {}) for f in old.get("files", {}).values()]
+    except (OSError, ValueError, AttributeError):
+        return []
+    names = [v for o in entries if isinstance(o, dict) for v in o.values() if isinstance(v, str)]
+    return sorted({v for v in names if v and Path(v).name == v and v not in (".", "..")})
+
+
+def _publish(stage: Path, out: Path, previous: Sequence[str]) -> None:
+    """Move a finished staging folder's files into `out`, removing what the previous split listed."""
+    if not out.exists():
+        os.replace(stage, out)
+        return
+    fresh = {f.name for f in stage.iterdir()}
+    for name in previous:
+        if name not in fresh:
+            with contextlib.suppress(FileNotFoundError):
+                (out / name).unlink()
+    for f in sorted(stage.iterdir()):
+        os.replace(f, out / f.name)
+
+
+def _split_file(
+    filt: FlowFilter, p: str | Path, name: str, stage: Path, filter_sha: str | None, *,
+    batch_size: int, device: Any, latent: bool, prov: dict | None, allow_nonfinite: bool = False,
+) -> dict[str, Any]:
+    """Score one input and write its table and parts into `stage`; returns its report entry."""
+    fs = read_features(p)
+    try:
+        res = split_features(filt, fs, batch_size=batch_size, device=device, latent=latent, allow_nonfinite=allow_nonfinite)
+    except NonFiniteError as e:
+        raise NonFiniteError.build(e.what, e.rows, e.total, path=p, hint=e.hint) from None
+    sc = res.scores
+    cols: dict[str, Any] = {"id": res.ids}
+    if fs.labels is not None:
+        cols["label"] = fs.labels.astype(np.int64)
+    cols.update(cluster=sc.cluster, log_likelihood=sc.log_likelihood, routed=sc.routed,
+                depth=np.full(fs.n, filt.depth, dtype=np.int32))
+    if allow_nonfinite:
+        cols["finite"] = np.isfinite(sc.log_likelihood)
+    file_rep = {"input": str(p), **res.report, "outputs": {"table": f"{name}.parquet"}}
+    meta = {"num_classes": filt.num_classes, "train_counts": filt.train_counts.tolist(), "depth": filt.depth,
+            "threshold": filt.threshold, "filter_sha256": filter_sha, "source": str(p), "report": res.report}
+    write_table(stage / f"{name}.parquet", cols, kind="split", meta=meta, prov=prov)
+    for part, mask, sub in (("routed", sc.routed, res.routed), ("rest", ~sc.routed, res.rest)):
+        if sub.n == 0:
+            file_rep["outputs"][part] = None
+            continue
+        extra = {"cluster": sc.cluster[mask], "log_likelihood": sc.log_likelihood[mask]}
+        if sc.latent is not None:
+            extra["latent"] = sc.latent[mask]
+        _write_part(stage / f"{name}.{part}.safetensors", sub, extra, _part_meta(filt, fs, part, filter_sha), prov)
+        file_rep["outputs"][part] = f"{name}.{part}.safetensors"
+    return file_rep
 
 
 def _stem(p: Path) -> str:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from dlsa_cli import distributed as dist
-from dlsa_cli.errors import InputError
+from dlsa_cli.errors import InputError, NonFiniteError
 from dlsa_cli.evaluation.metrics import FEW_BELOW, MANY_ABOVE, TAIL_AT_MOST, shot_groups, tail_classes
 from dlsa_cli.flow.filter import FlowFilter
 from dlsa_cli.io.features import feature_info
@@ -67,6 +67,7 @@ class ReportCounter:
             "routed_share": self.n["routed"] / n if n else 0.0, "rest_share": 1 - self.n["routed"] / n if n else 0.0,
             "threshold": self.filt.threshold, "depth": self.filt.depth,
             "mean_log_likelihood": {p: (self.ll_sum[p] / self.n[p] if self.n[p] else None) for p in _PARTS},
+            "nonfinite": 0,  # a NaN or infinite log p(x) stops a streamed split (allow_nonfinite reads the file whole)
             "has_labels": self.has_labels, "many_above": MANY_ABOVE, "few_below": FEW_BELOW, "tail_at_most": TAIL_AT_MOST,
         }
         if not self.has_labels:
@@ -78,11 +79,14 @@ class ReportCounter:
         return rep
 
 
-def _score_batch(filt: FlowFilter, b: RowBatch, path: Path, *, device: torch.device, latent: bool) -> dict[str, np.ndarray]:
-    """The split table's columns (and latent) for one batch of rows."""
+def _score_batch(filt: FlowFilter, b: RowBatch, path: Path, n: int, *, device: torch.device, latent: bool) -> dict[str, np.ndarray]:
+    """The split table's columns (and latent) for one batch of rows (of a file of n)."""
     if b.labels is not None and b.labels.size and b.labels.max() >= filt.num_classes:
         raise InputError(f"label {int(b.labels.max())} is out of range for the filter's {filt.num_classes} classes", path=path)
-    sc = filt.score(b.features, batch_size=len(b.features) or 1, device=device, latent=latent)
+    try:
+        sc = filt.score(b.features, batch_size=len(b.features) or 1, device=device, latent=latent)
+    except NonFiniteError as e:  # rows of the file, not of the batch (those of the first such batch)
+        raise NonFiniteError.build(e.what, [b.start + int(r) for r in e.rows], n, path=path, hint=e.hint) from None
     cols: dict[str, np.ndarray] = {"id": b.ids if b.ids is not None else np.arange(b.start, b.stop, dtype=np.int64)}
     if b.labels is not None:
         cols["label"] = b.labels.astype(np.int64)
@@ -169,7 +173,7 @@ def split_file(
         with table_ctx as table:
             batches = iter_rows(p, batch_size, lo, hi)
             for _ in range(rounds):
-                item = dist.collective(lambda: _next_scored(filt, batches, p, device, latent))
+                item = dist.collective(lambda: _next_scored(filt, batches, p, info.n, device, latent))
                 _receive(dist.gather_object(item), table, store, counter)
             if table is not None:
                 table.meta["report"] = counter.report()
@@ -199,12 +203,12 @@ def _receive(gathered: list | None, table: Any, store: _Columns | None, counter:
         counter.add(cols["routed"], cols["log_likelihood"], cols.get("label"))
 
 
-def _next_scored(filt: FlowFilter, batches: Any, p: Path, device: torch.device | None, latent: bool) -> tuple | None:
+def _next_scored(filt: FlowFilter, batches: Any, p: Path, n: int, device: torch.device | None, latent: bool) -> tuple | None:
     """(start, columns) of this rank's next batch, or None when its rows are done."""
     b = next(batches, None)
     if b is None:
         return None
-    return b.start, _score_batch(filt, b, p, device=device, latent=latent)
+    return b.start, _score_batch(filt, b, p, n, device=device, latent=latent)
 
 
 def _write_parts(p: Path, info: Any, stage: Path, name: str, store: _Columns, report: dict[str, Any],

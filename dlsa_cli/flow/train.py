@@ -1,40 +1,80 @@
-"""Training a flow filter: the epoch loop, the epoch choice, the threshold and the cluster prior."""
+"""Training a flow filter: the epoch loop, the epoch choice, the threshold and the cluster prior.
+
+`fit_filter` runs in steps: check the data (`_prepare`), build the model and
+its training state (`_start`), optionally restore that state from a resume
+checkpoint, run the epochs (`_train_epoch`, `_evaluate_epoch`, `_keep_best`),
+and turn the kept epoch into a filter (`_finish`). After every epoch the whole
+training state is written to the checkpoint (`flow/checkpoint.py`), so an
+interrupted run continues with `resume=True` and gives the same tensors as an
+uninterrupted one (same device, thread count, CPU instruction set and torch
+build: see the README's "Guarantees").
+"""
 
 from __future__ import annotations
 
 import math
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from dlsa_cli.errors import InputError, TrainingError
-from dlsa_cli.evaluation.metrics import (
-    tail_classes,
-)
+from dlsa_cli.errors import InputError, NonFiniteError, TrainingError
+from dlsa_cli.evaluation.metrics import tail_classes
 from dlsa_cli.flow.clusters import cluster_stats, cluster_table
-from dlsa_cli.flow.config import FilterConfig, _check_config
+from dlsa_cli.flow.config import FilterConfig, _check_config, flag_of
 from dlsa_cli import ddp
 from dlsa_cli.flow.filter import FilterScores, FlowFilter, _device
-from dlsa_cli.flow.losses import (
-    BalanceLoss,
-    PairSampler,
-    class_weights,
-    mle_loss,
-    purity_loss,
-)
+from dlsa_cli.flow.losses import BalanceLoss, PairSampler, class_weights, mle_loss, purity_loss
 from dlsa_cli.flow.model import MixtureFlow
 from dlsa_cli.io.features import FeatureSet
 from dlsa_cli.io.features import num_classes as _num_classes
 from dlsa_cli.io.features import train_counts as _train_counts
 
-# ----------------------------------------------------------------------------- training
+__all__ = ["fit_filter", "TrainState", "StepCallback", "EpochCallback"]
 
 StepCallback = Callable[[int, int, int, dict[str, float]], None]  # (epoch, step, steps, losses)
 EpochCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class _Data:
+    """One depth's training samples, on the training device."""
+
+    fs: FeatureSet
+    x: torch.Tensor  # (N, D) float32
+    y: torch.Tensor  # (N,) int64
+    y_np: np.ndarray  # (N,)
+    counts: np.ndarray  # (C,)
+    num_classes: int
+    depth: int
+    is_tail: torch.Tensor  # (N,) bool
+
+    @property
+    def n(self) -> int:
+        return int(self.x.shape[0])
+
+
+@dataclass
+class TrainState:
+    """Everything the next epoch depends on (what a resume checkpoint holds)."""
+
+    flow: MixtureFlow
+    opt: torch.optim.SGD
+    g_init: torch.Generator
+    g_pairs: torch.Generator
+    sampler: PairSampler
+    balance: BalanceLoss
+    epoch: int = 0  # last finished epoch
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_key: tuple[bool, int] | None = None
+    best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] | None = None  # None: the flow itself is the kept epoch
+    resumed_from: int | None = None
+    model: Any = None  # the flow as trained: under torchrun its DistributedDataParallel wrapper
 
 
 def _assign(flow: MixtureFlow, x: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,6 +101,9 @@ def fit_filter(
     on_step: StepCallback | None = None,
     on_epoch: EpochCallback | None = None,
     on_warning: Callable[[str], None] | None = None,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    checkpoint_every: int = 1,
     **options: Any,
 ) -> FlowFilter:
     """Train a flow filter on one depth's training samples.
@@ -77,12 +120,52 @@ def fit_filter(
             (None): allowed, with a warning, at depth > 1 (routing leaves such
             classes behind); an error at depth 1.
         on_step / on_epoch / on_warning: progress callbacks (nothing prints).
+        checkpoint: a file to write the training state to after every epoch
+            (the caller removes it once the filter is saved).
+        resume: continue from `checkpoint` when it exists (it must come from
+            the same data and settings); the filter's `resumed_from` is then
+            the epoch it continued after.
+        checkpoint_every: write the checkpoint after every this many epochs
+            (never after the last one: the filter itself follows).
     """
     if not isinstance(train, FeatureSet):
         train = FeatureSet(np.asarray(train), None if labels is None else np.asarray(labels, dtype=np.int64))
     cfg = replace(config or FilterConfig(), **options)
     _check_config(cfg)
     warn = on_warning or (lambda _msg: None)
+    dev = _device(device)
+    data = _prepare(train, cfg, depth, allow_singletons, warn, dev)
+    st = _start(data, cfg, dev)
+    fingerprint = None
+    if checkpoint is not None:
+        from dlsa_cli.flow.checkpoint import data_fingerprint, load_checkpoint
+
+        fingerprint = data_fingerprint(train, cfg)
+        if resume and Path(checkpoint).exists():
+            for note in load_checkpoint(checkpoint, st, fingerprint, dev):
+                warn(note)
+    if st.epoch == 0:
+        _check_start(st.flow, data, cfg)
+    for epoch in range(st.epoch + 1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        sums = _train_epoch(st, data, cfg, epoch, on_step)
+        record = _evaluate_epoch(st, data, cfg, epoch, sums, t0)
+        _keep_best(st, record, cfg, epoch)
+        st.epoch = epoch
+        if checkpoint is not None and epoch < cfg.epochs and epoch % max(checkpoint_every, 1) == 0:
+            from dlsa_cli.flow.checkpoint import save_checkpoint
+
+            save_checkpoint(checkpoint, st, fingerprint)
+        if on_epoch is not None:
+            on_epoch(record)
+    return _finish(st, data, cfg, dev, warn)
+
+
+def _prepare(
+    train: FeatureSet, cfg: FilterConfig, depth: int | None, allow_singletons: bool | None,
+    warn: Callable[[str], None], dev: torch.device,
+) -> _Data:
+    """Check one depth's training samples and move them to the device."""
     path = train.path
     y_np = train.require_labels()
     c = _num_classes(train)
@@ -91,7 +174,6 @@ def fit_filter(
     counts = np.bincount(y_np, minlength=c)
     if depth is None:
         depth = int(train.meta.get("depth", 0)) + 1 if train.meta.get("part") == "rest" else 1
-    n, d = train.n, train.dim
     if (counts > 0).sum() < 2:
         raise InputError("has samples of fewer than 2 classes; the purity pairs need 2", path=path)
     single = np.flatnonzero(counts == 1)
@@ -104,146 +186,163 @@ def fit_filter(
                 hint="drop those samples, or pass --allow-singletons to train with them",
             )
         warn(f"{single.size} class(es) have a single training sample; they get the largest likelihood weights")
+    n = train.n
     if n < cfg.batch_size:
         raise InputError(
             f"has {n} training samples, fewer than the batch size {cfg.batch_size}",
             path=path,
-            hint=f"pass a smaller --batch-size, e.g. {max(2, 2 ** int(math.log2(max(n // 2, 2))))}",
+            hint=f"pass a smaller {flag_of('batch_size')}, e.g. {max(2, 2 ** int(math.log2(max(n // 2, 2))))}",
         )
-    dev = _device(device)
-    k = cfg.clusters
+    x = torch.as_tensor(train.features).to(dev, torch.float32)  # (N, D)
+    y = torch.as_tensor(y_np).to(dev)  # (N,)
+    is_tail = torch.as_tensor(tail_classes(_train_counts(train))).to(dev)[y]  # (N,) bool
+    return _Data(train, x, y, y_np, counts, c, depth, is_tail)
 
+
+def _start(data: _Data, cfg: FilterConfig, dev: torch.device) -> TrainState:
+    """A fresh model and training state, every random draw from seeded generators."""
     g_init = torch.Generator().manual_seed(cfg.seed)
     flow = MixtureFlow(
-        d, k, hidden=cfg.hidden, blocks=cfg.blocks, made_blocks=cfg.made_blocks, center_std=cfg.center_std, generator=g_init
+        int(data.x.shape[1]), cfg.clusters, hidden=cfg.hidden, blocks=cfg.blocks, made_blocks=cfg.made_blocks,
+        center_std=cfg.center_std, generator=g_init,
     ).to(dev)
     model = ddp.wrap(ddp.sync_flow_batchnorm(flow), dev)  # under torchrun: DDP, batch norm over the global batch
     g_pairs = torch.Generator(device=dev).manual_seed(cfg.seed + 1)  # every rank draws the same global batch
-    x = torch.as_tensor(train.features).to(dev, torch.float32)  # (N, D)
-    y = torch.as_tensor(y_np).to(dev)  # (N,)
-    sampler = PairSampler(y, g_pairs)
-    w = class_weights(counts, cfg.q).to(dev)  # (C,)
-    b = cfg.batch_size
-    balance = BalanceLoss(k, cfg.ema, cfg.lambda_bal, batch_mean=lambda v: ddp.global_mean(v, b))
-    mean = lambda v: ddp.ddp_mean(v, b)  # noqa: E731  the global batch's mean (plain mean alone)
     opt = torch.optim.SGD(flow.parameters(), lr=cfg.lr, momentum=0.0)
-    steps = n // cfg.batch_size
-    report_every = max(1, steps // 20)
-    log_k = math.log(k)
-    use_neg = cfg.lambda_pure > 0
-    n_route = min(max(int(round(cfg.share * n)), 1), n)
-    is_tail = torch.as_tensor(tail_classes(_train_counts(train))).to(dev)[y]  # (N,) bool
-
-    history: list[dict[str, Any]] = []
-    best_key: tuple[bool, int] | None = None
-    best_state: dict[str, torch.Tensor] | None = None
-    best_epoch = 0
     flow.train()
-    for epoch in range(1, cfg.epochs + 1):
-        t0 = time.perf_counter()
-        sums = torch.zeros(4, device=dev, dtype=torch.float64)  # loss, mle, bal, pure
-        for step in range(1, steps + 1):
-            pos, neg = sampler.draw(b)
-            share = ddp.batch_share(b)  # this rank's positions of the global batch (all of it alone)
-            pos, neg = pos[share], neg[share]
-            bl = pos.shape[0]
-            xb = x[torch.cat([pos, neg])] if use_neg else x[pos]  # (2b or b, D)
-            z, logdet = model(xb)
-            comp = flow.component_log_density(z)  # (2b, K)
-            l_pos = comp[:bl]
-            zero = comp.new_zeros(())
-            l_mle = (
-                mle_loss(torch.logsumexp(l_pos, 1) - log_k + logdet[:bl], w[y[pos]], cfg.lambda_lh, mean)
-                if cfg.lambda_lh > 0
-                else zero
-            )
-            l_bal = balance(l_pos) if cfg.lambda_bal > 0 else zero
-            l_pure = purity_loss(l_pos, comp[bl:], cfg.lambda_pure, mean) if use_neg else zero
-            loss = l_mle + l_bal + l_pure
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sums += torch.stack([loss.detach(), l_mle.detach(), l_bal.detach(), l_pure.detach()]).double()
-            if step % report_every == 0 or step == steps:
-                means = (ddp.mean_over_ranks(sums) / step).tolist()
-                if not all(math.isfinite(v) for v in means):
-                    raise _diverged(epoch, cfg.lr)
-                if on_step is not None:
-                    on_step(epoch, step, steps, dict(zip(("loss", "mle", "bal", "pure"), means)))
-        logp, cluster = ddp.sharded_rows(lambda a, e: _assign(flow, x[a:e], cfg.eval_batch_size), n)
-        if not bool(torch.isfinite(logp).all()):
-            raise _diverged(epoch, cfg.lr)
-        st = cluster_stats(cluster_table(cluster, y, k, c), cfg.purity_threshold, cfg.min_cluster_size)
-        eligible = st["largest_share"] < cfg.max_cluster_share
-        means = (ddp.mean_over_ranks(sums) / steps).tolist()
-        record = {
-            "epoch": epoch,
-            "loss": means[0],
-            "mle": means[1],
-            "bal": means[2],
-            "pure": means[3],
-            "good_clusters": st["good_clusters"],
-            "largest_cluster": st["size_max"],
-            "largest_share": st["largest_share"],
-            "empty_clusters": st["empty"],
-            "mean_log_likelihood": float(logp.double().mean()),
-            "routed_tail_share": float(is_tail[torch.topk(logp, n_route).indices].double().mean()),
-            "eligible": bool(eligible),
-            "seconds": time.perf_counter() - t0,
-        }
-        history.append(record)
-        key = (True, epoch) if cfg.select == "last" else (bool(eligible), st["good_clusters"])
-        if best_key is None or key >= best_key:  # ties: the later (longer trained) epoch
-            best_key, best_epoch = key, epoch
-            if epoch < cfg.epochs:  # the last epoch's state is the flow itself
-                best_state = {kk: v.detach().clone() for kk, v in flow.state_dict().items()}
-            else:
-                best_state = None
-        if on_epoch is not None:
-            on_epoch(record)
-    assert best_key is not None
-    if cfg.select != "last" and not best_key[0]:
+    balance = BalanceLoss(cfg.clusters, cfg.ema, cfg.lambda_bal, batch_mean=lambda v: ddp.global_mean(v, cfg.batch_size))
+    return TrainState(flow, opt, g_init, g_pairs, PairSampler(data.y, g_pairs), balance, model=model)
+
+
+def _check_start(flow: MixtureFlow, data: _Data, cfg: FilterConfig) -> None:
+    """Refuse features the untrained flow cannot score (e.g. values of 1e19 overflow |z|^2)."""
+    logp, _ = _assign(flow, data.x, cfg.eval_batch_size)
+    bad = torch.nonzero(~torch.isfinite(logp)).flatten().cpu().numpy()
+    if bad.size:
+        big = float(data.x[torch.as_tensor(bad, device=data.x.device)].abs().max())
+        raise NonFiniteError.build(
+            "log p(x) before any training", bad, data.n, path=data.fs.path,
+            hint=f"those rows hold values up to {big:.3g}, too large for the flow; scale the features "
+            "(e.g. as the backbone wrote them) and check them with `dlsa inspect`",
+        )
+
+
+def _train_epoch(st: TrainState, data: _Data, cfg: FilterConfig, epoch: int, on_step: StepCallback | None) -> torch.Tensor:
+    """One epoch of SGD steps on class-uniform pairs; returns the summed (loss, mle, bal, pure) (4,)."""
+    b, k = cfg.batch_size, cfg.clusters
+    steps = data.n // b
+    report_every = max(1, steps // 20)
+    w = class_weights(data.counts, cfg.q).to(data.x.device)  # (C,)
+    use_neg = cfg.lambda_pure > 0
+    sums = torch.zeros(4, device=data.x.device, dtype=torch.float64)  # loss, mle, bal, pure
+    mean = lambda v: ddp.ddp_mean(v, b)  # noqa: E731  the global batch's mean (the plain mean alone)
+    for step in range(1, steps + 1):
+        pos, neg = st.sampler.draw(b)
+        share = ddp.batch_share(b)  # this rank's positions of the global batch (all of it alone)
+        pos, neg = pos[share], neg[share]
+        bl = pos.shape[0]
+        xb = data.x[torch.cat([pos, neg])] if use_neg else data.x[pos]  # (2b or b, D)
+        z, logdet = (st.model or st.flow)(xb)
+        comp = st.flow.component_log_density(z)  # (2b, K)
+        l_pos = comp[:bl]
+        zero = comp.new_zeros(())
+        log_p = torch.logsumexp(l_pos, 1) - math.log(k) + logdet[:bl]  # (b,)
+        l_mle = mle_loss(log_p, w[data.y[pos]], cfg.lambda_lh, mean) if cfg.lambda_lh > 0 else zero
+        l_bal = st.balance(l_pos) if cfg.lambda_bal > 0 else zero
+        l_pure = purity_loss(l_pos, comp[bl:], cfg.lambda_pure, mean) if use_neg else zero
+        loss = l_mle + l_bal + l_pure
+        st.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        st.opt.step()
+        sums += torch.stack([loss.detach(), l_mle.detach(), l_bal.detach(), l_pure.detach()]).double()
+        if step % report_every == 0 or step == steps:
+            means = (ddp.mean_over_ranks(sums) / step).tolist()
+            if not all(math.isfinite(v) for v in means):
+                raise _diverged(epoch, cfg.lr)
+            if on_step is not None:
+                on_step(epoch, step, steps, dict(zip(("loss", "mle", "bal", "pure"), means)))
+    return sums
+
+
+def _evaluate_epoch(st: TrainState, data: _Data, cfg: FilterConfig, epoch: int, sums: torch.Tensor, t0: float) -> dict[str, Any]:
+    """Assign every training sample its cluster; the epoch's history record."""
+    logp, cluster = ddp.sharded_rows(lambda a, e: _assign(st.flow, data.x[a:e], cfg.eval_batch_size), data.n)
+    if not bool(torch.isfinite(logp).all()):
+        raise _diverged(epoch, cfg.lr)
+    stats = cluster_stats(cluster_table(cluster, data.y, cfg.clusters, data.num_classes), cfg.purity_threshold, cfg.min_cluster_size)
+    means = (ddp.mean_over_ranks(sums) / (data.n // cfg.batch_size)).tolist()
+    n_route = _n_route(cfg, data.n)
+    return {
+        "epoch": epoch,
+        "loss": means[0],
+        "mle": means[1],
+        "bal": means[2],
+        "pure": means[3],
+        "good_clusters": stats["good_clusters"],
+        "largest_cluster": stats["size_max"],
+        "largest_share": stats["largest_share"],
+        "empty_clusters": stats["empty"],
+        "mean_log_likelihood": float(logp.double().mean()),
+        "routed_tail_share": float(data.is_tail[torch.topk(logp, n_route).indices].double().mean()),
+        "eligible": bool(stats["largest_share"] < cfg.max_cluster_share),
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def _keep_best(st: TrainState, record: dict[str, Any], cfg: FilterConfig, epoch: int) -> None:
+    """Keep this epoch's weights when it beats the best so far (ties: the later epoch)."""
+    st.history.append(record)
+    key = (True, epoch) if cfg.select == "last" else (record["eligible"], record["good_clusters"])
+    if st.best_key is None or key >= st.best_key:
+        st.best_key, st.best_epoch = key, epoch
+        if epoch < cfg.epochs:  # the last epoch's state is the flow itself
+            st.best_state = {kk: v.detach().clone() for kk, v in st.flow.state_dict().items()}
+        else:
+            st.best_state = None
+
+
+def _n_route(cfg: FilterConfig, n: int) -> int:
+    return min(max(int(round(cfg.share * n)), 1), n)
+
+
+def _finish(st: TrainState, data: _Data, cfg: FilterConfig, dev: torch.device, warn: Callable[[str], None]) -> FlowFilter:
+    """The kept epoch as a filter: its threshold, cluster prior and statistics."""
+    assert st.best_key is not None
+    if cfg.select != "last" and not st.best_key[0]:
         warn(
             f"no epoch kept its largest cluster under {cfg.max_cluster_share:g} of the samples; "
-            f"kept epoch {best_epoch} (most good clusters); consider a larger --max-cluster-share or more --clusters"
+            f"kept epoch {st.best_epoch} (most good clusters); consider a larger {flag_of('max_cluster_share')} "
+            f"or more {flag_of('clusters')}"
         )
-    if best_state is not None:
-        flow.load_state_dict(best_state)
-    del best_state
-    ddp.unsync_flow_batchnorm(flow)
-    flow.eval()
-
+    if st.best_state is not None:
+        st.flow.load_state_dict(st.best_state)
+    ddp.unsync_flow_batchnorm(st.flow)
+    st.flow.eval()
+    k, c, n = cfg.clusters, data.num_classes, data.n
     filt = FlowFilter(
-        flow,
-        num_classes=c,
-        threshold=0.0,
-        share=cfg.share,
-        depth=depth,
-        cluster_counts=torch.zeros(k, c, dtype=torch.long),
-        train_counts=_train_counts(train),
-        config=cfg,
-        history=history,
-        chosen_epoch=best_epoch,
-        path=None,
+        st.flow, num_classes=c, threshold=0.0, share=cfg.share, depth=data.depth,
+        cluster_counts=torch.zeros(k, c, dtype=torch.long), train_counts=_train_counts(data.fs),
+        config=cfg, history=st.history, chosen_epoch=st.best_epoch, path=None,
     )
-    sc = _scores(filt, x, cfg.eval_batch_size)
-    filt.threshold = float(np.sort(sc.log_likelihood)[::-1][n_route - 1])
-    table = cluster_table(torch.from_numpy(sc.cluster), torch.from_numpy(y_np), k, c)
+    sc = _scores(filt, data.x, cfg.eval_batch_size)
+    filt.threshold = float(np.sort(sc.log_likelihood)[::-1][_n_route(cfg, n) - 1])
+    table = cluster_table(torch.from_numpy(sc.cluster), torch.from_numpy(data.y_np), k, c)
     filt.cluster_counts = table.long()
     filt.cluster_prior = (table.float() / table.sum(1, keepdim=True).clamp(min=1).float()).contiguous()
     routed = sc.log_likelihood >= filt.threshold
     tail = tail_classes(filt.train_counts)
     filt.stats = {
         **cluster_stats(table, cfg.purity_threshold, cfg.min_cluster_size),
-        "chosen_epoch": best_epoch,
-        "chosen_epoch_eligible": bool(best_key[0]),
+        "chosen_epoch": st.best_epoch,
+        "chosen_epoch_eligible": bool(st.best_key[0]),
         "train_samples": n,
         "routed": int(routed.sum()),
-        "routed_tail_share": float(tail[y_np[routed]].mean()) if routed.any() else None,
-        "tail_share": float(tail[y_np].mean()),
-        "seconds_per_epoch": float(np.mean([h["seconds"] for h in history])),
+        "routed_tail_share": float(tail[data.y_np[routed]].mean()) if routed.any() else None,
+        "tail_share": float(tail[data.y_np].mean()),
+        "seconds_per_epoch": float(np.mean([h["seconds"] for h in st.history])),
         "device": str(dev),
     }
+    filt.resumed_from = st.resumed_from
     return filt
 
 
@@ -261,7 +360,5 @@ def _scores(filt: FlowFilter, x: torch.Tensor, batch_size: int) -> FilterScores:
 def _diverged(epoch: int, lr: float) -> TrainingError:
     return TrainingError(
         f"training diverged: the loss became NaN or infinite in epoch {epoch}",
-        hint=f"try a lower --lr than {lr:g}, e.g. {lr / 4:g}",
+        hint=f"try a lower {flag_of('lr')} than {lr:g}, e.g. {lr / 4:g}",
     )
-
-

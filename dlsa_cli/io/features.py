@@ -302,17 +302,23 @@ def _read_npy(p: Path) -> FeatureSet:
     return FeatureSet(np.asarray(x))
 
 
+def unsafe_torch_file(p: Path, e: Exception) -> InputError:
+    """The one line for a .pt/.pth that torch.load(weights_only=True) refuses (pickled objects, or not a torch file)."""
+    first = str(e).splitlines()[0] if str(e) else ""
+    if "Weights only load failed" in first or "Unsupported global" in str(e):
+        what = "holds pickled Python objects beyond tensors, which are never loaded here (they could run code)"
+    else:
+        what = f"is not a readable torch file ({type(e).__name__})"
+    return InputError(what, path=p, hint="save a tensor, or a dict of tensors (ids as a list of strings)")
+
+
 def _read_pt(p: Path) -> FeatureSet:
     import torch
 
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as e:
-        raise InputError(
-            f"cannot load safely with weights_only=True ({str(e).splitlines()[0][:200]})",
-            path=p,
-            hint="save a tensor or a dict of tensors",
-        ) from None
+        raise unsafe_torch_file(p, e) from None
 
     def arr(v: Any) -> np.ndarray:
         if isinstance(v, torch.Tensor):
@@ -407,7 +413,14 @@ def _ids_kind(dtype: Any) -> str:
     return "int" if np.issubdtype(np.dtype(dtype), np.integer) else "str"
 
 
-def _check_matrix_shape(shape: Any, p: Path) -> tuple[int, int]:
+def _check_matrix_shape(shape: Any, p: Path, dtype: Any = None) -> tuple[int, int]:
+    if dtype is not None and np.dtype(dtype).kind not in "fiub":
+        raise InputError(
+            f"the features array holds {np.dtype(dtype).name} values (Python objects or text), not numbers; "
+            "such arrays are never read (they need pickle)",
+            path=p,
+            hint="store a plain numeric (N, D) array, e.g. X.astype('float32')",
+        )
     shape = tuple(int(s) for s in shape)
     if len(shape) != 2:
         raise InputError(f"features must be a 2-D (N, D) matrix, got shape {shape}", path=p)
@@ -465,14 +478,14 @@ def feature_info(path: str | Path) -> FeatureInfo:
             x = np.load(p, allow_pickle=False, mmap_mode="r")
         except Exception as e:
             raise InputError(f"not a readable .npy matrix ({e})", path=p) from None
-        n, d = _check_matrix_shape(x.shape, p)
+        n, d = _check_matrix_shape(x.shape, p, x.dtype)
         return FeatureInfo(p, fmt, n, d, x.dtype.name, False, None, None)
     if fmt == "npz":
         heads = _npz_headers(p)
         fkey = _pick(heads, _FEATURE_KEYS)
         if fkey is None:
             raise InputError(f"no features array (it has {', '.join(heads)})", path=p, hint="name it 'features'")
-        n, d = _check_matrix_shape(heads[fkey][0], p)
+        n, d = _check_matrix_shape(heads[fkey][0], p, heads[fkey][1])
         ikey = _pick(heads, _ID_KEYS)
         ids = None if ikey is None else _ids_kind(heads[ikey][1])
         return FeatureInfo(p, fmt, n, d, heads[fkey][1].name, _pick(heads, _LABEL_KEYS) is not None, ids, None)
@@ -713,6 +726,13 @@ def _parquet_matrix(batch: Any, fcols: list[str], p: Path, *, list_column: bool)
             raise InputError(f"column '{fcols[0]}' must be a list of numbers per row", path=p)
         if len(col) == 0:
             return np.zeros((0, 0), dtype=np.float32)
+        if col.null_count:
+            first = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+            raise InputError(
+                f"column '{fcols[0]}' has {col.null_count} empty (null) row(s), first at row {first} of this batch",
+                path=p,
+                hint="drop those rows or fill them with the sample's features",
+            )
         lengths = np.unique(col.value_lengths().to_numpy(zero_copy_only=False))
         if len(lengths) != 1:
             raise InputError(f"rows of column '{fcols[0]}' have different lengths {lengths[:5].tolist()}", path=p)
@@ -732,7 +752,8 @@ def num_classes(fs: FeatureSet | LabelSet) -> int:
     for key in ("class_names", "train_counts"):
         if key in fs.meta:
             return len(fs.meta[key])
-    return int(fs.require_labels().max()) + 1
+    y = fs.require_labels()
+    return int(y.max()) + 1 if y.size else 0  # a file without rows knows no class
 
 
 def train_counts(fs: FeatureSet | LabelSet) -> np.ndarray:

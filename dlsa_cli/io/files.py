@@ -8,7 +8,14 @@
   (command, options, input file hashes, package version, seed, time).
 - Every write goes to a temporary name in the target folder and is renamed
   into place when complete, so a failed or interrupted command never leaves a
-  half file that looks whole.
+  half file that looks whole. The temporary name carries the writer's pid;
+  the next write beside it removes those of dead writers (`sweep_stale`).
+- Before any work, a command checks its outputs with `check_output_file` /
+  `check_output_dir`: the name fits what is written, the folder is writable,
+  and nothing it writes or removes is one of its inputs (`protect_inputs`).
+  An OS error while writing (disk full, file too large, permission) becomes an
+  `OutputError` naming the path.
+- JSON, in files and in metadata, is strict: NaN or infinity is refused.
 """
 
 from __future__ import annotations
@@ -19,7 +26,9 @@ import hashlib
 import json
 import os
 import platform
+import re
 import sys
+import time
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -30,7 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dlsa_cli import __version__
-from dlsa_cli.errors import InputError
+from dlsa_cli.errors import DlsaError, InputError, OutputError
 
 __all__ = [
     "atomic_path",
@@ -46,6 +55,12 @@ __all__ = [
     "read_table_metadata",
     "file_kind",
     "require_file",
+    "check_output_file",
+    "check_output_dir",
+    "protect_inputs",
+    "sweep_stale",
+    "strict_json",
+    "staging_dir",
 ]
 
 KIND_KEY = "dlsa_kind"
@@ -69,23 +84,37 @@ def require_file(path: str | Path, what: str = "input file") -> Path:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` on success.
 
-    On any exception the temporary file is removed and `path` is untouched.
+    On any exception the temporary file is removed and `path` is untouched; an
+    OSError (disk full, file too large, no permission) becomes an OutputError.
     """
     target = Path(path)
     parent = target.parent if str(target.parent) else Path(".")
     if not parent.exists():
         raise InputError("output folder does not exist", path=parent, hint="create it first")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent)
+    if target.is_dir():
+        raise OutputError("is a folder; the output must be a file name", path=target, hint="pick a file name")
+    sweep_stale(parent, target.name)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=_stage_prefix(target.name), suffix=".tmp", dir=parent)
+    except OSError as e:
+        raise _write_error(e, target) from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp (and some writers) make 0600; use the usual mode
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(e, OSError):
+            raise _write_error(e, target) from None
         raise
+
+
+def _write_error(e: OSError, target: Path) -> OutputError:
+    why = e.strerror or str(e)
+    return OutputError(f"cannot write ({why})", path=target, hint="free space, raise the file-size limit or pick another -o")
 
 
 @contextlib.contextmanager
@@ -104,20 +133,234 @@ def atomic_dir(path: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
         raise InputError("output path exists and is not a folder", path=target)
     if target.exists() and not overwrite:
         raise InputError("output folder exists", path=target, hint="remove it or pick another name")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
-    os.chmod(tmp, 0o777 & ~_umask())
+    tmp = staging_dir(target)
     try:
         yield tmp
         if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=parent))
+            old = Path(tempfile.mkdtemp(prefix=_stage_prefix(target.name), suffix=".old", dir=parent))
             os.replace(target, old / "prev")
             os.replace(tmp, target)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise _write_error(e, target) from None
         raise
+
+
+def staging_dir(target: Path) -> Path:
+    """A fresh staging folder beside `target` (usual permissions), named with this process's pid."""
+    parent = target.parent if str(target.parent) else Path(".")
+    sweep_stale(parent, target.name)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=_stage_prefix(target.name), suffix=".tmp", dir=parent))
+    except OSError as e:
+        raise _write_error(e, target) from None
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the folder may become `target` itself
+    return tmp
+
+
+# ----------------------------------------------------------------------------- stale staging
+
+STALE_AFTER_S = 24 * 3600  # a staging entry this old is removed even when its pid is alive (pid reuse)
+
+
+def _stage_prefix(name: str) -> str:
+    return f".{name}.{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def sweep_stale(parent: Path, name: str, *, now: float | None = None) -> list[Path]:
+    """Remove staging files/folders `.NAME.*.tmp` / `.old` beside `name` left by killed runs.
+
+    An entry is stale when the pid in its name is not a running process (this
+    machine), or when it is older than STALE_AFTER_S; entries of this process
+    and of running writers are kept. Returns what was removed.
+    """
+    import shutil
+
+    now = time.time() if now is None else now
+    pat = re.compile(re.escape(f".{name}.") + r"(?:(\d+)-|split-)?[a-z0-9_]{8}\.(?:tmp|old)")
+    removed = []
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        m = pat.fullmatch(entry.name)
+        if m is None:
+            continue
+        pid = int(m.group(1)) if m.group(1) else None
+        try:
+            age = now - entry.lstat().st_mtime
+        except OSError:
+            continue
+        dead = pid is not None and pid != os.getpid() and not _pid_alive(pid)
+        if dead or age > STALE_AFTER_S or (pid is None and age > 3600):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+            removed.append(entry)
+    return removed
+
+
+# ----------------------------------------------------------------------------- output checks
+
+
+def _clash(write: Path, inp: Path) -> str | None:
+    """How writing (or removing) `write` would harm the input `inp`, or None.
+
+    An input folder (a cascade, an image folder) stands for every file inside
+    it, so writing over any existing file there is a clash; a written folder
+    (replaced as a whole) clashes with any input inside it.
+    """
+    w, i = write.resolve(), inp.resolve()
+    if w == i or (w.exists() and i.exists() and not w.is_dir() and os.path.samefile(w, i)):
+        return "is"
+    if i.is_dir() and i in w.parents and w.exists():
+        return "is a file inside"
+    if w in i.parents:
+        return "holds"
+    return None
+
+
+def _expand_input(p: Path) -> list[Path]:
+    """A cascade (its folder or cascade.json) stands for its manifest and every file it lists;
+    any other path stands for itself (a folder then protects every file inside it)."""
+    manifest = p / "cascade.json" if p.is_dir() else p
+    if manifest.name != "cascade.json" or not manifest.is_file():
+        return [p]
+    try:
+        raw = json.loads(manifest.read_text())
+        listed = [d[k] for d in raw.get("depths", []) for k in ("filter", "classifier")] + [raw["final"]]
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return [p]
+    return [manifest, *(manifest.parent / q for q in listed if isinstance(q, str) and q)]
+
+
+def protect_inputs(writes: Sequence[str | Path], inputs: Sequence[str | Path | None], *, flag: str = "-o") -> None:
+    """Raise OutputError when a path to be written or removed is an input, lies in an input
+    folder, or is a folder holding an input."""
+    for q in [e for q in inputs if q is not None for e in _expand_input(Path(q))]:
+        if not q.exists():
+            continue
+        for w in writes:
+            how = _clash(Path(w), Path(q))
+            if how is not None:
+                raise OutputError(
+                    f"{flag}: {w} {how} one of this command's inputs ({q}); writing there would destroy it",
+                    hint=f"pick another {flag}",
+                )
+
+
+def _check_writable_folder(folder: Path, flag: str, out: Path) -> None:
+    if not folder.exists():
+        raise OutputError(f"{flag} {out}: folder {folder} does not exist", hint="create it first")
+    if not folder.is_dir():
+        raise OutputError(f"{flag} {out}: {folder} is not a folder")
+    try:  # a real probe: permission bits say nothing for root, a read-only mount or a full quota
+        fd, probe = tempfile.mkstemp(prefix=_stage_prefix(out.name), suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputError(
+            f"{flag} {out}: cannot write in folder {folder} ({e.strerror or e})",
+            hint="check its permissions or free space, or pick another place",
+        ) from None
+
+
+def check_output_file(
+    path: str | Path, *, suffixes: Sequence[str], inputs: Sequence[str | Path | None] = (), flag: str = "-o"
+) -> Path:
+    """Check an output file before any work: its extension is one of `suffixes`, it is not a
+    folder, its folder exists and is writable, and it is none of `inputs`."""
+    p = Path(path)
+    if p.is_dir():
+        raise OutputError(f"{flag} {p} is a folder; give a file name", hint=f"e.g. {flag} {p / ('out' + (suffixes or ('',))[0])}")
+    if suffixes and not any(p.name.lower().endswith(sfx) for sfx in suffixes):
+        raise OutputError(
+            f"{flag} {p}: this output is written as {' or '.join(suffixes)}, so its name must end so",
+            hint=f"e.g. {flag} {p.with_suffix(suffixes[0]).name}",
+        )
+    _check_writable_folder(p.parent if str(p.parent) else Path("."), flag, p)
+    protect_inputs([p], inputs, flag=flag)
+    return p
+
+
+def check_output_dir(
+    path: str | Path, *, writes: Sequence[str] = (), inputs: Sequence[str | Path | None] = (), whole: bool = False, flag: str = "-o"
+) -> Path:
+    """Check an output folder before any work: it is a writable folder (or can be made in a
+    writable one); none of the files `writes` (names inside it) is an input; with `whole`
+    (the folder is replaced as a whole) no input may lie inside it."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise OutputError(f"{flag} {p} exists and is not a folder", hint=f"pick a folder name for {flag}")
+    if p.exists():
+        _check_writable_folder(p, flag, p)
+    else:
+        _check_writable_folder(p.parent if str(p.parent) else Path("."), flag, p)
+    protect_inputs([p] if whole else [p / w for w in writes], inputs, flag=flag)
+    return p
+
+
+# ----------------------------------------------------------------------------- strict JSON
+
+
+def strict_json(obj: Any, *, indent: int | None = None, where: str | Path | None = None, nonfinite_as_null: bool = False) -> str:
+    """JSON text with NaN and infinity refused (they are not JSON); DlsaError naming the field.
+
+    `nonfinite_as_null` writes them as null instead: for showing what another
+    file holds (its metadata may come from an older or foreign writer).
+    """
+    if nonfinite_as_null:
+        obj = _null_nonfinite(obj)
+    try:
+        return json.dumps(obj, indent=indent, default=_json_default, allow_nan=False)
+    except ValueError:
+        field = _first_nonfinite(obj) or "a value"
+        raise DlsaError(f"{field} is NaN or infinite; refusing to write invalid JSON", path=where) from None
+
+
+def _null_nonfinite(obj: Any) -> Any:
+    import math
+
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Mapping):
+        return {k: _null_nonfinite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_null_nonfinite(v) for v in obj]
+    return obj
+
+
+def _first_nonfinite(obj: Any, at: str = "") -> str | None:
+    import math
+
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return at or "a value"
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            if (hit := _first_nonfinite(v, f"{at}.{k}" if at else str(k))) is not None:
+                return hit
+    if isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            if (hit := _first_nonfinite(v, f"{at}[{i}]")) is not None:
+                return hit
+    return None
 
 
 def _umask() -> int:
@@ -128,8 +371,9 @@ def _umask() -> int:
 
 def write_json(path: str | Path, obj: Any) -> None:
     """Write `obj` as indented JSON, atomically."""
+    text = strict_json(obj, indent=2, where=path)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+        tmp.write_text(text + "\n")
 
 
 def _json_default(obj: Any) -> Any:
@@ -170,6 +414,8 @@ def provenance(
         "seed": seed,
         "dlsa_cli": __version__,
         "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),  # results are bitwise repeatable at a fixed thread count
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "python": platform.python_version(),
         "argv": sys.argv[1:],
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -190,8 +436,8 @@ def _plain(v: Any) -> Any:
 
 def _encode_meta(kind: str, meta: Mapping[str, Any] | None, prov: Mapping[str, Any] | None) -> dict[str, str]:
     out = {KIND_KEY: kind}
-    out[META_KEY] = json.dumps(meta or {}, default=_json_default)
-    out[PROV_KEY] = json.dumps(prov or {}, default=_json_default)
+    out[META_KEY] = strict_json(meta or {})
+    out[PROV_KEY] = strict_json(prov or {})
     return out
 
 
@@ -220,8 +466,19 @@ def write_safetensors(
         if isinstance(t, np.ndarray):
             t = torch.from_numpy(np.ascontiguousarray(t))
         flat[name] = t.detach().cpu().contiguous()
+    metadata = _encode_meta(kind, meta, prov)
     with atomic_path(path) as tmp:
-        save_file(flat, str(tmp), metadata=_encode_meta(kind, meta, prov))
+        try:
+            save_file(flat, str(tmp), metadata=metadata)
+        except Exception as e:  # safetensors reports OS errors as its own type
+            if isinstance(e, OSError):
+                raise
+            raise OutputError(f"cannot write ({_short(e)})", path=path, hint="free space, raise the file-size limit or pick another -o") from None
+
+
+def _short(e: Exception) -> str:
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return text[:200]
 
 
 def read_safetensors_header(path: str | Path) -> tuple[dict[str, tuple[str, list[int]]], str | None, dict, dict]:
