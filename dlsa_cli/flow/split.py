@@ -209,7 +209,7 @@ def split(
     stage = staging_dir(out) if dist.is_main() else None  # under torchrun rank 0 alone writes
     try:
         for p, name in zip(inputs, names):
-            file_rep = _split_one(filt, p, name, stage, filter_sha, batch_size=batch_size, device=device, latent=latent,
+            file_rep = _split_file(filt, p, name, stage, filter_sha, batch_size=batch_size, device=device, latent=latent,
                                   prov=prov, allow_nonfinite=allow_nonfinite)
             if file_rep is None:
                 continue
@@ -226,7 +226,7 @@ def split(
     return dist.broadcast_object(report)  # every rank returns rank 0's report, once its files are in place
 
 
-def _split_one(filt: FlowFilter, p: str | Path, name: str, stage: Path | None, filter_sha: str | None, *,
+def _split_file(filt: FlowFilter, p: str | Path, name: str, stage: Path | None, filter_sha: str | None, *,
                batch_size: int, device: Any, latent: bool, prov: dict | None, allow_nonfinite: bool) -> dict[str, Any] | None:
     """One input: streamed in batches and sharded over torchrun's ranks; with `allow_nonfinite`, read whole by rank 0.
 
@@ -236,7 +236,7 @@ def _split_one(filt: FlowFilter, p: str | Path, name: str, stage: Path | None, f
     from dlsa_cli.flow.split_stream import split_file
 
     if allow_nonfinite:  # not streamed yet: the whole file, in rank 0 alone
-        return dist.collective(lambda: None if stage is None else _split_file(
+        return dist.collective(lambda: None if stage is None else _split_file_whole(
             filt, p, name, stage, filter_sha, batch_size=batch_size, device=device, latent=latent, prov=prov,
             allow_nonfinite=True))
     info = feature_info(p)
@@ -280,7 +280,7 @@ def _publish(stage: Path, out: Path, previous: Sequence[str]) -> None:
         os.replace(f, out / f.name)
 
 
-def _split_file(
+def _split_file_whole(
     filt: FlowFilter, p: str | Path, name: str, stage: Path, filter_sha: str | None, *,
     batch_size: int, device: Any, latent: bool, prov: dict | None, allow_nonfinite: bool = False,
 ) -> dict[str, Any]:
