@@ -136,7 +136,7 @@ class _Ctx:
     def done(self, stage: str, rep: dict[str, Any]) -> None:
         """Record a finished stage, atomically, before the next one starts."""
         self.progress["stages"][stage] = rep
-        write_json(self.out / PROGRESS, self.progress)
+        _on_main(lambda: write_json(self.out / PROGRESS, self.progress))
 
 
 def fit_cascade(
@@ -177,15 +177,22 @@ def fit_cascade(
         cur_train = ctx.out / rep["files"]["train_rest"]
         cur_val = ctx.out / rep["files"]["val_rest"] if rep["files"].get("val_rest") else None
     final = _stage(ctx, "final", lambda: _fit_final(ctx, cur_train, cur_val))
-    write_manifest(ctx.out, [(ctx.out / r["files"]["filter"], ctx.out / r["files"]["classifier"]) for r in depths],
-                   ctx.out / final["files"]["classifier"])
+    _on_main(lambda: write_manifest(ctx.out, [(ctx.out / r["files"]["filter"], ctx.out / r["files"]["classifier"])
+                                              for r in depths], ctx.out / final["files"]["classifier"]))
     report = _report(ctx, base, depths, final, time.perf_counter() - t0)
-    write_json(ctx.out / REPORT, report)
+    _on_main(lambda: write_json(ctx.out / REPORT, report))
     return CascadeRun(Cascade.load(ctx.out), report, ctx.out)
 
 
 def _quiet(_msg: str) -> None:
     pass
+
+
+def _on_main(write: Callable[[], Any]) -> None:
+    """Under torchrun rank 0 alone writes, and every rank goes on once it has (its error is every rank's); alone: write."""
+    from dlsa_cli import distributed as dist
+
+    dist.collective(lambda: write() if dist.is_main() else None)
 
 
 def _stage(ctx: _Ctx, name: str, fit: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -237,7 +244,8 @@ def _start(out: Path, plan: CascadePlan, train: Path, val: Path | None, filters:
         if not resume:
             raise InputError("output folder is not empty", path=out, hint="pass --resume to continue its run, or pick another -o")
         progress = _earlier(out, settings)
-    out.mkdir(exist_ok=True)
+    _on_main(lambda: None)  # every rank has looked at RUNDIR before rank 0 fills it
+    _on_main(lambda: out.mkdir(exist_ok=True))
     links = _link_inputs(out, train, val)
     offset = None if train_offset is None else np.asarray(train_offset, dtype=np.float32)
     return _Ctx(out, plan, None, links[0], links[1], {int(d): Path(f) for d, f in filters.items()}, offset, _quiet, _quiet,
@@ -282,15 +290,17 @@ def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list
 
 def _link_inputs(out: Path, train: Path, val: Path | None) -> tuple[Path, Path | None]:
     """RUNDIR/inputs/train.EXT and val.EXT: links, so that `split` names its outputs train.* and val.*."""
-    (out / "inputs").mkdir(exist_ok=True)
     links: list[Path | None] = []
     for name, src in (("train", train), ("val", val)):
-        if src is None:
-            links.append(None)
-            continue
-        link = out / "inputs" / f"{name}{''.join(src.suffixes[-1:])}"
-        _relink(link, src.resolve())
-        links.append(link)
+        links.append(None if src is None else out / "inputs" / f"{name}{''.join(src.suffixes[-1:])}")
+
+    def make() -> None:
+        (out / "inputs").mkdir(exist_ok=True)
+        for link, src in zip(links, (train, val)):
+            if link is not None:
+                _relink(link, src.resolve())
+
+    _on_main(make)
     return links[0], links[1]  # type: ignore[return-value]
 
 
@@ -322,7 +332,7 @@ def _fit_depth(ctx: _Ctx, d: int, train: Path, val: Path | None) -> dict[str, An
     """Filter d on this depth's training samples, the split of train/val by it, cluster-aided classifier d."""
     t0 = time.perf_counter()
     ddir = ctx.out / f"depth{d}"
-    ddir.mkdir(exist_ok=True)
+    _on_main(lambda: ddir.mkdir(exist_ok=True))
     train, val = _depth_inputs(ctx, d, train, val)
     ctx.event(f"depth {d}: flow filter on {train.resolve().name}")
     filt = _filter(ctx, d, train, ddir / "filter.safetensors")
@@ -358,15 +368,15 @@ def _depth_inputs(ctx: _Ctx, d: int, train: Path, val: Path | None) -> tuple[Pat
     if d == 1:
         return train, val
     folder = ctx.out / "inputs" / f"depth{d}"
-    folder.mkdir(parents=True, exist_ok=True)
-    links = []
-    for name, src in (("train", train), ("val", val)):
-        if src is None:
-            links.append(None)
-            continue
-        link = folder / f"{name}.safetensors"
-        _relink(link, Path(os.path.relpath(src, folder)))
-        links.append(link)
+    links = [None if src is None else folder / f"{name}.safetensors" for name, src in (("train", train), ("val", val))]
+
+    def make() -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        for link, src in zip(links, (train, val)):
+            if link is not None:
+                _relink(link, Path(os.path.relpath(src, folder)))
+
+    _on_main(make)
     return links[0], links[1]  # type: ignore[return-value]
 
 
@@ -380,15 +390,18 @@ def _filter(ctx: _Ctx, d: int, train: Path, path: Path) -> dict[str, Any]:
         flt = FlowFilter.load(given)
         if flt.depth != d:
             raise InputError(f"was trained at depth {flt.depth}, but is given for depth {d}", path=given)
-        with atomic_path(path) as tmp:
-            shutil.copyfile(given, tmp)
+        def copy() -> None:
+            with atomic_path(path) as tmp:
+                shutil.copyfile(given, tmp)
+
+        _on_main(copy)
         return {"given": str(given), "chosen_epoch": flt.chosen_epoch, "epochs": flt.config.epochs, "seconds": 0.0}
     cfg = ctx.plan.filter_config()
     t0 = time.perf_counter()
     fs = read_features(train, require_labels=True)
     flt = fit_filter(fs, config=cfg, depth=d, device=ctx.device, on_warning=ctx.warn)
     options = {"preset": None, **cfg.to_dict(), "depth": d, "device": str(ctx.device), "tf32": False}
-    flt.save(path, prov=provenance("fit-cascade: fit-filter", options, [train], cfg.seed))
+    _on_main(lambda: flt.save(path, prov=provenance("fit-cascade: fit-filter", options, [train], cfg.seed)))
     return {"given": None, "chosen_epoch": flt.chosen_epoch, "epochs": cfg.epochs,
             "good_clusters": flt.stats.get("good_clusters"), "seconds": round(time.perf_counter() - t0, 2)}
 
@@ -440,7 +453,8 @@ def _fit_classifier(ctx: _Ctx, name: str, train: Path, val: Path | None, cfg: Tr
     options = dict(cfg.__dict__, init=init, filter=filter_path, val_weights_from=whole, device=str(ctx.device))
     inputs = [p for p in (train, val, init, filter_path, whole) if p is not None]
     clf.meta["seconds"] = seconds
-    clf.save(ctx.out / f"{name}.safetensors", prov=provenance("fit-cascade: fit-classifier", options, inputs, cfg.seed))
+    _on_main(lambda: clf.save(ctx.out / f"{name}.safetensors",
+                              prov=provenance("fit-cascade: fit-classifier", options, inputs, cfg.seed)))
     return {
         "kind": clf.kind, "start": "scratch" if init is None else init.name, "epoch": rep.epoch, "epochs": cfg.epochs,
         "kept_start": rep.epoch == 0, "lr": rep.lr, "train_samples": rep.train_samples, "val_samples": rep.val_samples,

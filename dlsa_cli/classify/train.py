@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dlsa_cli import ddp
+from dlsa_cli.distributed import current
 from dlsa_cli.classify.config import (
     LA_GRID,
     RIDE_GRID,
@@ -315,6 +317,17 @@ def _module_and_optimiser(start: Start, data: _Data, cfg: TrainConfig, device: t
     return module.to(device), opt
 
 
+class _ExpertLogits(nn.Module):
+    """The training forward, (B, D) [+ side, prior] -> (E, B, C), as one module that DDP can wrap."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor, side: torch.Tensor | None, prior: torch.Tensor | None) -> torch.Tensor:
+        return expert_logits(self.module, x, side, prior)
+
+
 def _forward(module: nn.Module, idx: torch.Tensor | slice, x, side, prior, device: torch.device) -> torch.Tensor:
     xb = x[idx].to(device, non_blocking=True)
     if side is None:
@@ -371,6 +384,10 @@ class _Run:
     best_epoch: int = 0
     best_scores: tuple[float, float] = (float("-inf"), 0.0)
     best_state: dict[str, torch.Tensor] | None = None
+    net: nn.Module | None = None  # the training forward; under torchrun wrapped in DDP (gradients averaged over ranks)
+
+    def __post_init__(self) -> None:
+        self.net = ddp.wrap(_ExpertLogits(self.module), self.device)
 
     def epochs(self, progress: ProgressFn | None) -> list[dict[str, float]]:
         cfg, d = self.cfg, self.data
@@ -404,21 +421,23 @@ class _Run:
         """One pass over `pool`; returns the mean loss."""
         total, seen = torch.zeros((), device=self.device), 0
         sampler = "uniform" if self.cfg.sampler == "m2m" else self.cfg.sampler  # M2M's pool is balanced already
-        for idx in draw_batches(pool.y, sampler, self.cfg.batch_size, gen):
-            loss = self.loss(pool, idx)
+        for idx_all in draw_batches(pool.y, sampler, self.cfg.batch_size, gen):  # the same global batch on every rank
+            idx = idx_all[ddp.batch_share(len(idx_all))]  # this rank's share of it (all of it in one process)
+            # the share's mean loss weighed so that DDP's average over ranks is the global batch's mean
+            loss = self.loss(pool, idx) * (len(idx) * current().world_size / len(idx_all))
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
-            total += loss.detach() * len(idx)
-            seen += len(idx)
-        return float(total) / max(seen, 1)
+            total += loss.detach() * len(idx_all)
+            seen += len(idx_all)
+        return float(ddp.mean_over_ranks(total)) / max(seen, 1)
 
     def loss(self, pool: _Pool, idx: torch.Tensor) -> torch.Tensor:
         """The sum over experts of each one's loss (with the BSM/LA shift) minus RIDE's diversity term."""
         dev = self.device
         side = None if pool.side is None else pool.side[idx].to(dev)
         prior = None if pool.prior is None else pool.prior[idx].to(dev)
-        z = expert_logits(self.module, pool.x[idx].to(dev), side, prior)  # (E, B, C)
+        z = self.net(pool.x[idx].to(dev), side, prior)  # (E, B, C)
         zt = z if pool.correction is None else z + pool.correction[idx].to(dev)[None]
         if self.shift is not None:
             zt = zt + self.shift

@@ -75,15 +75,19 @@ def fit_cascade_cmd(
     set's balanced accuracy. OUT holds baseline.safetensors, depthD/ (filter,
     split tables, routed and rest files, cluster.safetensors), final.safetensors,
     cascade.json (run it with `dlsa predict OUT TEST`) and report.json.
+    Under `torchrun --nproc-per-node N` every filter and classifier trains
+    with DDP and every split is sharded; rank 0 writes the run folder.
 
     Example: [bold]dlsa fit-cascade train.safetensors --val val.safetensors -o run/ --depth 2 --clusters 100 --filter-epochs 20[/]
     """
     from dlsa_cli.cascade import fit_cascade
+    from dlsa_cli.distributed import setup
 
     opts = dict(locals())
     rep = Reporter(quiet)
     plan = _plan(opts)
-    run = fit_cascade(train, out, plan, val=val, device=device, resume=resume, on_event=rep.log, on_warning=rep.warn)
+    _, dev = setup(device)  # under torchrun: DDP training and sharded splits, rank 0 writes
+    run = fit_cascade(train, out, plan, val=val, device=dev, resume=resume, on_event=rep.log, on_warning=rep.warn)
     if json_out:
         emit_json(run.report)
         return

@@ -143,11 +143,12 @@ def fit_classifier_cmd(
 
 def _run_fit(cfg, paths: dict[str, Path | None], *, from_scratch: bool, device: str, rep: Reporter):
     """Read the inputs and fit; returns (classifier, report, seconds, device)."""
+    from dlsa_cli import distributed as dist
     from dlsa_cli.classify import fit_classifier
-    from dlsa_cli.device import resolve_device, seed_everything
+    from dlsa_cli.device import seed_everything
     from dlsa_cli.io.features import read_features
 
-    dev = resolve_device(device)
+    _, dev = dist.setup(device)  # under torchrun: DDP over the ranks, one device each
     train_fs = read_features(paths["train"], require_labels=True)
     val_fs = read_features(paths["val"], require_labels=True) if paths["val"] is not None else None
     flt = None
@@ -169,12 +170,15 @@ def _run_fit(cfg, paths: dict[str, Path | None], *, from_scratch: bool, device: 
 
 
 def _save_classifier(clf, cfg, paths: dict[str, Path | None], out: Path, *, seconds: float, dev) -> None:
+    from dlsa_cli import distributed as dist
     from dlsa_cli.io.files import provenance
 
     inputs = [p for p in paths.values() if p is not None]
     options = dict(cfg.__dict__) | {"init": paths["init"], "filter": paths["filter"], "device": str(dev)}
     clf.meta["seconds"] = seconds
-    clf.save(out, prov=provenance("fit-classifier", options, inputs, cfg.seed))
+    if dist.is_main():  # every rank holds the same classifier; rank 0 writes it
+        clf.save(out, prov=provenance("fit-classifier", options, inputs, cfg.seed))
+    dist.barrier()
 
 
 def _render_fit(clf, report, out: Path, *, epochs: int, seconds: float, weighted: bool, json_out: bool) -> None:
@@ -229,12 +233,15 @@ def predict_cmd(
 
     Writes a Parquet table: id, label (when known), prediction, score, topk_labels,
     topk_scores, and for a cascade the route each sample took (route, depth, branch).
+    The file is read and the table written in batches (memory is bounded by
+    --batch-size); under `torchrun --nproc-per-node N` each process predicts
+    its contiguous share of the rows and rank 0 writes the table.
 
     Example: [bold]dlsa predict cascade/ test.safetensors -o pred.parquet[/]
     """
-    from dlsa_cli.cascade import Cascade, load_model, predict, write_predictions
-    from dlsa_cli.device import resolve_device
-    from dlsa_cli.io.features import read_features
+    from dlsa_cli.cascade import Cascade, load_model
+    from dlsa_cli.cascade.predict_stream import predict_file
+    from dlsa_cli.distributed import setup
     from dlsa_cli.io.files import provenance
 
     from dlsa_cli.io.files import check_output_file
@@ -245,23 +252,23 @@ def predict_cmd(
         raise InputError(f"--topk {topk}: must be at least 1")
     if batch_size < 1:
         raise InputError(f"--batch-size {batch_size}: must be at least 1")
-    dev = resolve_device(device)
+    _, dev = setup(device)  # under torchrun: this rank's device, rows sharded over the ranks
     mdl = load_model(model, allow_outside=allow_outside_paths)
-    fs = read_features(features)
     flt = None
     if filter_path is not None:
         from dlsa_cli.flow import FlowFilter
 
         flt = FlowFilter.load(filter_path, device=dev)
     t0 = time.perf_counter()
-    pred = predict(mdl, fs, batch_size=batch_size, device=dev, flt=flt)
     inputs: list[Path] = [features]
     if isinstance(mdl, Cascade):
         inputs += [mdl.spec.manifest, *mdl.spec.filters, *mdl.spec.classifiers, mdl.spec.final]
     else:
         inputs.append(model)
     prov = provenance("predict", {"model": model, "topk": topk, "device": str(dev)}, inputs)
-    report = write_predictions(out, fs, pred, mdl, topk=topk, prov=prov)
+    report = predict_file(mdl, features, out, topk=topk, batch_size=batch_size, device=dev, flt=flt, prov=prov)
+    if report is None:  # a torchrun rank other than 0: rank 0 writes and reports
+        return
     report["output"] = str(out)
     report["seconds"] = round(time.perf_counter() - t0, 3)
     if json_out:

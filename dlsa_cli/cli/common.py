@@ -92,9 +92,12 @@ def guarded(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with _rank_zero_stdout():
+                return fn(*args, **kwargs)
         except DlsaError as e:
-            _error_console().print(f"[bold red]error:[/] {escape(str(e))}")
+            e = _agreed(e)
+            if _rank() == 0:
+                _error_console().print(f"[bold red]error:[/] {escape(str(e))}")
             raise typer.Exit(e.exit_code) from None
         except OSError as e:  # the library turns its own writes' errors into DlsaError; this is the net
             where = f"{e.filename}: " if getattr(e, "filename", None) else ""
@@ -105,6 +108,44 @@ def guarded(fn: F) -> F:
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 alone)."""
+    import os
+
+    return int(os.environ.get("RANK", "0"))
+
+
+@contextmanager
+def _rank_zero_stdout():
+    """Under torchrun only rank 0 prints data: the other ranks' stdout goes nowhere."""
+    import os
+
+    if _rank() == 0:
+        yield
+        return
+    with open(os.devnull, "w") as null:
+        saved, sys.stdout = sys.stdout, null
+        try:
+            yield
+        finally:
+            sys.stdout = saved
+
+
+def _agreed(e: DlsaError) -> DlsaError:
+    """Under torchrun: the error every rank agrees on (the first failing rank's), so rank 0 alone shows it."""
+    if getattr(e, "agreed", False):
+        return e
+    from dlsa_cli.distributed import agree, current
+
+    if not current().active:
+        return e
+    try:
+        agree(e)
+    except DlsaError as first:
+        return first
+    return e
 
 
 def command(name: str, **kwargs: Any) -> Callable[[F], F]:
@@ -130,7 +171,7 @@ class Reporter:
 
     def __init__(self, quiet: bool = False):
         self.console = Console(stderr=True, highlight=False, soft_wrap=True)
-        self.quiet = quiet
+        self.quiet = quiet or _rank() != 0  # under torchrun, rank 0 alone reports
         self.interactive = (not quiet) and self.console.is_terminal
 
     def log(self, message: str) -> None:

@@ -92,10 +92,14 @@ def extract_cmd(
     the list (for a folder, relative to it), labels and class names where
     known, and the backbone, weights and preprocessing in its metadata.
 
+    Under `torchrun --nproc-per-node N` each process extracts its contiguous
+    share of the list and rank 0 writes the same file (ids and order).
+
     Example: [bold]dlsa extract train.csv --root images/ -o train.safetensors --backbone efficientnet-lite0[/]
     """
+    from dlsa_cli import distributed as dist
     from dlsa_cli import extract as ex
-    from dlsa_cli.device import resolve_device
+    from dlsa_cli.extract_shard import extract_sharded
     from dlsa_cli.io.features import write_features
     from dlsa_cli.io.files import provenance
 
@@ -105,7 +109,7 @@ def extract_cmd(
     backbone_file = Path(backbone) if Path(backbone).is_file() else None
     check_output_file(out, suffixes=(".safetensors",), inputs=[images, root, weights, backbone_file])
     mean_t, std_t = _triple(mean, "mean"), _triple(std, "std")
-    dev = resolve_device(device)
+    _, dev = dist.setup(device)  # under torchrun: this rank's device and its share of the images
 
     model = ex.load_backbone(backbone, weights=weights)  # first: cheap, while listing a big folder is not
     image_list = ex.read_image_list(images, root=root)
@@ -131,21 +135,28 @@ def extract_cmd(
             update(k, text=f"{rate:.1f} images/s")
 
         chunks = out.with_name(out.name + ".resume")
+        alone = dist.current().world_size == 1  # under torchrun no resume chunks: the ranks would share one folder
+        if resume and not alone:
+            raise DlsaError("--resume is not available under torchrun", hint="resume the run in one process")
         had_chunks = chunks.exists()
         if had_chunks and not resume:
             rep.warn(f"{chunks} holds an interrupted run; starting over (pass --resume to continue it)")
         try:
-            fs = ex.extract_features(
+            fs = extract_sharded(
                 image_list, model, preprocess=pre, batch_size=batch_size, workers=n_workers, device=dev,
-                half=half, dtype=dtype, skip_bad=skip_bad, progress=step, chunks=chunks, chunk_size=chunk_size, resume=resume,
+                half=half, dtype=dtype, skip_bad=skip_bad, progress=step, chunks=chunks if alone else None,
+                chunk_size=chunk_size, resume=resume,
             )
         except DlsaError:  # bad input: nothing stays behind (an interrupted run keeps its chunks)
-            if not had_chunks:
+            if not had_chunks and alone:
                 import shutil
 
                 shutil.rmtree(chunks, ignore_errors=True)
             raise
     seconds = time.perf_counter() - start
+    if fs is None:  # a torchrun rank other than 0: rank 0 writes the joined file
+        dist.barrier()
+        return
 
     skipped = fs.meta["skipped"]
     for s in skipped[:MAX_LISTED]:
@@ -162,12 +173,13 @@ def extract_cmd(
     if Path(backbone).is_file():
         inputs.append(Path(backbone))
     resumed_from = fs.meta.pop("resumed_from", None)
-    prov = provenance("extract", options, inputs)
+    prov = {**provenance("extract", options, inputs), **dist.provenance_fields(len(image_list))}
     prov["resumed_from"] = resumed_from  # images taken from an interrupted run's chunks, or None
     write_features(out, fs, prov=prov, dtype=dtype)
     import shutil
 
     shutil.rmtree(chunks, ignore_errors=True)
+    dist.barrier()
 
     summary = {
         "out": str(out), "images": fs.n, "dim": fs.dim, "skipped": len(skipped), "backbone": model.name,

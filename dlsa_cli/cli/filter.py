@@ -69,11 +69,13 @@ def fit_filter_cmd(
     Gaussians, trained with the class-weighted likelihood, balance and purity
     losses on pairs from two different classes. The epoch with the most good
     clusters is kept; the routing threshold routes --share of the training
-    samples; the cluster prior P(y | cluster) is stored with it.
+    samples; the cluster prior P(y | cluster) is stored with it. Under
+    `torchrun --nproc-per-node N` each process takes its share of every global
+    batch (DistributedDataParallel, batch statistics over the global batch).
 
     Example: [bold]dlsa fit-filter train.safetensors -o filter.safetensors --clusters 100 --epochs 20[/]
     """
-    from dlsa_cli.device import resolve_device
+    from dlsa_cli import distributed as dist
     from dlsa_cli.flow import FilterConfig, fit_filter
     from dlsa_cli.io.features import read_features
     from dlsa_cli.io.files import provenance
@@ -95,7 +97,7 @@ def fit_filter_cmd(
     had_ckpt = ckpt.exists()
     if had_ckpt and not resume:
         rep.warn(f"{ckpt} holds an interrupted run; starting over (pass --resume to continue it)")
-    dev = resolve_device(device)
+    _, dev = dist.setup(device)  # under torchrun: DDP over the ranks, one device each
     if dev.type == "cuda":
         import torch
 
@@ -138,8 +140,10 @@ def fit_filter_cmd(
     options = {"preset": preset, **config.to_dict(), "depth": filt.depth, "device": str(dev), "tf32": tf32 and dev.type == "cuda"}
     prov = provenance("fit-filter", options, [train], seed)
     prov["resumed_from"] = filt.resumed_from  # the epoch this run continued after, or None
-    filt.save(out_p, prov=prov)
-    ckpt.unlink(missing_ok=True)
+    if dist.is_main():  # every rank holds the same filter; rank 0 writes it
+        filt.save(out_p, prov=prov)
+        ckpt.unlink(missing_ok=True)
+    dist.barrier()
     result = {
         "filter": str(out_p),
         "train": str(train),
@@ -197,16 +201,19 @@ def split_cmd(
     routed, depth), DIR/NAME.routed.safetensors (to the cluster-aided
     classifier) and DIR/NAME.rest.safetensors (to the next depth: a valid
     `fit-filter` input), and DIR/split.json with the table shown here.
+    Files are read and written in batches (memory is bounded by --batch-size,
+    not by the file); under `torchrun --nproc-per-node N` each process scores
+    its contiguous share of the rows and rank 0 writes the same files.
 
     Example: [bold]dlsa split filter.safetensors train.safetensors test.safetensors -o split1/[/]
     """
-    from dlsa_cli.device import resolve_device
+    from dlsa_cli.distributed import setup
     from dlsa_cli.flow import FlowFilter, split
     from dlsa_cli.io.features import feature_info
     from dlsa_cli.io.files import provenance
 
     rep = Reporter(quiet)
-    dev = resolve_device(device)
+    _, dev = setup(device)  # under torchrun: this rank's device, rows sharded over the ranks
     filt = FlowFilter.load(filter_path, device=dev)
     for p in features:  # headers only: fail before any scoring
         info = feature_info(p)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -21,15 +22,22 @@ def class_weights(counts: np.ndarray | torch.Tensor, q: float) -> torch.Tensor:
     return (w / w.sum()).float()
 
 
-def mle_loss(log_p: torch.Tensor, weights: torch.Tensor, lam: float) -> torch.Tensor:
-    """-lam * mean(w * log p): log_p (B,), weights (B,) (already indexed by label)."""
-    return -lam * (weights * log_p).mean()
+def _mean(v: torch.Tensor) -> torch.Tensor:
+    return v.mean()
 
 
-def purity_loss(l_pos: torch.Tensor, l_neg: torch.Tensor, lam: float) -> torch.Tensor:
+def mle_loss(log_p: torch.Tensor, weights: torch.Tensor, lam: float, mean: Callable[[torch.Tensor], torch.Tensor] = _mean) -> torch.Tensor:
+    """-lam * mean(w * log p): log_p (B,), weights (B,) (already indexed by label).
+
+    `mean` is the batch mean; under DDP `dlsa_cli.ddp.ddp_mean` over the global batch.
+    """
+    return -lam * mean(weights * log_p)
+
+
+def purity_loss(l_pos: torch.Tensor, l_neg: torch.Tensor, lam: float, mean: Callable[[torch.Tensor], torch.Tensor] = _mean) -> torch.Tensor:
     """lam * mean_batch sum_k softmax(l_pos)_k log_softmax(l_neg)_k, l_pos detached. (B, K) each."""
     p_pos = torch.softmax(l_pos.detach(), dim=1)  # (B, K)
-    return lam * (p_pos * torch.log_softmax(l_neg, dim=1)).sum(1).mean()
+    return lam * mean((p_pos * torch.log_softmax(l_neg, dim=1)).sum(1))
 
 
 class BalanceLoss:
@@ -42,7 +50,9 @@ class BalanceLoss:
     which is >= 0 (up to the 1e-7 smoothing) and 0 for perfectly even clusters.
     """
 
-    def __init__(self, num_clusters: int, eta: float, lam: float):
+    def __init__(self, num_clusters: int, eta: float, lam: float,
+                 batch_mean: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        self.batch_mean = batch_mean or (lambda v: v.mean(0))  # (B, K) -> (K,); under DDP the global batch's
         self.k = int(num_clusters)
         self.eta = float(eta)
         self.lam = float(lam)
@@ -51,7 +61,7 @@ class BalanceLoss:
 
     def __call__(self, l_pos: torch.Tensor) -> torch.Tensor:
         self.t += 1
-        p_t = torch.softmax(l_pos, dim=1).mean(0) + 1e-7  # (K,)
+        p_t = self.batch_mean(torch.softmax(l_pos, dim=1)) + 1e-7  # (K,)
         prev = torch.zeros_like(p_t) if self.p_tilde is None else self.p_tilde
         p_tilde = self.eta * prev + (1 - self.eta) * p_t
         self.p_tilde = p_tilde.detach()

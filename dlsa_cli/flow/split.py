@@ -22,7 +22,7 @@ from dlsa_cli.evaluation.metrics import (
     tail_classes,
 )
 from dlsa_cli.flow.filter import FilterScores, FlowFilter
-from dlsa_cli.io.features import FeatureSet, read_features
+from dlsa_cli.io.features import FeatureSet, feature_info, read_features
 from dlsa_cli.io.files import (
     check_output_dir,
     file_sha256,
@@ -124,7 +124,7 @@ def split_features(
     return SplitResult(sc, ids, base.subset(routed_idx), base.subset(rest_idx), split_report(filt, fs.labels, sc))
 
 
-def _part_meta(filt: FlowFilter, fs: FeatureSet, part: str, filter_sha: str | None) -> dict[str, Any]:
+def _part_meta(filt: FlowFilter, fs: Any, part: str, filter_sha: str | None) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "num_classes": filt.num_classes,
         "train_counts": filt.train_counts.tolist(),
@@ -206,20 +206,49 @@ def split(
         "share": filt.share,
         "files": {},
     }
-    stage = staging_dir(out)
+    from dlsa_cli import distributed as dist
+
+    stage = staging_dir(out) if dist.is_main() else None  # under torchrun rank 0 alone writes
     try:
         for p, name in zip(inputs, names):
-            file_rep = _split_file(filt, p, name, stage, filter_sha, batch_size=batch_size, device=device, latent=latent, prov=prov,
-                                   allow_nonfinite=allow_nonfinite)
+            file_rep = _split_file(filt, p, name, stage, filter_sha, batch_size=batch_size, device=device, latent=latent,
+                                  prov=prov, allow_nonfinite=allow_nonfinite)
+            if file_rep is None:
+                continue
             report["files"][name] = file_rep
             if on_file is not None:
                 on_file(name, file_rep)
-        write_json(stage / "split.json", report)
-        _publish(stage, out, previous)
+        if stage is not None:
+            write_json(stage / "split.json", report)
+            _publish(stage, out, previous)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(stage)
-    return report
+        if stage is not None:
+            with contextlib.suppress(FileNotFoundError):
+                shutil.rmtree(stage)
+    return dist.broadcast_object(report)  # every rank returns rank 0's report, once its files are in place
+
+
+def _split_file(filt: FlowFilter, p: str | Path, name: str, stage: Path | None, filter_sha: str | None, *,
+               batch_size: int, device: Any, latent: bool, prov: dict | None, allow_nonfinite: bool) -> dict[str, Any] | None:
+    """One input: streamed in batches and sharded over torchrun's ranks; with `allow_nonfinite`, read whole by rank 0.
+
+    Returns its report entry on rank 0 (None on the other ranks).
+    """
+    from dlsa_cli import distributed as dist
+    from dlsa_cli.flow.split_stream import split_file
+
+    if allow_nonfinite:  # not streamed yet: the whole file, in rank 0 alone
+        return dist.collective(lambda: None if stage is None else _split_file_whole(
+            filt, p, name, stage, filter_sha, batch_size=batch_size, device=device, latent=latent, prov=prov,
+            allow_nonfinite=True))
+    info = feature_info(p)
+    meta_common = {"num_classes": filt.num_classes, "train_counts": filt.train_counts.tolist()}
+    return split_file(
+        filt, p, stage, name, batch_size=batch_size, device=device, latent=latent, prov=prov,
+        table_meta={**meta_common, "depth": filt.depth, "threshold": filt.threshold, "filter_sha256": filter_sha,
+                    "source": str(p)},
+        part_meta={part: _part_meta(filt, info, part, filter_sha) for part in ("routed", "rest")},
+    )
 
 
 def previous_split_outputs(out: Path) -> list[str]:
@@ -253,7 +282,7 @@ def _publish(stage: Path, out: Path, previous: Sequence[str]) -> None:
         os.replace(f, out / f.name)
 
 
-def _split_file(
+def _split_file_whole(
     filt: FlowFilter, p: str | Path, name: str, stage: Path, filter_sha: str | None, *,
     batch_size: int, device: Any, latent: bool, prov: dict | None, allow_nonfinite: bool = False,
 ) -> dict[str, Any]:

@@ -26,7 +26,8 @@ from dlsa_cli.errors import InputError, NonFiniteError, TrainingError
 from dlsa_cli.evaluation.metrics import tail_classes
 from dlsa_cli.flow.clusters import cluster_stats, cluster_table
 from dlsa_cli.flow.config import FilterConfig, _check_config, flag_of
-from dlsa_cli.flow.filter import FlowFilter, _device
+from dlsa_cli import ddp
+from dlsa_cli.flow.filter import FilterScores, FlowFilter, _device
 from dlsa_cli.flow.losses import BalanceLoss, PairSampler, class_weights, mle_loss, purity_loss
 from dlsa_cli.flow.model import MixtureFlow
 from dlsa_cli.io.features import FeatureSet
@@ -73,6 +74,7 @@ class TrainState:
     best_epoch: int = 0
     best_state: dict[str, torch.Tensor] | None = None  # None: the flow itself is the kept epoch
     resumed_from: int | None = None
+    model: Any = None  # the flow as trained: under torchrun its DistributedDataParallel wrapper
 
 
 def _assign(flow: MixtureFlow, x: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,10 +209,12 @@ def _start(data: _Data, cfg: FilterConfig, dev: torch.device) -> TrainState:
         int(data.x.shape[1]), cfg.clusters, hidden=cfg.hidden, blocks=cfg.blocks, made_blocks=cfg.made_blocks,
         center_std=cfg.center_std, generator=g_init,
     ).to(dev)
-    g_pairs = torch.Generator(device=dev).manual_seed(cfg.seed + 1)
+    model = ddp.wrap(ddp.sync_flow_batchnorm(flow), dev)  # under torchrun: DDP, batch norm over the global batch
+    g_pairs = torch.Generator(device=dev).manual_seed(cfg.seed + 1)  # every rank draws the same global batch
     opt = torch.optim.SGD(flow.parameters(), lr=cfg.lr, momentum=0.0)
     flow.train()
-    return TrainState(flow, opt, g_init, g_pairs, PairSampler(data.y, g_pairs), BalanceLoss(cfg.clusters, cfg.ema, cfg.lambda_bal))
+    balance = BalanceLoss(cfg.clusters, cfg.ema, cfg.lambda_bal, batch_mean=lambda v: ddp.global_mean(v, cfg.batch_size))
+    return TrainState(flow, opt, g_init, g_pairs, PairSampler(data.y, g_pairs), balance, model=model)
 
 
 def _check_start(flow: MixtureFlow, data: _Data, cfg: FilterConfig) -> None:
@@ -234,24 +238,28 @@ def _train_epoch(st: TrainState, data: _Data, cfg: FilterConfig, epoch: int, on_
     w = class_weights(data.counts, cfg.q).to(data.x.device)  # (C,)
     use_neg = cfg.lambda_pure > 0
     sums = torch.zeros(4, device=data.x.device, dtype=torch.float64)  # loss, mle, bal, pure
+    mean = lambda v: ddp.ddp_mean(v, b)  # noqa: E731  the global batch's mean (the plain mean alone)
     for step in range(1, steps + 1):
         pos, neg = st.sampler.draw(b)
-        xb = data.x[torch.cat([pos, neg])] if use_neg else data.x[pos]  # (2B or B, D)
-        z, logdet = st.flow(xb)
-        comp = st.flow.component_log_density(z)  # (2B, K)
-        l_pos = comp[:b]
+        share = ddp.batch_share(b)  # this rank's positions of the global batch (all of it alone)
+        pos, neg = pos[share], neg[share]
+        bl = pos.shape[0]
+        xb = data.x[torch.cat([pos, neg])] if use_neg else data.x[pos]  # (2b or b, D)
+        z, logdet = (st.model or st.flow)(xb)
+        comp = st.flow.component_log_density(z)  # (2b, K)
+        l_pos = comp[:bl]
         zero = comp.new_zeros(())
-        log_p = torch.logsumexp(l_pos, 1) - math.log(k) + logdet[:b]  # (B,)
-        l_mle = mle_loss(log_p, w[data.y[pos]], cfg.lambda_lh) if cfg.lambda_lh > 0 else zero
+        log_p = torch.logsumexp(l_pos, 1) - math.log(k) + logdet[:bl]  # (b,)
+        l_mle = mle_loss(log_p, w[data.y[pos]], cfg.lambda_lh, mean) if cfg.lambda_lh > 0 else zero
         l_bal = st.balance(l_pos) if cfg.lambda_bal > 0 else zero
-        l_pure = purity_loss(l_pos, comp[b:], cfg.lambda_pure) if use_neg else zero
+        l_pure = purity_loss(l_pos, comp[bl:], cfg.lambda_pure, mean) if use_neg else zero
         loss = l_mle + l_bal + l_pure
         st.opt.zero_grad(set_to_none=True)
         loss.backward()
         st.opt.step()
         sums += torch.stack([loss.detach(), l_mle.detach(), l_bal.detach(), l_pure.detach()]).double()
         if step % report_every == 0 or step == steps:
-            means = (sums / step).tolist()
+            means = (ddp.mean_over_ranks(sums) / step).tolist()
             if not all(math.isfinite(v) for v in means):
                 raise _diverged(epoch, cfg.lr)
             if on_step is not None:
@@ -261,11 +269,11 @@ def _train_epoch(st: TrainState, data: _Data, cfg: FilterConfig, epoch: int, on_
 
 def _evaluate_epoch(st: TrainState, data: _Data, cfg: FilterConfig, epoch: int, sums: torch.Tensor, t0: float) -> dict[str, Any]:
     """Assign every training sample its cluster; the epoch's history record."""
-    logp, cluster = _assign(st.flow, data.x, cfg.eval_batch_size)
+    logp, cluster = ddp.sharded_rows(lambda a, e: _assign(st.flow, data.x[a:e], cfg.eval_batch_size), data.n)
     if not bool(torch.isfinite(logp).all()):
         raise _diverged(epoch, cfg.lr)
     stats = cluster_stats(cluster_table(cluster, data.y, cfg.clusters, data.num_classes), cfg.purity_threshold, cfg.min_cluster_size)
-    means = (sums / (data.n // cfg.batch_size)).tolist()
+    means = (ddp.mean_over_ranks(sums) / (data.n // cfg.batch_size)).tolist()
     n_route = _n_route(cfg, data.n)
     return {
         "epoch": epoch,
@@ -311,6 +319,7 @@ def _finish(st: TrainState, data: _Data, cfg: FilterConfig, dev: torch.device, w
         )
     if st.best_state is not None:
         st.flow.load_state_dict(st.best_state)
+    ddp.unsync_flow_batchnorm(st.flow)
     st.flow.eval()
     k, c, n = cfg.clusters, data.num_classes, data.n
     filt = FlowFilter(
@@ -318,7 +327,7 @@ def _finish(st: TrainState, data: _Data, cfg: FilterConfig, dev: torch.device, w
         cluster_counts=torch.zeros(k, c, dtype=torch.long), train_counts=_train_counts(data.fs),
         config=cfg, history=st.history, chosen_epoch=st.best_epoch, path=None,
     )
-    sc = filt.score(data.x, batch_size=cfg.eval_batch_size)
+    sc = _scores(filt, data.x, cfg.eval_batch_size)
     filt.threshold = float(np.sort(sc.log_likelihood)[::-1][_n_route(cfg, n) - 1])
     table = cluster_table(torch.from_numpy(sc.cluster), torch.from_numpy(data.y_np), k, c)
     filt.cluster_counts = table.long()
@@ -346,6 +355,17 @@ def _route_by(filt: FlowFilter, train: FeatureSet, x: torch.Tensor, y: np.ndarra
 
     ref_cfg = replace(cfg, q=0.0, routing="likelihood")
     set_routing(filt, x, y, routing=cfg.routing, fit_reference=lambda: fit_filter(train, config=ref_cfg, depth=filt.depth, **fit_kw).flow)
+
+
+def _scores(filt: FlowFilter, x: torch.Tensor, batch_size: int) -> FilterScores:
+    """The filter's scores of every training row; under torchrun each rank scores its share and all gather them."""
+    def part(a: int, e: int) -> tuple[torch.Tensor, ...]:
+        sc = filt.score(x[a:e], batch_size=batch_size)
+        return torch.from_numpy(sc.log_likelihood), torch.from_numpy(sc.cluster)
+
+    ll, cl = ddp.sharded_rows(part, x.shape[0])
+    ll_np = ll.numpy()
+    return FilterScores(ll_np, cl.numpy(), ll_np >= filt.threshold)
 
 
 def _diverged(epoch: int, lr: float) -> TrainingError:

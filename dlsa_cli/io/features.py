@@ -240,7 +240,7 @@ def _read_safetensors(p: Path) -> FeatureSet:
     lkey = _pick(header, _LABEL_KEYS)
     ikey = "ids" if "ids" in header else None
     tensors, _, _, _ = read_safetensors(p, [k for k in (fkey, lkey, ikey) if k])
-    ids = tensors[ikey].numpy() if ikey else None
+    ids = tensors[ikey].numpy() if ikey else _tensor_str_ids(p, header)
     meta = dict(meta)
     if ids is None and "ids" in meta:
         ids = np.asarray(meta.pop("ids"), dtype=str)
@@ -249,6 +249,13 @@ def _read_safetensors(p: Path) -> FeatureSet:
     x = tensors[fkey]
     x = x.float().numpy() if str(x.dtype) == "torch.bfloat16" else x.numpy()
     return FeatureSet(x, tensors[lkey].numpy() if lkey else None, ids, {"provenance": prov, **meta})
+
+
+def _tensor_str_ids(p: Path, header: dict) -> np.ndarray | None:
+    """String ids stored as byte tensors (files of millions of rows; see `dlsa_cli.io.stream`), or None."""
+    from dlsa_cli.io.stream import IDS_OFFSETS_KEY, read_id_range
+
+    return read_id_range(p, 0, int(header[IDS_OFFSETS_KEY][1][0]) - 1) if IDS_OFFSETS_KEY in header else None
 
 
 def _read_parquet(p: Path) -> FeatureSet:
@@ -437,7 +444,7 @@ def feature_info(path: str | Path) -> FeatureInfo:
             header[fkey][0], header[fkey][0].lower()
         )
         meta = dict(meta)
-        ids = "int" if "ids" in header else ("str" if "ids" in meta else None)
+        ids = "int" if "ids" in header else ("str" if "ids" in meta or "ids_offsets" in header else None)
         meta.pop("ids", None)
         return FeatureInfo(p, fmt, n, d, dtype, _pick(header, _LABEL_KEYS) is not None, ids, kind, meta, prov)
     if fmt == "parquet":
@@ -607,7 +614,7 @@ def read_labels(path: str | Path, *, require_labels: bool = False) -> LabelSet:
         ikey = "ids" if "ids" in header else None
         tensors = _safetensors_numpy(p, [k for k in (lkey, ikey) if k])
         y = tensors[lkey] if lkey else None
-        ids = tensors[ikey] if ikey else (np.asarray(raw_meta["ids"], dtype=str) if "ids" in raw_meta else None)
+        ids = tensors[ikey] if ikey else (np.asarray(raw_meta["ids"], dtype=str) if "ids" in raw_meta else _tensor_str_ids(p, header))
     elif fmt == "parquet":
         from dlsa_cli.io.files import read_table_metadata
 

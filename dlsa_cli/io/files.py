@@ -404,8 +404,11 @@ def provenance(
     """What produced a file: command, options, input hashes, versions, seed, time."""
     import torch
 
+    from dlsa_cli.distributed import current
+
     return {
         "command": command,
+        "world_size": current().world_size,  # processes that made the file (torchrun), 1 alone
         "options": {k: _plain(v) for k, v in (options or {}).items()},
         "inputs": [{"path": str(p), "sha256": file_sha256(p)} for p in inputs if Path(p).is_file()],
         "seed": seed,
