@@ -326,8 +326,10 @@ def test_m2m_schedule_rounds():
     assert rounds(1, 5) == [1, 6] and rounds(3, 2) == [3, 5, 7, 9]
 
 
-@pytest.mark.parametrize("opts", [["--model", "ride"], ["--sampler", "m2m", "--loss", "ce"]])
+@pytest.mark.parametrize("opts", [["--model", "ride", "--experts", "3", "--ride-diversity", "0.05"],
+                                  ["--sampler", "m2m", "--loss", "ce", "--m2m-steps", "3", "--m2m-warmup", "2"]])
 def test_fit_cascade_runs_ride_and_m2m_classifiers(digits, tmp_path, opts):
+    """fit-cascade passes RIDE's and M2M's own options on to every classifier of the cascade."""
     run = tmp_path / "run"
     ok("fit-cascade", digits / "train.safetensors", "--val", digits / "val.safetensors", "-o", run, "--depth", "1",
        "--clusters", "6", "--filter-epochs", "3", "--filter-batch-size", "64", "--filter-lr", "0.01", "--hidden", "32",
@@ -335,9 +337,11 @@ def test_fit_cascade_runs_ride_and_m2m_classifiers(digits, tmp_path, opts):
     cas = Cascade.load(run)
     for clf in (Classifier.load(run / "baseline.safetensors"), *cas.classifiers, cas.final):
         if opts[1] == "ride":
-            assert clf.base_kind == "ride" and clf.meta["experts"] == 2
+            assert clf.base_kind == "ride" and clf.meta["experts"] == 3
+            assert clf.meta["hyper"]["ride_diversity"] == 0.05
         else:
             assert clf.meta["sampler"] == "m2m" and clf.meta["m2m"]["rounds"]
+            assert clf.meta["hyper"]["m2m_steps"] == 3 and clf.meta["hyper"]["m2m_warmup"] == 2
     assert cas.classifiers[0].kind == "cluster-aided"
     r = ok("predict", run, digits / "test.safetensors", "-o", tmp_path / "pred.parquet", "--json", *CPU)
     assert json.loads(r.stdout)["model"] == "cascade"

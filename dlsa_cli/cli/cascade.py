@@ -12,7 +12,7 @@ from dlsa_cli.cli.common import DeviceOpt, JsonOpt, QuietOpt, Reporter, SeedOpt,
 from dlsa_cli.cli.options import CASCADE_FILTER as F
 from dlsa_cli.cli.options import CLASSIFIER as C
 from dlsa_cli.cli.options import CLASSIFIER_DEFAULTS as CD
-from dlsa_cli.cli.options import PRESET_NAMES
+from dlsa_cli.cli.options import PRESET_NAMES, RIDE_M2M
 from dlsa_cli.errors import InputError
 
 __all__ = ["fit_cascade_cmd"]
@@ -60,6 +60,20 @@ def fit_cascade_cmd(
     posthoc: C.posthoc = CD.posthoc,
     val_fraction: C.val_fraction = CD.val_fraction,
     select: C.select = CD.select,
+    experts: C.experts = CD.experts,
+    expert_hidden: C.expert_hidden = CD.expert_hidden,
+    ride_diversity: C.ride_diversity = CD.ride_diversity,
+    ride_temperature: C.ride_temperature = CD.ride_temperature,
+    ride_init_noise: C.ride_init_noise = CD.ride_init_noise,
+    m2m_from: C.m2m_from = CD.m2m_from,
+    m2m_warmup: C.m2m_warmup = CD.m2m_warmup,
+    m2m_beta: C.m2m_beta = CD.m2m_beta,
+    m2m_lambda: C.m2m_lambda = CD.m2m_lambda,
+    m2m_gamma: C.m2m_gamma = CD.m2m_gamma,
+    m2m_steps: C.m2m_steps = CD.m2m_steps,
+    m2m_step: C.m2m_step = CD.m2m_step,
+    m2m_start: C.m2m_start = CD.m2m_start,
+    m2m_every: C.m2m_every = CD.m2m_every,
     branch_lr: Annotated[Optional[float], typer.Option("--branch-lr", help="Learning rate of the branch classifiers (default 3e-4 fine-tuning, 0.03 with --from-scratch).", show_default=False)] = None,
     from_scratch: Annotated[bool, typer.Option("--from-scratch", help="Train branch classifiers from scratch on their subsets (the authors' way) instead of from the baseline.")] = False,
     baseline_init: Annotated[Optional[Path], typer.Option("--baseline-init", help="Start the baseline from a backbone's own head (weight (C, D), bias (C,); .safetensors or .pt), as the paper does for PaCo.", show_default=False)] = None,
@@ -105,7 +119,7 @@ _CLASSIFIER_FIELDS = {  # fit-cascade's parameter -> TrainConfig field
     "model": "model", "loss": "loss", "sampler": "sampler", "epochs": "epochs", "batch_size": "batch_size",
     "lr": "lr", "lr_side": "lr_side", "momentum": "momentum", "weight_decay": "weight_decay", "la_tau": "la_tau",
     "loss_counts": "loss_counts", "side_input": "side_input", "prior_train": "prior_train", "posthoc": "posthoc",
-    "val_fraction": "val_fraction", "select": "select",
+    "val_fraction": "val_fraction", "select": "select", **{n: n for n in RIDE_M2M},
 }
 
 
@@ -123,6 +137,8 @@ def _plan(o: dict[str, Any]) -> Any:
     explicit = {f: o[k] for k, f in _FILTER_FIELDS.items() if o[k] is not None}
     filter_cfg = FilterConfig(**{**(PRESETS[preset] if preset else {}), **explicit})
     base = TrainConfig(**{f: o[k] for k, f in _CLASSIFIER_FIELDS.items()})
+    if base.m2m_from is not None:
+        base = replace(base, m2m_from=str(base.m2m_from))
     init = o["baseline_init"]
     return CascadePlan(
         depth=o["depth"], seed=o["seed"], filter=filter_cfg, baseline=base, branch=replace(base, lr=o["branch_lr"]),

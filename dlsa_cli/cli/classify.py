@@ -76,35 +76,20 @@ def fit_classifier_cmd(
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
-    experts: Annotated[int, typer.Option("--experts", help="--model ride: number of expert heads, trained jointly.")] = 2,
-    expert_hidden: Annotated[
-        int, typer.Option("--expert-hidden", help="--model ride: a hidden layer of this width per expert (0: none).")
-    ] = 0,
-    ride_diversity: Annotated[
-        float | None,
-        typer.Option("--ride-diversity", help="--model ride: weight of the diversity term subtracted from each expert's loss "
-                     "(default: chosen on validation from 0, 0.05, 0.2; RIDE's own is 0.2)."),
-    ] = None,
-    ride_temperature: Annotated[
-        float, typer.Option("--ride-temperature", help="--model ride: base temperature of the diversity term (per class, growing with its count).")
-    ] = 1.5,
-    ride_init_noise: Annotated[
-        float, typer.Option("--ride-init-noise", help="--model ride from a linear --init: noise added to each expert, times the weights' std.")
-    ] = 0.1,
-    m2m_from: Annotated[
-        Path | None,
-        typer.Option("--m2m-from", help="--sampler m2m: the classifier g that translates (trained on the imbalanced data; default: a CE warm-up)."),
-    ] = None,
-    m2m_warmup: Annotated[int, typer.Option("--m2m-warmup", help="--sampler m2m without --m2m-from: epochs of g's CE warm-up.")] = 30,
-    m2m_beta: Annotated[float, typer.Option("--m2m-beta", help="--sampler m2m: source class k0 drawn with weight 1 - beta^(n_k0 - n_k).")] = 0.999,
-    m2m_lambda: Annotated[float, typer.Option("--m2m-lambda", help="--sampler m2m: weight of the source-class logit penalty.")] = 0.1,
-    m2m_gamma: Annotated[float, typer.Option("--m2m-gamma", help="--sampler m2m: keep a translation when g's loss for the target is at most this.")] = 0.9,
-    m2m_steps: Annotated[int, typer.Option("--m2m-steps", help="--sampler m2m: gradient steps per translation.")] = 10,
-    m2m_step: Annotated[float, typer.Option("--m2m-step", help="--sampler m2m: length of a step, times the mean feature norm.")] = 0.05,
-    m2m_start: Annotated[int, typer.Option("--m2m-start", help="--sampler m2m: first epoch that trains on translations.")] = 1,
-    m2m_every: Annotated[
-        int, typer.Option("--m2m-every", help="--sampler m2m: regenerate the translations every this many epochs (0: make them once).")
-    ] = 0,
+    experts: CLASSIFIER.experts = CLASSIFIER_DEFAULTS.experts,
+    expert_hidden: CLASSIFIER.expert_hidden = CLASSIFIER_DEFAULTS.expert_hidden,
+    ride_diversity: CLASSIFIER.ride_diversity = CLASSIFIER_DEFAULTS.ride_diversity,
+    ride_temperature: CLASSIFIER.ride_temperature = CLASSIFIER_DEFAULTS.ride_temperature,
+    ride_init_noise: CLASSIFIER.ride_init_noise = CLASSIFIER_DEFAULTS.ride_init_noise,
+    m2m_from: CLASSIFIER.m2m_from = CLASSIFIER_DEFAULTS.m2m_from,
+    m2m_warmup: CLASSIFIER.m2m_warmup = CLASSIFIER_DEFAULTS.m2m_warmup,
+    m2m_beta: CLASSIFIER.m2m_beta = CLASSIFIER_DEFAULTS.m2m_beta,
+    m2m_lambda: CLASSIFIER.m2m_lambda = CLASSIFIER_DEFAULTS.m2m_lambda,
+    m2m_gamma: CLASSIFIER.m2m_gamma = CLASSIFIER_DEFAULTS.m2m_gamma,
+    m2m_steps: CLASSIFIER.m2m_steps = CLASSIFIER_DEFAULTS.m2m_steps,
+    m2m_step: CLASSIFIER.m2m_step = CLASSIFIER_DEFAULTS.m2m_step,
+    m2m_start: CLASSIFIER.m2m_start = CLASSIFIER_DEFAULTS.m2m_start,
+    m2m_every: CLASSIFIER.m2m_every = CLASSIFIER_DEFAULTS.m2m_every,
 ) -> None:
     """Train a regular (linear / cosine / RIDE) or cluster-aided classifier.
 

@@ -15,6 +15,7 @@ a classifier option's default is `CLASSIFIER_DEFAULTS.<field>`.
 from __future__ import annotations
 
 from dataclasses import fields
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Annotated, Any, Optional
 
@@ -30,6 +31,7 @@ __all__ = [
     "CLASSIFIER_DEFAULTS",
     "FILTER_SHARED_NAMES",
     "CLASSIFIER_FLAGS",
+    "RIDE_M2M",
     "filter_option",
     "classifier_option",
 ]
@@ -94,7 +96,25 @@ _CLASSIFIER_HELP: dict[str, tuple[Any, str]] = {
     "posthoc": (str, "none, la (logit adjustment) or tau (tau-normalisation); strength chosen on validation."),
     "val_fraction": (float, "Share of each class carved for validation when there is no validation file."),
     "select": (str, "Which classifier epoch to keep: best (on validation, the start included) or last."),
+    "experts": (int, "--model ride: number of expert heads, trained jointly."),
+    "expert_hidden": (int, "--model ride: a hidden layer of this width per expert (0: none)."),
+    "ride_diversity": (Optional[float], "--model ride: weight of the diversity term subtracted from each expert's loss "
+                       "(default: chosen on validation from 0, 0.05, 0.2; RIDE's own is 0.2)."),
+    "ride_temperature": (float, "--model ride: base temperature of the diversity term (per class, growing with its count)."),
+    "ride_init_noise": (float, "--model ride from a linear --init: noise added to each expert, times the weights' std."),
+    "m2m_from": (Optional[Path], "--sampler m2m: the classifier g that translates (trained on the imbalanced data; default: a CE warm-up)."),
+    "m2m_warmup": (int, "--sampler m2m without --m2m-from: epochs of g's CE warm-up."),
+    "m2m_beta": (float, "--sampler m2m: source class k0 drawn with weight 1 - beta^(n_k0 - n_k)."),
+    "m2m_lambda": (float, "--sampler m2m: weight of the source-class logit penalty."),
+    "m2m_gamma": (float, "--sampler m2m: keep a translation when g's loss for the target is at most this."),
+    "m2m_steps": (int, "--sampler m2m: gradient steps per translation."),
+    "m2m_step": (float, "--sampler m2m: length of a step, times the mean feature norm."),
+    "m2m_start": (int, "--sampler m2m: first epoch that trains on translations."),
+    "m2m_every": (int, "--sampler m2m: regenerate the translations every this many epochs (0: make them once)."),
 }
+# the options that configure RIDE and M2M, in fit-classifier's and fit-cascade's order
+RIDE_M2M = ("experts", "expert_hidden", "ride_diversity", "ride_temperature", "ride_init_noise", "m2m_from",
+            "m2m_warmup", "m2m_beta", "m2m_lambda", "m2m_gamma", "m2m_steps", "m2m_step", "m2m_start", "m2m_every")
 
 
 def classifier_option(name: str, *, flag: str | None = None) -> Any:
