@@ -70,12 +70,7 @@ def plot_confusion(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], *
         ax.set_yticks(ticks)
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="wrong predictions (log scale)")
     fig.suptitle("Mistakes by training frequency, correct predictions left out", fontsize=10)
-    p = Path(path)
-    try:
-        with atomic_path(p) as tmp:
-            fig.savefig(tmp, format=p.suffix.lower().lstrip("."), dpi=120)
-    finally:
-        plt.close(fig)
+    _save(fig, plt, path)
 
 
 def _save(fig, plt, path: str | Path) -> None:

@@ -338,10 +338,7 @@ def _read_pt(p: Path) -> FeatureSet:
 
 
 def _read_h5(p: Path) -> FeatureSet:
-    try:
-        import h5py
-    except ImportError:
-        raise InputError("reading .h5 needs h5py", path=p, hint="pip install 'dlsa-cli[h5]'") from None
+    h5py = _h5py(p)
     try:
         with h5py.File(p, "r") as f:
             keys = list(f.keys())
