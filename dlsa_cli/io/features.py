@@ -21,6 +21,7 @@ Readers, chosen by extension:
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -337,7 +338,9 @@ def _read_pt(p: Path) -> FeatureSet:
     raise InputError(f"holds a {type(obj).__name__}, expected a tensor or a dict of tensors", path=p)
 
 
-def _read_h5(p: Path) -> FeatureSet:
+@contextmanager
+def _h5_features(p: Path) -> Iterator[tuple[Any, list[str], str]]:
+    """(the open HDF5 file, its keys, its features key); any failure but ours is one "not a readable HDF5 file" line."""
     h5py = _h5py(p)
     try:
         with h5py.File(p, "r") as f:
@@ -345,18 +348,25 @@ def _read_h5(p: Path) -> FeatureSet:
             fkey = _pick(keys, _FEATURE_KEYS)
             if fkey is None:
                 raise InputError(f"no 'features' dataset (it has {', '.join(keys)})", path=p)
-            lkey = _pick(keys, _LABEL_KEYS)
-            ikey = _pick(keys, _ID_KEYS)
-            ids = None
-            if ikey:
-                ids = f[ikey][()]
-                if ids.dtype.kind in "SO":
-                    ids = np.array([i.decode() if isinstance(i, bytes) else str(i) for i in ids])
-            return FeatureSet(f[fkey][()], f[lkey][()] if lkey else None, ids)
+            yield f, keys, fkey
     except InputError:
         raise
     except Exception as e:
         raise InputError(f"not a readable HDF5 file ({e})", path=p) from None
+
+
+def _h5_ids(values: np.ndarray) -> np.ndarray:
+    """HDF5 ids as read: integers as they are, byte or object strings as str."""
+    if values.dtype.kind in "SO":
+        return np.array([i.decode() if isinstance(i, bytes) else str(i) for i in values])
+    return values
+
+
+def _read_h5(p: Path) -> FeatureSet:
+    with _h5_features(p) as (f, keys, fkey):
+        lkey, ikey = _pick(keys, _LABEL_KEYS), _pick(keys, _ID_KEYS)
+        ids = _h5_ids(f[ikey][()]) if ikey else None
+        return FeatureSet(f[fkey][()], f[lkey][()] if lkey else None, ids)
 
 
 
@@ -487,21 +497,11 @@ def feature_info(path: str | Path) -> FeatureInfo:
         ids = None if ikey is None else _ids_kind(heads[ikey][1])
         return FeatureInfo(p, fmt, n, d, heads[fkey][1].name, _pick(heads, _LABEL_KEYS) is not None, ids, None)
     if fmt == "h5":
-        h5py = _h5py(p)
-        try:
-            with h5py.File(p, "r") as f:
-                keys = list(f.keys())
-                fkey = _pick(keys, _FEATURE_KEYS)
-                if fkey is None:
-                    raise InputError(f"no 'features' dataset (it has {', '.join(keys)})", path=p)
-                n, d = _check_matrix_shape(f[fkey].shape, p)
-                ikey = _pick(keys, _ID_KEYS)
-                ids = None if ikey is None else ("int" if f[ikey].dtype.kind in "iu" else "str")
-                return FeatureInfo(p, fmt, n, d, f[fkey].dtype.name, _pick(keys, _LABEL_KEYS) is not None, ids, None)
-        except InputError:
-            raise
-        except Exception as e:
-            raise InputError(f"not a readable HDF5 file ({e})", path=p) from None
+        with _h5_features(p) as (f, keys, fkey):
+            n, d = _check_matrix_shape(f[fkey].shape, p)
+            ikey = _pick(keys, _ID_KEYS)
+            ids = None if ikey is None else ("int" if f[ikey].dtype.kind in "iu" else "str")
+            return FeatureInfo(p, fmt, n, d, f[fkey].dtype.name, _pick(keys, _LABEL_KEYS) is not None, ids, None)
     fs = _read_pt(p)
     fs.path = p
     validate_features(fs, check_finite=False)
@@ -629,9 +629,7 @@ def read_labels(path: str | Path, *, require_labels: bool = False) -> LabelSet:
             lkey, ikey = _pick(keys, _LABEL_KEYS), _pick(keys, _ID_KEYS)
             y = f[lkey][()] if lkey else None
             if ikey:
-                ids = f[ikey][()]
-                if ids.dtype.kind in "SO":
-                    ids = np.array([i.decode() if isinstance(i, bytes) else str(i) for i in ids])
+                ids = _h5_ids(f[ikey][()])
     elif fmt == "npz":
         with np.load(p, allow_pickle=False) as d:  # members load one at a time
             lkey, ikey = _pick(d.files, _LABEL_KEYS), _pick(d.files, _ID_KEYS)

@@ -461,17 +461,13 @@ def _ids_slice(f: Any, header: dict, meta: dict, a: int, b: int, torch_framework
 
 
 def _rows_h5(p: Path, bs: int, start: int, stop: int) -> Iterator[tuple]:
-    from dlsa_cli.io.features import _FEATURE_KEYS, _ID_KEYS, _LABEL_KEYS, _h5py, _pick
+    from dlsa_cli.io.features import _FEATURE_KEYS, _ID_KEYS, _LABEL_KEYS, _h5_ids, _h5py, _pick
 
     with _h5py(p).File(p, "r") as f:
         keys = list(f.keys())
         fkey, lkey, ikey = _pick(keys, _FEATURE_KEYS), _pick(keys, _LABEL_KEYS), _pick(keys, _ID_KEYS)
         for a, b in _ranges(start, stop, bs):
-            ids = None
-            if ikey:
-                ids = f[ikey][a:b]
-                if ids.dtype.kind in "SO":
-                    ids = np.array([i.decode() if isinstance(i, bytes) else str(i) for i in ids])
+            ids = _h5_ids(f[ikey][a:b]) if ikey else None
             yield a, f[fkey][a:b], (f[lkey][a:b] if lkey else None), ids
 
 
