@@ -31,7 +31,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
+from classifiers import ROWS as ALONE_ROWS  # noqa: E402
 from dlsa_cli.cascade import Cascade, CascadePlan, fit_cascade, predict  # noqa: E402
 from dlsa_cli.classify import Classifier, TrainConfig  # noqa: E402
 from dlsa_cli.evaluation import evaluate_predictions  # noqa: E402
@@ -40,15 +42,8 @@ from dlsa_cli.io.features import read_features  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "tinyimagenet-lt"
 METRICS = ("overall", "many", "medium", "few", "mcc", "nmi")
-ROWS: dict[str, dict] = {
-    "ce": dict(loss="ce"),
-    "bsm": dict(loss="bsm"),
-    "cbs": dict(loss="ce", sampler="balanced"),
-    "cosine": dict(loss="ce", model="cosine"),
-    "la": dict(loss="ce", posthoc="la"),
-    "ride": dict(loss="bsm", model="ride", experts=2),
-    "m2m": dict(loss="ce", sampler="m2m", m2m_warmup=10),
-}
+# the learners of benchmarks/classifiers.py; M2M's g warms up for 10 epochs, as long as the learners train
+ROWS: dict[str, dict] = {**ALONE_ROWS, "m2m": {**ALONE_ROWS["m2m"], "m2m_warmup": 10}}
 FILTER = FilterConfig(clusters=200, hidden=256, epochs=10, batch_size=512, routing="cluster-tail")
 
 
