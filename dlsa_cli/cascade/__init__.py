@@ -32,7 +32,6 @@ from dlsa_cli.cascade.predict import (
     Prediction,
     predict,
     prediction_columns,
-    write_predictions,
 )
 from dlsa_cli.cascade.summary import summary
 
@@ -49,6 +48,5 @@ __all__ = [
     "load_model",
     "predict",
     "prediction_columns",
-    "write_predictions",
     "summary",
 ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +15,6 @@ from dlsa_cli.errors import InputError, ModelMismatchError, NonFiniteError
 from dlsa_cli.io.features import FeatureSet
 from dlsa_cli.io.files import (
     file_sha256,
-    write_table,
 )
 
 
@@ -111,38 +109,3 @@ def prediction_columns(fs: FeatureSet, pred: Prediction, *, topk: int = 5, num_f
         cols["depth"] = pa.array(np.where(cluster, rd, num_filters).astype(np.int32))
         cols["branch"] = pa.array(np.where(cluster, "cluster", "regular").astype(str))
     return pa.table(cols)
-
-
-def write_predictions(
-    path: str | Path,
-    fs: FeatureSet,
-    pred: Prediction,
-    model: Classifier | Cascade,
-    *,
-    topk: int = 5,
-    prov: dict | None = None,
-) -> dict[str, Any]:
-    """Write the predictions table (kind "predictions") atomically; returns a short report."""
-    num_filters = model.depth if isinstance(model, Cascade) else 0
-    table = prediction_columns(fs, pred, topk=topk, num_filters=num_filters)
-    counts = model.train_counts if isinstance(model, Cascade) else np.asarray(model.meta.get("train_counts", []))
-    meta: dict[str, Any] = {
-        "num_classes": model.num_classes,
-        "model": "cascade" if isinstance(model, Cascade) else model.kind,
-        "features": None if fs.path is None else str(fs.path),
-        "topk": int(table.column("topk_labels")[0].values.__len__()) if table.num_rows else topk,
-    }
-    if len(counts):
-        meta["train_counts"] = [int(c) for c in counts]
-    report: dict[str, Any] = {"samples": table.num_rows, "model": meta["model"]}
-    if fs.labels is not None:
-        report["accuracy"] = float((pred.logits.argmax(1) == fs.labels).mean())
-    if pred.route_depth is not None:
-        routes = table.column("route").to_numpy(zero_copy_only=False)
-        names, cnt = np.unique(routes, return_counts=True)
-        report["routes"] = {str(a): int(b) for a, b in zip(names, cnt)}
-        meta["routes"] = report["routes"]
-    write_table(path, table, kind="predictions", meta=meta, prov=prov)
-    return report
-
-

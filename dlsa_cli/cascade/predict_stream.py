@@ -3,8 +3,8 @@
 Each rank reads its contiguous rows in batches and predicts them; rank 0
 receives every round's tables and writes the predictions table by row groups
 (one part per rank, joined in rank order, which is input order). Memory grows
-with the batch, not with N. The table, its metadata and the report are those
-of `write_predictions` for the whole file at once.
+with the batch, not with N. The table is `predict.prediction_columns` of
+every batch, in input order.
 """
 
 from __future__ import annotations
