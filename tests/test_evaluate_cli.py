@@ -212,3 +212,45 @@ def test_bad_input_is_one_line_and_leaves_no_plot(bad, case):
     r = run_cli("evaluate", *args)
     _one_line_error(r, *needles)
     assert set(tmp.iterdir()) == before  # no plot, no temporary file
+
+
+def test_evaluate_streams_in_batches_with_the_same_metrics(files, monkeypatch):
+    """Read 37 rows at a time, every metric (routes, per class, Fig. 1 counts) equals the whole-array one."""
+    from dlsa_cli.evaluation import evaluate_files, evaluate_predictions, report
+    from dlsa_cli.evaluation.metrics import binned_confusion
+    from dlsa_cli.evaluation.tally import Tally
+    from dlsa_cli.io.files import read_table
+
+    d, y, preds, counts, route = files
+    whole = read_table(d / "nn1.parquet")[0].to_pydict()
+    want = evaluate_predictions(
+        y, preds["1nn"], counts, routes=np.array(whole["route"]), depths=np.array(whole["depth"]),
+        branches=np.array(whole["branch"]), per_class=True,
+    )
+    monkeypatch.setattr(report, "PREDICTION_BATCH", 37)
+    assert len(y) > 3 * 37  # several batches, the last one short
+    got = evaluate_files([str(d / "nn1.parquet")], str(d / "train.safetensors"), per_class=True)[str(d / "nn1.parquet")]
+    assert got == want
+    tally = report._tally_file(str(d / "nn1.parquet"), counts, "train", None, 50, 5)
+    assert np.array_equal(tally.confusion, binned_confusion(y, preds["1nn"], counts, 5))
+    assert tally.cells.size <= len(y)  # the NMI counts: non-zero cells only
+    # Adding in pieces equals adding at once, route separation included.
+    parts = Tally(counts)
+    for a in range(0, len(y), 50):
+        parts.add(y[a : a + 50], preds["1nn"][a : a + 50], routes=route[a : a + 50])
+    assert parts.metrics() == Tally(counts).add(y, preds["1nn"], routes=route).metrics()
+
+
+def test_evaluate_finds_a_repeated_id_across_batches(files, tmp_path, monkeypatch):
+    """With --labels, an id repeated 100 rows later (another batch) is found and counted."""
+    from dlsa_cli.evaluation import report
+
+    d, y, preds, _, _ = files
+    from dlsa_cli.io.features import read_features
+
+    ids = read_features(d / "test.safetensors").ids.astype(str).copy()
+    ids[100] = ids[0]
+    write_table(tmp_path / "rep.parquet", {"id": ids, "prediction": preds["ncm"]}, kind="predictions")
+    monkeypatch.setattr(report, "PREDICTION_BATCH", 37)
+    with pytest.raises(report.InputError, match=r"1 rows repeat an id \(first: "):
+        report.evaluate_files([str(tmp_path / "rep.parquet")], str(d / "train.safetensors"), labels=str(d / "test.safetensors"))

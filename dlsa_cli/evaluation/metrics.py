@@ -31,6 +31,8 @@ __all__ = [
     "group_accuracies",
     "matthews_corrcoef",
     "normalized_mutual_info",
+    "mcc_from_counts",
+    "nmi_from_cells",
     "separation_accuracy",
     "binned_confusion",
 ]
@@ -99,21 +101,26 @@ def group_accuracies(
 
 
 def matthews_corrcoef(labels: np.ndarray, predictions: np.ndarray) -> float:
-    """Multiclass MCC (Gorodkin 2004), from true and predicted class counts.
-
-    (c * s - t.p) / sqrt((s^2 - p.p) (s^2 - t.t)), with c correct, s samples,
-    t and p the per-class true and predicted counts; 0 when undefined.
-    """
+    """Multiclass MCC (Gorodkin 2004) of two label arrays; see `mcc_from_counts`."""
     y = np.asarray(labels, dtype=np.int64)
     p = np.asarray(predictions, dtype=np.int64)
     if y.size == 0:
         return 0.0
     k = int(max(y.max(), p.max())) + 1
-    t = np.bincount(y, minlength=k).astype(np.float64)  # (K,)
-    q = np.bincount(p, minlength=k).astype(np.float64)  # (K,)
-    c = float(np.sum(y == p))
-    s = float(y.size)
-    cov_tp = c * s - t @ q
+    return mcc_from_counts(np.bincount(y, minlength=k), np.bincount(p, minlength=k), int(np.sum(y == p)))
+
+
+def mcc_from_counts(true_counts: np.ndarray, pred_counts: np.ndarray, correct: int) -> float:
+    """Multiclass MCC from per-class true counts t (K,), predicted counts p (K,) and the correct count c.
+
+    (c * s - t.p) / sqrt((s^2 - p.p) (s^2 - t.t)), s the number of samples; 0 when undefined.
+    """
+    t = np.asarray(true_counts, dtype=np.float64)
+    q = np.asarray(pred_counts, dtype=np.float64)
+    s = float(t.sum())
+    if s == 0:
+        return 0.0
+    cov_tp = float(correct) * s - t @ q
     cov_pp = s * s - q @ q
     cov_tt = s * s - t @ t
     if cov_pp * cov_tt == 0:
@@ -130,21 +137,33 @@ def _entropy(counts: np.ndarray) -> float:
 
 
 def normalized_mutual_info(labels: np.ndarray, predictions: np.ndarray) -> float:
-    """NMI with the arithmetic mean of the two entropies as normaliser (natural log)."""
+    """NMI with the arithmetic mean of the two entropies as normaliser (natural log); see `nmi_from_cells`."""
     y = np.asarray(labels, dtype=np.int64)
     p = np.asarray(predictions, dtype=np.int64)
-    ty, ny = np.unique(y, return_inverse=True)
-    tp, np_ = np.unique(p, return_inverse=True)
-    if len(ty) == len(tp) == 1 or len(ty) == len(tp) == 0:
+    if y.size == 0:
+        return 1.0
+    k = int(max(y.max(), p.max())) + 1
+    cells, nij = np.unique(y * k + p, return_counts=True)
+    return nmi_from_cells(cells // k, cells % k, nij)
+
+
+def nmi_from_cells(rows: np.ndarray, cols: np.ndarray, counts: np.ndarray) -> float:
+    """NMI from the non-zero cells of a contingency table: (row class, column class, count) each (M,).
+
+    Cells in row-major order give the same floating-point sum as the arrays they count.
+    """
+    nij = np.asarray(counts, dtype=np.float64)
+    if nij.size == 0:
+        return 1.0
+    _, i = np.unique(rows, return_inverse=True)
+    _, j = np.unique(cols, return_inverse=True)
+    a = np.bincount(i, weights=nij)  # (Cy,) row sums of the classes present
+    b = np.bincount(j, weights=nij)  # (Cp,) column sums
+    if len(a) == len(b) == 1:
         return 1.0  # both labellings put everything in one group: a perfect match
-    if len(ty) == 1 or len(tp) == 1:
+    if len(a) == 1 or len(b) == 1:
         return 0.0
-    pairs, nij = np.unique(ny * len(tp) + np_, return_counts=True)  # non-zero cells of the contingency table
-    a = np.bincount(ny).astype(np.float64)  # (Cy,) row sums
-    b = np.bincount(np_).astype(np.float64)  # (Cp,) column sums
-    n = float(y.size)
-    i, j = pairs // len(tp), pairs % len(tp)
-    nij = nij.astype(np.float64)
+    n = float(nij.sum())
     mi = (nij / n) * (np.log(nij) + np.log(n) - np.log(a[i]) - np.log(b[j]))  # p_ij log(p_ij / (p_i p_j))
     mi = np.where(np.abs(mi) < np.finfo(np.float64).eps, 0.0, mi)
     mi_sum = float(max(mi.sum(), 0.0))

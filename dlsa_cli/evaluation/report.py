@@ -19,28 +19,20 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from dlsa_cli.errors import InputError
-from dlsa_cli.evaluation.metrics import (
-    FEW_BELOW,
-    MANY_ABOVE,
-    TAIL_AT_MOST,
-    group_accuracies,
-    matthews_corrcoef,
-    normalized_mutual_info,
-    per_class_accuracy,
-    separation_accuracy,
-    shot_groups,
-    top1_accuracy,
-)
-from dlsa_cli.io.files import read_table, read_table_metadata, require_file
+from dlsa_cli.evaluation.metrics import FEW_BELOW, MANY_ABOVE, TAIL_AT_MOST
+from dlsa_cli.evaluation.tally import Tally
+from dlsa_cli.io.files import read_table_metadata, require_file
 
 __all__ = [
     "Predictions",
     "read_predictions",
+    "iter_predictions",
     "read_train_counts",
     "evaluate_predictions",
     "evaluate_files",
@@ -79,14 +71,49 @@ def _int_column(table: Any, name: str, p: Path) -> np.ndarray:
     return v
 
 
+PREDICTION_BATCH = 65_536  # rows of a predictions table read at a time
+
+
 def read_predictions(path: str | Path, *, labels_from: Any = None) -> Predictions:
-    """Read the columns evaluation needs from a predictions table.
+    """Read the columns evaluation needs from a predictions table, whole (see `iter_predictions`)."""
+    parts = list(iter_predictions(path, labels_from=labels_from))
+
+    def cat(name: str) -> np.ndarray | None:
+        cols = [getattr(q, name) for q in parts]
+        return None if cols[0] is None else np.concatenate(cols)
+
+    return Predictions(cat("labels"), cat("predictions"), cat("routes"), cat("depths"), cat("branches"), parts[0].meta, parts[0].path)
+
+
+def iter_predictions(path: str | Path, *, labels_from: Any = None, batch_size: int | None = None) -> Iterator[Predictions]:
+    """The columns evaluation needs from a predictions table, `batch_size` rows at a time.
 
     `labels_from` (a `LabelSet` or `FeatureSet` with labels), when given,
     supplies the true labels, joined on the table's `id` (a labels file
     without ids is matched by row index), in place of any `label` column.
-    Any predicted id missing there is an error.
+    Ids that are absent there or repeated in the table are an error, raised
+    once the whole table was read, with their count.
     """
+    from dlsa_cli.io.files import iter_table
+
+    p, names, meta = _open_predictions(path, labels_from)
+    want = ["prediction"] + [c for c in ("label", "id", "route", "depth", "branch") if c in names]
+    join = _LabelJoin(labels_from, p) if labels_from is not None else None
+    for batch in iter_table(p, want, batch_size or PREDICTION_BATCH):
+        pred = _int_column(batch, "prediction", p)
+        labels = join.labels(batch) if join is not None else _int_column(batch, "label", p)
+
+        def text(name: str) -> np.ndarray | None:
+            return batch.column(name).to_numpy(zero_copy_only=False).astype(str) if name in names else None
+
+        depths = batch.column("depth").to_numpy(zero_copy_only=False) if "depth" in names else None
+        yield Predictions(labels, pred, text("route"), depths, text("branch"), meta, p)
+    if join is not None:
+        join.finish()
+
+
+def _open_predictions(path: str | Path, labels_from: Any) -> tuple[Path, list[str], dict[str, Any]]:
+    """The table's path, column names and metadata, once its shape was checked."""
     p = require_file(path, "predictions file")
     if p.suffix.lower() != ".parquet":
         raise InputError("a predictions file must be Parquet (.parquet)", path=p, hint="write it with `dlsa predict`")
@@ -100,60 +127,72 @@ def read_predictions(path: str | Path, *, labels_from: Any = None) -> Prediction
         )
     if rows == 0:
         raise InputError("has no rows", path=p, hint="predict on a non-empty feature file")
-    want = ["prediction"] + [c for c in ("label", "id", "route", "depth", "branch") if c in names]
-    table = read_table(p, want)[0]
-    pred = _int_column(table, "prediction", p)
-    if labels_from is not None:
-        labels = _join_labels(table, labels_from, p)
-    elif "label" in names:
-        labels = _int_column(table, "label", p)
-    else:
+    if labels_from is None and "label" not in names:
         raise InputError(
             "has no 'label' column",
             path=p,
             hint="pass --labels FILE (a feature file with ids and labels) to join on 'id'",
         )
-
-    def text(name: str) -> np.ndarray | None:
-        return table.column(name).to_numpy(zero_copy_only=False).astype(str) if name in names else None
-
-    depths = table.column("depth").to_numpy(zero_copy_only=False) if "depth" in names else None
-    return Predictions(labels, pred, text("route"), depths, text("branch"), meta, p)
-
-
-def _join_labels(table: Any, source: Any, p: Path) -> np.ndarray:
-    """True labels for the table's `id`s, looked up in `source` (ids + labels)."""
-    y = source.require_labels()
-    src_ids = source.ids if source.ids is not None else np.arange(len(y), dtype=np.int64)
-    where = getattr(source, "path", None) or "the labels file"
-    if "id" not in table.column_names:
+    if labels_from is not None and "id" not in names:
         raise InputError("has no 'id' column to join the labels on", path=p, hint="predict writes one; keep it")
-    ids = table.column("id").to_numpy(zero_copy_only=False)
-    if ids.dtype == object:  # Arrow strings
-        ids = ids.astype(str)
-    uniq, counts = np.unique(ids, return_counts=True)
-    if uniq.size < ids.size:
-        dup = uniq[counts > 1]
-        raise InputError(
-            f"{int((counts[counts > 1] - 1).sum())} rows repeat an id (first: {dup[0]}); joined to the labels "
-            "they would be scored twice",
-            path=p,
-            hint="give a table with one row per sample",
-        )
-    if (ids.dtype.kind in "iu") != (src_ids.dtype.kind in "iu"):  # int ids on one side, strings on the other
-        ids, src_ids = ids.astype(str), src_ids.astype(str)
-    order = np.argsort(src_ids, kind="stable")
-    sorted_ids = src_ids[order]
-    pos = np.clip(np.searchsorted(sorted_ids, ids), 0, len(sorted_ids) - 1)  # (N,)
-    found = sorted_ids[pos] == ids
-    if not found.all():
-        first = ids[np.flatnonzero(~found)[0]]
-        raise InputError(
-            f"{int((~found).sum())} of {len(ids)} predicted ids are absent from the labels in {where} (first: {first})",
-            path=p,
-            hint="evaluate against the feature file the predictions were made from",
-        )
-    return y[order[pos]]
+    return p, names, meta
+
+
+class _LabelJoin:
+    """True labels for a table's ids, batch by batch, looked up in `source` (ids + labels)."""
+
+    def __init__(self, source: Any, p: Path):
+        self.y = source.require_labels()
+        src_ids = source.ids if source.ids is not None else np.arange(len(self.y), dtype=np.int64)
+        self.order = np.argsort(src_ids, kind="stable")
+        self.sorted_ids = src_ids[self.order]
+        self.seen = np.zeros(len(self.y), dtype=bool)  # source rows already joined: a second one is a repeat
+        self.where = getattr(source, "path", None) or "the labels file"
+        self.p = p
+        self.rows = self.absent = self.repeats = 0
+        self.first_absent = self.first_repeat = None
+
+    def labels(self, batch: Any) -> np.ndarray:
+        ids = batch.column("id").to_numpy(zero_copy_only=False)
+        if ids.dtype == object:  # Arrow strings
+            ids = ids.astype(str)
+        src = self.sorted_ids
+        if (ids.dtype.kind in "iu") != (src.dtype.kind in "iu"):  # int ids on one side, strings on the other
+            ids, src = ids.astype(str), src.astype(str)
+        pos = np.clip(np.searchsorted(src, ids), 0, len(src) - 1)  # (B,)
+        found = src[pos] == ids
+        self.rows += len(ids)
+        if not found.all():
+            self.absent += int((~found).sum())
+            self.first_absent = self.first_absent if self.first_absent is not None else ids[np.flatnonzero(~found)[0]]
+        self._count_repeats(ids[found], pos[found])
+        return self.y[self.order[pos]]
+
+    def _count_repeats(self, ids: np.ndarray, pos: np.ndarray) -> None:
+        uniq, first = np.unique(pos, return_index=True)
+        again = np.ones(len(pos), dtype=bool)
+        again[first] = False
+        again |= self.seen[pos]  # joined in an earlier batch already
+        if again.any():
+            self.repeats += int(again.sum())
+            self.first_repeat = self.first_repeat if self.first_repeat is not None else ids[np.flatnonzero(again)[0]]
+        self.seen[uniq] = True
+
+    def finish(self) -> None:
+        """Raise for repeated or absent ids, counted over the whole table."""
+        if self.repeats:
+            raise InputError(
+                f"{self.repeats} rows repeat an id (first: {self.first_repeat}); joined to the labels "
+                "they would be scored twice",
+                path=self.p,
+                hint="give a table with one row per sample",
+            )
+        if self.absent:
+            raise InputError(
+                f"{self.absent} of {self.rows} predicted ids are absent from the labels in {self.where} (first: {self.first_absent})",
+                path=self.p,
+                hint="evaluate against the feature file the predictions were made from",
+            )
 
 
 def check_groups(many_above: int, few_below: int, tail_at_most: int) -> None:
@@ -228,86 +267,9 @@ def evaluate_predictions(
     ({route: samples, share, overall, many, medium, few, depth, separation}), and
     per_class (list of dicts) when asked.
     """
-    y = np.asarray(labels, dtype=np.int64)
-    p = np.asarray(predictions, dtype=np.int64)
-    counts = np.asarray(counts, dtype=np.int64)
-    c = len(counts)
-    acc, correct, support = per_class_accuracy(y, p, c)
-    groups = shot_groups(counts, many_above, few_below)
-    out: dict[str, Any] = {
-        "samples": int(y.size),
-        "overall": top1_accuracy(y, p),
-        **group_accuracies(acc, counts, many_above, few_below),
-        "mcc": matthews_corrcoef(y, p),
-        "nmi": normalized_mutual_info(y, p),
-        "classes": {g: int(np.sum(groups == g)) for g in ("many", "medium", "few")},
-        "separation": None,
-        "routes": {},
-    }
-    if routes is not None:
-        out["separation"], out["routes"] = _route_metrics(
-            y, p, counts, np.asarray(routes).astype(str), depths, branches, many_above, few_below, tail_at_most
-        )
-    if per_class:
-        out["per_class"] = _per_class(counts, groups, acc, correct, support)
-    return out
-
-
-def _route_metrics(
-    y: np.ndarray,
-    p: np.ndarray,
-    counts: np.ndarray,
-    routes: np.ndarray,
-    depths: np.ndarray | None,
-    branches: np.ndarray | None,
-    many_above: int,
-    few_below: int,
-    tail_at_most: int,
-) -> tuple[float | None, dict[str, Any]]:
-    """Separation over every cluster-routed sample, and the metrics of each route."""
-    c = len(counts)
-    is_cluster = (np.asarray(branches).astype(str) == "cluster") if branches is not None else np.char.startswith(routes, "cluster")
-    separation = separation_accuracy(y[is_cluster], counts, tail_at_most) if is_cluster.any() else None
-    per_route: dict[str, Any] = {}
-    for r in sorted(np.unique(routes), key=_route_order):
-        m = routes == r
-        r_acc = per_class_accuracy(y[m], p[m], c)[0]
-        per_route[str(r)] = {
-            "samples": int(m.sum()),
-            "share": float(m.mean()),
-            "overall": top1_accuracy(y[m], p[m]),
-            **group_accuracies(r_acc, counts, many_above, few_below),
-            "depth": int(np.asarray(depths)[m][0]) if depths is not None else _route_depth(r),
-            "separation": separation_accuracy(y[m], counts, tail_at_most) if is_cluster[m].all() else None,
-        }
-    return separation, per_route
-
-
-def _per_class(counts: np.ndarray, groups: np.ndarray, acc: np.ndarray, correct: np.ndarray, support: np.ndarray) -> list[dict[str, Any]]:
-    return [
-        {
-            "class": k,
-            "train_count": int(counts[k]),
-            "group": str(groups[k]),
-            "samples": int(support[k]),
-            "correct": int(correct[k]),
-            "accuracy": None if support[k] == 0 else float(acc[k]),
-        }
-        for k in range(len(counts))
-    ]
-
-
-def _route_depth(route: str) -> int | None:
-    _, _, d = route.partition("@")
-    return int(d) if d.isdigit() else None
-
-
-def _route_order(route: str) -> tuple[int, int, str]:
-    """cluster@1, cluster@2, ..., then regular, then anything else."""
-    d = _route_depth(route)
-    if route.startswith("cluster"):
-        return (0, d or 0, route)
-    return (1 if route == "regular" else 2, 0, route)
+    tally = Tally(np.asarray(counts, dtype=np.int64), tail_at_most)
+    tally.add(labels, predictions, routes=routes, depths=depths, branches=branches)
+    return tally.metrics(many_above, few_below, per_class)
 
 
 def _check_request(paths: list[str], plot: str | Path | None, bins: int) -> None:
@@ -358,7 +320,6 @@ def evaluate_files(
     writes the Fig. 1 view (binned confusion without correct predictions,
     one panel per table) atomically, after everything else succeeded.
     """
-    from dlsa_cli.evaluation.metrics import binned_confusion
     from dlsa_cli.io.features import read_labels
 
     check_groups(many_above, few_below, tail_at_most)
@@ -372,24 +333,21 @@ def evaluate_files(
     results: dict[str, dict[str, Any]] = {}
     panels = []
     for path in paths:
-        pr = read_predictions(path, labels_from=label_set)
-        _check_classes(pr, len(counts), train_name)
-        results[str(path)] = evaluate_predictions(
-            pr.labels,
-            pr.predictions,
-            counts,
-            routes=pr.routes,
-            depths=pr.depths,
-            branches=pr.branches,
-            many_above=many_above,
-            few_below=few_below,
-            tail_at_most=tail_at_most,
-            per_class=per_class,
-        )
+        tally = _tally_file(path, counts, train_name, label_set, tail_at_most, bins if plot is not None else None)
+        results[str(path)] = tally.metrics(many_above, few_below, per_class)
         if plot is not None:
-            panels.append((str(path), binned_confusion(pr.labels, pr.predictions, counts, bins)))
+            panels.append((str(path), tally.confusion))
     if plot is not None:
         from dlsa_cli.evaluation.plot import plot_confusion
 
         plot_confusion(plot, panels, num_classes=len(counts))
     return results
+
+
+def _tally_file(path: str, counts: np.ndarray, train_name: str, label_set: Any, tail_at_most: int, bins: int | None) -> Tally:
+    """A predictions table's counts, read batch by batch (memory: one batch and C x routes counts)."""
+    tally = Tally(counts, tail_at_most, bins=bins)
+    for pr in iter_predictions(path, labels_from=label_set):
+        _check_classes(pr, len(counts), train_name)
+        tally.add(pr.labels, pr.predictions, routes=pr.routes, depths=pr.depths, branches=pr.branches)
+    return tally

@@ -700,13 +700,9 @@ def _parquet_dim_columns(schema: Any, skip: set[str | None]) -> list[str]:
 
 
 def _parquet_batches(p: Path, batch_size: int, columns: list[str]) -> Iterator[Any]:
-    import pyarrow.parquet as pq
+    from dlsa_cli.io.files import iter_table
 
-    try:
-        pf = pq.ParquetFile(str(p))
-        yield from pf.iter_batches(batch_size=batch_size, columns=columns)
-    except Exception as e:
-        raise InputError(f"not a readable Parquet file ({e})", path=p) from None
+    return iter_table(p, columns, batch_size)
 
 
 def _parquet_matrix(batch: Any, fcols: list[str], p: Path, *, list_column: bool) -> np.ndarray:

@@ -581,6 +581,23 @@ def read_table(path: str | Path, columns: Sequence[str] | None = None) -> tuple[
     return table, kind, meta, prov
 
 
+def iter_table(path: str | Path, columns: Sequence[str], batch_size: int) -> Iterator[pa.RecordBatch]:
+    """Record batches of some columns of a Parquet table, `batch_size` rows at a time."""
+    p = require_file(path)
+    try:
+        batches = pq.ParquetFile(str(p)).iter_batches(batch_size=batch_size, columns=list(columns))
+    except Exception as e:
+        raise InputError(f"not a readable Parquet file ({e})", path=p) from None
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as e:
+            raise InputError(f"not a readable Parquet file ({e})", path=p) from None
+        yield batch
+
+
 def file_kind(path: str | Path) -> str | None:
     """The `dlsa_kind` recorded in a safetensors or Parquet file, or None."""
     p = require_file(path)
