@@ -358,3 +358,56 @@ def test_fit_cascade_under_torchrun_builds_the_cascade_one_process_builds(digits
     assert agree >= 0.99
     assert read_safetensors_header(tmp_path / "two" / "depth2" / "filter.safetensors")[3]["world_size"] == 2
     assert read_safetensors_header(tmp_path / "two" / "final.safetensors")[3]["world_size"] == 2
+
+
+# Runs the CLI under torchrun; every rank logs the checkpoint files it writes, and all
+# ranks stop (after a barrier, so rank 0's file is complete) once epoch STOP_AT is saved.
+CHECKPOINT_SPY = """
+import os, sys
+from pathlib import Path
+import dlsa_cli.flow.checkpoint as ck
+from dlsa_cli import distributed as d
+write, save = ck.write_safetensors, ck.save_checkpoint
+def logged_write(path, *a, **k):
+    with open(Path(os.environ["SPY_DIR"]) / f"writes.{os.environ['RANK']}", "a") as f:
+        f.write(str(path) + "\\n")
+    write(path, *a, **k)
+def save_then_stop(path, st, fp):
+    save(path, st, fp)
+    if st.epoch == int(os.environ.get("STOP_AT", "0")):
+        d.barrier()
+        raise SystemExit(3)
+ck.write_safetensors, ck.save_checkpoint = logged_write, save_then_stop
+from dlsa_cli.cli import main
+sys.argv = ["dlsa"] + sys.argv[1:]
+main()
+"""
+
+
+def test_fit_filter_resume_under_torchrun_rank_0_alone_writes_the_checkpoint(digits, tmp_path):
+    """Stopped after epoch 2 of 4, then resumed: rank 0 alone wrote the checkpoint, and the filter is the uninterrupted one."""
+    spy = tmp_path / "spy.py"
+    spy.write_text(CHECKPOINT_SPY)
+    args = ["fit-filter", digits / "train.safetensors", "--clusters", "8", "--epochs", "4", "--batch-size", "64",
+            "--hidden", "16", "--max-cluster-share", "0.9", "--device", "cpu", "--quiet"]
+    os.environ["SPY_DIR"] = str(tmp_path)
+    try:
+        whole = torchrun(spy, *args, "-o", tmp_path / "whole.safetensors")
+        assert whole.returncode == 0, whole.stderr[-2000:]
+        assert not (tmp_path / "writes.1").exists()  # rank 1 never wrote a checkpoint
+        assert len((tmp_path / "writes.0").read_text().splitlines()) == 3  # after epochs 1-3, none after the last
+        os.environ["STOP_AT"] = "2"
+        stopped = torchrun(spy, *args, "-o", tmp_path / "f.safetensors")
+        assert stopped.returncode != 0 and (tmp_path / "f.safetensors.resume").exists()
+        os.environ["STOP_AT"] = "0"
+        resumed = torchrun(spy, *args, "--resume", "-o", tmp_path / "f.safetensors")
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+    finally:
+        for k in ("SPY_DIR", "STOP_AT"):
+            os.environ.pop(k, None)
+    assert not (tmp_path / "writes.1").exists()
+    assert not (tmp_path / "f.safetensors.resume").exists()  # removed on success
+    from safetensors.numpy import load_file
+
+    a, b = load_file(str(tmp_path / "whole.safetensors")), load_file(str(tmp_path / "f.safetensors"))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)

@@ -50,7 +50,15 @@ def data_fingerprint(fs: FeatureSet, cfg: FilterConfig) -> dict[str, Any]:
 
 
 def save_checkpoint(path: str | Path, st: Any, fingerprint: dict[str, Any] | None) -> None:
-    """Write the training state `st` (a `TrainState`) atomically."""
+    """Write the training state `st` (a `TrainState`) atomically; under torchrun rank 0 alone writes.
+
+    Every rank holds the same state (one global batch, reduced gradients and
+    batch statistics, the same generators), so rank 0's file resumes them all.
+    """
+    from dlsa_cli import distributed as dist
+
+    if not dist.is_main():
+        return
     tensors: dict[str, torch.Tensor] = {f"flow.{k}": v for k, v in _learned(st.flow.state_dict()).items()}
     if st.best_state is not None:
         tensors.update({f"best.{k}": v for k, v in _learned(st.best_state).items()})
