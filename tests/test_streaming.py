@@ -269,3 +269,21 @@ def test_split_streams_in_small_batches_and_keeps_string_ids_either_way(digits, 
         np.testing.assert_array_equal(fs.labels, src.labels[m])
         np.testing.assert_array_equal(load_file(str(p))["log_likelihood"], table.column("log_likelihood").to_numpy()[m])
     assert not [q for q in out.iterdir() if q.name.startswith(".")]  # no temporary columns left behind
+
+
+def test_write_features_keeps_string_ids_past_the_header_limit_in_tensors(tmp_path, monkeypatch):
+    """Past IDS_IN_HEADER_MAX bytes (here 50), write_features stores ids as byte tensors; they read back whole and by range."""
+    from dlsa_cli.io.stream import IDS_BYTES_KEY, read_id_range
+
+    ids = np.array([f"photos/ünï{i:04d}.jpg" for i in range(30)])
+    fs = FeatureSet(np.arange(60, dtype=np.float32).reshape(30, 2), np.arange(30) % 3, ids)
+    write_features(tmp_path / "small.safetensors", fs)
+    assert IDS_OFFSETS_KEY not in read_safetensors_header(tmp_path / "small.safetensors")[0]
+    monkeypatch.setattr("dlsa_cli.io.stream.IDS_IN_HEADER_MAX", 50)
+    write_features(tmp_path / "big.safetensors", fs)
+    header, _, meta, _ = read_safetensors_header(tmp_path / "big.safetensors")
+    assert IDS_OFFSETS_KEY in header and IDS_BYTES_KEY in header and "ids" not in meta
+    back = read_features(tmp_path / "big.safetensors")
+    assert list(back.ids) == list(ids)
+    np.testing.assert_array_equal(back.features, fs.features)
+    assert list(read_id_range(tmp_path / "big.safetensors", 7, 11)) == list(ids[7:11])

@@ -202,7 +202,13 @@ def write_features(
     meta: dict[str, Any] | None = None,
     dtype: str | None = None,
 ) -> None:
-    """Write the canonical safetensors feature file atomically."""
+    """Write the canonical safetensors feature file atomically.
+
+    String ids go in the header as a JSON list, or past `IDS_IN_HEADER_MAX`
+    bytes as the `ids_utf8` / `ids_offsets` tensors (`dlsa_cli.io.stream`).
+    """
+    from dlsa_cli.io import stream
+
     x = np.ascontiguousarray(fs.features)
     if dtype is not None:
         x = x.astype(np.dtype(dtype))
@@ -217,6 +223,8 @@ def write_features(
         ids = np.asarray(fs.ids)
         if np.issubdtype(ids.dtype, np.integer):
             tensors["ids"] = ids.astype(np.int64)
+        elif stream.ids_nbytes(ids) > stream.IDS_IN_HEADER_MAX:  # millions of ids: tensors, past the header's cap
+            tensors[stream.IDS_OFFSETS_KEY], tensors[stream.IDS_BYTES_KEY] = stream.encode_ids(ids)
         else:
             all_meta["ids"] = [str(i) for i in ids]
     write_safetensors(path, tensors, kind="features", meta=all_meta, prov=prov)
