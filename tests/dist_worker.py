@@ -104,9 +104,31 @@ def ddp_flow() -> dict:
     return {"rank": info.rank, "share": [sl.start, sl.stop], "max_diff": max(diffs.values()), "moved": moved}
 
 
+def write_extracted() -> dict:
+    """Each rank's share of 101 rows (string ids in byte tensors, pieces of 3 rows) written by rank 0 into one file."""
+    import numpy as np
+
+    import dlsa_cli.extract_shard as es
+    import dlsa_cli.io.stream as stream
+    from dlsa_cli import distributed as d
+    from dlsa_cli.io.features import FeatureSet
+
+    es.PIECE_BYTES, stream.IDS_IN_HEADER_MAX = 3 * 4 * 6, 64  # 3 rows of D = 6 a piece; ids past 64 bytes
+    info, _ = d.setup("cpu")
+    n, dim = 101, 6
+    lo, hi = d.shard_range(n)
+    x = np.arange(n * dim, dtype=np.float32).reshape(n, dim) / 7
+    ids = np.array([f"img/ø{i:03d}.jpg" for i in range(n)])
+    meta = {"backbone": "toy", "images": hi - lo, "skipped": [{"id": f"bad{info.rank}", "reason": "test"}]}
+    part = FeatureSet(x[lo:hi], np.arange(lo, hi) % 5, ids[lo:hi], meta)
+    out = Path(sys.argv[2]) / "extracted.safetensors"
+    written = es.write_extracted(out, part, prov={"world_size": info.world_size}, dtype="float32")
+    return {"rank": info.rank, "written": None if written is None else [written.n, written.dim, written.labelled, written.meta]}
+
+
 if __name__ == "__main__":
     scenario, out = sys.argv[1], Path(sys.argv[2])
     import os
 
-    result = {"collectives": collectives, "error": error, "ddp_flow": ddp_flow}[scenario]()
+    result = {"collectives": collectives, "error": error, "ddp_flow": ddp_flow, "write_extracted": write_extracted}[scenario]()
     (out / f"{scenario}.{os.environ.get('RANK', '0')}.json").write_text(json.dumps(result))

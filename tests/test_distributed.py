@@ -86,6 +86,24 @@ def test_one_ranks_error_is_every_ranks_error(tmp_path):
     assert r0["after"] == r1["after"] == "ok"  # no rank was left waiting in a collective
 
 
+def test_extract_write_sends_rank_1s_rows_in_pieces_and_keeps_order(tmp_path):
+    """101 rows over 2 ranks, sent in pieces of 3 rows, string ids as tensors: the file a single write gives."""
+    from dlsa_cli.io.features import read_features
+    from dlsa_cli.io.files import read_safetensors_header
+    from dlsa_cli.io.stream import IDS_OFFSETS_KEY
+
+    r0, r1 = _worker("write_extracted", tmp_path)
+    assert r1["written"] is None and r0["written"][:3] == [101, 6, True]
+    assert r0["written"][3]["skipped"] == [{"id": "bad0", "reason": "test"}, {"id": "bad1", "reason": "test"}]
+    assert r0["written"][3]["images"] == 101
+    fs = read_features(tmp_path / "extracted.safetensors")
+    np.testing.assert_array_equal(fs.features, np.arange(101 * 6, dtype=np.float32).reshape(101, 6) / 7)
+    assert list(fs.ids) == [f"img/ø{i:03d}.jpg" for i in range(101)]
+    assert (fs.labels == np.arange(101) % 5).all()
+    header, _, meta, prov = read_safetensors_header(tmp_path / "extracted.safetensors")
+    assert IDS_OFFSETS_KEY in header and prov["world_size"] == 2 and meta["backbone"] == "toy"
+
+
 @pytest.mark.slow
 def test_ddp_step_with_global_batch_statistics_equals_one_process(tmp_path):
     """Three SGD steps of the filter's losses (likelihood, purity, balance through nflows' batch norm)

@@ -99,8 +99,7 @@ def extract_cmd(
     """
     from dlsa_cli import distributed as dist
     from dlsa_cli import extract as ex
-    from dlsa_cli.extract_shard import extract_sharded
-    from dlsa_cli.io.features import write_features
+    from dlsa_cli.extract_shard import extract_sharded, write_extracted
     from dlsa_cli.io.files import provenance
 
     from dlsa_cli.io.files import check_output_file
@@ -154,16 +153,6 @@ def extract_cmd(
                 shutil.rmtree(chunks, ignore_errors=True)
             raise
     seconds = time.perf_counter() - start
-    if fs is None:  # a torchrun rank other than 0: rank 0 writes the joined file
-        dist.barrier()
-        return
-
-    skipped = fs.meta["skipped"]
-    for s in skipped[:MAX_LISTED]:
-        rep.warn(f"skipped {s['id']}: {s['reason']}")
-    if len(skipped) > MAX_LISTED:
-        rep.warn(f"... and {len(skipped) - MAX_LISTED} more skipped (all are listed in {out}'s metadata 'skipped')")
-
     options = {
         "images": images, "root": root, "backbone": backbone, "weights": weights, "preprocessing": pre.to_meta(),
         "batch_size": batch_size, "workers": n_workers, "device": str(dev), "half": half, "dtype": dtype,
@@ -175,17 +164,23 @@ def extract_cmd(
     resumed_from = fs.meta.pop("resumed_from", None)
     prov = {**provenance("extract", options, inputs), **dist.provenance_fields(len(image_list))}
     prov["resumed_from"] = resumed_from  # images taken from an interrupted run's chunks, or None
-    write_features(out, fs, prov=prov, dtype=dtype)
+    written = write_extracted(out, fs, prov=prov, dtype=dtype)  # under torchrun: rank 0 writes every rank's rows
+    if written is None:  # a torchrun rank other than 0
+        return
     import shutil
 
     shutil.rmtree(chunks, ignore_errors=True)
-    dist.barrier()
+    skipped = written.meta["skipped"]
+    for s in skipped[:MAX_LISTED]:
+        rep.warn(f"skipped {s['id']}: {s['reason']}")
+    if len(skipped) > MAX_LISTED:
+        rep.warn(f"... and {len(skipped) - MAX_LISTED} more skipped (all are listed in {out}'s metadata 'skipped')")
 
     summary = {
-        "out": str(out), "images": fs.n, "dim": fs.dim, "skipped": len(skipped), "backbone": model.name,
-        "device": str(dev), "dtype": dtype, "labels": fs.labels is not None,
-        "classes": len(fs.meta["class_names"]) if "class_names" in fs.meta else None,
-        "seconds": round(seconds, 3), "images_per_s": round(fs.n / max(seconds, 1e-9), 2),
+        "out": str(out), "images": written.n, "dim": written.dim, "skipped": len(skipped), "backbone": model.name,
+        "device": str(dev), "dtype": dtype, "labels": written.labelled,
+        "classes": len(written.meta["class_names"]) if "class_names" in written.meta else None,
+        "seconds": round(seconds, 3), "images_per_s": round(written.n / max(seconds, 1e-9), 2),
         "resumed_from": resumed_from, "images_run": done,
     }
     if json_out:
@@ -193,7 +188,7 @@ def extract_cmd(
     else:
         extra = f", {summary['classes']} classes" if summary["classes"] else (", labelled" if summary["labels"] else ", unlabelled")
         stdout.print(
-            f"{fs.n} images -> {out}: D={fs.dim} {dtype}{extra}, {model.name} on {dev}, "
+            f"{written.n} images -> {out}: D={written.dim} {dtype}{extra}, {model.name} on {dev}, "
             f"{summary['images_per_s']:.1f} images/s" + (f", {len(skipped)} skipped" if skipped else ""),
             soft_wrap=True,
         )
