@@ -336,11 +336,16 @@ def test_filter_settings_errors_name_real_flags():
         assert flag in r.stdout, flag
 
 
-def test_split_goes_on_past_nonfinite_rows_only_when_asked(run, tmp_path):
-    """--allow-nonfinite: the rows go to the rest, flagged in a `finite` column and counted; split.json stays JSON."""
+@pytest.mark.parametrize("batch", [None, "3"])
+def test_split_goes_on_past_nonfinite_rows_only_when_asked(run, tmp_path, batch):
+    """--allow-nonfinite: the rows go to the rest, flagged in a `finite` column and counted; split.json stays JSON.
+
+    Streamed like every split: in batches of 3 rows the two rows fall in different batches.
+    """
     huge = _huge(run, tmp_path)
     out = tmp_path / "s"
-    r = run_cli("split", run / "filter.safetensors", huge, "-o", out, "--allow-nonfinite", "--device", "cpu", "--json")
+    more = [] if batch is None else ["--batch-size", batch]
+    r = run_cli("split", run / "filter.safetensors", huge, "-o", out, "--allow-nonfinite", "--device", "cpu", "--json", *more)
     assert r.returncode == 0, r.stderr
     assert "2 sample(s) have a NaN or infinite log p(x)" in r.stderr
     report = json.loads((out / "split.json").read_text())  # strict: json.loads would accept NaN, so check the text too
@@ -350,3 +355,8 @@ def test_split_goes_on_past_nonfinite_rows_only_when_asked(run, tmp_path):
     finite = np.asarray(t.column("finite").to_pylist())
     assert np.flatnonzero(~finite).tolist() == [3, 7]
     assert not np.asarray(t.column("routed").to_pylist())[[3, 7]].any()
+    ll = np.asarray(t.column("log_likelihood").to_pylist(), dtype=float)
+    mean = report["files"]["huge"]["mean_log_likelihood"]["all"]
+    assert mean == pytest.approx(ll[finite].mean(), rel=1e-9)  # the mean leaves the non-finite rows out
+    rest = read_features(out / "huge.rest.safetensors")
+    assert rest.n == len(finite) - int(np.asarray(t.column("routed").to_pylist()).sum())

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dlsa_cli.errors import InputError, NonFiniteError
+from dlsa_cli.errors import InputError
 from dlsa_cli.evaluation.metrics import (
     FEW_BELOW,
     MANY_ABOVE,
@@ -22,14 +22,13 @@ from dlsa_cli.evaluation.metrics import (
     tail_classes,
 )
 from dlsa_cli.flow.filter import FilterScores, FlowFilter
-from dlsa_cli.io.features import FeatureSet, feature_info, read_features
+from dlsa_cli.io.features import FeatureSet, feature_info
 from dlsa_cli.io.files import (
     check_output_dir,
     file_sha256,
     staging_dir,
     write_json,
     write_safetensors,
-    write_table,
 )
 
 # ----------------------------------------------------------------------------- split
@@ -139,21 +138,6 @@ def _part_meta(filt: FlowFilter, fs: Any, part: str, filter_sha: str | None) -> 
     return meta
 
 
-def _write_part(path: Path, part: FeatureSet, extra: dict[str, np.ndarray], meta: dict[str, Any], prov: dict | None) -> None:
-    """A canonical feature file (as `write_features` writes it) with extra per-sample tensors."""
-    tensors: dict[str, np.ndarray] = {"features": np.ascontiguousarray(part.features)}
-    if part.labels is not None:
-        tensors["labels"] = np.asarray(part.labels, dtype=np.int64)
-    meta = dict(meta)
-    ids = np.asarray(part.ids)
-    if np.issubdtype(ids.dtype, np.integer):
-        tensors["ids"] = ids.astype(np.int64)
-    else:
-        meta["ids"] = [str(i) for i in ids]
-    tensors.update(extra)
-    write_safetensors(path, tensors, kind="features", meta=meta, prov=prov)
-
-
 def split(
     filt: FlowFilter | str | Path,
     inputs: Sequence[str | Path],
@@ -230,17 +214,9 @@ def split(
 
 def _split_file(filt: FlowFilter, p: str | Path, name: str, stage: Path | None, filter_sha: str | None, *,
                batch_size: int, device: Any, latent: bool, prov: dict | None, allow_nonfinite: bool) -> dict[str, Any] | None:
-    """One input: streamed in batches and sharded over torchrun's ranks; with `allow_nonfinite`, read whole by rank 0.
-
-    Returns its report entry on rank 0 (None on the other ranks).
-    """
-    from dlsa_cli import distributed as dist
+    """One input, streamed in batches and sharded over torchrun's ranks; its report entry on rank 0 (None elsewhere)."""
     from dlsa_cli.flow.split_stream import split_file
 
-    if allow_nonfinite:  # not streamed yet: the whole file, in rank 0 alone
-        return dist.collective(lambda: None if stage is None else _split_file_whole(
-            filt, p, name, stage, filter_sha, batch_size=batch_size, device=device, latent=latent, prov=prov,
-            allow_nonfinite=True))
     info = feature_info(p)
     meta_common = {"num_classes": filt.num_classes, "train_counts": filt.train_counts.tolist()}
     return split_file(
@@ -248,6 +224,7 @@ def _split_file(filt: FlowFilter, p: str | Path, name: str, stage: Path | None, 
         table_meta={**meta_common, "depth": filt.depth, "threshold": filt.threshold, "filter_sha256": filter_sha,
                     "source": str(p)},
         part_meta={part: _part_meta(filt, info, part, filter_sha) for part in ("routed", "rest")},
+        allow_nonfinite=allow_nonfinite,
     )
 
 
@@ -280,40 +257,6 @@ def _publish(stage: Path, out: Path, previous: Sequence[str]) -> None:
                 (out / name).unlink()
     for f in sorted(stage.iterdir()):
         os.replace(f, out / f.name)
-
-
-def _split_file_whole(
-    filt: FlowFilter, p: str | Path, name: str, stage: Path, filter_sha: str | None, *,
-    batch_size: int, device: Any, latent: bool, prov: dict | None, allow_nonfinite: bool = False,
-) -> dict[str, Any]:
-    """Score one input and write its table and parts into `stage`; returns its report entry."""
-    fs = read_features(p)
-    try:
-        res = split_features(filt, fs, batch_size=batch_size, device=device, latent=latent, allow_nonfinite=allow_nonfinite)
-    except NonFiniteError as e:
-        raise NonFiniteError.build(e.what, e.rows, e.total, path=p, hint=e.hint) from None
-    sc = res.scores
-    cols: dict[str, Any] = {"id": res.ids}
-    if fs.labels is not None:
-        cols["label"] = fs.labels.astype(np.int64)
-    cols.update(cluster=sc.cluster, log_likelihood=sc.log_likelihood, routed=sc.routed,
-                depth=np.full(fs.n, filt.depth, dtype=np.int32))
-    if allow_nonfinite:
-        cols["finite"] = np.isfinite(sc.log_likelihood)
-    file_rep = {"input": str(p), **res.report, "outputs": {"table": f"{name}.parquet"}}
-    meta = {"num_classes": filt.num_classes, "train_counts": filt.train_counts.tolist(), "depth": filt.depth,
-            "threshold": filt.threshold, "filter_sha256": filter_sha, "source": str(p), "report": res.report}
-    write_table(stage / f"{name}.parquet", cols, kind="split", meta=meta, prov=prov)
-    for part, mask, sub in (("routed", sc.routed, res.routed), ("rest", ~sc.routed, res.rest)):
-        if sub.n == 0:
-            file_rep["outputs"][part] = None
-            continue
-        extra = {"cluster": sc.cluster[mask], "log_likelihood": sc.log_likelihood[mask]}
-        if sc.latent is not None:
-            extra["latent"] = sc.latent[mask]
-        _write_part(stage / f"{name}.{part}.safetensors", sub, extra, _part_meta(filt, fs, part, filter_sha), prov)
-        file_rep["outputs"][part] = f"{name}.{part}.safetensors"
-    return file_rep
 
 
 def _stem(p: Path) -> str:

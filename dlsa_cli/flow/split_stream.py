@@ -43,6 +43,7 @@ class ReportCounter:
         self.filt = filt
         self.has_labels = has_labels
         self.n = {p: 0 for p in _PARTS}
+        self.finite = {p: 0 for p in _PARTS}  # rows with a finite log p(x), over which the mean is taken
         self.ll_sum = {p: 0.0 for p in _PARTS}
         self.groups = {p: {g: 0 for g in ("many", "medium", "few")} for p in _PARTS}
         self.tail = {p: 0 for p in _PARTS}
@@ -50,9 +51,11 @@ class ReportCounter:
         self._t = tail_classes(filt.train_counts, TAIL_AT_MOST)  # (C,)
 
     def add(self, routed: np.ndarray, ll: np.ndarray, labels: np.ndarray | None) -> None:
+        ok = np.isfinite(ll)
         for p, m in (("routed", routed), ("rest", ~routed), ("all", np.ones_like(routed))):
             self.n[p] += int(m.sum())
-            self.ll_sum[p] += float(ll[m].sum())
+            self.finite[p] += int((m & ok).sum())
+            self.ll_sum[p] += float(ll[m & ok].sum())
             if labels is not None:
                 g, t = self._g[labels[m]], self._t[labels[m]]
                 for name in ("many", "medium", "few"):
@@ -65,9 +68,9 @@ class ReportCounter:
         rep: dict[str, Any] = {
             "samples": n, "routed": self.n["routed"], "rest": self.n["rest"],
             "routed_share": self.n["routed"] / n if n else 0.0, "rest_share": 1 - self.n["routed"] / n if n else 0.0,
-            "threshold": self.filt.threshold, "depth": self.filt.depth,
-            "mean_log_likelihood": {p: (self.ll_sum[p] / self.n[p] if self.n[p] else None) for p in _PARTS},
-            "nonfinite": 0,  # a NaN or infinite log p(x) stops a streamed split (allow_nonfinite reads the file whole)
+            "threshold": self.filt.threshold, "routing": self.filt.routing, "depth": self.filt.depth,
+            "mean_log_likelihood": {p: (self.ll_sum[p] / self.finite[p] if self.finite[p] else None) for p in _PARTS},
+            "nonfinite": n - self.finite["all"],  # rows whose log p(x) is NaN or infinite (never routed)
             "has_labels": self.has_labels, "many_above": MANY_ABOVE, "few_below": FEW_BELOW, "tail_at_most": TAIL_AT_MOST,
         }
         if not self.has_labels:
@@ -79,12 +82,13 @@ class ReportCounter:
         return rep
 
 
-def _score_batch(filt: FlowFilter, b: RowBatch, path: Path, n: int, *, device: torch.device, latent: bool) -> dict[str, np.ndarray]:
-    """The split table's columns (and latent) for one batch of rows (of a file of n)."""
+def _score_batch(filt: FlowFilter, b: RowBatch, path: Path, n: int, *, device: torch.device, latent: bool,
+                 allow_nonfinite: bool = False) -> dict[str, np.ndarray]:
+    """The split table's columns (and latent) for one batch of rows (of a file of n); `finite` with `allow_nonfinite`."""
     if b.labels is not None and b.labels.size and b.labels.max() >= filt.num_classes:
         raise InputError(f"label {int(b.labels.max())} is out of range for the filter's {filt.num_classes} classes", path=path)
     try:
-        sc = filt.score(b.features, batch_size=len(b.features) or 1, device=device, latent=latent)
+        sc = filt.score(b.features, batch_size=len(b.features) or 1, device=device, latent=latent, allow_nonfinite=allow_nonfinite)
     except NonFiniteError as e:  # rows of the file, not of the batch (those of the first such batch)
         raise NonFiniteError.build(e.what, [b.start + int(r) for r in e.rows], n, path=path, hint=e.hint) from None
     cols: dict[str, np.ndarray] = {"id": b.ids if b.ids is not None else np.arange(b.start, b.stop, dtype=np.int64)}
@@ -92,6 +96,8 @@ def _score_batch(filt: FlowFilter, b: RowBatch, path: Path, n: int, *, device: t
         cols["label"] = b.labels.astype(np.int64)
     cols.update(cluster=sc.cluster, log_likelihood=sc.log_likelihood, routed=sc.routed,
                 depth=np.full(len(sc.routed), filt.depth, dtype=np.int32))
+    if allow_nonfinite:
+        cols["finite"] = np.isfinite(sc.log_likelihood)
     if latent:
         cols["latent"] = sc.latent
     return cols
@@ -146,11 +152,15 @@ def split_file(
     prov: dict[str, Any] | None = None,
     table_meta: dict[str, Any] | None = None,
     part_meta: dict[str, dict[str, Any]] | None = None,
+    allow_nonfinite: bool = False,
 ) -> dict[str, Any] | None:
     """Score and divide one feature file into `stage` (rank 0's staging folder; None on other ranks).
 
     Writes NAME.parquet, NAME.routed.safetensors and NAME.rest.safetensors as
     `split` does; returns the file's report entry on rank 0 (None elsewhere).
+    A NaN or infinite log p(x) stops it naming the rows, unless
+    `allow_nonfinite`: then the row goes to the rest, the table flags it in a
+    `finite` column and the report counts it (`nonfinite`).
     Every rank must call it; a rank's bad input becomes every rank's error.
     """
     p = Path(path)
@@ -173,7 +183,7 @@ def split_file(
         with table_ctx as table:
             batches = iter_rows(p, batch_size, lo, hi)
             for _ in range(rounds):
-                item = dist.collective(lambda: _next_scored(filt, batches, p, info.n, device, latent))
+                item = dist.collective(lambda: _next_scored(filt, batches, p, info.n, device, latent, allow_nonfinite))
                 _receive(dist.gather_object(item), table, store, counter)
             if table is not None:
                 table.meta["report"] = counter.report()
@@ -203,12 +213,13 @@ def _receive(gathered: list | None, table: Any, store: _Columns | None, counter:
         counter.add(cols["routed"], cols["log_likelihood"], cols.get("label"))
 
 
-def _next_scored(filt: FlowFilter, batches: Any, p: Path, n: int, device: torch.device | None, latent: bool) -> tuple | None:
+def _next_scored(filt: FlowFilter, batches: Any, p: Path, n: int, device: torch.device | None, latent: bool,
+                 allow_nonfinite: bool) -> tuple | None:
     """(start, columns) of this rank's next batch, or None when its rows are done."""
     b = next(batches, None)
     if b is None:
         return None
-    return b.start, _score_batch(filt, b, p, n, device=device, latent=latent)
+    return b.start, _score_batch(filt, b, p, n, device=device, latent=latent, allow_nonfinite=allow_nonfinite)
 
 
 def _write_parts(p: Path, info: Any, stage: Path, name: str, store: _Columns, report: dict[str, Any],
