@@ -14,6 +14,8 @@ process of its tree every 20 ms:
 - wall seconds of the whole command, start-up included.
 
 Stages: `split` (the filter's routes; writes the table and both part files),
+`fit-filter` and `fit-classifier` (one epoch on all N rows, as `make_models`
+trains on its small file),
 `predict` (the classifier's table), `inspect` (the feature file's summary),
 `evaluate` (the predict stage's table; list it after predict).
 
@@ -136,6 +138,11 @@ def stage_args(stage: str, data: Path, flt: Path, clf: Path, out: Path, device: 
         return ["predict", str(clf), str(data), "-o", str(out / "pred.parquet"), "--device", device, "--quiet"]
     if stage == "inspect":
         return ["inspect", str(data), "--json"]
+    if stage == "fit-filter":  # one epoch of the benchmark's small filter, on all N rows (read memory-mapped)
+        return ["fit-filter", str(data), "-o", str(out / "filter.safetensors"), "-k", "50", "--epochs", "1", "--batch-size", "512",
+                "--hidden", "64", "--max-cluster-share", "1", "--allow-singletons", "--checkpoint-every", "0", "--device", device, "--quiet"]
+    if stage == "fit-classifier":  # one epoch of a linear classifier on all N rows, validated on 5% carved from them
+        return ["fit-classifier", str(data), "-o", str(out / "classifier.safetensors"), "--epochs", "1", "--device", device, "--quiet"]
     if stage == "evaluate":  # the predict stage's one-process table, same N
         return ["evaluate", str(out.parent / out.name.replace("evaluate", "predict") / "pred.parquet"), "--json"]
     raise SystemExit(f"unknown stage {stage}")

@@ -287,3 +287,43 @@ def test_write_features_keeps_string_ids_past_the_header_limit_in_tensors(tmp_pa
     assert list(back.ids) == list(ids)
     np.testing.assert_array_equal(back.features, fs.features)
     assert list(read_id_range(tmp_path / "big.safetensors", 7, 11)) == list(ids[7:11])
+
+
+def _mapped(a: np.ndarray) -> bool:
+    """True when the array's memory is a mapped file (somewhere down its chain of bases)."""
+    import mmap
+
+    while a is not None:
+        if isinstance(a, mmap.mmap):
+            return True
+        a = getattr(a, "base", None)
+    return False
+
+
+def test_training_reads_a_mapped_matrix_and_never_writes_the_file(digits, tmp_path):
+    """read_features(mmap=True): the same data, mapped copy-on-write; fit-filter and fit-classifier train on it
+    (to the same filter as from memory) and leave the file byte-identical."""
+    import hashlib
+
+    from conftest import invoke
+
+    from dlsa_cli.flow import fit_filter
+
+    src = read_features(digits / "train.safetensors")
+    write_features(tmp_path / "t.safetensors", FeatureSet(src.features.astype(np.float32), src.labels, src.ids))
+    path = tmp_path / "t.safetensors"
+    mapped = read_features(path, mmap=True)
+    assert _mapped(mapped.features) and not _mapped(read_features(path).features)
+    np.testing.assert_array_equal(mapped.features, src.features)
+    opts = dict(clusters=8, epochs=2, batch_size=64, hidden=16, max_cluster_share=0.9, seed=2)
+    a, b = fit_filter(mapped, **opts), fit_filter(read_features(path), **opts)
+    assert a.threshold == b.threshold
+    for k, v in a.flow.state_dict().items():
+        assert np.array_equal(v.numpy(), b.flow.state_dict()[k].numpy()), k
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    for args in (["fit-filter", path, "-o", tmp_path / "f.safetensors", "-k", "8", "--epochs", "1", "--batch-size", "64",
+                  "--hidden", "16", "--max-cluster-share", "0.9"],
+                 ["fit-classifier", path, "-o", tmp_path / "c.safetensors", "--epochs", "2"]):
+        r = invoke(*args, "--device", "cpu", "--quiet")
+        assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before

@@ -134,8 +134,8 @@ def _run_fit(cfg, paths: dict[str, Path | None], *, from_scratch: bool, device: 
     from dlsa_cli.io.features import read_features
 
     _, dev = dist.setup(device)  # under torchrun: DDP over the ranks, one device each
-    train_fs = read_features(paths["train"], require_labels=True)
-    val_fs = read_features(paths["val"], require_labels=True) if paths["val"] is not None else None
+    train_fs = read_features(paths["train"], require_labels=True, mmap=True)
+    val_fs = read_features(paths["val"], require_labels=True, mmap=True) if paths["val"] is not None else None
     flt = None
     if paths["filter"] is not None:
         from dlsa_cli.flow import FlowFilter

@@ -102,7 +102,7 @@ def fit_filter_cmd(
         import torch
 
         torch.backends.cuda.matmul.allow_tf32 = tf32
-    fs = read_features(train, require_labels=True)
+    fs = read_features(train, require_labels=True, mmap=True)  # training reads a mapped matrix: no copy of a big file
 
     with rep.progress("fit-filter", total=config.epochs) as update:
         last = {"good": None}

@@ -44,7 +44,9 @@ def checkpoint_path(out: str | Path) -> Path:
 def data_fingerprint(fs: FeatureSet, cfg: FilterConfig) -> dict[str, Any]:
     """SHA-256 of the training features and labels, and the settings: what a resume must match."""
     h = hashlib.sha256()
-    h.update(np.ascontiguousarray(fs.features, dtype=np.float32).tobytes())
+    x, step = fs.features, max(1, 2**24 // max(fs.dim, 1))  # 64 MB of float32 rows at a time: a mapped file stays mapped
+    for a in range(0, fs.n, step):
+        h.update(np.ascontiguousarray(x[a : a + step], dtype=np.float32).tobytes())
     h.update(np.ascontiguousarray(fs.require_labels(), dtype=np.int64).tobytes())
     return {"data_sha256": h.hexdigest(), "shape": [fs.n, fs.dim], "config": cfg.to_dict()}
 

@@ -98,8 +98,13 @@ class FeatureSet:
         )
 
 
-def read_features(path: str | Path, *, require_labels: bool = False, check_finite: bool = True) -> FeatureSet:
-    """Read a feature file of any supported format and validate it."""
+def read_features(path: str | Path, *, require_labels: bool = False, check_finite: bool = True, mmap: bool = False) -> FeatureSet:
+    """Read a feature file of any supported format and validate it.
+
+    `mmap`: a safetensors or .npy float16/float32 matrix is memory-mapped
+    read-only instead of read (training on files larger than memory: the
+    pages come and go with the page cache, not anonymous memory).
+    """
     p = require_file(path, "feature file")
     suffix = p.suffix.lower()
     readers = {
@@ -118,7 +123,7 @@ def read_features(path: str | Path, *, require_labels: bool = False, check_finit
             path=p,
             hint=f"use one of {', '.join(FEATURE_EXTENSIONS)}",
         )
-    fs = readers[suffix](p)
+    fs = _read_safetensors(p, mmap=True) if mmap and suffix == ".safetensors" else readers[suffix](p)
     fs.path = p
     validate_features(fs, check_finite=check_finite)
     if require_labels:
@@ -142,7 +147,7 @@ def validate_features(fs: FeatureSet, *, check_finite: bool = True) -> None:
     if x.dtype not in (np.float16, np.float32):
         x = x.astype(np.float32)
     if check_finite:
-        bad = ~np.isfinite(x).all(axis=1)
+        bad = _nonfinite_rows(x)
         if bad.any():
             first = int(np.flatnonzero(bad)[0])
             raise InputError(
@@ -156,6 +161,12 @@ def validate_features(fs: FeatureSet, *, check_finite: bool = True) -> None:
         fs.labels = _check_labels(fs.labels, n, p)
     if fs.ids is not None:
         fs.ids = _check_ids(fs.ids, n, p)
+
+
+def _nonfinite_rows(x: np.ndarray, chunk_bytes: int = 64 * 2**20) -> np.ndarray:
+    """(N,) True where a row holds NaN or infinity, checked a chunk of rows at a time (no N x D temporary)."""
+    step = max(1, chunk_bytes // max(x.shape[1] * x.itemsize, 1))
+    return np.concatenate([~np.isfinite(x[a : a + step]).all(axis=1) for a in range(0, x.shape[0], step)])
 
 
 def _check_labels(labels: Any, n: int, p: Path | None) -> np.ndarray:
@@ -237,7 +248,7 @@ def _pick(keys: Any, names: tuple[str, ...]) -> str | None:
     return None
 
 
-def _read_safetensors(p: Path) -> FeatureSet:
+def _read_safetensors(p: Path, *, mmap: bool = False) -> FeatureSet:
     header, kind, meta, prov = read_safetensors_header(p)
     fkey = _pick(header, _FEATURE_KEYS)
     if fkey is None:
@@ -248,15 +259,20 @@ def _read_safetensors(p: Path) -> FeatureSet:
         )
     lkey = _pick(header, _LABEL_KEYS)
     ikey = "ids" if "ids" in header else None
-    tensors, _, _, _ = read_safetensors(p, [k for k in (fkey, lkey, ikey) if k])
+    mapped = None
+    if mmap:
+        from dlsa_cli.io.stream import memmap_features
+
+        mapped = memmap_features(p, mode="c")  # None for a dtype numpy cannot map (bfloat16): read as usual
+    tensors, _, _, _ = read_safetensors(p, [k for k in (lkey, ikey) if k] + ([fkey] if mapped is None else []))
     ids = tensors[ikey].numpy() if ikey else _tensor_str_ids(p, header)
     meta = dict(meta)
     if ids is None and "ids" in meta:
         ids = np.asarray(meta.pop("ids"), dtype=str)
     else:
         meta.pop("ids", None)
-    x = tensors[fkey]
-    x = x.float().numpy() if str(x.dtype) == "torch.bfloat16" else x.numpy()
+    x = mapped if mapped is not None else tensors[fkey]
+    x = x.float().numpy() if str(x.dtype) == "torch.bfloat16" else np.asarray(x)
     return FeatureSet(x, tensors[lkey].numpy() if lkey else None, ids, {"provenance": prov, **meta})
 
 

@@ -522,11 +522,15 @@ def _rows_whole(p: Path, bs: int, start: int, stop: int) -> Iterator[tuple]:
                None if fs.ids is None else fs.ids[a:b])
 
 
-def memmap_features(path: str | Path) -> np.ndarray | None:
-    """The (N, D) float16/float32 matrix of a safetensors or .npy file, memory-mapped read-only; None otherwise."""
+def memmap_features(path: str | Path, mode: str = "r") -> np.ndarray | None:
+    """The (N, D) float16/float32 matrix of a safetensors or .npy file, memory-mapped; None otherwise.
+
+    mode "r": read-only; "c": copy-on-write (writable in memory, the file never changes), which torch
+    takes without a warning.
+    """
     p = Path(path)
     if p.suffix.lower() == ".npy":
-        x = np.load(p, allow_pickle=False, mmap_mode="r")
+        x = np.load(p, allow_pickle=False, mmap_mode=mode)
         return x if x.ndim == 2 and x.dtype in (np.float16, np.float32) else None
     if p.suffix.lower() != ".safetensors":
         return None
@@ -540,4 +544,4 @@ def memmap_features(path: str | Path) -> np.ndarray | None:
         return None
     begin, _ = head[fkey]["data_offsets"]
     shape = tuple(head[fkey]["shape"])
-    return np.memmap(p, dtype=_NP_DTYPES[head[fkey]["dtype"]], mode="r", offset=8 + n + begin, shape=shape)
+    return np.memmap(p, dtype=_NP_DTYPES[head[fkey]["dtype"]], mode=mode, offset=8 + n + begin, shape=shape)
