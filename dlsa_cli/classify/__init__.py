@@ -10,49 +10,27 @@
 - `summary`: `dlsa inspect` of a classifier.
 """
 
-from dlsa_cli.classify.config import FLAGS, LOSSES, MODELS, POSTHOC, SAMPLERS, TrainConfig, flag
-from dlsa_cli.classify.data import (
-    balanced_accuracy,
-    branch_inputs,
-    carve_validation,
-    cluster_inputs,
-    draw_batches,
-    load_init_head,
-    loss_logit_shift,
-)
-from dlsa_cli.classify.m2m import Translation, m2m_fill
-from dlsa_cli.classify.model import Classifier, ClusterAidedHead, LinearHead, RideHead, expert_logits
-from dlsa_cli.classify.ride import ride_diversity, ride_temperatures
-from dlsa_cli.classify.summary import summary
-from dlsa_cli.classify.train import FitReport, check_fit_rules, fit_classifier, val_weights
+# Names load their module on first use (PEP 562), so `import dlsa_cli.classify.config`
+# (the CLI's option defaults) does not pull in torch for commands that never train.
+_WHERE = {
+    "config": ("FLAGS", "LOSSES", "MODELS", "POSTHOC", "SAMPLERS", "TrainConfig", "flag"),
+    "data": ("balanced_accuracy", "branch_inputs", "carve_validation", "cluster_inputs", "draw_batches",
+             "load_init_head", "loss_logit_shift"),
+    "m2m": ("Translation", "m2m_fill"),
+    "model": ("Classifier", "ClusterAidedHead", "LinearHead", "RideHead", "expert_logits"),
+    "ride": ("ride_diversity", "ride_temperatures"),
+    "summary": ("summary",),
+    "train": ("FitReport", "check_fit_rules", "fit_classifier", "val_weights"),
+}
+_MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
+__all__ = sorted(_MODULE_OF)
 
-__all__ = [
-    "MODELS",
-    "LOSSES",
-    "SAMPLERS",
-    "POSTHOC",
-    "FLAGS",
-    "flag",
-    "TrainConfig",
-    "LinearHead",
-    "RideHead",
-    "ClusterAidedHead",
-    "expert_logits",
-    "ride_diversity",
-    "ride_temperatures",
-    "Translation",
-    "m2m_fill",
-    "check_fit_rules",
-    "val_weights",
-    "Classifier",
-    "FitReport",
-    "fit_classifier",
-    "carve_validation",
-    "load_init_head",
-    "loss_logit_shift",
-    "draw_batches",
-    "balanced_accuracy",
-    "cluster_inputs",
-    "branch_inputs",
-    "summary",
-]
+
+def __getattr__(name: str) -> object:
+    import importlib
+
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+    globals()[name] = value
+    return value
