@@ -1,11 +1,13 @@
-"""Evaluation: the long-tail metrics (`metrics`), scoring predictions tables (`report`), and Fig. 1 (`plot`)."""
+"""Evaluation: the long-tail metrics (`metrics`), their counts batch by batch (`tally`), scoring predictions tables (`report`), and Fig. 1 (`plot`)."""
 
+from dlsa_cli.evaluation.tally import Tally
 from dlsa_cli.evaluation.report import (
     Predictions,
     evaluate_files,
     evaluate_predictions,
+    iter_predictions,
     read_predictions,
     read_train_counts,
 )
 
-__all__ = ["Predictions", "read_predictions", "read_train_counts", "evaluate_predictions", "evaluate_files"]
+__all__ = ["Predictions", "read_predictions", "iter_predictions", "read_train_counts", "evaluate_predictions", "evaluate_files", "Tally"]

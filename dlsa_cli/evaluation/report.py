@@ -12,14 +12,17 @@ Training counts come from a feature file's labels (or its `train_counts`
 metadata, for files derived by `split`) or from a JSON list of per-class
 counts. A class with count 0 is few-shot. Labels or predictions outside the
 training classes are an error.
+
+`evaluate_files` reads each table in batches (`iter_predictions`) into a
+`Tally` (`dlsa_cli.evaluation.tally`), whose counts give every metric.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np

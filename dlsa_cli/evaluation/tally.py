@@ -137,7 +137,7 @@ class Tally:
         acc = _accuracy(self.correct, self.support)
         out: dict[str, Any] = {
             "samples": self.samples,
-            "overall": self.correct.sum() / self.samples if self.samples else None,
+            "overall": float(self.correct.sum() / self.samples) if self.samples else None,
             **group_accuracies(acc, self.counts, many_above, few_below),
             "mcc": mcc_from_counts(self.support, self.predicted, int(self.correct.sum())),
             "nmi": nmi_from_cells(self.cells // self.num_classes, self.cells % self.num_classes, self.cell_counts),
@@ -145,8 +145,6 @@ class Tally:
             "separation": None,
             "routes": {},
         }
-        if out["overall"] is not None:
-            out["overall"] = float(out["overall"])
         if self.has_routes:
             out["separation"] = self.cluster_tail / self.cluster_samples if self.cluster_samples else None
             out["routes"] = {r: self._route_metrics(self.routes[r], many_above, few_below) for r in sorted(self.routes, key=_route_order)}
