@@ -15,7 +15,8 @@ process of its tree every 20 ms:
 
 Stages: `split` (the filter's routes; writes the table and both part files),
 `fit-filter` and `fit-classifier` (one epoch on all N rows, as `make_models`
-trains on its small file),
+trains on its small file; `fit-classifier-val` validates on that small file
+instead of carving 5% of the N rows),
 `predict` (the classifier's table), `inspect` (the feature file's summary),
 `evaluate` (the predict stage's table; list it after predict).
 
@@ -131,6 +132,12 @@ def run_measured(cmd: list[str], env: dict[str, str], cwd: Path = REPO) -> dict[
     return {"seconds": time.perf_counter() - t0, "rss_anon_mb": peak["one"] / 1024, "rss_anon_sum_mb": peak["sum"] / 1024}
 
 
+def feature_dim(path: Path) -> int:
+    from dlsa_cli.io.features import feature_info
+
+    return feature_info(path).dim
+
+
 def stage_args(stage: str, data: Path, flt: Path, clf: Path, out: Path, device: str) -> list[str]:
     if stage == "split":
         return ["split", str(flt), str(data), "-o", str(out / "split"), "--device", device, "--quiet"]
@@ -143,6 +150,10 @@ def stage_args(stage: str, data: Path, flt: Path, clf: Path, out: Path, device: 
                 "--hidden", "64", "--max-cluster-share", "1", "--allow-singletons", "--checkpoint-every", "0", "--device", device, "--quiet"]
     if stage == "fit-classifier":  # one epoch of a linear classifier on all N rows, validated on 5% carved from them
         return ["fit-classifier", str(data), "-o", str(out / "classifier.safetensors"), "--epochs", "1", "--device", device, "--quiet"]
+    if stage == "fit-classifier-val":  # the same with a validation file (make_models' 20,000 rows): nothing carved
+        small = data.parent / f"train_small_d{feature_dim(data)}.safetensors"
+        return ["fit-classifier", str(data), "--val", str(small), "-o", str(out / "classifier.safetensors"), "--epochs", "1",
+                "--device", device, "--quiet"]
     if stage == "evaluate":  # the predict stage's one-process table, same N
         return ["evaluate", str(out.parent / out.name.replace("evaluate", "predict") / "pred.parquet"), "--json"]
     raise SystemExit(f"unknown stage {stage}")
