@@ -10,9 +10,10 @@
 - `summary`: `dlsa inspect` of a classifier.
 """
 
-# Names load their module on first use (PEP 562), so `import dlsa_cli.classify.config`
-# (the CLI's option defaults) does not pull in torch for commands that never train.
-_WHERE = {
+from dlsa_cli._lazy import lazy_exports
+
+# Each name loads its module on first use, so the CLI's option defaults (`classify.config`) do not import torch.
+__all__, __getattr__ = lazy_exports(__name__, {
     "config": ("FLAGS", "LOSSES", "MODELS", "POSTHOC", "SAMPLERS", "TrainConfig", "flag"),
     "data": ("balanced_accuracy", "branch_inputs", "carve_validation", "cluster_inputs", "draw_batches",
              "load_init_head", "loss_logit_shift"),
@@ -21,16 +22,4 @@ _WHERE = {
     "ride": ("ride_diversity", "ride_temperatures"),
     "summary": ("summary",),
     "train": ("FitReport", "check_fit_rules", "fit_classifier", "val_weights"),
-}
-_MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str) -> object:
-    import importlib
-
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
-    globals()[name] = value
-    return value
+})
