@@ -152,7 +152,7 @@ def stage_args(stage: str, data: Path, flt: Path, clf: Path, out: Path, device: 
         return ["fit-classifier", str(data), "-o", str(out / "classifier.safetensors"), "--epochs", "1", "--device", device, "--quiet"]
     if stage == "fit-classifier-val":  # the same with a validation file (make_models' 20,000 rows): nothing carved
         small = data.parent / f"train_small_d{feature_dim(data)}.safetensors"
-        return ["fit-classifier", str(data), "--val", str(small), "-o", str(out / "classifier.safetensors"), "--epochs", "1",
+        return ["fit-classifier", str(data), "--val", str(small), "--allow-missing-val-classes", "-o", str(out / "classifier.safetensors"), "--epochs", "1",
                 "--device", device, "--quiet"]
     if stage == "evaluate":  # the predict stage's one-process table, same N
         return ["evaluate", str(out.parent / out.name.replace("evaluate", "predict") / "pred.parquet"), "--json"]
