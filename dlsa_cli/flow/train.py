@@ -345,8 +345,10 @@ def _evaluate_val(st: TrainState, data: _Data, cfg: FilterConfig, logp: torch.Te
     """The validation samples this epoch would route: their tail share, the base rate, their mean log p(x).
 
     The route is the filter's: score >= the (1 - share) quantile of the training
-    samples' score, by the epoch's routing score (`ratio`, whose reference flow
-    is trained after the epochs, is taken as `likelihood` here).
+    samples' score. `val_separation` and `val_routed_share` are by the filter's
+    routing score (`ratio`, whose reference flow is trained after the epochs,
+    is taken as `likelihood` here); `val_separation_by` gives both scores an
+    epoch can compute, likelihood and cluster-tail.
     """
     from dlsa_cli.flow.routing import epoch_route_score, quantile_threshold
 
@@ -354,17 +356,21 @@ def _evaluate_val(st: TrainState, data: _Data, cfg: FilterConfig, logp: torch.Te
     vlogp, vcluster = _assign(st.flow, v.x, cfg.eval_batch_size)  # (M,), (M,)
     table = cluster_table(cluster, data.y, cfg.clusters, data.num_classes).cpu()  # (K, C) of the training samples
     counts = _train_counts(data.fs)
-    def score(ll: torch.Tensor, cl: torch.Tensor) -> np.ndarray:
-        return epoch_route_score(cfg.routing, ll.double().cpu().numpy(), cl.cpu().numpy(), table, counts)
+    routed = {}
+    for name in ("likelihood", "cluster-tail"):
+        def score(ll: torch.Tensor, cl: torch.Tensor, name: str = name) -> np.ndarray:
+            return epoch_route_score(name, ll.double().cpu().numpy(), cl.cpu().numpy(), table, counts)
 
-    thr = quantile_threshold(score(logp, cluster), cfg.share)
-    routed = torch.as_tensor(score(vlogp, vcluster) >= thr, device=v.x.device)  # (M,) bool
-    finite = torch.isfinite(vlogp)
+        thr = quantile_threshold(score(logp, cluster), cfg.share)
+        routed[name] = torch.as_tensor(score(vlogp, vcluster) >= thr, device=v.x.device)  # (M,) bool
+    sep = {k: float(v.is_tail[r].double().mean()) if bool(r.any()) else None for k, r in routed.items()}
+    own = "cluster-tail" if cfg.routing == "cluster-tail" else "likelihood"
     return {
-        "val_routed_share": float(routed.double().mean()),
-        "val_separation": float(v.is_tail[routed].double().mean()) if bool(routed.any()) else None,
+        "val_routed_share": float(routed[own].double().mean()),
+        "val_separation": sep[own],
+        "val_separation_by": sep,
         "val_tail_share": float(v.is_tail.double().mean()),
-        "val_mean_log_likelihood": float(vlogp[finite].double().mean()) if bool(finite.all()) else None,
+        "val_mean_log_likelihood": float(vlogp.double().mean()) if bool(torch.isfinite(vlogp).all()) else None,
     }
 
 
