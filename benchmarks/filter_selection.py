@@ -110,6 +110,10 @@ def ms(values: list) -> str:
     return "n/a" if not v else f"{100 * np.mean(v):5.1f} ± {100 * np.std(v):3.1f}"
 
 
+def pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}"
+
+
 def table(data: str, runs: list[dict]) -> str:
     """One row per (regularisation, routing, rule): epochs per seed, val and test separation (mean ± std over seeds)."""
     seeds = sorted({r["seed"] for r in runs})
@@ -121,7 +125,9 @@ def table(data: str, runs: list[dict]) -> str:
         for routing in ROUTINGS:
             for rule in SELECTS:
                 cells = [r["rules"][f"{rule}/{routing}"] for r in rs]
-                per_seed = "".join(f"{100 * (c['val']['separation'] or 0):9.1f}{100 * (c['test']['separation'] or 0):9.1f}" for c in cells)
+                by_seed = {r["seed"]: c for r, c in zip(rs, cells)}
+                per_seed = "".join(f"{pct(by_seed[s]['val']['separation']):>9s}{pct(by_seed[s]['test']['separation']):>9s}"
+                                   if s in by_seed else f"{'-':>9s}{'-':>9s}" for s in seeds)
                 lines.append(f"{noise:6g}{wd:8g}  {routing:13s}{rule:16s}{','.join(str(c['epoch']) for c in cells):>10s}"
                              f"{ms([c['val']['separation'] for c in cells]):>14s}{ms([c['test']['separation'] for c in cells]):>14s}"
                              + per_seed)
