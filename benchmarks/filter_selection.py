@@ -2,6 +2,8 @@
 
     OMP_NUM_THREADS=1 python benchmarks/filter_selection.py                       # tiny and caltech, seeds 0 1
     OMP_NUM_THREADS=1 python benchmarks/filter_selection.py --data tiny --seeds 0 --noise 0 0.2 --weight-decay 0
+    OMP_NUM_THREADS=1 python benchmarks/filter_selection.py --data tiny --noise 0 --weight-decay 0 --filter-epochs 20
+    python benchmarks/filter_selection.py --print-only --noise 0 0.2 --weight-decay 0 0.001     # the cached tables
 
 Per data set, seed and regularisation (input noise x weight decay), one filter
 is trained for --filter-epochs with the validation split given (fit_filter's
