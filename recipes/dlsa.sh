@@ -54,7 +54,7 @@ TRAIN=$1 VAL=$2 TEST=$3 OUT=$4
 shift 4
 ARGS=()
 # fit-filter's names that fit-classifier also has become --filter-* in fit-cascade.
-filter_opt() { case $1 in --epochs | --batch-size | --lr | --select) echo "--filter-${1#--}" ;; *) echo "$1" ;; esac; }
+filter_opt() { case $1 in --epochs | --batch-size | --lr | --select | --weight-decay) echo "--filter-${1#--}" ;; *) echo "$1" ;; esac; }
 while [[ $# -gt 0 ]]; do
   case $1 in
     --depth | --clusters | --share | --preset | --filter-epochs | --filter-lr | --model | --loss | --sampler | --epochs | \

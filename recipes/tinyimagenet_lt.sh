@@ -15,7 +15,11 @@
 # tail best on VALIDATION on both Tiny-ImageNet-LT and Caltech-101-LT:
 # "cluster-tail" = the tail share of the sample's cluster among the filter's
 # training samples (ties by log p(x)). ROUTING=ratio or ROUTING=likelihood
-# (the paper's) in the environment runs the others. Balanced Softmax
+# (the paper's) in the environment runs the others. The filter's epoch is the
+# paper's rule (here: the last one): choosing it on validation (--filter-opts
+# "--select val-separation" or "--select val-likelihood") or regularising the
+# density (--input-noise, --weight-decay) separated no better on VALIDATION
+# with cluster-tail (benchmarks/filter_selection.py, README). Balanced Softmax
 # classifiers, 150 epochs, branches fine-tuned from the baseline. Writes
 # OUTDIR/metrics.json ({"baseline", "dlsa"}) and OUTDIR/dlsa.parquet (label,
 # route, depth, ...) as dlsa.sh does. Options after OUTDIR go to dlsa.sh and

@@ -35,7 +35,7 @@ from dlsa_cli.cascade.manifest import MANIFEST, write_manifest
 from dlsa_cli.cascade.model import Cascade
 from dlsa_cli.classify.config import TrainConfig
 from dlsa_cli.errors import DlsaError, InputError, TrainingError
-from dlsa_cli.flow.config import FilterConfig, _check_config
+from dlsa_cli.flow.config import FilterConfig, _check_config, check_select
 from dlsa_cli.io.files import atomic_path, file_sha256, provenance, read_safetensors_header, require_file, write_json
 
 __all__ = ["CascadePlan", "CascadeRun", "fit_cascade", "PROGRESS", "REPORT"]
@@ -103,7 +103,7 @@ def _check_filter_config(cfg: FilterConfig) -> None:
         _check_config(cfg)
     except DlsaError as e:
         msg = str(e)
-        for name in ("epochs", "batch-size", "lr", "select"):
+        for name in ("epochs", "batch-size", "lr", "select", "weight-decay"):
             if msg.startswith(f"--{name} "):
                 raise DlsaError(f"--filter-{msg[2:]}") from None
         raise
@@ -164,6 +164,7 @@ def fit_cascade(
 
     plan = plan or CascadePlan()
     plan.check()
+    check_select(plan.filter_config(), val is not None, select_flag="--filter-select")
     dev = resolve_device(device) if isinstance(device, str) else device
     ctx = _start(Path(out_dir), plan, Path(train), None if val is None else Path(val), dict(filters or {}), resume,
                  train_offset)
@@ -335,7 +336,7 @@ def _fit_depth(ctx: _Ctx, d: int, train: Path, val: Path | None) -> dict[str, An
     _on_main(lambda: ddir.mkdir(exist_ok=True))
     train, val = _depth_inputs(ctx, d, train, val)
     ctx.event(f"depth {d}: flow filter on {train.resolve().name}")
-    filt = _filter(ctx, d, train, ddir / "filter.safetensors")
+    filt = _filter(ctx, d, train, val, ddir / "filter.safetensors")
     split = _split(ctx, d, [p for p in (train, val) if p is not None], ddir)
     files = {"filter": f"depth{d}/filter.safetensors", "classifier": f"depth{d}/cluster.safetensors"}
     for name in ("train", "val"):
@@ -380,9 +381,14 @@ def _depth_inputs(ctx: _Ctx, d: int, train: Path, val: Path | None) -> tuple[Pat
     return links[0], links[1]  # type: ignore[return-value]
 
 
-def _filter(ctx: _Ctx, d: int, train: Path, path: Path) -> dict[str, Any]:
-    """Fit filter d as `dlsa fit-filter TRAIN --depth d` does, or copy the given one."""
+def _filter(ctx: _Ctx, d: int, train: Path, val: Path | None, path: Path) -> dict[str, Any]:
+    """Fit filter d as `dlsa fit-filter TRAIN --depth d [--val VAL]` does, or copy the given one.
+
+    The filter sees this depth's part of the validation set when its --filter-select
+    rule chooses on validation (val-separation, val-likelihood), and only then.
+    """
     from dlsa_cli.flow import FlowFilter, fit_filter
+    from dlsa_cli.flow.config import VAL_SELECTS
     from dlsa_cli.io.features import read_features
 
     given = ctx.filters.get(d)
@@ -399,11 +405,18 @@ def _filter(ctx: _Ctx, d: int, train: Path, path: Path) -> dict[str, Any]:
     cfg = ctx.plan.filter_config()
     t0 = time.perf_counter()
     fs = read_features(train, require_labels=True)
-    flt = fit_filter(fs, config=cfg, depth=d, device=ctx.device, on_warning=ctx.warn)
+    val_fs = read_features(val, require_labels=True) if (val is not None and cfg.select in VAL_SELECTS) else None
+    if cfg.select in VAL_SELECTS and val_fs is None:
+        raise TrainingError(f"depth {d}: no validation sample is left for --filter-select {cfg.select}",
+                            hint="lower --depth, or choose the filter epoch with good-clusters or last")
+    flt = fit_filter(fs, config=cfg, depth=d, device=ctx.device, on_warning=ctx.warn, val=val_fs)
     options = {"preset": None, **cfg.to_dict(), "depth": d, "device": str(ctx.device), "tf32": False}
-    _on_main(lambda: flt.save(path, prov=provenance("fit-cascade: fit-filter", options, [train], cfg.seed)))
+    inputs = [train, *([val] if val_fs is not None else [])]
+    _on_main(lambda: flt.save(path, prov=provenance("fit-cascade: fit-filter", options, inputs, cfg.seed)))
+    kept = flt.history[flt.chosen_epoch - 1]
     return {"given": None, "chosen_epoch": flt.chosen_epoch, "epochs": cfg.epochs,
-            "good_clusters": flt.stats.get("good_clusters"), "seconds": round(time.perf_counter() - t0, 2)}
+            "good_clusters": flt.stats.get("good_clusters"), "val_separation": kept.get("val_separation"),
+            "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def _split(ctx: _Ctx, d: int, inputs: list[Path], ddir: Path) -> dict[str, Any]:

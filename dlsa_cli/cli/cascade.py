@@ -44,6 +44,8 @@ def fit_cascade_cmd(
     max_cluster_share: F.max_cluster_share = None,
     filter_select: F.select = None,
     routing: F.routing = None,
+    input_noise: F.input_noise = None,
+    filter_weight_decay: F.weight_decay = None,
     model: C.model = CD.model,
     loss: C.loss = CD.loss,
     sampler: C.sampler = CD.sampler,
@@ -114,6 +116,7 @@ _FILTER_FIELDS = {  # fit-cascade's parameter -> FilterConfig field
     "center_std": "center_std", "ema": "ema", "share": "share", "hidden": "hidden", "blocks": "blocks",
     "purity_threshold": "purity_threshold", "min_cluster_size": "min_cluster_size",
     "max_cluster_share": "max_cluster_share", "filter_select": "select", "routing": "routing",
+    "input_noise": "input_noise", "filter_weight_decay": "weight_decay",
 }
 _CLASSIFIER_FIELDS = {  # fit-cascade's parameter -> TrainConfig field
     "model": "model", "loss": "loss", "sampler": "sampler", "epochs": "epochs", "batch_size": "batch_size",

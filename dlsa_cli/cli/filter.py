@@ -18,7 +18,7 @@ from dlsa_cli.cli.common import (
     emit_json,
     stdout,
 )
-from dlsa_cli.cli.options import FILTER
+from dlsa_cli.cli.options import FILTER, FILTER_VAL
 from dlsa_cli.errors import DlsaError
 
 
@@ -53,6 +53,9 @@ def fit_filter_cmd(
     max_cluster_share: FILTER.max_cluster_share = None,
     select: FILTER.select = None,
     routing: FILTER.routing = None,
+    input_noise: FILTER.input_noise = None,
+    weight_decay: FILTER.weight_decay = None,
+    val: FILTER_VAL = None,
     depth: Annotated[Optional[int], _opt("--depth", help="Depth to record [default: the input's depth + 1 for a split's rest file, else 1].")] = None,
     allow_singletons: Annotated[Optional[bool], typer.Option("--allow-singletons/--no-singletons", help="Train with classes of a single sample.", show_default="only at depth > 1")] = None,
     seed: SeedOpt = 0,
@@ -67,8 +70,10 @@ def fit_filter_cmd(
 
     A masked autoregressive flow maps the features onto a mixture of K unit
     Gaussians, trained with the class-weighted likelihood, balance and purity
-    losses on pairs from two different classes. The epoch with the most good
-    clusters is kept; the routing threshold routes --share of the training
+    losses on pairs from two different classes. The epoch kept is --select's:
+    by default the paper's, the one with the most good clusters; with --val the
+    val-* rules choose on validation samples instead (e.g. `--val val.safetensors
+    --select val-separation`). The routing threshold routes --share of the training
     samples; the cluster prior P(y | cluster) is stored with it. Under
     `torchrun --nproc-per-node N` each process takes its share of every global
     batch (DistributedDataParallel, batch statistics over the global batch).
@@ -77,6 +82,7 @@ def fit_filter_cmd(
     """
     from dlsa_cli import distributed as dist
     from dlsa_cli.flow import FilterConfig, fit_filter
+    from dlsa_cli.flow.config import check_select
     from dlsa_cli.io.features import read_features
     from dlsa_cli.io.files import provenance
 
@@ -84,13 +90,15 @@ def fit_filter_cmd(
     from dlsa_cli.io.files import check_output_file
 
     rep = Reporter(quiet)
-    out_p = check_output_file(out, suffixes=(".safetensors",), inputs=[train])
+    inputs = [train, *([val] if val else [])]
+    out_p = check_output_file(out, suffixes=(".safetensors",), inputs=inputs)
     config = FilterConfig.from_preset(  # unknown preset or a value out of range: one line, before any work
         preset, clusters=clusters, epochs=epochs, batch_size=batch_size, lr=lr, lambda_lh=lambda_lh, lambda_bal=lambda_bal,
         lambda_pure=lambda_pure, q=q, center_std=center_std, ema=ema, share=share, hidden=hidden, blocks=blocks,
         purity_threshold=purity_threshold, min_cluster_size=min_cluster_size, max_cluster_share=max_cluster_share,
-        select=select, routing=routing, seed=seed,
+        select=select, routing=routing, input_noise=input_noise, weight_decay=weight_decay, seed=seed,
     )
+    check_select(config, val is not None)  # a val-* rule without --val: one line, before any work
     ckpt = checkpoint_path(out_p)
     if checkpoint_every < 0:
         raise DlsaError(f"--checkpoint-every {checkpoint_every}: must be >= 0 (0 writes no checkpoint)")
@@ -103,6 +111,7 @@ def fit_filter_cmd(
 
         torch.backends.cuda.matmul.allow_tf32 = tf32
     fs = read_features(train, require_labels=True, mmap=True)  # training reads a mapped matrix: no copy of a big file
+    val_fs = None if val is None else read_features(val, require_labels=True)
 
     with rep.progress("fit-filter", total=config.epochs) as update:
         last = {"good": None}
@@ -132,13 +141,14 @@ def fit_filter_cmd(
                 checkpoint=ckpt if checkpoint_every > 0 else None,
                 resume=resume,
                 checkpoint_every=checkpoint_every,
+                val=val_fs,
             )
         except DlsaError:  # a refusal or a diverged run leaves nothing behind (an interrupted one keeps its checkpoint)
             if not had_ckpt:
                 ckpt.unlink(missing_ok=True)
             raise
     options = {"preset": preset, **config.to_dict(), "depth": filt.depth, "device": str(dev), "tf32": tf32 and dev.type == "cuda"}
-    prov = provenance("fit-filter", options, [train], seed)
+    prov = provenance("fit-filter", options, inputs, seed)
     prov["resumed_from"] = filt.resumed_from  # the epoch this run continued after, or None
     if dist.is_main():  # every rank holds the same filter; rank 0 writes it
         filt.save(out_p, prov=prov)
@@ -147,6 +157,7 @@ def fit_filter_cmd(
     result = {
         "filter": str(out_p),
         "train": str(train),
+        "val": None if val is None else str(val),
         "depth": filt.depth,
         "threshold": filt.threshold,
         "share": filt.share,
@@ -179,6 +190,10 @@ def _render_fit(r: dict[str, Any]) -> None:
     t.add_row("good clusters", f"{st['good_clusters']} of {r['config']['clusters']} (purity > {r['config']['purity_threshold']:g}, size > {r['config']['min_cluster_size']})")
     t.add_row("threshold", f"log p(x) >= {r['threshold']:.6g} routes {st['routed']} training samples ({r['share']:g})")
     t.add_row("tail share (<= 50)", f"routed {f(st['routed_tail_share'])}, all training samples {f(st['tail_share'])}")
+    kept = r["history"][r["chosen_epoch"] - 1] if r["history"] else {}
+    if "val_separation" in kept:
+        t.add_row("validation (kept epoch)", f"routed tail share {f(kept['val_separation'])} vs {f(kept['val_tail_share'])} "
+                  f"of all; routed {f(kept['val_routed_share'])}; mean log p(x) {f(kept['val_mean_log_likelihood'])}")
     t.add_row("time", f"{st['seconds_per_epoch']:.3g} s per epoch on {st['device']}")
     stdout.print(t)
 

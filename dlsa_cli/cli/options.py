@@ -3,7 +3,9 @@
 - `FILTER`: the flow filter's options under fit-filter's names (`--epochs`, `--lr`, ...);
 - `CASCADE_FILTER`: the same options under fit-cascade's names: the four that
   fit-classifier also has get a `--filter-` prefix (`--filter-epochs`,
-  `--filter-batch-size`, `--filter-lr`, `--filter-select`), the rest keep theirs;
+  `--filter-batch-size`, `--filter-lr`, `--filter-select`, `--filter-weight-decay`),
+  the rest keep theirs;
+- `FILTER_VAL`: fit-filter's `--val`, the validation samples a `val-*` --select rule needs;
 - `CLASSIFIER`: the classifier options of fit-classifier and fit-cascade.
 
 Each is an `Annotated[...]` type for a command's signature, e.g.
@@ -30,6 +32,7 @@ __all__ = [
     "CLASSIFIER",
     "CLASSIFIER_DEFAULTS",
     "FILTER_SHARED_NAMES",
+    "FILTER_VAL",
     "CLASSIFIER_FLAGS",
     "RIDE_M2M",
     "filter_option",
@@ -38,7 +41,7 @@ __all__ = [
 
 PRESET_NAMES = ("imagenet-lt", "places-lt", "inat18")
 # Filter options whose names fit-classifier also has: fit-cascade prefixes them with --filter-.
-FILTER_SHARED_NAMES = ("epochs", "batch_size", "lr", "select")
+FILTER_SHARED_NAMES = ("epochs", "batch_size", "lr", "select", "weight_decay")
 _FILTER_DEFAULTS = {f.name: f.default for f in fields(FilterConfig)}
 CLASSIFIER_DEFAULTS = TrainConfig()
 
@@ -61,8 +64,13 @@ _FILTER_HELP: dict[str, tuple[type, str]] = {
     "purity_threshold": (float, "A good cluster's share of its largest class must exceed this."),
     "min_cluster_size": (int, "A good cluster must hold more samples than this."),
     "max_cluster_share": (float, "Filter epochs whose largest cluster holds this share of the samples or more are not kept (the paper's 5000 of 115,846 is 0.043)."),
-    "select": (str, "Which filter epoch to keep: good-clusters (the paper's rule) or last."),
+    "select": (str, "Which filter epoch to keep: good-clusters (the paper's rule: most pure training clusters), last, "
+               "or on the validation samples (need --val): val-separation (the highest tail share, <= 50 training "
+               "samples, among the validation samples the epoch routes) or val-likelihood (the highest mean log p(x), "
+               "early stopping)."),
     "routing": (str, "Routing score (flow/routing.py): likelihood (the paper's log p(x)), ratio (log p(x) minus log p(x) of the same flow trained with q = 0, trained alongside: twice the time) or cluster-tail (the tail share of the sample's training cluster)."),
+    "input_noise": (float, "Gaussian noise added to the flow's training inputs, std times each feature's std over the training samples (0: none)."),
+    "weight_decay": (float, "Flow filter SGD weight decay (0: none)."),
 }
 _FILTER_SHOWN = {"preset": None, "hidden": "D"}
 
@@ -125,6 +133,9 @@ def classifier_option(name: str, *, flag: str | None = None) -> Any:
     return Annotated[typ, typer.Option(flag, help=help_text, show_default=shown)]
 
 
+FILTER_VAL = Annotated[Optional[str], typer.Option(
+    "--val", help="Validation feature file with labels: each epoch's record gets its routed tail share and mean log p(x), "
+    "and the val-* --select rules choose the epoch on it.", show_default=False)]
 FILTER = SimpleNamespace(**{name: filter_option(name) for name in _FILTER_HELP})
 CASCADE_FILTER = SimpleNamespace(**{name: filter_option(name, prefixed=name in FILTER_SHARED_NAMES) for name in _FILTER_HELP})
 CLASSIFIER = SimpleNamespace(**{name: classifier_option(name) for name in _CLASSIFIER_HELP})

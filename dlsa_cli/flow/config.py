@@ -8,7 +8,7 @@ from typing import Any
 
 from dlsa_cli.errors import DlsaError
 
-__all__ = ["FilterConfig", "PRESETS", "FLAGS", "flag_of"]
+__all__ = ["FLAGS", "PRESETS", "SELECTS", "VAL_SELECTS", "FilterConfig", "check_select", "flag_of"]
 
 # ----------------------------------------------------------------------------- settings
 
@@ -34,10 +34,12 @@ class FilterConfig:
     purity_threshold: float = 0.7
     min_cluster_size: int = 10
     max_cluster_share: float = 0.05
-    select: str = "good-clusters"  # or "last"
+    select: str = "good-clusters"  # or "last", "val-separation", "val-likelihood" (SELECTS)
     seed: int = 0
     eval_batch_size: int = 4096
     routing: str = "likelihood"  # the routing score (flow/routing.py): likelihood, ratio or cluster-tail
+    input_noise: float = 0.0  # Gaussian noise on training inputs, std times each feature's std; 0: off
+    weight_decay: float = 0.0  # SGD weight decay of the flow
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,7 +84,21 @@ FLAGS: dict[str, str | None] = {
     "seed": "--seed",
     "eval_batch_size": None,
     "routing": "--routing",
+    "input_noise": "--input-noise",
+    "weight_decay": "--weight-decay",
 }
+
+# How `select` keeps an epoch: the paper's count of good training clusters, the last
+# epoch, or on validation samples (fit_filter's `val`): the tail share of the samples
+# the epoch would route, or their mean log p(x) (early stopping on held-out likelihood).
+SELECTS = ("good-clusters", "last", "val-separation", "val-likelihood")
+VAL_SELECTS = ("val-separation", "val-likelihood")
+
+
+def check_select(cfg: FilterConfig, has_val: bool, *, select_flag: str | None = None) -> None:
+    """A selection rule on validation samples needs them: one line naming the flags, before any work."""
+    if cfg.select in VAL_SELECTS and not has_val:
+        raise DlsaError(f"{select_flag or flag_of('select')} {cfg.select}: needs validation samples", hint="pass --val VAL")
 
 
 def flag_of(name: str) -> str:
@@ -125,8 +141,10 @@ _RULES: tuple[tuple[str, Any, str], ...] = (
     ("purity_threshold", lambda v: 0 <= v <= 1, "must be in [0, 1]"),
     ("min_cluster_size", lambda v: v >= 0, "must be >= 0"),
     ("max_cluster_share", lambda v: 0 < v <= 1, "must be in (0, 1]"),
-    ("select", lambda v: v in ("good-clusters", "last"), "use good-clusters or last"),
+    ("select", lambda v: v in SELECTS, f"use one of {', '.join(SELECTS)}"),
     ("seed", lambda v: 0 <= v < 2**63, "must be in [0, 2^63)"),
     ("eval_batch_size", lambda v: v >= 1, "must be >= 1"),
     ("routing", lambda v: v in ("likelihood", "ratio", "cluster-tail"), "unknown routing score (use likelihood, ratio or cluster-tail)"),
+    ("input_noise", lambda v: 0 <= v < math.inf, "the noise std (times each feature's std) must be a finite number >= 0"),
+    ("weight_decay", lambda v: 0 <= v < math.inf, "must be a finite number >= 0"),
 )

@@ -41,6 +41,7 @@ __all__ = [
     "check_routing",
     "cluster_tail_share",
     "routing_score",
+    "epoch_route_score",
     "quantile_threshold",
     "set_routing",
     "separation",
@@ -88,6 +89,19 @@ def routing_score(
         raise DlsaError("routing 'cluster-tail' needs the clusters' tail shares")
     tie_break = 1e-12 * np.clip(np.asarray(log_likelihood, dtype=np.float64), -1e5, 1e5)  # |.| <= 1e-7
     return np.asarray(cluster_tail, dtype=np.float64)[cluster] + tie_break
+
+
+def epoch_route_score(name: str, log_likelihood: np.ndarray, cluster: np.ndarray, cluster_counts: Any,
+                      train_counts: np.ndarray) -> np.ndarray:
+    """The routing score (N,) during training, from one epoch's log p(x), clusters and training cluster table.
+
+    `ratio` needs the reference flow, trained only after the epochs: it is scored as `likelihood` here.
+    """
+    check_routing(name)
+    if name == "cluster-tail":
+        tail = cluster_tail_share(cluster_counts, train_counts)
+        return routing_score(name, log_likelihood, cluster, cluster_tail=tail)
+    return routing_score("likelihood", log_likelihood, cluster)
 
 
 def quantile_threshold(score: np.ndarray, share: float) -> float:

@@ -28,7 +28,6 @@ from dlsa_cli.io.files import (
     file_sha256,
     staging_dir,
     write_json,
-    write_safetensors,
 )
 
 # ----------------------------------------------------------------------------- split

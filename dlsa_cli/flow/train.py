@@ -25,7 +25,7 @@ import torch
 from dlsa_cli.errors import InputError, NonFiniteError, TrainingError
 from dlsa_cli.evaluation.metrics import tail_classes
 from dlsa_cli.flow.clusters import cluster_stats, cluster_table
-from dlsa_cli.flow.config import FilterConfig, _check_config, flag_of
+from dlsa_cli.flow.config import VAL_SELECTS, FilterConfig, _check_config, check_select, flag_of
 from dlsa_cli import ddp
 from dlsa_cli.flow.filter import FilterScores, FlowFilter, _device
 from dlsa_cli.flow.losses import BalanceLoss, PairSampler, class_weights, mle_loss, purity_loss
@@ -52,10 +52,20 @@ class _Data:
     num_classes: int
     depth: int
     is_tail: torch.Tensor  # (N,) bool
+    std: torch.Tensor  # (D,) each feature's std over the training samples (input noise is relative to it)
+    val: _Val | None = None
 
     @property
     def n(self) -> int:
         return int(self.x.shape[0])
+
+
+@dataclass
+class _Val:
+    """Validation samples that choose the epoch (`select="val-..."`); tail by the TRAINING counts."""
+
+    x: torch.Tensor  # (M, D) float32
+    is_tail: torch.Tensor  # (M,) bool
 
 
 @dataclass
@@ -70,7 +80,7 @@ class TrainState:
     balance: BalanceLoss
     epoch: int = 0  # last finished epoch
     history: list[dict[str, Any]] = field(default_factory=list)
-    best_key: tuple[bool, int] | None = None
+    best_key: tuple[bool, float] | None = None
     best_epoch: int = 0
     best_state: dict[str, torch.Tensor] | None = None  # None: the flow itself is the kept epoch
     resumed_from: int | None = None
@@ -104,6 +114,7 @@ def fit_filter(
     checkpoint: str | Path | None = None,
     resume: bool = False,
     checkpoint_every: int = 1,
+    val: FeatureSet | None = None,
     **options: Any,
 ) -> FlowFilter:
     """Train a flow filter on one depth's training samples.
@@ -127,23 +138,35 @@ def fit_filter(
             the epoch it continued after.
         checkpoint_every: write the checkpoint after every this many epochs
             (never after the last one: the filter itself follows).
+        val: validation samples with labels (this depth's part of the
+            validation set). After every epoch they are scored and the epoch
+            record gets their routed tail share (`val_separation`, routed by
+            the training quantile of the epoch's routing score) and mean
+            log p(x); `select="val-separation"` / `"val-likelihood"` keep
+            the epoch with the highest of them and need `val`.
     """
     if not isinstance(train, FeatureSet):
         train = FeatureSet(np.asarray(train), None if labels is None else np.asarray(labels, dtype=np.int64))
     cfg = replace(config or FilterConfig(), **options)
     _check_config(cfg)
+    check_select(cfg, val is not None)
     warn = on_warning or (lambda _msg: None)
     dev = _device(device)
     data = _prepare(train, cfg, depth, allow_singletons, warn, dev)
+    data.val = None if val is None else _prepare_val(val, train, data, dev)
     st = _start(data, cfg, dev)
     fingerprint = None
     if checkpoint is not None:
         from dlsa_cli.flow.checkpoint import data_fingerprint, load_checkpoint
 
         fingerprint = data_fingerprint(train, cfg)
+        if val is not None:  # a resume must also see the same validation samples
+            fingerprint["val_sha256"] = data_fingerprint(val, cfg)["data_sha256"]
         if resume and Path(checkpoint).exists():
             for note in load_checkpoint(checkpoint, st, fingerprint, dev):
                 warn(note)
+            if st.best_key is not None:  # the checkpoint stores the key as integers; rebuild it from the record
+                st.best_key = _select_key(st.history[st.best_epoch - 1], cfg)
     if st.epoch == 0:
         _check_start(st.flow, data, cfg)
     for epoch in range(st.epoch + 1, cfg.epochs + 1):
@@ -199,7 +222,21 @@ def _prepare(
     x = torch.as_tensor(train.features).to(dev, torch.float32)  # (N, D)
     y = torch.as_tensor(y_np).to(dev)  # (N,)
     is_tail = torch.as_tensor(tail_classes(_train_counts(train))).to(dev)[y]  # (N,) bool
-    return _Data(train, x, y, y_np, counts, c, depth, is_tail)
+    std = x.std(0) if n > 1 else torch.zeros_like(x[0])  # (D,)
+    return _Data(train, x, y, y_np, counts, c, depth, is_tail, std)
+
+
+def _prepare_val(val: FeatureSet, train: FeatureSet, data: _Data, dev: torch.device) -> _Val:
+    """Check the validation samples against the training ones and move them to the device."""
+    y = val.require_labels()
+    if val.dim != int(data.x.shape[1]):
+        raise InputError(f"has {val.dim} features per sample, the training file {int(data.x.shape[1])}", path=val.path)
+    if val.n == 0:
+        raise InputError("has no samples to choose the epoch on", path=val.path)
+    if y.max() >= data.num_classes:
+        raise InputError(f"label {int(y.max())} is out of range for {data.num_classes} classes", path=val.path)
+    tail = torch.as_tensor(tail_classes(_train_counts(train))).to(dev)  # (C,) bool, by TRAINING counts
+    return _Val(torch.as_tensor(val.features).to(dev, torch.float32), tail[torch.as_tensor(y).to(dev)])
 
 
 def _start(data: _Data, cfg: FilterConfig, dev: torch.device) -> TrainState:
@@ -211,7 +248,7 @@ def _start(data: _Data, cfg: FilterConfig, dev: torch.device) -> TrainState:
     ).to(dev)
     model = ddp.wrap(ddp.sync_flow_batchnorm(flow), dev)  # under torchrun: DDP, batch norm over the global batch
     g_pairs = torch.Generator(device=dev).manual_seed(cfg.seed + 1)  # every rank draws the same global batch
-    opt = torch.optim.SGD(flow.parameters(), lr=cfg.lr, momentum=0.0)
+    opt = torch.optim.SGD(flow.parameters(), lr=cfg.lr, momentum=0.0, weight_decay=cfg.weight_decay)
     flow.train()
     balance = BalanceLoss(cfg.clusters, cfg.ema, cfg.lambda_bal, batch_mean=lambda v: ddp.global_mean(v, cfg.batch_size))
     return TrainState(flow, opt, g_init, g_pairs, PairSampler(data.y, g_pairs), balance, model=model)
@@ -241,10 +278,13 @@ def _train_epoch(st: TrainState, data: _Data, cfg: FilterConfig, epoch: int, on_
     mean = lambda v: ddp.ddp_mean(v, b)  # noqa: E731  the global batch's mean (the plain mean alone)
     for step in range(1, steps + 1):
         pos, neg = st.sampler.draw(b)
+        noise = _input_noise(st, data, cfg, b, use_neg)  # (2, b, D) or (1, b, D) or None, for the global batch
         share = ddp.batch_share(b)  # this rank's positions of the global batch (all of it alone)
         pos, neg = pos[share], neg[share]
         bl = pos.shape[0]
         xb = data.x[torch.cat([pos, neg])] if use_neg else data.x[pos]  # (2b or b, D)
+        if noise is not None:
+            xb = xb + noise[:, share].reshape(xb.shape)
         z, logdet = (st.model or st.flow)(xb)
         comp = st.flow.component_log_density(z)  # (2b, K)
         l_pos = comp[:bl]
@@ -265,6 +305,14 @@ def _train_epoch(st: TrainState, data: _Data, cfg: FilterConfig, epoch: int, on_
             if on_step is not None:
                 on_step(epoch, step, steps, dict(zip(("loss", "mle", "bal", "pure"), means)))
     return sums
+
+
+def _input_noise(st: TrainState, data: _Data, cfg: FilterConfig, b: int, use_neg: bool) -> torch.Tensor | None:
+    """Gaussian noise of std `input_noise` x each feature's std for the global batch's rows, from the pair stream."""
+    if cfg.input_noise <= 0:
+        return None
+    e = torch.randn((2 if use_neg else 1, b, data.x.shape[1]), generator=st.g_pairs, device=data.x.device)
+    return e * (cfg.input_noise * data.std)  # (2 or 1, b, D)
 
 
 def _evaluate_epoch(st: TrainState, data: _Data, cfg: FilterConfig, epoch: int, sums: torch.Tensor, t0: float) -> dict[str, Any]:
@@ -288,14 +336,58 @@ def _evaluate_epoch(st: TrainState, data: _Data, cfg: FilterConfig, epoch: int, 
         "mean_log_likelihood": float(logp.double().mean()),
         "routed_tail_share": float(data.is_tail[torch.topk(logp, n_route).indices].double().mean()),
         "eligible": bool(stats["largest_share"] < cfg.max_cluster_share),
+        **(_evaluate_val(st, data, cfg, logp, cluster) if data.val is not None else {}),
         "seconds": time.perf_counter() - t0,
     }
+
+
+def _evaluate_val(st: TrainState, data: _Data, cfg: FilterConfig, logp: torch.Tensor, cluster: torch.Tensor) -> dict[str, Any]:
+    """The validation samples this epoch would route: their tail share, the base rate, their mean log p(x).
+
+    The route is the filter's: score >= the (1 - share) quantile of the training
+    samples' score. `val_separation` and `val_routed_share` are by the filter's
+    routing score (`ratio`, whose reference flow is trained after the epochs,
+    is taken as `likelihood` here); `val_separation_by` gives both scores an
+    epoch can compute, likelihood and cluster-tail.
+    """
+    from dlsa_cli.flow.routing import epoch_route_score, quantile_threshold
+
+    v = data.val
+    vlogp, vcluster = _assign(st.flow, v.x, cfg.eval_batch_size)  # (M,), (M,)
+    table = cluster_table(cluster, data.y, cfg.clusters, data.num_classes).cpu()  # (K, C) of the training samples
+    counts = _train_counts(data.fs)
+    routed = {}
+    for name in ("likelihood", "cluster-tail"):
+        def score(ll: torch.Tensor, cl: torch.Tensor, name: str = name) -> np.ndarray:
+            return epoch_route_score(name, ll.double().cpu().numpy(), cl.cpu().numpy(), table, counts)
+
+        thr = quantile_threshold(score(logp, cluster), cfg.share)
+        routed[name] = torch.as_tensor(score(vlogp, vcluster) >= thr, device=v.x.device)  # (M,) bool
+    sep = {k: float(v.is_tail[r].double().mean()) if bool(r.any()) else None for k, r in routed.items()}
+    own = "cluster-tail" if cfg.routing == "cluster-tail" else "likelihood"
+    return {
+        "val_routed_share": float(routed[own].double().mean()),
+        "val_separation": sep[own],
+        "val_separation_by": sep,
+        "val_tail_share": float(v.is_tail.double().mean()),
+        "val_mean_log_likelihood": float(vlogp.double().mean()) if bool(torch.isfinite(vlogp).all()) else None,
+    }
+
+
+def _select_key(record: dict[str, Any], cfg: FilterConfig) -> tuple[bool, float]:
+    """How `select` ranks an epoch record (higher is better); None (nothing routed, a non-finite log p) ranks last."""
+    if cfg.select == "last":
+        return (True, float(record["epoch"]))
+    if cfg.select in VAL_SELECTS:
+        v = record["val_separation" if cfg.select == "val-separation" else "val_mean_log_likelihood"]
+        return (True, -math.inf if v is None else float(v))
+    return (bool(record["eligible"]), float(record["good_clusters"]))
 
 
 def _keep_best(st: TrainState, record: dict[str, Any], cfg: FilterConfig, epoch: int) -> None:
     """Keep this epoch's weights when it beats the best so far (ties: the later epoch)."""
     st.history.append(record)
-    key = (True, epoch) if cfg.select == "last" else (record["eligible"], record["good_clusters"])
+    key = _select_key(record, cfg)
     if st.best_key is None or key >= st.best_key:
         st.best_key, st.best_epoch = key, epoch
         if epoch < cfg.epochs:  # the last epoch's state is the flow itself
@@ -311,7 +403,7 @@ def _n_route(cfg: FilterConfig, n: int) -> int:
 def _finish(st: TrainState, data: _Data, cfg: FilterConfig, dev: torch.device, warn: Callable[[str], None]) -> FlowFilter:
     """The kept epoch as a filter: its threshold, cluster prior and statistics."""
     assert st.best_key is not None
-    if cfg.select != "last" and not st.best_key[0]:
+    if cfg.select == "good-clusters" and not st.best_key[0]:
         warn(
             f"no epoch kept its largest cluster under {cfg.max_cluster_share:g} of the samples; "
             f"kept epoch {st.best_epoch} (most good clusters); consider a larger {flag_of('max_cluster_share')} "
