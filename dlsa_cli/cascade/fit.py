@@ -404,7 +404,7 @@ def _filter(ctx: _Ctx, d: int, train: Path, val: Path | None, path: Path) -> dic
         return {"given": str(given), "chosen_epoch": flt.chosen_epoch, "epochs": flt.config.epochs, "seconds": 0.0}
     cfg = ctx.plan.filter_config()
     t0 = time.perf_counter()
-    fs = read_features(train, require_labels=True)
+    fs = read_features(train, require_labels=True, mmap=True)
     val_fs = read_features(val, require_labels=True) if (val is not None and cfg.select in VAL_SELECTS) else None
     if cfg.select in VAL_SELECTS and val_fs is None:
         raise TrainingError(f"depth {d}: no validation sample is left for --filter-select {cfg.select}",
@@ -450,8 +450,8 @@ def _fit_classifier(ctx: _Ctx, name: str, train: Path, val: Path | None, cfg: Tr
     from dlsa_cli.flow import FlowFilter
     from dlsa_cli.io.features import num_classes, read_features, read_labels
 
-    train_fs = read_features(train, require_labels=True)
-    val_fs = read_features(val, require_labels=True) if val is not None else None
+    train_fs = read_features(train, require_labels=True, mmap=True)
+    val_fs = read_features(val, require_labels=True, mmap=True) if val is not None else None
     whole = ctx.val if (weigh and val_fs is not None and ctx.val is not None and ctx.plan.val_weights) else None
     counts = None if whole is None else np.bincount(read_labels(whole, require_labels=True).labels,
                                                     minlength=num_classes(train_fs))
@@ -478,9 +478,9 @@ def _fit_classifier(ctx: _Ctx, name: str, train: Path, val: Path | None, cfg: Tr
 
 def _offset_rows(ctx: _Ctx, part: Any) -> np.ndarray:
     """The rows of `train_offset` for a routed / rest part, found by its ids (the row index when TRAIN has none)."""
-    from dlsa_cli.io.features import read_features
+    from dlsa_cli.io.features import read_labels
 
-    whole = read_features(ctx.train)
+    whole = read_labels(ctx.train)  # ids only: the matrix stays on disk
     ids = whole.ids if whole.ids is not None else np.arange(whole.n)
     if ctx.train_offset.shape[0] != whole.n:
         raise InputError(f"train_offset has {ctx.train_offset.shape[0]} rows for {whole.n} training samples", path=ctx.train)
