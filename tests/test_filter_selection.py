@@ -54,6 +54,10 @@ def test_val_rule_keeps_the_best_recorded_epoch(digits, tmp_path, select, key, r
         filt = FlowFilter.load(out)
         sep = separation(filt.score(val.features).routed, val.labels, np.asarray(filt.train_counts))
         assert sep["separation"] == pytest.approx(hist[rep["chosen_epoch"] - 1]["val_separation"], abs=1e-9)
+    shown = json.loads(run_cli("inspect", out, "--json").stdout)  # `dlsa inspect` lists what the rule chose from
+    table = next(t for t in shown["tables"] if t["title"] == "history")
+    col = table["columns"].index("val separation" if key == "val_separation" else "val mean log p")
+    assert [row[col] for row in table["rows"]] == [round(h[key], 4) for h in hist]
 
 
 def test_paper_rule_stays_the_default_and_val_only_records(digits):

@@ -65,15 +65,7 @@ def summary(path: str | Path) -> dict[str, Any]:
                     "purity_above_0.9", "purity_above_0.7", "purity_above_0.5", "good_clusters",
                 ) if k in st],
             },
-            {
-                "title": "history",
-                "columns": ["epoch", "loss", "mle", "bal", "pure", "good", "largest share", "eligible"],
-                "rows": [
-                    [h["epoch"], round(h["loss"], 4), round(h["mle"], 4), round(h["bal"], 4), round(h["pure"], 4),
-                     h["good_clusters"], round(h["largest_share"], 4), h["eligible"]]
-                    for h in hist
-                ],
-            },
+            _history_table(hist),
         ],
         "charts": [
             {"title": "good clusters per epoch", "values": [float(h["good_clusters"]) for h in hist],
@@ -83,6 +75,23 @@ def summary(path: str | Path) -> dict[str, Any]:
             {"title": "cluster purity (highest first)", "values": sorted(purity.astype(float).tolist(), reverse=True), "labels": None},
         ],
     }
+
+
+def _history_table(hist: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-epoch losses and cluster counts; with validation (`fit-filter --val`), its separation and log-likelihood too."""
+    val = any("val_separation" in h for h in hist)
+    columns = ["epoch", "loss", "mle", "bal", "pure", "good", "largest share", "eligible"]
+    columns += ["val separation", "val mean log p"] if val else []
+
+    def num(v: Any) -> Any:
+        return None if v is None else round(v, 4)
+
+    rows = []
+    for h in hist:
+        row = [h["epoch"], num(h["loss"]), num(h["mle"]), num(h["bal"]), num(h["pure"]),
+               h["good_clusters"], num(h["largest_share"]), h["eligible"]]
+        rows.append(row + ([num(h.get("val_separation")), num(h.get("val_mean_log_likelihood"))] if val else []))
+    return {"title": "history", "columns": columns, "rows": rows}
 
 
 def split_summary(path: str | Path) -> dict[str, Any]:
