@@ -33,18 +33,18 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from tinyimagenet_lt import FILTERS, SHARED, load, log  # noqa: E402
+from tinyimagenet_lt import FILTERS, SHARED, load, log, ms  # noqa: E402
 
 from dlsa_cli.flow import FilterConfig, FlowFilter, fit_filter  # noqa: E402
 from dlsa_cli.flow.config import SELECTS  # noqa: E402
 from dlsa_cli.flow.routing import separation, set_routing  # noqa: E402
 from dlsa_cli.flow.train import _select_key  # noqa: E402
+from dlsa_cli.io.files import write_json  # noqa: E402
 
 ROUTINGS = ("likelihood", "cluster-tail")
 
@@ -101,15 +101,8 @@ def run_setting(data: str, seed: int, noise: float, wd: float, args) -> dict:
             set_routing(f, x, y, routing=routing)
             sep = {s: separation(f.score(ds[s].features).routed, ds[s].labels, ds["counts"]) for s in ("val", "test")}
             res["rules"][f"{rule}/{routing}"] = {"epoch": e, **sep}
-    tmp = res_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(res, indent=1))
-    tmp.replace(res_path)
+    write_json(res_path, res)  # atomic: an interrupted run leaves no half cache
     return res
-
-
-def ms(values: list) -> str:
-    v = [x for x in values if x is not None]
-    return "n/a" if not v else f"{100 * np.mean(v):5.1f} ± {100 * np.std(v):3.1f}"
 
 
 def pct(v: float | None) -> str:

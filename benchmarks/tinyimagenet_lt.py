@@ -55,6 +55,7 @@ from dlsa_cli.flow.routing import (  # noqa: E402
     set_routing,
 )
 from dlsa_cli.io.features import read_features  # noqa: E402
+from dlsa_cli.io.files import write_json  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 FILTERS = {  # CPU-sized filters (reference notes: the paper's settings separate no better on Tiny)
@@ -186,9 +187,7 @@ def run_seed(data: str, seed: int, args) -> dict:
     if args.separation_only:
         res["accuracy"] = {}
         res_path = out / "separation.json"
-    tmp = res_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(res, indent=1))
-    tmp.replace(res_path)
+    write_json(res_path, res)  # atomic: an interrupted run leaves no half cache
     return res
 
 
