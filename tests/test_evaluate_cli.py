@@ -254,3 +254,19 @@ def test_evaluate_finds_a_repeated_id_across_batches(files, tmp_path, monkeypatc
     monkeypatch.setattr(report, "PREDICTION_BATCH", 37)
     with pytest.raises(report.InputError, match=r"1 rows repeat an id \(first: "):
         report.evaluate_files([str(tmp_path / "rep.parquet")], str(d / "train.safetensors"), labels=str(d / "test.safetensors"))
+
+
+def test_labels_join_string_ids_to_int_ids_in_string_order(tmp_path, monkeypatch):
+    """Int ids in the labels file, the same ids as strings in the table: "10" sorts before "2", and every batch still finds its labels."""
+    from dlsa_cli.evaluation import evaluate_files, report
+    from dlsa_cli.io.features import FeatureSet
+
+    write_features(tmp_path / "l.safetensors", FeatureSet(np.zeros((5, 2), np.float32), np.arange(5), np.array([2, 10, 33, 100, 7])))
+    write_table(tmp_path / "p.parquet", {"id": np.array(["100", "2", "7", "10", "33"]), "prediction": np.array([3, 0, 4, 1, 0])},
+                kind="predictions")
+    args = ([str(tmp_path / "p.parquet")], str(tmp_path / "l.safetensors"))
+    for batch in (65_536, 2):
+        monkeypatch.setattr(report, "PREDICTION_BATCH", batch)
+        res = evaluate_files(*args, labels=str(tmp_path / "l.safetensors"), per_class=True)[args[0][0]]
+        assert res["overall"] == pytest.approx(0.8)  # id 33 (class 2) predicted 0, the other four right
+        assert [c["correct"] for c in res["per_class"]] == [1, 1, 0, 1, 1]

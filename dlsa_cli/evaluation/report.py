@@ -146,22 +146,31 @@ class _LabelJoin:
 
     def __init__(self, source: Any, p: Path):
         self.y = source.require_labels()
-        src_ids = source.ids if source.ids is not None else np.arange(len(self.y), dtype=np.int64)
-        self.order = np.argsort(src_ids, kind="stable")
-        self.sorted_ids = src_ids[self.order]
-        self.seen = np.zeros(len(self.y), dtype=bool)  # source rows already joined: a second one is a repeat
+        self.src_ids = source.ids if source.ids is not None else np.arange(len(self.y), dtype=np.int64)
+        self._index: tuple[np.ndarray, np.ndarray] | None = None  # (order, sorted ids), built for the table's id kind
+        self.seen = np.zeros(len(self.y), dtype=bool)  # sorted source rows already joined: a second one is a repeat
         self.where = getattr(source, "path", None) or "the labels file"
         self.p = p
         self.rows = self.absent = self.repeats = 0
         self.first_absent = self.first_repeat = None
 
+    def _sorted(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The source ids sorted, as strings when the table's ids are strings and the source's are not (or the reverse)."""
+        if self._index is None:
+            src = self.src_ids
+            if (ids.dtype.kind in "iu") != (src.dtype.kind in "iu"):  # int ids on one side, strings on the other
+                src = src.astype(str)
+            order = np.argsort(src, kind="stable")
+            self._index = (order, src[order])
+        return self._index
+
     def labels(self, batch: Any) -> np.ndarray:
         ids = batch.column("id").to_numpy(zero_copy_only=False)
         if ids.dtype == object:  # Arrow strings
             ids = ids.astype(str)
-        src = self.sorted_ids
-        if (ids.dtype.kind in "iu") != (src.dtype.kind in "iu"):  # int ids on one side, strings on the other
-            ids, src = ids.astype(str), src.astype(str)
+        order, src = self._sorted(ids)
+        if src.dtype.kind == "U" and ids.dtype.kind != "U":
+            ids = ids.astype(str)
         pos = np.clip(np.searchsorted(src, ids), 0, len(src) - 1)  # (B,)
         found = src[pos] == ids
         self.rows += len(ids)
@@ -169,7 +178,7 @@ class _LabelJoin:
             self.absent += int((~found).sum())
             self.first_absent = self.first_absent if self.first_absent is not None else ids[np.flatnonzero(~found)[0]]
         self._count_repeats(ids[found], pos[found])
-        return self.y[self.order[pos]]
+        return self.y[order[pos]]
 
     def _count_repeats(self, ids: np.ndarray, pos: np.ndarray) -> None:
         uniq, first = np.unique(pos, return_index=True)
