@@ -28,6 +28,7 @@ __all__ = [
     "tail_classes",
     "top1_accuracy",
     "per_class_accuracy",
+    "accuracy_from_counts",
     "group_accuracies",
     "matthews_corrcoef",
     "normalized_mutual_info",
@@ -77,9 +78,13 @@ def per_class_accuracy(
     right = labels == np.asarray(predictions)
     support = np.bincount(labels, minlength=num_classes)  # (C,)
     correct = np.bincount(labels[right], minlength=num_classes)  # (C,)
+    return accuracy_from_counts(correct, support), correct, support
+
+
+def accuracy_from_counts(correct: np.ndarray, support: np.ndarray) -> np.ndarray:
+    """Per-class accuracy (C,) from correct and evaluated counts; NaN where a class has no evaluation sample."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        acc = np.where(support > 0, correct / np.maximum(support, 1), np.nan)
-    return acc, correct, support
+        return np.where(support > 0, correct / np.maximum(support, 1), np.nan)
 
 
 def group_accuracies(

@@ -24,6 +24,8 @@ from dlsa_cli.evaluation.metrics import (
     FEW_BELOW,
     MANY_ABOVE,
     TAIL_AT_MOST,
+    accuracy_from_counts,
+    binned_confusion,
     group_accuracies,
     mcc_from_counts,
     nmi_from_cells,
@@ -103,8 +105,6 @@ class Tally:
         self.cell_counts = np.bincount(inv, weights=np.concatenate([self.cell_counts, k]), minlength=len(self.cells)).astype(np.int64)
 
     def _add_confusion(self, y: np.ndarray, p: np.ndarray) -> None:
-        from dlsa_cli.evaluation.metrics import binned_confusion
-
         m = binned_confusion(y, p, self.counts, self.bins)
         self.confusion = m if self.confusion.size == 0 else self.confusion + m
 
@@ -134,7 +134,7 @@ class Tally:
     ) -> dict[str, Any]:
         """The metrics of everything added, as `evaluate_predictions` documents them."""
         groups = shot_groups(self.counts, many_above, few_below)
-        acc = _accuracy(self.correct, self.support)
+        acc = accuracy_from_counts(self.correct, self.support)
         out: dict[str, Any] = {
             "samples": self.samples,
             "overall": float(self.correct.sum() / self.samples) if self.samples else None,
@@ -158,16 +158,10 @@ class Tally:
             "samples": t.samples,
             "share": t.samples / self.samples,
             "overall": float(t.correct.sum() / t.samples),
-            **group_accuracies(_accuracy(t.correct, t.support), self.counts, many_above, few_below),
+            **group_accuracies(accuracy_from_counts(t.correct, t.support), self.counts, many_above, few_below),
             "depth": t.depth,
             "separation": tail / t.samples if t.cluster == t.samples else None,
         }
-
-
-def _accuracy(correct: np.ndarray, support: np.ndarray) -> np.ndarray:
-    """Per-class accuracy (C,), NaN where a class has no evaluation sample."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(support > 0, correct / np.maximum(support, 1), np.nan)
 
 
 def _per_class(counts: np.ndarray, groups: np.ndarray, acc: np.ndarray, correct: np.ndarray, support: np.ndarray) -> list[dict[str, Any]]:
