@@ -97,6 +97,8 @@ def extract_cmd(
 
     Example: [bold]dlsa extract train.csv --root images/ -o train.safetensors --backbone efficientnet-lite0[/]
     """
+    import shutil
+
     from dlsa_cli import distributed as dist
     from dlsa_cli import extract as ex
     from dlsa_cli.extract_shard import extract_sharded, write_extracted
@@ -148,8 +150,6 @@ def extract_cmd(
             )
         except DlsaError:  # bad input: nothing stays behind (an interrupted run keeps its chunks)
             if not had_chunks and alone:
-                import shutil
-
                 shutil.rmtree(chunks, ignore_errors=True)
             raise
     seconds = time.perf_counter() - start
@@ -167,8 +167,6 @@ def extract_cmd(
     written = write_extracted(out, fs, prov=prov, dtype=dtype)  # under torchrun: rank 0 writes every rank's rows
     if written is None:  # a torchrun rank other than 0
         return
-    import shutil
-
     shutil.rmtree(chunks, ignore_errors=True)
     skipped = written.meta["skipped"]
     for s in skipped[:MAX_LISTED]:
