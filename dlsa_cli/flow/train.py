@@ -52,7 +52,7 @@ class _Data:
     num_classes: int
     depth: int
     is_tail: torch.Tensor  # (N,) bool
-    std: torch.Tensor  # (D,) each feature's std over the training samples (input noise is relative to it)
+    std: torch.Tensor | None  # (D,) each feature's std over the training samples, for input noise (None without)
     val: _Val | None = None
 
     @property
@@ -222,7 +222,9 @@ def _prepare(
     x = torch.as_tensor(train.features).to(dev, torch.float32)  # (N, D)
     y = torch.as_tensor(y_np).to(dev)  # (N,)
     is_tail = torch.as_tensor(tail_classes(_train_counts(train))).to(dev)[y]  # (N,) bool
-    std = x.std(0) if n > 1 else torch.zeros_like(x[0])  # (D,)
+    std = None  # a pass over every training sample, made only for the noise that is relative to it
+    if cfg.input_noise > 0:
+        std = x.std(0) if n > 1 else torch.zeros_like(x[0])  # (D,)
     return _Data(train, x, y, y_np, counts, c, depth, is_tail, std)
 
 
