@@ -405,7 +405,7 @@ def _filter(ctx: _Ctx, d: int, train: Path, val: Path | None, path: Path) -> dic
     cfg = ctx.plan.filter_config()
     t0 = time.perf_counter()
     fs = read_features(train, require_labels=True, mmap=True)
-    val_fs = read_features(val, require_labels=True) if (val is not None and cfg.select in VAL_SELECTS) else None
+    val_fs = read_features(val, require_labels=True, mmap=True) if (val is not None and cfg.select in VAL_SELECTS) else None
     if cfg.select in VAL_SELECTS and val_fs is None:
         raise TrainingError(f"depth {d}: no validation sample is left for --filter-select {cfg.select}",
                             hint="lower --depth, or choose the filter epoch with good-clusters or last")

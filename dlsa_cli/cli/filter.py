@@ -111,7 +111,7 @@ def fit_filter_cmd(
 
         torch.backends.cuda.matmul.allow_tf32 = tf32
     fs = read_features(train, require_labels=True, mmap=True)  # training reads a mapped matrix: no copy of a big file
-    val_fs = None if val is None else read_features(val, require_labels=True)
+    val_fs = None if val is None else read_features(val, require_labels=True, mmap=True)
 
     with rep.progress("fit-filter", total=config.epochs) as update:
         last = {"good": None}
