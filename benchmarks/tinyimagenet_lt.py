@@ -9,6 +9,10 @@ under --cache) and give the routes of:
   - likelihood:   the paper's rule, log p(x) >= the training 70% quantile;
   - ratio:        log p(x) - log p_ref(x) (flow/routing.py);
   - cluster-tail: P(tail | cluster(x)) of the training samples (ties by log p(x));
+  - knn-tail:     the tail share of the k = 30 nearest training samples in the
+                  flow's latent space (cosine, the sample itself left out);
+                  separation only also for k = 10 and 100 (knn-tail@K), and for
+                  the same neighbours in feature space (knn-x: what the flow adds);
   - posterior:    control, the baseline classifier's sum_y p(y|x) w_y (same q);
   - random:       control, a route that ignores the sample (a hash of its row).
 Every route threshold is the training share (0.3) quantile of its score.
@@ -37,15 +41,17 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from dlsa_cli.cascade import Cascade  # noqa: E402
-from dlsa_cli.classify import TrainConfig, fit_classifier  # noqa: E402
+from dlsa_cli.classify import Classifier, TrainConfig, fit_classifier  # noqa: E402
 from dlsa_cli.datasets import caltech101_lt  # noqa: E402
 from dlsa_cli.evaluation import evaluate_predictions  # noqa: E402
 from dlsa_cli.flow import FilterConfig, FlowFilter, fit_filter  # noqa: E402
+from dlsa_cli.flow.neighbours import NeighbourBank  # noqa: E402
 from dlsa_cli.flow.routing import (  # noqa: E402
     RoutedBy,
     expected_class_weight,
@@ -62,7 +68,8 @@ FILTERS = {  # CPU-sized filters (reference notes: the paper's settings separate
     "tiny": dict(clusters=200, epochs=10, batch_size=512, hidden=256),
     "caltech": dict(clusters=50, epochs=10, batch_size=256, hidden=256),
 }
-ROUTES = ("likelihood", "ratio", "cluster-tail", "posterior", "random")
+ROUTES = ("likelihood", "ratio", "cluster-tail", "knn-tail", "posterior", "random")
+SEPARATION_ONLY = ("knn-tail@10", "knn-tail@100", "knn-x")  # choosing k, and the flow's latent against raw features
 SPLITS = ("train", "val", "test")
 METRICS = ("overall", "many", "medium", "few", "balanced")
 
@@ -100,17 +107,26 @@ def routers(ds: dict, main: FlowFilter, ref: FlowFilter, base, seed: int, out: P
     """Every route of ROUTES as a filter-like object, with a file for the classifiers' provenance."""
     x, y = ds["train"].features, ds["train"].labels
     rs: dict = {"likelihood": main}
-    for name in ("ratio", "cluster-tail"):
+    for name in ("ratio", "cluster-tail", "knn-tail"):
         f = copy.copy(main)
         f.reference = ref.flow if name == "ratio" else None
         set_routing(f, x, y, routing=name)
         f.save(out / f"filter_{name}.safetensors")
         rs[name] = f
+    for k in (10, 100):
+        f = copy.copy(main)
+        f.config = replace(main.config, neighbours=k)
+        set_routing(f, x, y, routing="knn-tail")
+        rs[f"knn-tail@{k}"] = f
+    tail = ds["counts"] <= 50
+    bank = NeighbourBank.build(x, tail[y], main.config.neighbours)
+    def knn_x(xx):
+        return bank.tail_share(torch.as_tensor(np.asarray(xx))).numpy() + 1e-9 * random_score(xx, seed)
     def post(xx):
         return expected_class_weight(base.logits(xx), ds["counts"], main.config.q)
     def rand(xx):
         return random_score(xx, seed)
-    for name, fn in (("posterior", post), ("random", rand)):
+    for name, fn in (("posterior", post), ("random", rand), ("knn-x", knn_x)):
         rs[name] = RoutedBy(main, fn, quantile_threshold(fn(x), main.share))
     return rs
 
@@ -154,29 +170,37 @@ def scores(ds: dict, model, split: str, posthoc: bool) -> dict:
 
 
 def run_seed(data: str, seed: int, args) -> dict:
-    """Separation and accuracy of every route for one (data set, seed); cached as JSON."""
+    """Separation and accuracy of every route for one (data set, seed); cached as JSON, missing routes added."""
     out = Path(args.cache) / data / f"seed{seed}"
     out.mkdir(parents=True, exist_ok=True)
     res_path = out / "results.json"
+    res: dict = {"separation": {}, "accuracy": {}}
     for cached in (res_path, out / "separation.json") if args.separation_only else (res_path,):
         if cached.exists():
-            return json.loads(cached.read_text())
+            res = json.loads(cached.read_text())
+            break
+    if all(n in res["separation"] for n in (*ROUTES, *SEPARATION_ONLY)):
+        return res
     ds = load(data, seed, Path(args.data_root))
     fcfg = FilterConfig(**{**FILTERS[data], "seed": seed})
     main = cached_filter(out / "filter_q2.safetensors", ds["train"], fcfg)
     ref = cached_filter(out / "filter_q0.safetensors", ds["train"], replace(fcfg, q=0.0))
     cfg = TrainConfig(seed=seed, posthoc="la", epochs=args.epochs)
     t0 = time.perf_counter()
-    base = fit(ds["train"], ds["val"], cfg)
     base_path = out / "baseline.safetensors"
-    base.save(base_path)
-    res: dict = {"separation": {}, "accuracy": {}}
+    if res["accuracy"] and base_path.exists():  # the routes measured before were measured against this one
+        base = Classifier.load(base_path)
+    else:
+        base = fit(ds["train"], ds["val"], cfg)
+        base.save(base_path)
     for split in ("val", "test"):
         res["accuracy"].setdefault("baseline", {})[split] = scores(ds, base, split, False)
         res["accuracy"].setdefault("baseline+la", {})[split] = scores(ds, base, split, True)
     for name, flt in routers(ds, main, ref, base, seed, out).items():
+        if name in res["separation"] and (args.separation_only or name in res["accuracy"] or name in SEPARATION_ONLY):
+            continue
         res["separation"][name] = {s: separation(flt.score(ds[s].features).routed, ds[s].labels, ds["counts"]) for s in SPLITS}
-        if args.separation_only:
+        if args.separation_only or name in SEPARATION_ONLY:
             continue
         fpath = out / ("filter_q2.safetensors" if name in ("likelihood", "posterior", "random") else f"filter_{name}.safetensors")
         casc = cascade(ds, flt, base_path, fpath, cfg)
@@ -199,7 +223,7 @@ def ms(values: list) -> str:
 def separation_table(data: str, runs: list[dict]) -> str:
     lines = [f"\n{data}: head-tail separation at depth 1 (tail share of routed samples; routed share in brackets)",
              f"{'route':14s}" + "".join(f"{s:>26s}" for s in SPLITS)]
-    for name in ROUTES:
+    for name in (*ROUTES, *SEPARATION_ONLY):
         cells = []
         for s in SPLITS:
             sep = ms([r["separation"][name][s]["separation"] for r in runs])

@@ -12,6 +12,7 @@ from conftest import assert_clean_failure, invoke, run_cli
 
 from dlsa_cli.errors import DlsaError, ModelMismatchError
 from dlsa_cli.flow import FlowFilter, fit_filter
+from dlsa_cli.flow.neighbours import NeighbourBank
 from dlsa_cli.flow.routing import (
     RoutedBy,
     cluster_tail_share,
@@ -137,6 +138,59 @@ def test_cluster_tail_filter_routes_the_share_and_by_cluster(data):
     assert sc.routed[share[sc.cluster] > edge + 1e-6].all()
 
 
+def test_neighbour_tail_share_by_hand():
+    z = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.8, 0.3], [0.0, 1.0], [-1.0, 0.1]])  # (5, 2)
+    bank = NeighbourBank.build(z, np.array([True, False, True, True, False]), k=2)
+    assert bank.latents.dtype == torch.float16 and torch.allclose(bank.latents.float().norm(dim=1), torch.ones(5), atol=1e-3)
+    # row 0 is itself in the bank: its 2 nearest others are rows 1 (head) and 2 (tail)
+    # a new sample near (0, 1): rows 3 (tail) and 2 (tail); one near (-1, 0): rows 4 (head) and 3 (tail)
+    q = torch.tensor([[2.0, 0.0], [0.1, 1.0], [-1.0, -0.05]])
+    assert torch.allclose(bank.tail_share(q), torch.tensor([0.5, 1.0, 0.5], dtype=torch.float64))
+    # k beyond the others: the share among those there are
+    assert torch.allclose(NeighbourBank.build(z[:2], np.array([True, False]), k=5).tail_share(z[:1]),
+                          torch.tensor([0.0], dtype=torch.float64))
+
+
+def test_neighbour_search_in_chunks_equals_one_pass(monkeypatch):
+    from dlsa_cli.flow import neighbours
+
+    rng = np.random.default_rng(0)
+    z = torch.from_numpy(rng.normal(size=(300, 8)).astype(np.float32))
+    bank = NeighbourBank.build(z, rng.random(300) < 0.4, k=7)
+    whole = bank.tail_share(z)
+    monkeypatch.setattr(neighbours, "BANK_CHUNK", 13)
+    monkeypatch.setattr(neighbours, "QUERY_CHUNK", 17)
+    assert torch.equal(bank.tail_share(z), whole)
+    # by hand: cosine similarities, the sample itself left out, the 7 best
+    u = torch.nn.functional.normalize(bank.latents.float(), dim=1)
+    sim = u @ u.T
+    sim.fill_diagonal_(float("-inf"))
+    expected = bank.tail[sim.topk(7, dim=1).indices].double().mean(1)
+    assert torch.allclose(whole, expected)
+
+
+def test_knn_tail_filter_routes_the_share_by_its_neighbours(data, tmp_path):
+    f = fit_filter(data, routing="knn-tail", neighbours=5, **SMALL)
+    sc = f.score(data.features, latent=True)
+    assert f.routing == "knn-tail" and f.neighbours.k == 5 and f.neighbours.latents.shape == (data.n, 6)
+    assert sc.routed.sum() == round(0.3 * data.n)  # ties of the k-share are broken by log p(x)
+    tail = np.array(COUNTS) <= 50
+    assert np.array_equal(f.neighbours.tail.numpy(), tail[data.labels])
+    share = NeighbourBank.build(sc.latent, tail[data.labels], 5).tail_share(torch.from_numpy(sc.latent)).numpy()
+    assert np.allclose(sc.route_score, share, atol=1e-7)
+    # the stored filter scores the same, and one without its latents is refused with one line
+    p = tmp_path / "knn.safetensors"
+    f.save(p)
+    g = FlowFilter.load(p)
+    assert g.routing == "knn-tail" and g.neighbours.k == 5
+    assert np.array_equal(g.score(data.features).routed, sc.routed)
+    tensors, _, meta, _ = read_safetensors(p)
+    write_safetensors(tmp_path / "broken.safetensors", {k: v for k, v in tensors.items() if not k.startswith("neighbours.")},
+                      kind="filter", meta=meta)
+    with pytest.raises(ModelMismatchError, match="no training latents"):
+        FlowFilter.load(tmp_path / "broken.safetensors")
+
+
 def test_likelihood_stays_the_default(data):
     f = fit_filter(data, **SMALL)
     sc = f.score(data.features)
@@ -162,6 +216,24 @@ def test_fit_filter_routing_ratio_then_split(digits, tmp_path):
     expected = FlowFilter.load(out).score(test.features).routed
     assert rep["files"]["test"]["routed"] == expected.sum()
     assert read_features(tmp_path / "s" / "test.routed.safetensors").n == expected.sum()
+
+
+def test_fit_filter_routing_knn_tail_then_split(digits, tmp_path):
+    out = tmp_path / "f.safetensors"
+    r = invoke("fit-filter", digits / "train.safetensors", "-o", out, *FAST, "--routing", "knn-tail", "--neighbours", "9", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["config"]["neighbours"] == 9
+    r = run_cli("split", out, digits / "train.safetensors", digits / "test.safetensors", "-o", tmp_path / "s", "--device", "cpu", "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["routing"] == "knn-tail"
+    train = read_features(digits / "train.safetensors")
+    assert abs(rep["files"]["train"]["routed"] - 0.3 * train.n) <= 1  # training samples are scored by the others
+    expected = FlowFilter.load(out).score(read_features(digits / "test.safetensors").features).routed
+    assert rep["files"]["test"]["routed"] == expected.sum()
+    bad = tmp_path / "g.safetensors"
+    r = invoke("fit-filter", digits / "train.safetensors", "-o", bad, *FAST, "--routing", "knn-tail", "--neighbours", "0")
+    assert_clean_failure(r, bad, "--neighbours 0: knn-tail needs at least 1 neighbour")
 
 
 def test_fit_filter_unknown_routing_fails_cleanly(digits, tmp_path):
@@ -234,7 +306,7 @@ def test_pca_2d_matches_scikit_learn(data):
 
 
 @pytest.mark.slow
-def test_tinyimagenet_recipe_routes_by_cluster_tail_and_writes_the_fixed_points(digits, tmp_path):
+def test_tinyimagenet_recipe_routes_by_knn_tail_and_writes_the_fixed_points(digits, tmp_path):
     from dlsa_cli.io.files import read_table
     from tests.test_recipes import run_recipe
 
@@ -246,7 +318,7 @@ def test_tinyimagenet_recipe_routes_by_cluster_tail_and_writes_the_fixed_points(
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"overall", "few"} <= metrics["baseline"].keys() and {"overall", "few"} <= metrics["dlsa"].keys()
     flt = FlowFilter.load(out / "depth1" / "filter.safetensors")
-    assert flt.routing == "cluster-tail" and flt.flow.hidden == 16  # later options win
+    assert flt.routing == "knn-tail" and flt.neighbours.k == 30 and flt.flow.hidden == 16  # later options win
     table = read_table(out / "dlsa.parquet")[0]
     assert {"label", "route", "depth"} <= set(table.column_names)
     test = read_features(digits / "test.safetensors")

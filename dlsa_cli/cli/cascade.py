@@ -44,6 +44,7 @@ def fit_cascade_cmd(
     max_cluster_share: F.max_cluster_share = None,
     filter_select: F.select = None,
     routing: F.routing = None,
+    neighbours: F.neighbours = None,
     input_noise: F.input_noise = None,
     filter_weight_decay: F.weight_decay = None,
     model: C.model = CD.model,
@@ -115,7 +116,7 @@ _FILTER_FIELDS = {  # fit-cascade's parameter -> FilterConfig field
     "lambda_lh": "lambda_lh", "lambda_bal": "lambda_bal", "lambda_pure": "lambda_pure", "q": "q",
     "center_std": "center_std", "ema": "ema", "share": "share", "hidden": "hidden", "blocks": "blocks",
     "purity_threshold": "purity_threshold", "min_cluster_size": "min_cluster_size",
-    "max_cluster_share": "max_cluster_share", "filter_select": "select", "routing": "routing",
+    "max_cluster_share": "max_cluster_share", "filter_select": "select", "routing": "routing", "neighbours": "neighbours",
     "input_noise": "input_noise", "filter_weight_decay": "weight_decay",
 }
 _CLASSIFIER_FIELDS = {  # fit-cascade's parameter -> TrainConfig field

@@ -53,6 +53,7 @@ def fit_filter_cmd(
     max_cluster_share: FILTER.max_cluster_share = None,
     select: FILTER.select = None,
     routing: FILTER.routing = None,
+    neighbours: FILTER.neighbours = None,
     input_noise: FILTER.input_noise = None,
     weight_decay: FILTER.weight_decay = None,
     val: FILTER_VAL = None,
@@ -96,7 +97,7 @@ def fit_filter_cmd(
         preset, clusters=clusters, epochs=epochs, batch_size=batch_size, lr=lr, lambda_lh=lambda_lh, lambda_bal=lambda_bal,
         lambda_pure=lambda_pure, q=q, center_std=center_std, ema=ema, share=share, hidden=hidden, blocks=blocks,
         purity_threshold=purity_threshold, min_cluster_size=min_cluster_size, max_cluster_share=max_cluster_share,
-        select=select, routing=routing, input_noise=input_noise, weight_decay=weight_decay, seed=seed,
+        select=select, routing=routing, neighbours=neighbours, input_noise=input_noise, weight_decay=weight_decay, seed=seed,
     )
     check_select(config, val is not None)  # a val-* rule without --val: one line, before any work
     ckpt = checkpoint_path(out_p)

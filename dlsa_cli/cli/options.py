@@ -68,7 +68,8 @@ _FILTER_HELP: dict[str, tuple[type, str]] = {
                "or on the validation samples (need --val): val-separation (the highest tail share, <= 50 training "
                "samples, among the validation samples the epoch routes) or val-likelihood (the highest mean log p(x), "
                "early stopping)."),
-    "routing": (str, "Routing score (flow/routing.py): likelihood (the paper's log p(x)), ratio (log p(x) minus log p(x) of the same flow trained with q = 0, trained alongside: twice the time) or cluster-tail (the tail share of the sample's training cluster)."),
+    "routing": (str, "Routing score (flow/routing.py): likelihood (the paper's log p(x)), ratio (log p(x) minus log p(x) of the same flow trained with q = 0, trained alongside: twice the time), cluster-tail (the tail share of the sample's training cluster) or knn-tail (the tail share of its --neighbours nearest training samples in the flow's latent space; the filter file keeps the training latents, N x D float16)."),
+    "neighbours": (int, "--routing knn-tail: how many nearest training samples vote."),
     "input_noise": (float, "Gaussian noise added to the flow's training inputs, std times each feature's std over the training samples (0: none)."),
     "weight_decay": (float, "Flow filter SGD weight decay (0: none)."),
 }

@@ -8,6 +8,9 @@ from typing import Any
 
 from dlsa_cli.errors import DlsaError
 
+# The routing scores (flow/routing.py documents each); here so that settings are checked without torch.
+ROUTINGS = ("likelihood", "ratio", "cluster-tail", "knn-tail")
+
 __all__ = ["FLAGS", "PRESETS", "SELECTS", "VAL_SELECTS", "FilterConfig", "check_select", "flag_of"]
 
 # ----------------------------------------------------------------------------- settings
@@ -37,7 +40,8 @@ class FilterConfig:
     select: str = "good-clusters"  # or "last", "val-separation", "val-likelihood" (SELECTS)
     seed: int = 0
     eval_batch_size: int = 4096
-    routing: str = "likelihood"  # the routing score (flow/routing.py): likelihood, ratio or cluster-tail
+    routing: str = "likelihood"  # the routing score (flow/routing.py): likelihood, ratio, cluster-tail or knn-tail
+    neighbours: int = 30  # k of the knn-tail routing score
     input_noise: float = 0.0  # Gaussian noise on training inputs, std times each feature's std; 0: off
     weight_decay: float = 0.0  # SGD weight decay of the flow
 
@@ -84,6 +88,7 @@ FLAGS: dict[str, str | None] = {
     "seed": "--seed",
     "eval_batch_size": None,
     "routing": "--routing",
+    "neighbours": "--neighbours",
     "input_noise": "--input-noise",
     "weight_decay": "--weight-decay",
 }
@@ -144,7 +149,8 @@ _RULES: tuple[tuple[str, Any, str], ...] = (
     ("select", lambda v: v in SELECTS, f"use one of {', '.join(SELECTS)}"),
     ("seed", lambda v: 0 <= v < 2**63, "must be in [0, 2^63)"),
     ("eval_batch_size", lambda v: v >= 1, "must be >= 1"),
-    ("routing", lambda v: v in ("likelihood", "ratio", "cluster-tail"), "unknown routing score (use likelihood, ratio or cluster-tail)"),
+    ("routing", lambda v: v in ROUTINGS, f"unknown routing score (use {', '.join(ROUTINGS)})"),
+    ("neighbours", lambda v: v >= 1, "knn-tail needs at least 1 neighbour"),
     ("input_noise", lambda v: 0 <= v < math.inf, "the noise std (times each feature's std) must be a finite number >= 0"),
     ("weight_decay", lambda v: 0 <= v < math.inf, "must be a finite number >= 0"),
 )

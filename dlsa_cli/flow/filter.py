@@ -12,6 +12,7 @@ import torch
 from dlsa_cli.errors import DlsaError, ModelMismatchError, NonFiniteError
 from dlsa_cli.flow.config import FilterConfig
 from dlsa_cli.flow.model import MixtureFlow
+from dlsa_cli.flow.neighbours import NeighbourBank
 from dlsa_cli.io.files import (
     read_safetensors,
     read_safetensors_header,
@@ -36,7 +37,8 @@ class FlowFilter:
     """A trained flow filter: the flow, its threshold and its cluster prior.
 
     `routing` names the score the threshold applies to (`flow/routing.py`);
-    `reference` is the unweighted (q = 0) flow of the "ratio" score.
+    `reference` is the unweighted (q = 0) flow of the "ratio" score and
+    `neighbours` the training latents of the "knn-tail" score.
     """
 
     def __init__(
@@ -56,10 +58,12 @@ class FlowFilter:
         path: Path | None = None,
         routing: str = "likelihood",
         reference: MixtureFlow | None = None,
+        neighbours: NeighbourBank | None = None,
     ):
         self.flow = flow
         self.routing = routing
         self.reference = reference
+        self.neighbours = neighbours
         self.num_classes = int(num_classes)
         self.threshold = float(threshold)
         self.share = float(share)
@@ -91,6 +95,8 @@ class FlowFilter:
         self.flow.to(_device(device))
         if self.reference is not None:
             self.reference.to(_device(device))
+        if self.neighbours is not None:
+            self.neighbours.to(_device(device))
         return self
 
     # --- scoring
@@ -132,6 +138,9 @@ class FlowFilter:
         ll = np.empty(n, dtype=np.float64)
         ref = np.empty(n, dtype=np.float64) if self.reference is not None else None
         cl = np.empty(n, dtype=np.int64)
+        knn = np.empty(n, dtype=np.float64) if self.routing == "knn-tail" else None
+        if knn is not None and self.neighbours is None:
+            raise ModelMismatchError("filter routes by 'knn-tail' but holds no training latents", path=self.path)
         zs = np.empty((n, self.dim), dtype=np.float32) if latent else None
         self.flow.eval()
         if self.reference is not None:
@@ -147,18 +156,22 @@ class FlowFilter:
                     ref[s : s + len(xb)] = self.reference.log_prob(xb)[0].double().cpu().numpy()
                 if zs is not None:
                     zs[s : s + len(xb)] = z.float().cpu().numpy()
+                if knn is not None:
+                    knn[s : s + len(xb)] = self.neighbours.tail_share(z).cpu().numpy()
         finite = np.isfinite(ll)
         if not allow_nonfinite:
             _check_scores(ll, xt)
-        rs = self.route_score(ll, cl, ref)
+        rs = self.route_score(ll, cl, ref, knn)
         return FilterScores(ll, cl, finite & (rs >= self.threshold), zs, rs)
 
-    def route_score(self, ll: np.ndarray, cluster: np.ndarray, reference_ll: np.ndarray | None = None) -> np.ndarray:
-        """This filter's routing score (N,) from log p(x), clusters and the reference's log p(x)."""
+    def route_score(self, ll: np.ndarray, cluster: np.ndarray, reference_ll: np.ndarray | None = None,
+                    knn_tail: np.ndarray | None = None) -> np.ndarray:
+        """This filter's routing score (N,) from log p(x), clusters, the reference's log p(x) and the neighbours' tail share."""
         from dlsa_cli.flow.routing import cluster_tail_share, routing_score
 
         tail = cluster_tail_share(self.cluster_counts, self.train_counts) if self.routing == "cluster-tail" else None
-        return routing_score(self.routing, ll, cluster, reference_log_likelihood=reference_ll, cluster_tail=tail)
+        return routing_score(self.routing, ll, cluster, reference_log_likelihood=reference_ll, cluster_tail=tail,
+                             knn_tail=knn_tail)
 
     # --- files
 
@@ -193,6 +206,9 @@ class FlowFilter:
         if self.reference is not None:
             tensors.update({f"reference.flow.{k}": v for k, v in self.reference.state_dict_to_save().items()})
             tensors["reference.means"] = self.reference.means
+        if self.neighbours is not None:
+            tensors["neighbours.latents"] = self.neighbours.latents
+            tensors["neighbours.tail"] = self.neighbours.tail.to(torch.uint8)
         write_safetensors(path, tensors, kind="filter", meta=self.meta(), prov=prov)
         self.path = Path(path)
 
@@ -221,6 +237,7 @@ class FlowFilter:
             reference = _load_flow(meta, cfg, tensors, "reference.", path).to(_device(device)).eval()
         elif routing == "ratio":
             raise ModelMismatchError("filter routes by 'ratio' but holds no reference flow", path=path, hint="re-create it with `dlsa fit-filter --routing ratio`")
+        neighbours = _load_neighbours(tensors, cfg, routing, int(meta["dim"]), path)
         return cls(
             flow,
             num_classes=int(meta["num_classes"]),
@@ -236,7 +253,23 @@ class FlowFilter:
             path=Path(path),
             routing=routing,
             reference=reference,
+            neighbours=neighbours.to(_device(device)) if neighbours is not None else None,
         )
+
+
+def _load_neighbours(tensors: dict[str, torch.Tensor], cfg: FilterConfig, routing: str, dim: int,
+                     path: str | Path) -> NeighbourBank | None:
+    """The stored training latents of a knn-tail filter (None when the file has none)."""
+    if "neighbours.latents" not in tensors:
+        if routing == "knn-tail":
+            raise ModelMismatchError("filter routes by 'knn-tail' but holds no training latents", path=path,
+                                     hint="re-create it with `dlsa fit-filter --routing knn-tail`")
+        return None
+    z, tail = tensors["neighbours.latents"], tensors.get("neighbours.tail")
+    if z.ndim != 2 or z.shape[1] != dim or tail is None or tuple(tail.shape) != (z.shape[0],):
+        raise ModelMismatchError("filter's training latents do not fit its settings", path=path,
+                                 hint="re-create it with `dlsa fit-filter --routing knn-tail`")
+    return NeighbourBank(z.to(torch.float16), tail.bool(), cfg.neighbours)
 
 
 def _load_flow(meta: dict[str, Any], cfg: FilterConfig, tensors: dict[str, torch.Tensor], prefix: str, path: str | Path) -> MixtureFlow:

@@ -15,6 +15,10 @@ samples. The scores:
   training samples, P(tail | cluster(x)); samples of equally tailed clusters
   are ordered by log p(x) (a term below 1e-7 breaks the ties), so the routed
   share of training samples is `share`.
+- `knn-tail`: the tail share of the sample's k nearest training samples in the
+  flow's latent space (cosine; `flow/neighbours.py`), the sample itself left
+  out; ties are ordered by log p(x) as for cluster-tail. The filter file keeps
+  the training latents for it.
 
 Controls for the benchmarks (not filter scores): the baseline classifier's
 expected class weight `sum_y p(y|x) w_y` and a random route. `RoutedBy` wraps a
@@ -34,6 +38,7 @@ import numpy as np
 import torch
 
 from dlsa_cli.errors import DlsaError, InputError
+from dlsa_cli.flow.config import ROUTINGS
 from dlsa_cli.evaluation.metrics import tail_classes
 
 __all__ = [
@@ -53,7 +58,6 @@ __all__ = [
     "plot_routing",
 ]
 
-ROUTINGS = ("likelihood", "ratio", "cluster-tail")
 
 
 def check_routing(name: str) -> None:
@@ -76,8 +80,12 @@ def routing_score(
     *,
     reference_log_likelihood: np.ndarray | None = None,
     cluster_tail: np.ndarray | None = None,
+    knn_tail: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The routing score (N,) float64 of samples with the given filter outputs."""
+    """The routing score (N,) float64 of samples with the given filter outputs.
+
+    `cluster_tail` is per cluster (K,), `knn_tail` per sample (N,).
+    """
     check_routing(name)
     if name == "likelihood":
         return np.asarray(log_likelihood, dtype=np.float64)
@@ -85,9 +93,13 @@ def routing_score(
         if reference_log_likelihood is None:
             raise DlsaError("routing 'ratio' needs the reference flow's log-likelihoods")
         return np.asarray(log_likelihood, dtype=np.float64) - reference_log_likelihood
+    tie_break = 1e-12 * np.clip(np.asarray(log_likelihood, dtype=np.float64), -1e5, 1e5)  # |.| <= 1e-7
+    if name == "knn-tail":
+        if knn_tail is None:
+            raise DlsaError("routing 'knn-tail' needs the neighbours' tail shares")
+        return np.asarray(knn_tail, dtype=np.float64) + tie_break
     if cluster_tail is None:
         raise DlsaError("routing 'cluster-tail' needs the clusters' tail shares")
-    tie_break = 1e-12 * np.clip(np.asarray(log_likelihood, dtype=np.float64), -1e5, 1e5)  # |.| <= 1e-7
     return np.asarray(cluster_tail, dtype=np.float64)[cluster] + tie_break
 
 
@@ -95,7 +107,8 @@ def epoch_route_score(name: str, log_likelihood: np.ndarray, cluster: np.ndarray
                       train_counts: np.ndarray) -> np.ndarray:
     """The routing score (N,) during training, from one epoch's log p(x), clusters and training cluster table.
 
-    `ratio` needs the reference flow, trained only after the epochs: it is scored as `likelihood` here.
+    `ratio` needs the reference flow and `knn-tail` the training latents, both made only after the
+    epochs: they are scored as `likelihood` here.
     """
     check_routing(name)
     if name == "cluster-tail":
@@ -122,9 +135,12 @@ def set_routing(
     """Make `filt` route by `routing`: train its reference flow if needed, set the threshold and stats.
 
     x (N, D), labels (N,) are the filter's own training samples;
-    `fit_reference()` returns the q = 0 flow ("ratio" only).
+    `fit_reference()` returns the q = 0 flow ("ratio" only); "knn-tail" keeps
+    their latents as the filter's neighbours.
     """
     check_routing(routing)
+    if routing == "knn-tail":
+        _set_neighbours(filt, x, labels)
     filt.routing = routing
     filt.config = replace(filt.config, routing=routing)
     if routing == "ratio" and filt.reference is None:
@@ -142,6 +158,16 @@ def set_routing(
         "routed": int(routed.sum()),
         "routed_tail_share": float(tail[labels[routed]].mean()) if routed.any() else None,
     }
+
+
+def _set_neighbours(filt: Any, x: np.ndarray | torch.Tensor, labels: np.ndarray) -> None:
+    """Store the training samples' latents and tail flags in the filter, for `knn-tail`."""
+    from dlsa_cli.flow.neighbours import NeighbourBank
+
+    filt.routing, filt.threshold = "likelihood", float("-inf")  # a plain pass for the latents
+    z = filt.score(x, batch_size=filt.config.eval_batch_size, latent=True).latent  # (N, D)
+    tail = tail_classes(filt.train_counts)[np.asarray(labels)]  # (N,)
+    filt.neighbours = NeighbourBank.build(z, tail, filt.config.neighbours).to(filt.device)
 
 
 def separation(routed: np.ndarray, labels: np.ndarray, train_counts: np.ndarray) -> dict[str, float | None]:
