@@ -429,3 +429,26 @@ def test_fit_filter_resume_under_torchrun_rank_0_alone_writes_the_checkpoint(dig
 
     a, b = load_file(str(tmp_path / "whole.safetensors")), load_file(str(tmp_path / "f.safetensors"))
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_knn_tail_split_under_torchrun_routes_what_one_process_routes(digits, tmp_path):
+    """A knn-tail filter: each rank scores its shard against every training latent, the training file's own rows included."""
+    from conftest import run_cli
+
+    from dlsa_cli.io.files import read_table
+
+    flt = tmp_path / "knn.safetensors"
+    r = run_cli("fit-filter", digits / "train.safetensors", "-o", flt, "-k", "8", "--epochs", "2", "--batch-size", "64",
+                "--hidden", "16", "--max-cluster-share", "0.9", "--routing", "knn-tail", "--neighbours", "5", "--device", "cpu", "--quiet")
+    assert r.returncode == 0, r.stderr
+    args = ["split", flt, digits / "train.safetensors", digits / "test.safetensors", "--batch-size", "50", "--device", "cpu", "--json"]
+    one = run_cli(*args, "-o", tmp_path / "one")
+    two = torchrun("-m", "dlsa_cli", *args, "-o", tmp_path / "two")
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
+    assert json.loads(two.stdout)["routing"] == "knn-tail"
+    for name in ("train", "test"):
+        t1, t2 = (read_table(tmp_path / d / f"{name}.parquet")[0] for d in ("one", "two"))
+        assert t1.column("routed").to_pylist() == t2.column("routed").to_pylist(), name
+    routed = np.array(read_table(tmp_path / "two" / "train.parquet")[0].column("routed").to_pylist())
+    assert abs(routed.sum() - 0.3 * len(routed)) <= 1  # the training rows are scored by the others on every rank
