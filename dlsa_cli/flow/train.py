@@ -348,8 +348,8 @@ def _evaluate_val(st: TrainState, data: _Data, cfg: FilterConfig, logp: torch.Te
 
     The route is the filter's: score >= the (1 - share) quantile of the training
     samples' score. `val_separation` and `val_routed_share` are by the filter's
-    routing score (`ratio`, whose reference flow is trained after the epochs,
-    is taken as `likelihood` here); `val_separation_by` gives both scores an
+    routing score (`ratio` and `knn-tail`, whose reference flow and training
+    latents are made after the epochs, are taken as `likelihood` here); `val_separation_by` gives both scores an
     epoch can compute, likelihood and cluster-tail.
     """
     from dlsa_cli.flow.routing import epoch_route_score, quantile_threshold
