@@ -12,7 +12,8 @@ under --cache) and give the routes of:
   - knn-tail:     the tail share of the k = 30 nearest training samples in the
                   flow's latent space (cosine, the sample itself left out);
                   separation only also for k = 10 and 100 (knn-tail@K), and for
-                  the same neighbours in feature space (knn-x: what the flow adds);
+                  the same neighbours in feature space (knn-x: what the flow adds),
+                  and by Euclidean distance in the latent space (knn-euclid);
   - posterior:    control, the baseline classifier's sum_y p(y|x) w_y (same q);
   - random:       control, a route that ignores the sample (a hash of its row).
 Every route threshold is the training share (0.3) quantile of its score.
@@ -69,7 +70,7 @@ FILTERS = {  # CPU-sized filters (reference notes: the paper's settings separate
     "caltech": dict(clusters=50, epochs=10, batch_size=256, hidden=256),
 }
 ROUTES = ("likelihood", "ratio", "cluster-tail", "knn-tail", "posterior", "random")
-SEPARATION_ONLY = ("knn-tail@10", "knn-tail@100", "knn-x")  # choosing k, and the flow's latent against raw features
+SEPARATION_ONLY = ("knn-tail@10", "knn-tail@100", "knn-x", "knn-euclid")  # choosing k and the metric; latent vs raw features
 SPLITS = ("train", "val", "test")
 METRICS = ("overall", "many", "medium", "few", "balanced")
 
@@ -122,13 +123,29 @@ def routers(ds: dict, main: FlowFilter, ref: FlowFilter, base, seed: int, out: P
     bank = NeighbourBank.build(x, tail[y], main.config.neighbours)
     def knn_x(xx):
         return bank.tail_share(torch.as_tensor(np.asarray(xx))).numpy() + 1e-9 * random_score(xx, seed)
+    z_train = torch.from_numpy(main.score(x, latent=True).latent)
+    def knn_euclid(xx):
+        return euclid_tail_share(z_train, tail[y], torch.from_numpy(main.score(xx, latent=True).latent),
+                                 main.config.neighbours) + 1e-9 * random_score(xx, seed)
     def post(xx):
         return expected_class_weight(base.logits(xx), ds["counts"], main.config.q)
     def rand(xx):
         return random_score(xx, seed)
-    for name, fn in (("posterior", post), ("random", rand), ("knn-x", knn_x)):
+    for name, fn in (("posterior", post), ("random", rand), ("knn-x", knn_x), ("knn-euclid", knn_euclid)):
         rs[name] = RoutedBy(main, fn, quantile_threshold(fn(x), main.share))
     return rs
+
+
+def euclid_tail_share(bank: torch.Tensor, tail: np.ndarray, z: torch.Tensor, k: int) -> np.ndarray:
+    """Tail share of the k nearest bank rows by Euclidean distance, a row at (relative) distance < 1e-4 left out as itself."""
+    flags = torch.as_tensor(tail)
+    out = []
+    for s in range(0, len(z), 1024):
+        q = z[s : s + 1024]
+        d = torch.cdist(q, bank)  # (B, N)
+        d[d < 1e-4 * q.norm(dim=1, keepdim=True)] = float("inf")
+        out.append(flags[d.topk(k, dim=1, largest=False).indices].double().mean(1))
+    return torch.cat(out).numpy()
 
 
 def fit(train, val, cfg, **kw):
