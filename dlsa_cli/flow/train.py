@@ -322,7 +322,8 @@ def _evaluate_epoch(st: TrainState, data: _Data, cfg: FilterConfig, epoch: int, 
     logp, cluster = ddp.sharded_rows(lambda a, e: _assign(st.flow, data.x[a:e], cfg.eval_batch_size), data.n)
     if not bool(torch.isfinite(logp).all()):
         raise _diverged(epoch, cfg.lr)
-    stats = cluster_stats(cluster_table(cluster, data.y, cfg.clusters, data.num_classes), cfg.purity_threshold, cfg.min_cluster_size)
+    table = cluster_table(cluster, data.y, cfg.clusters, data.num_classes)  # (K, C) of the training samples
+    stats = cluster_stats(table, cfg.purity_threshold, cfg.min_cluster_size)
     means = (ddp.mean_over_ranks(sums) / (data.n // cfg.batch_size)).tolist()
     n_route = _n_route(cfg, data.n)
     return {
@@ -338,25 +339,28 @@ def _evaluate_epoch(st: TrainState, data: _Data, cfg: FilterConfig, epoch: int, 
         "mean_log_likelihood": float(logp.double().mean()),
         "routed_tail_share": float(data.is_tail[torch.topk(logp, n_route).indices].double().mean()),
         "eligible": bool(stats["largest_share"] < cfg.max_cluster_share),
-        **(_evaluate_val(st, data, cfg, logp, cluster) if data.val is not None else {}),
+        **(_evaluate_val(st, data, cfg, logp, cluster, table) if data.val is not None else {}),
         "seconds": time.perf_counter() - t0,
     }
 
 
-def _evaluate_val(st: TrainState, data: _Data, cfg: FilterConfig, logp: torch.Tensor, cluster: torch.Tensor) -> dict[str, Any]:
+def _evaluate_val(st: TrainState, data: _Data, cfg: FilterConfig, logp: torch.Tensor, cluster: torch.Tensor,
+                  table: torch.Tensor) -> dict[str, Any]:
     """The validation samples this epoch would route: their tail share, the base rate, their mean log p(x).
 
     The route is the filter's: score >= the (1 - share) quantile of the training
-    samples' score. `val_separation` and `val_routed_share` are by the filter's
+    samples' score (`logp`, `cluster` and their cluster `table` (K, C), the
+    epoch's). `val_separation` and `val_routed_share` are by the filter's
     routing score (`ratio` and `knn-tail`, whose reference flow and training
-    latents are made after the epochs, are taken as `likelihood` here); `val_separation_by` gives both scores an
-    epoch can compute, likelihood and cluster-tail.
+    latents are made after the epochs, are taken as `likelihood` here);
+    `val_separation_by` gives both scores an epoch can compute, likelihood and
+    cluster-tail.
     """
     from dlsa_cli.flow.routing import epoch_route_score, quantile_threshold
 
     v = data.val
     vlogp, vcluster = _assign(st.flow, v.x, cfg.eval_batch_size)  # (M,), (M,)
-    table = cluster_table(cluster, data.y, cfg.clusters, data.num_classes).cpu()  # (K, C) of the training samples
+    table = table.cpu()
     counts = _train_counts(data.fs)
     routed = {}
     for name in ("likelihood", "cluster-tail"):
