@@ -439,9 +439,18 @@ def test_knn_tail_split_under_torchrun_routes_what_one_process_routes(digits, tm
     from dlsa_cli.io.files import read_table
 
     flt = tmp_path / "knn.safetensors"
-    r = run_cli("fit-filter", digits / "train.safetensors", "-o", flt, "-k", "8", "--epochs", "2", "--batch-size", "64",
-                "--hidden", "16", "--max-cluster-share", "0.9", "--routing", "knn-tail", "--neighbours", "5", "--device", "cpu", "--quiet")
+    fit = ["fit-filter", digits / "train.safetensors", "-k", "8", "--epochs", "2", "--batch-size", "64", "--hidden", "16",
+           "--max-cluster-share", "0.9", "--routing", "knn-tail", "--neighbours", "5", "--device", "cpu", "--quiet"]
+    r = run_cli(*fit, "-o", flt)
     assert r.returncode == 0, r.stderr
+    # fitted under torchrun, each rank scores its share of the training rows for the threshold
+    r = torchrun("-m", "dlsa_cli", *fit, "-o", tmp_path / "knn2.safetensors")
+    assert r.returncode == 0, r.stderr[-2000:]
+    from dlsa_cli.flow import FlowFilter
+
+    fitted = FlowFilter.load(tmp_path / "knn2.safetensors")
+    assert fitted.routing == "knn-tail" and fitted.neighbours.latents.shape[0] == fitted.stats["train_samples"]
+    assert abs(fitted.stats["routed"] - 0.3 * fitted.stats["train_samples"]) <= 1
     args = ["split", flt, digits / "train.safetensors", digits / "test.safetensors", "--batch-size", "50", "--device", "cpu", "--json"]
     one = run_cli(*args, "-o", tmp_path / "one")
     two = torchrun("-m", "dlsa_cli", *args, "-o", tmp_path / "two")

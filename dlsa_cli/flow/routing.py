@@ -59,7 +59,6 @@ __all__ = [
 ]
 
 
-
 def check_routing(name: str) -> None:
     """Raise a one-line error for an unknown routing score."""
     if name not in ROUTINGS:
@@ -148,9 +147,9 @@ def set_routing(
             raise DlsaError("routing 'ratio' needs a reference flow and no way to train one was given")
         filt.reference = fit_reference().to(filt.device).eval()
     filt.threshold = float("-inf")  # score() with every sample routed, then the quantile
-    sc = filt.score(x, batch_size=filt.config.eval_batch_size)
-    filt.threshold = quantile_threshold(sc.route_score, filt.share)
-    routed = sc.route_score >= filt.threshold
+    score = _training_route_scores(filt, x)
+    filt.threshold = quantile_threshold(score, filt.share)
+    routed = score >= filt.threshold
     tail = tail_classes(filt.train_counts)
     filt.stats = {
         **filt.stats,
@@ -158,6 +157,16 @@ def set_routing(
         "routed": int(routed.sum()),
         "routed_tail_share": float(tail[labels[routed]].mean()) if routed.any() else None,
     }
+
+
+def _training_route_scores(filt: Any, x: np.ndarray | torch.Tensor) -> np.ndarray:
+    """The routing score (N,) of every training row; under torchrun each rank scores its share (knn-tail's N x N search included)."""
+    from dlsa_cli import ddp
+
+    def part(a: int, e: int) -> tuple[torch.Tensor]:
+        return (torch.from_numpy(filt.score(x[a:e], batch_size=filt.config.eval_batch_size).route_score),)
+
+    return ddp.sharded_rows(part, int(x.shape[0]))[0].numpy()
 
 
 def _set_neighbours(filt: Any, x: np.ndarray | torch.Tensor, labels: np.ndarray) -> None:
