@@ -101,9 +101,10 @@ class FeatureSet:
 def read_features(path: str | Path, *, require_labels: bool = False, check_finite: bool = True, mmap: bool = False) -> FeatureSet:
     """Read a feature file of any supported format and validate it.
 
-    `mmap`: a safetensors or .npy float16/float32 matrix is memory-mapped
-    read-only instead of read (training on files larger than memory: the
-    pages come and go with the page cache, not anonymous memory).
+    `mmap`: a safetensors float16/float32 matrix is memory-mapped
+    copy-on-write instead of read (training on files larger than memory: the
+    pages come and go with the page cache, not anonymous memory; the file is
+    never changed). Other formats and dtypes are read as usual.
     """
     p = require_file(path, "feature file")
     suffix = p.suffix.lower()
