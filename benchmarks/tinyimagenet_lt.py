@@ -51,6 +51,7 @@ from dlsa_cli.cascade import Cascade  # noqa: E402
 from dlsa_cli.classify import Classifier, TrainConfig, fit_classifier  # noqa: E402
 from dlsa_cli.datasets import caltech101_lt  # noqa: E402
 from dlsa_cli.evaluation import evaluate_predictions  # noqa: E402
+from dlsa_cli.evaluation.metrics import tail_classes  # noqa: E402
 from dlsa_cli.flow import FilterConfig, FlowFilter, fit_filter  # noqa: E402
 from dlsa_cli.flow.neighbours import NeighbourBank  # noqa: E402
 from dlsa_cli.flow.routing import (  # noqa: E402
@@ -119,7 +120,7 @@ def routers(ds: dict, main: FlowFilter, ref: FlowFilter, base, seed: int, out: P
         f.config = replace(main.config, neighbours=k)
         set_routing(f, x, y, routing="knn-tail")
         rs[f"knn-tail@{k}"] = f
-    tail = ds["counts"] <= 50
+    tail = tail_classes(ds["counts"])
     bank = NeighbourBank.build(x, tail[y], main.config.neighbours)
     def knn_x(xx):
         return bank.tail_share(torch.as_tensor(np.asarray(xx))).numpy() + 1e-9 * random_score(xx, seed)
