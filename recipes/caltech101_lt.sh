@@ -26,5 +26,4 @@ mkdir -p "$OUT"
 dlsa make-dataset caltech101-lt --source "$NPZ" -o "$OUT/data"
 
 bash "$HERE/dlsa.sh" "$OUT/data/train.safetensors" "$OUT/data/val.safetensors" "$OUT/data/test.safetensors" "$OUT/run" \
-  --depth 3 --clusters 100 --filter-epochs 20 --filter-batch 512 \
-  --filter-opts "--hidden 256 --select last --max-cluster-share 0.2" --loss bsm --epochs 150 "$@"
+  --config "$HERE/caltech101_lt.toml" "$@"

@@ -31,6 +31,7 @@
 #   --filter-batch B     flow filter batch size (default: fit-filter's, 1024)
 #   --filter-lr LR       flow filter learning rate (default: fit-filter's, 0.2)
 #   --filter-opts "..."  any other fit-filter options (under fit-filter's names)
+#   --config FILE        a fit-cascade settings file (recipes/*.toml); the options above override it
 #   --model M            linear or cosine (default linear)
 #   --loss L             ce, bsm or la (default bsm)
 #   --sampler S          uniform or balanced (default uniform)
@@ -53,12 +54,12 @@ usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' 
 TRAIN=$1 VAL=$2 TEST=$3 OUT=$4
 shift 4
 ARGS=()
-# fit-filter's names that fit-classifier also has become --filter-* in fit-cascade.
-filter_opt() { case $1 in --epochs | --batch-size | --lr | --select | --weight-decay) echo "--filter-${1#--}" ;; *) echo "$1" ;; esac; }
+# fit-cascade's naming rule: a filter setting --NAME of fit-filter is --filter-NAME there.
+filter_opt() { case $1 in --*) echo "--filter-${1#--}" ;; *) echo "$1" ;; esac; }
 while [[ $# -gt 0 ]]; do
   case $1 in
     --depth | --clusters | --share | --preset | --filter-epochs | --filter-lr | --model | --loss | --sampler | --epochs | \
-      --lr | --baseline-init | --branch-lr | --input | --seed | --device) ARGS+=("$1" "$2"); shift 2 ;;
+      --lr | --baseline-init | --branch-lr | --input | --seed | --device | --config) ARGS+=("$1" "$2"); shift 2 ;;
     --filter-batch) ARGS+=(--filter-batch-size "$2"); shift 2 ;;
     --filter-opts) read -r -a extra <<<"$2"; for o in ${extra[@]+"${extra[@]}"}; do ARGS+=("$(filter_opt "$o")"); done; shift 2 ;;
     --clf-opts) read -r -a extra <<<"$2"; ARGS+=(${extra[@]+"${extra[@]}"}); shift 2 ;;

@@ -4,7 +4,7 @@
 #
 #   bash recipes/imagenet_lt.sh TRAIN VAL TEST OUTDIR [CONFIG] [--head HEAD] [dlsa.sh options]
 #
-# CONFIG (default paco-bsm), from the authors' config files (reference notes):
+# CONFIG (recipes/imagenet_lt.CONFIG.toml; default paco-bsm), from the authors' config files (reference notes):
 #   paco-bsm     PaCo features + Balanced Softmax   depth 3, K 500, classifier lr 1e-4
 #   paco-cbs     PaCo features + class-balanced sampler (CE)   depth 3, lr 1e-4
 #   paco-cosine  PaCo features + cosine classifier (CE)        depth 1, lr 1e-4
@@ -26,15 +26,8 @@ if [[ $# -gt 0 && $1 != --* ]]; then CONFIG=$1; shift; fi
 HEAD=()
 if [[ $# -gt 1 && $1 == --head ]]; then HEAD=(--baseline-init "$2"); shift 2; fi
 
-case $CONFIG in
-  paco-bsm)    SET=(--depth 3 --loss bsm --lr 1e-4 --branch-lr 1e-4) ;;
-  paco-cbs)    SET=(--depth 3 --loss ce --sampler balanced --lr 1e-4 --branch-lr 1e-4) ;;
-  paco-cosine) SET=(--depth 1 --model cosine --loss ce --lr 1e-4 --branch-lr 1e-4) ;;
-  ce-bsm)      SET=(--depth 1 --loss bsm --lr 1e-2 --branch-lr 1e-2) ;;
-  cbs-bsm)     SET=(--depth 1 --loss bsm --lr 1e-2 --branch-lr 1e-2) ;;
-  *) echo "imagenet_lt.sh: unknown config $CONFIG (paco-bsm, paco-cbs, paco-cosine, ce-bsm, cbs-bsm)" >&2; exit 2 ;;
-esac
+HERE=$(cd "$(dirname "$0")" && pwd)
+SETTINGS=$HERE/imagenet_lt.$CONFIG.toml
+[[ -f $SETTINGS ]] || { echo "imagenet_lt.sh: unknown config $CONFIG (paco-bsm, paco-cbs, paco-cosine, ce-bsm, cbs-bsm)" >&2; exit 2; }
 
-exec bash "$(dirname "$0")/dlsa.sh" "$TRAIN" "$VAL" "$TEST" "$OUT" \
-  --preset imagenet-lt --clusters 500 --epochs 150 --clf-opts "--momentum 0 --batch-size 128" \
-  "${SET[@]}" ${HEAD[@]+"${HEAD[@]}"} "$@"
+exec bash "$HERE/dlsa.sh" "$TRAIN" "$VAL" "$TEST" "$OUT" --config "$SETTINGS" ${HEAD[@]+"${HEAD[@]}"} "$@"

@@ -19,6 +19,4 @@ shift 4
 HEAD=()
 if [[ $# -gt 1 && $1 == --head ]]; then HEAD=(--baseline-init "$2"); shift 2; fi
 
-exec bash "$(dirname "$0")/dlsa.sh" "$TRAIN" "$VAL" "$TEST" "$OUT" \
-  --depth 3 --preset inat18 --clusters 500 --epochs 150 --loss bsm --lr 1e-4 --branch-lr 1e-4 \
-  --clf-opts "--momentum 0 --batch-size 128" ${HEAD[@]+"${HEAD[@]}"} "$@"
+exec bash "$(dirname "$0")/dlsa.sh" "$TRAIN" "$VAL" "$TEST" "$OUT" --config "$(dirname "$0")/inat18.toml" ${HEAD[@]+"${HEAD[@]}"} "$@"

@@ -4,7 +4,7 @@
 #
 #   bash recipes/places_lt.sh TRAIN VAL TEST OUTDIR [CONFIG] [--head HEAD] [dlsa.sh options]
 #
-# CONFIG (default ce-bsm), from the authors' config files (reference notes):
+# CONFIG (recipes/places_lt.CONFIG.toml; default ce-bsm), from the authors' config files (reference notes):
 #   ce-bsm       ImageNet-pretrained ResNet-152 (CE) features + Balanced Softmax   depth 1, lr 1e-2
 #   ce-cosine    the same features + cosine classifier (CE)                       depth 1, lr 1e-2
 #   paco-bsm     PaCo features + Balanced Softmax                                 depth 1, lr 1e-4
@@ -21,13 +21,8 @@ if [[ $# -gt 0 && $1 != --* ]]; then CONFIG=$1; shift; fi
 HEAD=()
 if [[ $# -gt 1 && $1 == --head ]]; then HEAD=(--baseline-init "$2"); shift 2; fi
 
-case $CONFIG in
-  ce-bsm)    SET=(--loss bsm --lr 1e-2 --branch-lr 1e-2) ;;
-  ce-cosine) SET=(--model cosine --loss ce --lr 1e-2 --branch-lr 1e-2) ;;
-  paco-bsm)  SET=(--loss bsm --lr 1e-4 --branch-lr 1e-4) ;;
-  *) echo "places_lt.sh: unknown config $CONFIG (ce-bsm, ce-cosine, paco-bsm)" >&2; exit 2 ;;
-esac
+HERE=$(cd "$(dirname "$0")" && pwd)
+SETTINGS=$HERE/places_lt.$CONFIG.toml
+[[ -f $SETTINGS ]] || { echo "places_lt.sh: unknown config $CONFIG (ce-bsm, ce-cosine, paco-bsm)" >&2; exit 2; }
 
-exec bash "$(dirname "$0")/dlsa.sh" "$TRAIN" "$VAL" "$TEST" "$OUT" \
-  --depth 1 --preset places-lt --clusters 500 --epochs 150 --clf-opts "--momentum 0 --batch-size 128" \
-  "${SET[@]}" ${HEAD[@]+"${HEAD[@]}"} "$@"
+exec bash "$HERE/dlsa.sh" "$TRAIN" "$VAL" "$TEST" "$OUT" --config "$SETTINGS" ${HEAD[@]+"${HEAD[@]}"} "$@"

@@ -19,5 +19,4 @@ dlsa make-dataset digits-lt -o "$OUT/data"
 # Small data, small filters: 20 clusters, batches of 64, a gentler learning rate
 # than the paper's 0.2 (64 pixel features, many always 0, make the flow unstable at 0.2).
 bash "$HERE/dlsa.sh" "$OUT/data/train.safetensors" "$OUT/data/val.safetensors" "$OUT/data/test.safetensors" "$OUT/run" \
-  --depth 2 --clusters 20 --filter-epochs 30 --filter-batch 64 --filter-lr 0.01 \
-  --filter-opts "--max-cluster-share 0.5" --loss bsm --epochs 150
+  --config "$HERE/quickstart.toml"

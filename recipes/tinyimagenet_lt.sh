@@ -9,7 +9,7 @@
 # e.g. D=../shared/data/tinyimagenet-lt; bash recipes/tinyimagenet_lt.sh
 #      $D/train.safetensors $D/val.safetensors $D/test.safetensors runs/tiny
 #
-# The configuration: depth 1; a CPU-sized filter (K = 200, hidden 256, 10
+# The configuration (recipes/tinyimagenet_lt.toml): depth 1; a CPU-sized filter (K = 200, hidden 256, 10
 # epochs of batches of 512, the paper's epoch rule) that routes by the routing
 # score that separated head from tail best on VALIDATION on both
 # Tiny-ImageNet-LT and Caltech-101-LT: "knn-tail" = the tail share of the
@@ -26,8 +26,7 @@ set -euo pipefail
 [[ $# -ge 1 && ( $1 == -h || $1 == --help ) ]] && { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0; }
 [[ $# -ge 4 ]] || { echo "usage: bash recipes/tinyimagenet_lt.sh TRAIN VAL TEST OUTDIR [dlsa.sh options]" >&2; exit 2; }
 HERE=$(cd "$(dirname "$0")" && pwd)
-ROUTING=${ROUTING:-knn-tail}
+ROUTE=()
+[[ -n ${ROUTING:-} ]] && ROUTE=(--filter-opts "--routing $ROUTING")
 
-bash "$HERE/dlsa.sh" "$1" "$2" "$3" "$4" \
-  --depth 1 --clusters 200 --filter-epochs 10 --filter-batch 512 \
-  --filter-opts "--hidden 256 --routing $ROUTING" --loss bsm --epochs 150 "${@:5}"
+bash "$HERE/dlsa.sh" "$1" "$2" "$3" "$4" --config "$HERE/tinyimagenet_lt.toml" ${ROUTE[@]+"${ROUTE[@]}"} "${@:5}"

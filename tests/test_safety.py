@@ -323,16 +323,21 @@ def test_misleading_words_are_gone(run, tmp_path):
 
 
 def test_filter_settings_errors_name_real_flags():
+    """The library names a setting as its field (`FilterConfig.made_blocks`); fit-filter names it by its flag."""
+    from dlsa_cli.cli.derive import flag_map, name_flags
+    from dlsa_cli.cli.filter import FIT_FILTER
     from dlsa_cli.errors import DlsaError
     from dlsa_cli.flow import FilterConfig
-    from dlsa_cli.flow.config import FLAGS, _check_config
 
-    assert set(FLAGS) == set(FilterConfig.__dataclass_fields__)
     with pytest.raises(DlsaError) as e:
-        _check_config(FilterConfig(made_blocks=-1))
+        FilterConfig(made_blocks=-1).check()
     assert "--made-blocks" not in str(e.value) and "FilterConfig.made_blocks" in str(e.value)
+    flags = flag_map(FIT_FILTER)
+    assert set(flags) == {f"FilterConfig.{n}" for n in FilterConfig.__dataclass_fields__} | {
+        "FilterRun.depth", "FilterRun.allow_singletons", "FilterRun.tf32"}
+    assert name_flags(str(e.value), flags).startswith("--made-blocks -1:")
     r = run_cli("fit-filter", "--help")
-    for flag in (f for f in FLAGS.values() if f is not None):
+    for flag in flags.values():
         assert flag in r.stdout, flag
 
 

@@ -20,12 +20,13 @@ so an interrupted run continues (`resume=True`) from the last finished one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,9 @@ import numpy as np
 from dlsa_cli.cascade.manifest import MANIFEST, write_manifest
 from dlsa_cli.cascade.model import Cascade
 from dlsa_cli.classify.config import TrainConfig
-from dlsa_cli.errors import DlsaError, InputError, TrainingError
-from dlsa_cli.flow.config import FilterConfig, _check_config, check_select
+from dlsa_cli.cascade.plan import CascadePlan, as_branch
+from dlsa_cli.errors import InputError, TrainingError
+from dlsa_cli.flow.config import FilterRun, check_select
 from dlsa_cli.io.files import atomic_path, file_sha256, provenance, read_safetensors_header, require_file, write_json
 
 __all__ = ["CascadePlan", "CascadeRun", "fit_cascade", "PROGRESS", "REPORT"]
@@ -44,69 +46,6 @@ PROGRESS = "progress.json"
 REPORT = "report.json"
 
 EventFn = Callable[[str], None]
-
-
-@dataclass
-class CascadePlan:
-    """What `fit_cascade` fits. Every field is recorded in report.json; `resume` checks them.
-
-    `filter`: the flow filters' settings (its `seed` is replaced by `seed`).
-    `baseline`: the classifier settings of the baseline; `branch`: those of the
-    cluster-aided and final classifiers (None: the baseline's, with the learning
-    rate left to fit-classifier's default: 3e-4 fine-tuning, 0.03 from scratch).
-    `baseline_init`: a backbone head the baseline starts from. `from_scratch`:
-    branches start from scratch instead of from the baseline. `val_weights`:
-    a branch's epoch maximises the whole validation set's balanced accuracy.
-    """
-
-    depth: int = 3
-    seed: int = 0
-    filter: FilterConfig = field(default_factory=FilterConfig)
-    baseline: TrainConfig = field(default_factory=TrainConfig)
-    branch: TrainConfig | None = None
-    baseline_init: str | None = None
-    from_scratch: bool = False
-    val_weights: bool = True
-    split_batch_size: int = 4096
-
-    def filter_config(self) -> FilterConfig:
-        return replace(self.filter, seed=self.seed)
-
-    def baseline_config(self) -> TrainConfig:
-        return replace(self.baseline, seed=self.seed)
-
-    def branch_config(self) -> TrainConfig:
-        """A branch sees part of the validation set, which may lack some classes."""
-        b = self.branch if self.branch is not None else replace(self.baseline, lr=None)
-        return replace(b, allow_missing_val_classes=True, seed=self.seed)
-
-    def check(self) -> None:
-        if self.depth < 1:
-            raise InputError(f"--depth {self.depth}: must be at least 1")
-        if self.baseline_init is not None:
-            require_file(self.baseline_init, "--baseline-init head")
-        self.baseline_config().check()
-        self.branch_config().check()
-        _check_filter_config(self.filter_config())
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["filter"], d["baseline"], d["branch"] = (
-            asdict(self.filter_config()), asdict(self.baseline_config()), asdict(self.branch_config())
-        )
-        return d
-
-
-def _check_filter_config(cfg: FilterConfig) -> None:
-    """The filter's range checks, naming fit-cascade's flags (`--filter-epochs`, not `--epochs`)."""
-    try:
-        _check_config(cfg)
-    except DlsaError as e:
-        msg = str(e)
-        for name in ("epochs", "batch-size", "lr", "select", "weight-decay"):
-            if msg.startswith(f"--{name} "):
-                raise DlsaError(f"--filter-{msg[2:]}") from None
-        raise
 
 
 @dataclass
@@ -164,7 +103,7 @@ def fit_cascade(
 
     plan = plan or CascadePlan()
     plan.check()
-    check_select(plan.filter_config(), val is not None, select_flag="--filter-select")
+    check_select(plan.filter_config(), val is not None)
     dev = resolve_device(device) if isinstance(device, str) else device
     ctx = _start(Path(out_dir), plan, Path(train), None if val is None else Path(val), dict(filters or {}), resume,
                  train_offset)
@@ -346,10 +285,10 @@ def _fit_depth(ctx: _Ctx, d: int, train: Path, val: Path | None) -> dict[str, An
         files[f"{name}_table"] = f"depth{d}/{name}.parquet" if name in split["files"] else None
     if files["train_routed"] is None:
         raise TrainingError(f"depth {d}: the filter routes no training sample", path=ddir / "filter.safetensors",
-                            hint="raise --share or lower --depth")
+                            hint="raise FilterConfig.share or lower CascadePlan.depth")
     if files["train_rest"] is None:
         raise TrainingError(f"depth {d}: the filter routes every training sample, none is left for the next stage",
-                            path=ddir / "filter.safetensors", hint="lower --share or --depth")
+                            path=ddir / "filter.safetensors", hint="lower FilterConfig.share or CascadePlan.depth")
     ctx.event(f"depth {d}: cluster-aided classifier on the routed training samples")
     routed_val = None if files["val_routed"] is None else ctx.out / files["val_routed"]
     clf = _fit_classifier(ctx, f"depth{d}/cluster", ctx.out / files["train_routed"], routed_val, ctx.plan.branch_config(),
@@ -387,9 +326,9 @@ def _filter(ctx: _Ctx, d: int, train: Path, val: Path | None, path: Path) -> dic
     The filter sees this depth's part of the validation set when its --filter-select
     rule chooses on validation (val-separation, val-likelihood), and only then.
     """
-    from dlsa_cli.flow import FlowFilter, fit_filter
+    from dlsa_cli.flow import FlowFilter
     from dlsa_cli.flow.config import VAL_SELECTS
-    from dlsa_cli.io.features import read_features
+    from dlsa_cli.flow.stage import fit_filter_file
 
     given = ctx.filters.get(d)
     if given is not None:
@@ -404,15 +343,12 @@ def _filter(ctx: _Ctx, d: int, train: Path, val: Path | None, path: Path) -> dic
         return {"given": str(given), "chosen_epoch": flt.chosen_epoch, "epochs": flt.config.epochs, "seconds": 0.0}
     cfg = ctx.plan.filter_config()
     t0 = time.perf_counter()
-    fs = read_features(train, require_labels=True, mmap=True)
-    val_fs = read_features(val, require_labels=True, mmap=True) if (val is not None and cfg.select in VAL_SELECTS) else None
-    if cfg.select in VAL_SELECTS and val_fs is None:
-        raise TrainingError(f"depth {d}: no validation sample is left for --filter-select {cfg.select}",
-                            hint="lower --depth, or choose the filter epoch with good-clusters or last")
-    flt = fit_filter(fs, config=cfg, depth=d, device=ctx.device, on_warning=ctx.warn, val=val_fs)
-    options = {"preset": None, **cfg.to_dict(), "depth": d, "device": str(ctx.device), "tf32": False}
-    inputs = [train, *([val] if val_fs is not None else [])]
-    _on_main(lambda: flt.save(path, prov=provenance("fit-cascade: fit-filter", options, inputs, cfg.seed)))
+    use_val = val if (val is not None and cfg.select in VAL_SELECTS) else None
+    if cfg.select in VAL_SELECTS and use_val is None:
+        raise TrainingError(f"depth {d}: no validation sample is left for FilterConfig.select {cfg.select}",
+                            hint="lower CascadePlan.depth, or choose the filter epoch with good-clusters or last")
+    flt = fit_filter_file(train, path, cfg, FilterRun(depth=d), val=use_val, device=ctx.device, checkpoint_every=0,
+                          command="fit-cascade: fit-filter", on_warning=ctx.warn)
     kept = flt.history[flt.chosen_epoch - 1]
     return {"given": None, "chosen_epoch": flt.chosen_epoch, "epochs": cfg.epochs,
             "good_clusters": flt.stats.get("good_clusters"), "val_separation": kept.get("val_separation"),
@@ -445,41 +381,34 @@ def _routing(split: dict[str, Any]) -> dict[str, Any]:
 def _fit_classifier(ctx: _Ctx, name: str, train: Path, val: Path | None, cfg: TrainConfig, *, init: Path | None,
                     filter_path: Path | None = None, weigh: bool) -> dict[str, Any]:
     """`dlsa fit-classifier TRAIN [--val VAL] [--val-weights-from WHOLE_VAL] ...` into RUNDIR/NAME.safetensors."""
-    from dlsa_cli.classify import fit_classifier
-    from dlsa_cli.device import seed_everything
-    from dlsa_cli.flow import FlowFilter
-    from dlsa_cli.io.features import num_classes, read_features, read_labels
+    from dlsa_cli.classify.stage import fit_classifier_file
+    from dlsa_cli.io.features import num_classes, read_labels
 
-    train_fs = read_features(train, require_labels=True, mmap=True)
-    val_fs = read_features(val, require_labels=True, mmap=True) if val is not None else None
-    whole = ctx.val if (weigh and val_fs is not None and ctx.val is not None and ctx.plan.val_weights) else None
-    counts = None if whole is None else np.bincount(read_labels(whole, require_labels=True).labels,
-                                                    minlength=num_classes(train_fs))
-    flt = None if filter_path is None else FlowFilter.load(filter_path, device=ctx.device)
-    seed_everything(cfg.seed)
-    t0 = time.perf_counter()
-    offset = None if (ctx.train_offset is None or name == "baseline") else _offset_rows(ctx, train_fs)
-    clf, rep = fit_classifier(train_fs, val_fs, cfg, init=init, flt=flt, filter_path=filter_path, device=ctx.device,
-                              val_class_counts=counts, train_offset=offset,
-                              from_scratch=init is None and name != "baseline")
-    seconds = time.perf_counter() - t0
-    options = dict(cfg.__dict__, init=init, filter=filter_path, val_weights_from=whole, device=str(ctx.device))
-    inputs = [p for p in (train, val, init, filter_path, whole) if p is not None]
-    clf.meta["seconds"] = seconds
-    _on_main(lambda: clf.save(ctx.out / f"{name}.safetensors",
-                              prov=provenance("fit-cascade: fit-classifier", options, inputs, cfg.seed)))
+    whole = ctx.val if (weigh and val is not None and ctx.val is not None and ctx.plan.val_weights) else None
+    counts = None
+    if whole is not None:
+        c = num_classes(read_labels(train, require_labels=True))
+        counts = np.bincount(read_labels(whole, require_labels=True).labels, minlength=c)
+    offset = None if (ctx.train_offset is None or name == "baseline") else _offset_rows(ctx, train)
+    with as_branch() if name != "baseline" else contextlib.nullcontext():
+        fit = fit_classifier_file(train, ctx.out / f"{name}.safetensors", cfg, val=val, init=init,
+                                  filter_path=filter_path, val_class_counts=counts, train_offset=offset,
+                                  from_scratch=init is None and name != "baseline", device=ctx.device,
+                                  command="fit-cascade: fit-classifier")
+    rep, clf = fit.report, fit.classifier
     return {
         "kind": clf.kind, "start": "scratch" if init is None else init.name, "epoch": rep.epoch, "epochs": cfg.epochs,
         "kept_start": rep.epoch == 0, "lr": rep.lr, "train_samples": rep.train_samples, "val_samples": rep.val_samples,
         "val_source": rep.val_source, "val_weighted": whole is not None, "val_balanced_accuracy": rep.val_balanced,
-        "val_accuracy": rep.val_accuracy, "seconds": round(seconds, 2),
+        "val_accuracy": rep.val_accuracy, "seconds": round(fit.seconds, 2),
     }
 
 
-def _offset_rows(ctx: _Ctx, part: Any) -> np.ndarray:
+def _offset_rows(ctx: _Ctx, part_path: Path) -> np.ndarray:
     """The rows of `train_offset` for a routed / rest part, found by its ids (the row index when TRAIN has none)."""
     from dlsa_cli.io.features import read_labels
 
+    part = read_labels(part_path)
     whole = read_labels(ctx.train)  # ids only: the matrix stays on disk
     ids = whole.ids if whole.ids is not None else np.arange(whole.n)
     if ctx.train_offset.shape[0] != whole.n:
@@ -503,6 +432,7 @@ def _report(ctx: _Ctx, base: dict[str, Any], depths: list[dict[str, Any]], final
         "depth": ctx.plan.depth,
         "device": str(ctx.device),
         "plan": ctx.plan.to_dict(),
+        "settings": ctx.plan.to_tables(),  # the config file that repeats this run (`dlsa inspect RUN --config`)
         "baseline": base,
         "depths": depths,
         "final": final,

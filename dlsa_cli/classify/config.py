@@ -8,6 +8,7 @@ from dataclasses import InitVar, dataclass
 import numpy as np
 
 from dlsa_cli.errors import InputError
+from dlsa_cli.settings import Rule, check_settings, setting
 
 __all__ = [
     "MODELS",
@@ -17,7 +18,6 @@ __all__ = [
     "SIDE_INPUTS",
     "LOSS_COUNTS",
     "PRIOR_TRAIN",
-    "FLAGS",
     "flag",
     "TrainConfig",
 ]
@@ -37,18 +37,18 @@ SMALL_WORK = 1 << 27  # batch x D x C below which CPU training uses one thread
 RIDE_GRID = (0.0, 0.05, 0.2)  # diversity weights tried on validation when none is given (0.2: RIDE's)
 TAU_GRID = tuple(np.round(np.arange(0.0, 1.51, 0.1), 2).tolist())
 
-# The one place where a library name differs from its `fit-classifier` flag; every other
-# setting `name` is the flag `--name` with dashes. Errors name settings through `flag()`.
-FLAGS = {
-    "side_input": "--input",
-    "filter_path": "--filter",
-    "val_class_counts": "--val-weights-from",
-}
-
-
 def flag(name: str) -> str:
-    """The `fit-classifier` flag of a TrainConfig field or fit_classifier argument."""
-    return FLAGS.get(name, "--" + name.replace("_", "-"))
+    """How errors name a TrainConfig setting, or a fit_classifier argument that is not one."""
+    return _ARGS.get(name, f"TrainConfig.{name}")
+
+
+# fit_classifier's arguments that errors name, as fit-classifier's flags
+_ARGS = {"filter_path": "--filter", "val_class_counts": "--val-weights-from"}
+
+_MIN1 = Rule(lambda v: v >= 1, "must be at least 1")
+_POS = Rule(lambda v: v > 0 and math.isfinite(v), "must be a positive number")
+_NONNEG = Rule(lambda v: v >= 0 and math.isfinite(v), "must be zero or more")
+_OPEN01 = Rule(lambda v: 0 < v < 1, "must be between 0 and 1")
 
 
 @dataclass
@@ -57,60 +57,64 @@ class TrainConfig:
 
     `lr=None` means 0.03 from scratch and 3e-4 when starting from `init`
     (fine-tuning). `lr_side=None` means the same as `lr` (FC_b of the
-    cluster-aided kind). `loss_counts`: the n_j of BSM/LA for a classifier
-    trained on a subset: `all` = the original training set's counts (carried
-    in the subset file's metadata), `subset` = the subset's own counts.
-    `prior_train`: the prior row a TRAINING sample sees: `plain` = the filter's
-    table, `loo` = its cluster's counts without the sample itself.
-    `select`: `best` keeps the epoch with the best validation balanced accuracy
-    (epoch 0, the starting point, included); `last` keeps the last epoch.
-    `model`: the kind of the (FC_a) head: linear, cosine or ride (RIDE's
-    `experts` heads); None = the init classifier's kind, else linear. A filter
-    makes the classifier cluster-aided.
-    RIDE: `ride_diversity` weighs the diversity term subtracted from each
-    expert's loss (None: chosen on validation from RIDE_GRID), `ride_temperature` is its base temperature, `expert_hidden`
-    (0 = none) a hidden layer per expert, `ride_init_noise` the relative noise
-    added to each expert when started from a linear baseline.
-    M2M (`sampler="m2m"`): `m2m_from` the classifier g (None: a CE warm-up of
-    `m2m_warmup` epochs), `m2m_beta` / `m2m_lambda` / `m2m_gamma` the paper's
-    beta, lambda and gamma, `m2m_steps` gradient steps of `m2m_step` times the
-    mean feature norm each, translated samples used from epoch `m2m_start`
-    and regenerated every `m2m_every` epochs (0: made once and kept).
+    cluster-aided kind). A filter makes the classifier cluster-aided. Each
+    field's help says the rest.
     """
 
-    model: str | None = None
-    loss: str = "bsm"
-    sampler: str = "uniform"
-    epochs: int = 150
-    batch_size: int = 128
-    lr: float | None = None
-    lr_side: float | None = None
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    la_tau: float = 1.0
-    cosine_scale: float = 16.0
-    loss_counts: str = "all"
-    side_input: str = "features"
-    prior_train: str = "plain"
-    posthoc: str = "none"
-    val_fraction: float = 0.2
-    allow_missing_val_classes: bool = False
-    select: str = "best"
-    seed: int = 0
-    experts: int = 2
-    expert_hidden: int = 0
-    ride_diversity: float | None = None
-    ride_temperature: float = 1.5
-    ride_init_noise: float = 0.1
-    m2m_from: str | None = None
-    m2m_warmup: int = 30
-    m2m_beta: float = 0.999
-    m2m_lambda: float = 0.1
-    m2m_gamma: float = 0.9
-    m2m_steps: int = 10
-    m2m_step: float = 0.05
-    m2m_start: int = 1
-    m2m_every: int = 0
+    model: str | None = setting(
+        None, "linear, cosine, or ride (RIDE's `experts` heads) (default: the init classifier's kind, else linear).",
+        choices=("linear", "cosine", "ride"), shown="")
+    loss: str = setting("bsm", "ce, bsm (Balanced Softmax) or la (logit-adjusted CE); RIDE: each expert's loss.",
+                        choices=LOSSES)
+    sampler: str = setting("uniform", "uniform, balanced (CBS: classes drawn uniformly) or m2m (major-to-minor "
+                           "translation, see the m2m settings).", choices=SAMPLERS)
+    epochs: int = setting(150, "Classifier training epochs; the best on validation is kept.", rule=_MIN1)
+    batch_size: int = setting(128, "Classifier samples per SGD step.", rule=_MIN1)
+    lr: float | None = setting(None, "Classifier learning rate (default 0.03 from scratch, 3e-4 when fine-tuning "
+                               "from an init classifier).", rule=_POS, shown="")
+    lr_side: float | None = setting(None, "Cluster-aided only: learning rate of FC_b(\\[side, prior]) (default: `lr`).",
+                                    rule=_POS, shown="")
+    momentum: float = setting(0.9, "SGD momentum.", rule=Rule(lambda v: 0 <= v < 1, "must be in [0, 1)"))
+    weight_decay: float = setting(0.0, "SGD weight decay.", rule=_NONNEG)
+    la_tau: float = setting(1.0, "Strength of the logit-adjusted loss (1 = Balanced Softmax).", rule=_NONNEG)
+    cosine_scale: float = setting(16.0, "Scale of a cosine classifier's logits.", rule=_POS)
+    loss_counts: str = setting("all", "n_j of bsm/la on a subset: all (original training counts) or subset "
+                               "(its own counts).", choices=LOSS_COUNTS)
+    side_input: str = setting("features", "Cluster-aided: what FC_b sees besides the cluster prior: features, "
+                              "latent (the flow's z) or none (the prior alone).", choices=SIDE_INPUTS, flag="input")
+    prior_train: str = setting("plain", "Cluster-aided: the prior a training sample sees: plain (the filter's "
+                               "table) or loo (without itself).", choices=PRIOR_TRAIN)
+    posthoc: str = setting("none", "none, la (logit adjustment) or tau (tau-normalisation); strength chosen on "
+                           "validation.", choices=POSTHOC)
+    val_fraction: float = setting(0.2, "Share of each class carved for validation when there is no validation "
+                                  "file.", rule=_OPEN01)
+    allow_missing_val_classes: bool = setting(False, "Accept a validation file that lacks some training classes "
+                                              "(routed subsets do).")
+    select: str = setting("best", "Which classifier epoch to keep: best (on validation, the start included) or "
+                          "last.", choices=("best", "last"))
+    seed: int = setting(0, "Random seed; the same seed on the same device repeats a run.",
+                        rule=Rule(lambda v: 0 <= v < 2**63, "must be in [0, 2^63)"))
+    experts: int = setting(2, "RIDE: number of expert heads, trained jointly.", rule=_MIN1)
+    expert_hidden: int = setting(0, "RIDE: a hidden layer of this width per expert (0: none).", rule=_NONNEG)
+    ride_diversity: float | None = setting(
+        None, "RIDE: weight of the diversity term subtracted from each expert's loss (default: chosen on "
+        "validation from 0, 0.05, 0.2; RIDE's own is 0.2).", rule=_NONNEG, shown="")
+    ride_temperature: float = setting(1.5, "RIDE: base temperature of the diversity term (per class, growing "
+                                      "with its count).", rule=_POS)
+    ride_init_noise: float = setting(0.1, "RIDE from a linear init: noise added to each expert, times the "
+                                     "weights' std.", rule=_NONNEG)
+    m2m_from: str | None = setting(None, "M2M: the classifier g that translates (trained on the imbalanced "
+                                   "data; default: a CE warm-up).", shown="")
+    m2m_warmup: int = setting(30, "M2M without m2m_from: epochs of g's CE warm-up.", rule=_MIN1)
+    m2m_beta: float = setting(0.999, "M2M: source class k0 drawn with weight 1 - beta^(n_k0 - n_k).", rule=_OPEN01)
+    m2m_lambda: float = setting(0.1, "M2M: weight of the source-class logit penalty.", rule=_NONNEG)
+    m2m_gamma: float = setting(0.9, "M2M: keep a translation when g's loss for the target is at most this.",
+                               rule=_NONNEG)
+    m2m_steps: int = setting(10, "M2M: gradient steps per translation.", rule=_MIN1)
+    m2m_step: float = setting(0.05, "M2M: length of a step, times the mean feature norm.", rule=_POS)
+    m2m_start: int = setting(1, "M2M: first epoch that trains on translations.", rule=_MIN1)
+    m2m_every: int = setting(0, "M2M: regenerate the translations every this many epochs (0: make them once).",
+                             rule=_NONNEG)
     bsm_counts: InitVar[str | None] = None  # the old name of loss_counts, still accepted
 
     def __post_init__(self, bsm_counts: str | None) -> None:
@@ -118,45 +122,17 @@ class TrainConfig:
             self.loss_counts = bsm_counts
 
     def check(self) -> None:
-        """Raise a one-line error (naming the flag) for an out-of-range setting."""
-        if self.model not in (None, "linear", "cosine", "ride"):
-            raise InputError(f"--model {self.model}: use linear, cosine or ride (a --filter makes it cluster-aided)")
-        for name, allowed in (
-            ("loss", LOSSES),
-            ("sampler", SAMPLERS),
-            ("posthoc", POSTHOC),
-            ("side_input", SIDE_INPUTS),
-            ("loss_counts", LOSS_COUNTS),
-            ("prior_train", PRIOR_TRAIN),
-            ("select", ("best", "last")),
-        ):
-            if getattr(self, name) not in allowed:
-                raise InputError(f"{flag(name)} {getattr(self, name)}: use one of {', '.join(allowed)}")
-        for name in ("epochs", "batch_size", "experts", "m2m_steps", "m2m_start", "m2m_warmup"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{flag(name)} {getattr(self, name)}: must be at least 1")
-        for name in ("lr", "lr_side", "ride_temperature", "m2m_step", "cosine_scale"):
-            v = getattr(self, name)
-            if v is not None and not (v > 0 and math.isfinite(v)):
-                raise InputError(f"{flag(name)} {v}: must be a positive number")
-        if self.ride_diversity is not None and not (self.ride_diversity >= 0 and math.isfinite(self.ride_diversity)):
-            raise InputError(f"--ride-diversity {self.ride_diversity}: must be zero or more")
-        for name in ("ride_init_noise", "m2m_lambda", "m2m_gamma", "expert_hidden", "weight_decay", "m2m_every"):
-            v = getattr(self, name)
-            if not (v >= 0 and math.isfinite(v)):
-                raise InputError(f"{flag(name)} {v}: must be zero or more")
-        if not 0 < self.val_fraction < 1:
-            raise InputError(f"{flag('val_fraction')} {self.val_fraction}: must be between 0 and 1")
-        if not 0 < self.m2m_beta < 1:
-            raise InputError(f"{flag('m2m_beta')} {self.m2m_beta}: must be between 0 and 1")
+        """Raise a one-line error (naming the setting, `TrainConfig.lr`) for a value out of range or a contradiction."""
+        check_settings(self)
         self._check_combinations()
 
     def _check_combinations(self) -> None:
         if self.model != "ride":
             for name, default in (("experts", 2), ("expert_hidden", 0), ("ride_diversity", None)):
                 if getattr(self, name) != default:
-                    raise InputError(f"{flag(name)} applies to --model ride", hint="add --model ride or drop it")
+                    raise InputError(f"{flag(name)} applies to {flag('model')} ride", hint=f"add {flag('model')} ride or drop it")
         if self.sampler != "m2m" and self.m2m_from is not None:
-            raise InputError("--m2m-from applies to --sampler m2m", hint="add --sampler m2m or drop it")
+            raise InputError(f"{flag('m2m_from')} applies to {flag('sampler')} m2m", hint=f"add {flag('sampler')} m2m or drop it")
         if self.model == "ride" and self.posthoc == "tau":
-            raise InputError("--posthoc tau applies to linear classifiers, not to --model ride", hint="use --posthoc la")
+            raise InputError(f"{flag('posthoc')} tau applies to linear classifiers, not to {flag('model')} ride",
+                             hint=f"use {flag('posthoc')} la")

@@ -152,10 +152,10 @@ def check_fit_rules(
             hint="pass --init BASELINE (or --from-scratch)",
         )
     if cfg.sampler == "m2m" and train_offset is not None:
-        raise InputError("--sampler m2m does not combine with out-of-fold starting logits (train_offset)")
+        raise InputError("TrainConfig.sampler m2m does not combine with out-of-fold starting logits (train_offset)")
     if cfg.sampler == "m2m" and flt is not None and cfg.side_input == "latent":
-        raise InputError("--sampler m2m translates features, so a cluster-aided FC_b cannot see latents",
-                         hint="use --input features or none")
+        raise InputError("TrainConfig.sampler m2m translates features, so a cluster-aided FC_b cannot see latents",
+                         hint="use TrainConfig.side_input features or none")
     warnings = []
     sha = train.meta.get("filter_sha256")
     if flt is not None and sha and filter_path is not None and sha != file_sha256(filter_path):
@@ -235,7 +235,7 @@ def _validation(train: FeatureSet, val: FeatureSet | None, cfg: TrainConfig, c: 
         raise InputError(
             f"validation set lacks {len(missing)} class(es) that training has (e.g. {', '.join(map(str, missing[:5]))})",
             path=val.path,
-            hint="give a validation file with every class, or pass --allow-missing-val-classes",
+            hint="give a validation file with every class, or pass TrainConfig.allow_missing_val_classes",
         )
     return train, val, str(val.path) if val.path else "given"
 
@@ -402,7 +402,7 @@ class _Run:
                 pool = _m2m_pool(self, epoch, gen)
             loss = self._epoch(pool, gen)
             if not math.isfinite(loss):
-                raise TrainingError(f"training diverged at epoch {epoch} (loss {loss})", hint="lower --lr")
+                raise TrainingError(f"training diverged at epoch {epoch} (loss {loss})", hint="lower TrainConfig.lr")
             bal, acc = self.evaluate()
             history.append({"epoch": epoch, "loss": loss, "val_balanced": bal, "val_accuracy": acc})
             if bal > self.best_scores[0] or (cfg.select == "last" and epoch == cfg.epochs):

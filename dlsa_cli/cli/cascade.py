@@ -9,78 +9,34 @@ import typer
 from rich.table import Table
 
 from dlsa_cli.cli.common import DeviceOpt, JsonOpt, QuietOpt, Reporter, SeedOpt, command, emit_json, stdout
-from dlsa_cli.cli.options import CASCADE_FILTER as F
-from dlsa_cli.cli.options import CLASSIFIER as C
-from dlsa_cli.cli.options import CLASSIFIER_DEFAULTS as CD
-from dlsa_cli.cli.options import PRESET_NAMES, RIDE_M2M
-from dlsa_cli.errors import InputError
+from dlsa_cli.cascade.plan import BRANCH_TOKEN, NOT_IN_TABLES, CascadePlan, plan_from_layers
+from dlsa_cli.classify.config import TrainConfig
+from dlsa_cli.cli.derive import Given, Section
+from dlsa_cli.flow.config import FilterConfig
 
 __all__ = ["fit_cascade_cmd"]
 
 
-@command("fit-cascade")
+PRESET_HELP = ("The paper's filter settings for imagenet-lt, places-lt or inat18 (imagenet-lt's are the defaults); "
+               "explicit filter settings override it.")
+# The naming rule: every flow filter setting is --filter-NAME (the unprefixed spelling it had stays as an alias
+# where no classifier setting has it); classifier settings are --NAME and set the baseline and the branches alike,
+# but --lr (the baseline's) and --branch-lr (the branches').
+FIT_CASCADE = (
+    Section("", CascadePlan),
+    Section("filter", FilterConfig, prefix="filter-", aliases=True, skip=("seed",), extra={"preset": PRESET_HELP}),
+    Section("baseline", TrainConfig, skip=NOT_IN_TABLES),
+    Section("branch", TrainConfig, only=("lr",), skip=NOT_IN_TABLES, flags={"lr": "--branch-lr"}, token=BRANCH_TOKEN),
+)
+
+
+@command("fit-cascade", sections=FIT_CASCADE)
 def fit_cascade_cmd(
     train: Annotated[Path, typer.Argument(help="Training feature file with labels.", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write (must be new or empty, unless --resume).", show_default=False)],
     val: Annotated[Optional[Path], typer.Option("--val", help="Validation feature file: chooses every epoch (default: each classifier carves 20% of its training file).", show_default=False)] = None,
-    depth: Annotated[int, typer.Option("--depth", help="Cascade depth: how many filters and cluster-aided classifiers.")] = 3,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in OUT from its last finished stage (same options and inputs).")] = False,
-    preset: F.preset = None,
-    clusters: F.clusters = None,
-    filter_epochs: F.epochs = None,
-    filter_batch_size: F.batch_size = None,
-    filter_lr: F.lr = None,
-    lambda_lh: F.lambda_lh = None,
-    lambda_bal: F.lambda_bal = None,
-    lambda_pure: F.lambda_pure = None,
-    q: F.q = None,
-    center_std: F.center_std = None,
-    ema: F.ema = None,
-    share: F.share = None,
-    hidden: F.hidden = None,
-    blocks: F.blocks = None,
-    purity_threshold: F.purity_threshold = None,
-    min_cluster_size: F.min_cluster_size = None,
-    max_cluster_share: F.max_cluster_share = None,
-    filter_select: F.select = None,
-    routing: F.routing = None,
-    neighbours: F.neighbours = None,
-    input_noise: F.input_noise = None,
-    filter_weight_decay: F.weight_decay = None,
-    model: C.model = CD.model,
-    loss: C.loss = CD.loss,
-    sampler: C.sampler = CD.sampler,
-    epochs: C.epochs = CD.epochs,
-    batch_size: C.batch_size = CD.batch_size,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate of the baseline (default 0.03, or 3e-4 with --baseline-init).", show_default=False)] = None,
-    lr_side: C.lr_side = CD.lr_side,
-    momentum: C.momentum = CD.momentum,
-    weight_decay: C.weight_decay = CD.weight_decay,
-    la_tau: C.la_tau = CD.la_tau,
-    side_input: C.side_input = CD.side_input,
-    prior_train: C.prior_train = CD.prior_train,
-    loss_counts: C.loss_counts = CD.loss_counts,
-    posthoc: C.posthoc = CD.posthoc,
-    val_fraction: C.val_fraction = CD.val_fraction,
-    select: C.select = CD.select,
-    experts: C.experts = CD.experts,
-    expert_hidden: C.expert_hidden = CD.expert_hidden,
-    ride_diversity: C.ride_diversity = CD.ride_diversity,
-    ride_temperature: C.ride_temperature = CD.ride_temperature,
-    ride_init_noise: C.ride_init_noise = CD.ride_init_noise,
-    m2m_from: C.m2m_from = CD.m2m_from,
-    m2m_warmup: C.m2m_warmup = CD.m2m_warmup,
-    m2m_beta: C.m2m_beta = CD.m2m_beta,
-    m2m_lambda: C.m2m_lambda = CD.m2m_lambda,
-    m2m_gamma: C.m2m_gamma = CD.m2m_gamma,
-    m2m_steps: C.m2m_steps = CD.m2m_steps,
-    m2m_step: C.m2m_step = CD.m2m_step,
-    m2m_start: C.m2m_start = CD.m2m_start,
-    m2m_every: C.m2m_every = CD.m2m_every,
-    branch_lr: Annotated[Optional[float], typer.Option("--branch-lr", help="Learning rate of the branch classifiers (default 3e-4 fine-tuning, 0.03 with --from-scratch).", show_default=False)] = None,
-    from_scratch: Annotated[bool, typer.Option("--from-scratch", help="Train branch classifiers from scratch on their subsets (the authors' way) instead of from the baseline.")] = False,
-    baseline_init: Annotated[Optional[Path], typer.Option("--baseline-init", help="Start the baseline from a backbone's own head (weight (C, D), bias (C,); .safetensors or .pt), as the paper does for PaCo.", show_default=False)] = None,
-    seed: SeedOpt = 0,
+    settings: Given = None,  # type: ignore[assignment]
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -92,6 +48,8 @@ def fit_cascade_cmd(
     set's balanced accuracy. OUT holds baseline.safetensors, depthD/ (filter,
     split tables, routed and rest files, cluster.safetensors), final.safetensors,
     cascade.json (run it with `dlsa predict OUT TEST`) and report.json.
+    Settings can come from a TOML file (--config; tables [filter], [baseline],
+    [branch]; `dlsa inspect OUT --config` prints the one that repeats a run).
     Under `torchrun --nproc-per-node N` every filter and classifier trains
     with DDP and every split is sharded; rank 0 writes the run folder.
 
@@ -100,54 +58,15 @@ def fit_cascade_cmd(
     from dlsa_cli.cascade import fit_cascade
     from dlsa_cli.distributed import setup
 
-    opts = dict(locals())
     rep = Reporter(quiet)
-    plan = _plan(opts)
+    plan = plan_from_layers(settings.layers(""), settings.layers("filter"), [settings.tables.get("baseline", {})],
+                            settings.layers("branch"), classifier_flags=settings.flags["baseline"])
     _, dev = setup(device)  # under torchrun: DDP training and sharded splits, rank 0 writes
     run = fit_cascade(train, out, plan, val=val, device=dev, resume=resume, on_event=rep.log, on_warning=rep.warn)
     if json_out:
         emit_json(run.report)
         return
     render_report(run.report)
-
-
-_FILTER_FIELDS = {  # fit-cascade's parameter -> FilterConfig field
-    "clusters": "clusters", "filter_epochs": "epochs", "filter_batch_size": "batch_size", "filter_lr": "lr",
-    "lambda_lh": "lambda_lh", "lambda_bal": "lambda_bal", "lambda_pure": "lambda_pure", "q": "q",
-    "center_std": "center_std", "ema": "ema", "share": "share", "hidden": "hidden", "blocks": "blocks",
-    "purity_threshold": "purity_threshold", "min_cluster_size": "min_cluster_size",
-    "max_cluster_share": "max_cluster_share", "filter_select": "select", "routing": "routing", "neighbours": "neighbours",
-    "input_noise": "input_noise", "filter_weight_decay": "weight_decay",
-}
-_CLASSIFIER_FIELDS = {  # fit-cascade's parameter -> TrainConfig field
-    "model": "model", "loss": "loss", "sampler": "sampler", "epochs": "epochs", "batch_size": "batch_size",
-    "lr": "lr", "lr_side": "lr_side", "momentum": "momentum", "weight_decay": "weight_decay", "la_tau": "la_tau",
-    "loss_counts": "loss_counts", "side_input": "side_input", "prior_train": "prior_train", "posthoc": "posthoc",
-    "val_fraction": "val_fraction", "select": "select", **{n: n for n in RIDE_M2M},
-}
-
-
-def _plan(o: dict[str, Any]) -> Any:
-    """The CascadePlan of fit-cascade's options: --preset under explicit filter options; --branch-lr for branches."""
-    from dataclasses import replace
-
-    from dlsa_cli.cascade import CascadePlan
-    from dlsa_cli.classify import TrainConfig
-    from dlsa_cli.flow import PRESETS, FilterConfig
-
-    preset = o["preset"]
-    if preset is not None and preset not in PRESET_NAMES:
-        raise InputError(f"--preset {preset}: unknown preset", hint=f"use one of {', '.join(PRESET_NAMES)}")
-    explicit = {f: o[k] for k, f in _FILTER_FIELDS.items() if o[k] is not None}
-    filter_cfg = FilterConfig(**{**(PRESETS[preset] if preset else {}), **explicit})
-    base = TrainConfig(**{f: o[k] for k, f in _CLASSIFIER_FIELDS.items()})
-    if base.m2m_from is not None:
-        base = replace(base, m2m_from=str(base.m2m_from))
-    init = o["baseline_init"]
-    return CascadePlan(
-        depth=o["depth"], seed=o["seed"], filter=filter_cfg, baseline=base, branch=replace(base, lr=o["branch_lr"]),
-        baseline_init=None if init is None else str(init), from_scratch=o["from_scratch"],
-    )
 
 
 def _kept(c: dict[str, Any]) -> str:

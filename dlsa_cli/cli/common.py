@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from typing import Annotated, Any, TypeVar
 
@@ -25,6 +25,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from dlsa_cli.cli.derive import Section, flag_map, name_flags, settings_params
 from dlsa_cli.errors import DlsaError
 
 __all__ = [
@@ -86,8 +87,9 @@ def _error_console() -> Console:
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def guarded(fn: F) -> F:
-    """Turn library errors into one line on stderr and a non-zero exit."""
+def guarded(fn: F, flags: Mapping[str, str] | None = None) -> F:
+    """Turn library errors into one line on stderr and a non-zero exit; the settings the line
+    names (`FilterConfig.lr`) are written as this command's flags (`flags`, see cli.derive)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -97,7 +99,7 @@ def guarded(fn: F) -> F:
         except DlsaError as e:
             e = _agreed(e)
             if _rank() == 0:
-                _error_console().print(f"[bold red]error:[/] {escape(str(e))}")
+                _error_console().print(f"[bold red]error:[/] {escape(name_flags(str(e), flags or {}))}")
             raise typer.Exit(e.exit_code) from None
         except OSError as e:  # the library turns its own writes' errors into DlsaError; this is the net
             where = f"{e.filename}: " if getattr(e, "filename", None) else ""
@@ -148,11 +150,12 @@ def _agreed(e: DlsaError) -> DlsaError:
     return e
 
 
-def command(name: str, **kwargs: Any) -> Callable[[F], F]:
-    """Register a guarded subcommand on the app."""
+def command(name: str, *, sections: tuple[Section, ...] = (), **kwargs: Any) -> Callable[[F], F]:
+    """Register a guarded subcommand on the app; `sections`: the settings it takes, one option each (cli.derive)."""
 
     def deco(fn: F) -> F:
-        app.command(name, **kwargs)(guarded(fn))
+        target = settings_params(fn, sections) if sections else fn
+        app.command(name, **kwargs)(guarded(target, flag_map(sections)))
         return fn
 
     return deco

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Optional
 
 import typer
@@ -18,50 +17,25 @@ from dlsa_cli.cli.common import (
     emit_json,
     stdout,
 )
-from dlsa_cli.cli.options import FILTER, FILTER_VAL
-from dlsa_cli.errors import DlsaError
+from dlsa_cli.cli.derive import Given, Section
+from dlsa_cli.flow.config import FilterConfig, FilterRun
 
 
-def _opt(*names: str, help: str) -> Any:
-    """An option whose value None means "from --preset or the paper's default", shown as `[default: X]` text."""
-    m = re.search(r" \[default: ([^\]]+)\]\.?$", help)
-    if m:
-        return typer.Option(*names, help=help[: m.start()] + ".", show_default=m.group(1))
-    return typer.Option(*names, help=help, show_default=False)
+FILTER_VAL = Annotated[Optional[str], typer.Option(
+    "--val", help="Validation feature file with labels: each epoch's record gets its routed tail share and mean log p(x), "
+    "and the val-* --select rules choose the epoch on it.", show_default=False)]
+PRESET_HELP = ("The paper's settings for imagenet-lt, places-lt or inat18 (imagenet-lt's are the defaults); "
+               "explicit settings override it.")
+FIT_FILTER = (Section("", FilterConfig, extra={"preset": PRESET_HELP}), Section("", FilterRun))
 
 
-@command("fit-filter")
+@command("fit-filter", sections=FIT_FILTER)
 def fit_filter_cmd(
     train: Annotated[str, typer.Argument(help="Training feature file with labels (or a split's rest file for the next depth).", show_default=False)],
     out: Annotated[str, typer.Option("--out", "-o", help="Filter file to write (.safetensors).", show_default=False)],
-    preset: FILTER.preset = None,
-    clusters: FILTER.clusters = None,
-    epochs: FILTER.epochs = None,
-    batch_size: FILTER.batch_size = None,
-    lr: FILTER.lr = None,
-    lambda_lh: FILTER.lambda_lh = None,
-    lambda_bal: FILTER.lambda_bal = None,
-    lambda_pure: FILTER.lambda_pure = None,
-    q: FILTER.q = None,
-    center_std: FILTER.center_std = None,
-    ema: FILTER.ema = None,
-    share: FILTER.share = None,
-    hidden: FILTER.hidden = None,
-    blocks: FILTER.blocks = None,
-    purity_threshold: FILTER.purity_threshold = None,
-    min_cluster_size: FILTER.min_cluster_size = None,
-    max_cluster_share: FILTER.max_cluster_share = None,
-    select: FILTER.select = None,
-    routing: FILTER.routing = None,
-    neighbours: FILTER.neighbours = None,
-    input_noise: FILTER.input_noise = None,
-    weight_decay: FILTER.weight_decay = None,
+    settings: Given,
     val: FILTER_VAL = None,
-    depth: Annotated[Optional[int], _opt("--depth", help="Depth to record [default: the input's depth + 1 for a split's rest file, else 1].")] = None,
-    allow_singletons: Annotated[Optional[bool], typer.Option("--allow-singletons/--no-singletons", help="Train with classes of a single sample.", show_default="only at depth > 1")] = None,
-    seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
-    tf32: Annotated[bool, typer.Option("--tf32/--no-tf32", help="On CUDA, let matrix products use TF32: faster on Ampere and newer (the reference speed figures use it) but log p(x) then differs slightly from `split`'s full-precision scores near the threshold. No effect on CPU.")] = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last finished epoch (the checkpoint OUT.resume beside the output, written after every epoch and removed on success); the result equals an uninterrupted run's.")] = False,
@@ -82,40 +56,18 @@ def fit_filter_cmd(
     Example: [bold]dlsa fit-filter train.safetensors -o filter.safetensors --clusters 100 --epochs 20[/]
     """
     from dlsa_cli import distributed as dist
-    from dlsa_cli.flow import FilterConfig, fit_filter
-    from dlsa_cli.flow.config import check_select
-    from dlsa_cli.io.features import read_features
-    from dlsa_cli.io.files import provenance
-
-    from dlsa_cli.flow.checkpoint import checkpoint_path
-    from dlsa_cli.io.files import check_output_file
+    from dlsa_cli.flow.config import preset_settings
+    from dlsa_cli.flow.stage import fit_filter_file
+    from dlsa_cli.settings import resolve
 
     rep = Reporter(quiet)
-    inputs = [train, *([val] if val else [])]
-    out_p = check_output_file(out, suffixes=(".safetensors",), inputs=inputs)
-    config = FilterConfig.from_preset(  # unknown preset or a value out of range: one line, before any work
-        preset, clusters=clusters, epochs=epochs, batch_size=batch_size, lr=lr, lambda_lh=lambda_lh, lambda_bal=lambda_bal,
-        lambda_pure=lambda_pure, q=q, center_std=center_std, ema=ema, share=share, hidden=hidden, blocks=blocks,
-        purity_threshold=purity_threshold, min_cluster_size=min_cluster_size, max_cluster_share=max_cluster_share,
-        select=select, routing=routing, neighbours=neighbours, input_noise=input_noise, weight_decay=weight_decay, seed=seed,
-    )
-    check_select(config, val is not None)  # a val-* rule without --val: one line, before any work
-    ckpt = checkpoint_path(out_p)
-    if checkpoint_every < 0:
-        raise DlsaError(f"--checkpoint-every {checkpoint_every}: must be >= 0 (0 writes no checkpoint)")
-    had_ckpt = ckpt.exists()
-    if had_ckpt and not resume:
-        rep.warn(f"{ckpt} holds an interrupted run; starting over (pass --resume to continue it)")
+    table, flags = settings.layers("")
+    preset = flags.get("preset", table.get("preset"))
+    config = resolve(FilterConfig, preset_settings(preset), table, flags)  # out of range: one line, before any work
+    run = resolve(FilterRun, table, flags)
     _, dev = dist.setup(device)  # under torchrun: DDP over the ranks, one device each
-    if dev.type == "cuda":
-        import torch
-
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-    fs = read_features(train, require_labels=True, mmap=True)  # training reads a mapped matrix: no copy of a big file
-    val_fs = None if val is None else read_features(val, require_labels=True, mmap=True)
-
     with rep.progress("fit-filter", total=config.epochs) as update:
-        last = {"good": None}
+        last: dict[str, Any] = {"good": None}
 
         def on_step(epoch: int, step: int, steps: int, losses: dict[str, float]) -> None:
             good = "" if last["good"] is None else f" good {last['good']}"
@@ -129,34 +81,11 @@ def fit_filter_cmd(
             last["good"] = record["good_clusters"]
             update(advance=1)
 
-        try:
-            filt = fit_filter(
-                fs,
-                config=config,
-                depth=depth,
-                device=dev,
-                allow_singletons=allow_singletons,
-                on_step=on_step,
-                on_epoch=on_epoch,
-                on_warning=rep.warn,
-                checkpoint=ckpt if checkpoint_every > 0 else None,
-                resume=resume,
-                checkpoint_every=checkpoint_every,
-                val=val_fs,
-            )
-        except DlsaError:  # a refusal or a diverged run leaves nothing behind (an interrupted one keeps its checkpoint)
-            if not had_ckpt:
-                ckpt.unlink(missing_ok=True)
-            raise
-    options = {"preset": preset, **config.to_dict(), "depth": filt.depth, "device": str(dev), "tf32": tf32 and dev.type == "cuda"}
-    prov = provenance("fit-filter", options, inputs, seed)
-    prov["resumed_from"] = filt.resumed_from  # the epoch this run continued after, or None
-    if dist.is_main():  # every rank holds the same filter; rank 0 writes it
-        filt.save(out_p, prov=prov)
-        ckpt.unlink(missing_ok=True)
-    dist.barrier()
+        filt = fit_filter_file(train, out, config, run, val=val, device=dev, resume=resume,
+                               checkpoint_every=checkpoint_every, preset=preset, on_step=on_step, on_epoch=on_epoch,
+                               on_warning=rep.warn)
     result = {
-        "filter": str(out_p),
+        "filter": str(out),
         "train": str(train),
         "val": None if val is None else str(val),
         "depth": filt.depth,

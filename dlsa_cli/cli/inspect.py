@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Optional
 
 import typer
@@ -15,6 +16,7 @@ from dlsa_cli.inspection import render, summarize
 def inspect_cmd(
     file: Annotated[str, typer.Argument(help="Any file dlsa reads or writes: features (any format), filter, split, classifier, predictions, counts; or a cascade folder.", show_default=False)],
     plot: Annotated[Optional[str], typer.Option("--plot", help="Also draw (.png/.pdf/.svg): for a `dlsa split` folder or a recipe's run folder, head-tail separation per depth against chance (paper Fig. 7); for a split table NAME.parquet, a PCA map of its routed and passed-on samples, head and tail coloured (Fig. 8 style).", show_default=False)] = None,
+    config: Annotated[bool, typer.Option("--config", help="Print the settings that wrote FILE (a filter, a classifier, or a fit-cascade folder) as a TOML file: pass it back with --config to repeat the run.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Summarise any file the tool reads or writes.
@@ -25,8 +27,18 @@ def inspect_cmd(
     tensors/columns and metadata. A file with NaN or infinite features is
     summarised and then reported as an error (exit 1).
 
-    Example: [bold]dlsa inspect train.safetensors[/]; [bold]dlsa inspect runs/tiny --plot fig7.png[/]
+    Example: [bold]dlsa inspect train.safetensors[/]; [bold]dlsa inspect runs/tiny --plot fig7.png[/];
+    [bold]dlsa inspect runs/tiny --config > again.toml[/]
     """
+    if config:
+        from dlsa_cli.settings import dump_toml, recorded_settings
+
+        tables = recorded_settings(file)
+        if json_out:
+            emit_json(tables)
+        else:
+            sys.stdout.write(dump_toml(tables))
+        return
     if plot is not None:
         from pathlib import Path
 

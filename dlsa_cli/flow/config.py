@@ -1,4 +1,4 @@
-"""Every hyperparameter of a flow filter, the paper's presets, and their range checks."""
+"""Every hyperparameter of a flow filter, declared once (default, range, help), and the paper's presets."""
 
 from __future__ import annotations
 
@@ -7,54 +7,84 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from dlsa_cli.errors import DlsaError
+from dlsa_cli.settings import Rule, at_least, check_settings, finite_at_least, in_range, setting, setting_token
 
 # The routing scores (flow/routing.py documents each); here so that settings are checked without torch.
 ROUTINGS = ("likelihood", "ratio", "cluster-tail", "knn-tail")
 
-__all__ = ["FLAGS", "PRESETS", "SELECTS", "VAL_SELECTS", "FilterConfig", "check_select", "flag_of"]
+# How `select` keeps an epoch: the paper's count of good training clusters, the last
+# epoch, or on validation samples (fit_filter's `val`): the tail share of the samples
+# the epoch would route, or their mean log p(x) (early stopping on held-out likelihood).
+SELECTS = ("good-clusters", "last", "val-separation", "val-likelihood")
+VAL_SELECTS = ("val-separation", "val-likelihood")
 
-# ----------------------------------------------------------------------------- settings
+__all__ = ["PRESETS", "ROUTINGS", "SELECTS", "VAL_SELECTS", "FilterConfig", "FilterRun", "check_select", "preset_settings"]
+
+_NONNEG = finite_at_least(0)
 
 
 @dataclass(frozen=True)
 class FilterConfig:
     """Every hyperparameter of a flow filter; defaults are the paper's ImageNet-LT ones."""
 
-    clusters: int = 500
-    epochs: int = 50
-    batch_size: int = 1024
-    lr: float = 0.2
-    lambda_lh: float = 2.0
-    lambda_bal: float = 1.0
-    lambda_pure: float = 0.02
-    q: float = 2.0
-    center_std: float = 0.05
-    ema: float = 0.7
-    share: float = 0.3
-    hidden: int | None = None  # None: D
-    blocks: int = 2
-    made_blocks: int = 1
-    purity_threshold: float = 0.7
-    min_cluster_size: int = 10
-    max_cluster_share: float = 0.05
-    select: str = "good-clusters"  # or "last", "val-separation", "val-likelihood" (SELECTS)
-    seed: int = 0
-    eval_batch_size: int = 4096
-    routing: str = "likelihood"  # the routing score (flow/routing.py): likelihood, ratio, cluster-tail or knn-tail
-    neighbours: int = 30  # k of the knn-tail routing score
-    input_noise: float = 0.0  # Gaussian noise on training inputs, std times each feature's std; 0: off
-    weight_decay: float = 0.0  # SGD weight decay of the flow
+    clusters: int = setting(500, "Mixture components K.", rule=at_least(1, "need at least 1 cluster"), short="-k")
+    epochs: int = setting(50, "Flow filter epochs (one epoch = N pairs).", rule=at_least(1, "need at least 1 epoch"))
+    batch_size: int = setting(1024, "Flow filter pairs per step.",
+                              rule=Rule(lambda v: v >= 2, "batch norm needs at least 2 samples per batch"))
+    lr: float = setting(0.2, "Flow filter SGD learning rate, no momentum, no schedule.",
+                        rule=Rule(lambda v: v > 0 and math.isfinite(v), "the learning rate must be a finite number > 0"))
+    lambda_lh: float = setting(2.0, "Weight of the class-weighted likelihood loss; 0 turns it off.", rule=_NONNEG)
+    lambda_bal: float = setting(1.0, "Weight of the cluster-balance loss; 0 turns it off.", rule=_NONNEG)
+    lambda_pure: float = setting(0.02, "Weight of the purity loss; 0 turns it off.", rule=_NONNEG)
+    q: float = setting(2.0, "Class weight exponent: w_c ~ (n_max / n_c)^q.", rule=_NONNEG)
+    center_std: float = setting(0.05, "The fixed means are drawn from N(0, std^2 I).", rule=_NONNEG)
+    ema: float = setting(0.7, "Decay of the balance loss's moving estimate.", rule=Rule(lambda v: 0 <= v < 1, "the decay must be in [0, 1)"))
+    share: float = setting(0.3, "Share of the training samples routed to the cluster-aided classifier.",
+                           rule=Rule(lambda v: 0 < v < 1, "the routed share must be in (0, 1)"))
+    hidden: int | None = setting(None, "Hidden units of each MADE.", rule=at_least(1, "need at least 1 hidden unit"),
+                                shown="D")
+    blocks: int = setting(2, "MAF blocks (each MADE + batch norm).", rule=at_least(1, "need at least 1 flow block"))
+    made_blocks: int = setting(1, "Extra masked hidden layers inside each MADE.", rule=at_least(0, "must be >= 0"))
+    purity_threshold: float = setting(0.7, "A good cluster's share of its largest class must exceed this.",
+                                      rule=in_range(0, 1))
+    min_cluster_size: int = setting(10, "A good cluster must hold more samples than this.", rule=at_least(0, "must be >= 0"))
+    max_cluster_share: float = setting(
+        0.05, "Filter epochs whose largest cluster holds this share of the samples or more are not kept "
+        "(the paper's 5000 of 115,846 is 0.043).", rule=in_range(0, 1, lo_open=True))
+    select: str = setting(
+        "good-clusters", "Which filter epoch to keep: good-clusters (the paper's rule: most pure training clusters), "
+        "last, or on the validation samples (need --val): val-separation (the highest tail share, <= 50 training "
+        "samples, among the validation samples the epoch routes) or val-likelihood (the highest mean log p(x), "
+        "early stopping).", choices=SELECTS)
+    seed: int = setting(0, "Random seed; the same seed on the same device repeats a run.",
+                        rule=Rule(lambda v: 0 <= v < 2**63, "must be in [0, 2^63)"))
+    eval_batch_size: int = setting(4096, "Samples scored at once when the filter scores its training set.",
+                                   rule=at_least(1, "must be >= 1"))
+    routing: str = setting(
+        "likelihood", "Routing score (flow/routing.py): likelihood (the paper's log p(x)), ratio (log p(x) minus "
+        "log p(x) of the same flow trained with q = 0, trained alongside: twice the time), cluster-tail (the tail "
+        "share of the sample's training cluster) or knn-tail (the tail share of its `neighbours` nearest training "
+        "samples in the flow's latent space; the filter file keeps the training latents, N x D float16).",
+        rule=Rule(lambda v: v in ROUTINGS, f"unknown routing score (use {', '.join(ROUTINGS)})"))
+    neighbours: int = setting(30, "Routing knn-tail: how many nearest training samples vote.", rule=Rule(lambda v: v >= 1, "knn-tail needs at least 1 neighbour"))
+    input_noise: float = setting(
+        0.0, "Gaussian noise added to the flow's training inputs, std times each feature's std over the training "
+        "samples (0: none).",
+        rule=Rule(lambda v: 0 <= v < math.inf, "the noise std (times each feature's std) must be a finite number >= 0"))
+    weight_decay: float = setting(0.0, "Flow filter SGD weight decay (0: none).", rule=_NONNEG)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def check(self) -> None:
+        """Refuse a setting of the wrong type or out of its range, naming it (`FilterConfig.lr`)."""
+        check_settings(self)
+
     @classmethod
     def from_preset(cls, preset: str | None = None, **settings: Any) -> FilterConfig:
         """The paper's `preset` (or the defaults) with the `settings` that are not None on top, range-checked."""
-        if preset is not None and preset not in PRESETS:
-            raise DlsaError(f"--preset {preset}: unknown preset", hint=f"use one of {', '.join(PRESETS)}")
-        cfg = cls(**{**(PRESETS[preset] if preset else {}), **{k: v for k, v in settings.items() if v is not None}})
-        _check_config(cfg)
+        cfg = cls(**{**preset_settings(preset), **{k: v for k, v in settings.items() if v is not None}})
+        cfg.check()
         return cfg
 
     @classmethod
@@ -63,53 +93,10 @@ class FilterConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-# Where each setting comes from on the command line (`dlsa fit-filter`): every error that
-# names a setting names it through this map, so it names a flag that exists. A setting
-# with no flag (None) is named as the library keyword it is.
-FLAGS: dict[str, str | None] = {
-    "clusters": "--clusters",
-    "epochs": "--epochs",
-    "batch_size": "--batch-size",
-    "lr": "--lr",
-    "lambda_lh": "--lambda-lh",
-    "lambda_bal": "--lambda-bal",
-    "lambda_pure": "--lambda-pure",
-    "q": "--q",
-    "center_std": "--center-std",
-    "ema": "--ema",
-    "share": "--share",
-    "hidden": "--hidden",
-    "blocks": "--blocks",
-    "made_blocks": None,
-    "purity_threshold": "--purity-threshold",
-    "min_cluster_size": "--min-cluster-size",
-    "max_cluster_share": "--max-cluster-share",
-    "select": "--select",
-    "seed": "--seed",
-    "eval_batch_size": None,
-    "routing": "--routing",
-    "neighbours": "--neighbours",
-    "input_noise": "--input-noise",
-    "weight_decay": "--weight-decay",
-}
-
-# How `select` keeps an epoch: the paper's count of good training clusters, the last
-# epoch, or on validation samples (fit_filter's `val`): the tail share of the samples
-# the epoch would route, or their mean log p(x) (early stopping on held-out likelihood).
-SELECTS = ("good-clusters", "last", "val-separation", "val-likelihood")
-VAL_SELECTS = ("val-separation", "val-likelihood")
-
-
-def check_select(cfg: FilterConfig, has_val: bool, *, select_flag: str | None = None) -> None:
-    """A selection rule on validation samples needs them: one line naming the flags, before any work."""
+def check_select(cfg: FilterConfig, has_val: bool) -> None:
+    """A selection rule on validation samples needs them: one line naming the setting, before any work."""
     if cfg.select in VAL_SELECTS and not has_val:
-        raise DlsaError(f"{select_flag or flag_of('select')} {cfg.select}: needs validation samples", hint="pass --val VAL")
-
-
-def flag_of(name: str) -> str:
-    """The CLI flag of a FilterConfig field, or `FilterConfig.NAME` for a library-only setting."""
-    flag = FLAGS[name]
-    return flag if flag is not None else f"FilterConfig.{name}"
+        raise DlsaError(f"{setting_token(cfg, 'select')} {cfg.select}: needs validation samples", hint="pass --val VAL")
 
 
 # The paper's configurations (reference notes, from the authors' config files).
@@ -120,37 +107,24 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _check_config(cfg: FilterConfig) -> None:
-    """Refuse settings out of their range, naming the flag (or the library setting) at fault."""
-    for name, ok, msg in _RULES:
-        value = getattr(cfg, name)
-        if value is not None and not ok(value):
-            raise DlsaError(f"{flag_of(name)} {value}: {msg}")
+def preset_settings(preset: str | None) -> dict[str, Any]:
+    """The settings of the paper's `preset` (None: none); an unknown name is one line."""
+    if preset is None:
+        return {}
+    if preset not in PRESETS:
+        raise DlsaError(f"preset {preset}: unknown preset", hint=f"use one of {', '.join(PRESETS)}")
+    return dict(PRESETS[preset])
 
 
-_RULES: tuple[tuple[str, Any, str], ...] = (
-    ("clusters", lambda v: v >= 1, "need at least 1 cluster"),
-    ("epochs", lambda v: v >= 1, "need at least 1 epoch"),
-    ("batch_size", lambda v: v >= 2, "batch norm needs at least 2 samples per batch"),
-    ("lr", lambda v: v > 0 and math.isfinite(v), "the learning rate must be a finite number > 0"),
-    ("lambda_lh", lambda v: 0 <= v < math.inf, "must be a finite number >= 0"),
-    ("lambda_bal", lambda v: 0 <= v < math.inf, "must be a finite number >= 0"),
-    ("lambda_pure", lambda v: 0 <= v < math.inf, "must be a finite number >= 0"),
-    ("q", lambda v: 0 <= v < math.inf, "must be a finite number >= 0"),
-    ("center_std", lambda v: 0 <= v < math.inf, "must be a finite number >= 0"),
-    ("ema", lambda v: 0 <= v < 1, "the decay must be in [0, 1)"),
-    ("share", lambda v: 0 < v < 1, "the routed share must be in (0, 1)"),
-    ("hidden", lambda v: v >= 1, "need at least 1 hidden unit"),
-    ("blocks", lambda v: v >= 1, "need at least 1 flow block"),
-    ("made_blocks", lambda v: v >= 0, "must be >= 0"),
-    ("purity_threshold", lambda v: 0 <= v <= 1, "must be in [0, 1]"),
-    ("min_cluster_size", lambda v: v >= 0, "must be >= 0"),
-    ("max_cluster_share", lambda v: 0 < v <= 1, "must be in (0, 1]"),
-    ("select", lambda v: v in SELECTS, f"use one of {', '.join(SELECTS)}"),
-    ("seed", lambda v: 0 <= v < 2**63, "must be in [0, 2^63)"),
-    ("eval_batch_size", lambda v: v >= 1, "must be >= 1"),
-    ("routing", lambda v: v in ROUTINGS, f"unknown routing score (use {', '.join(ROUTINGS)})"),
-    ("neighbours", lambda v: v >= 1, "knn-tail needs at least 1 neighbour"),
-    ("input_noise", lambda v: 0 <= v < math.inf, "the noise std (times each feature's std) must be a finite number >= 0"),
-    ("weight_decay", lambda v: 0 <= v < math.inf, "must be a finite number >= 0"),
-)
+@dataclass(frozen=True)
+class FilterRun:
+    """How `fit-filter` runs beside the filter's own settings: the depth it records, singletons, TF32."""
+
+    depth: int | None = setting(None, "Depth to record.", rule=at_least(1),
+                                shown="the input's depth + 1 for a split's rest file, else 1")
+    allow_singletons: bool | None = setting(None, "Train with classes of a single sample.", shown="only at depth > 1",
+                                            switch="no-singletons")
+    tf32: bool = setting(
+        False, "On CUDA, let matrix products use TF32: faster on Ampere and newer (the reference speed figures use "
+        "it) but log p(x) then differs slightly from `split`'s full-precision scores near the threshold. No effect "
+        "on CPU.", switch="no-tf32")

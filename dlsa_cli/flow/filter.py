@@ -236,7 +236,7 @@ class FlowFilter:
         if "reference.means" in tensors:
             reference = _load_flow(meta, cfg, tensors, "reference.", path).to(_device(device)).eval()
         elif routing == "ratio":
-            raise ModelMismatchError("filter routes by 'ratio' but holds no reference flow", path=path, hint="re-create it with `dlsa fit-filter --routing ratio`")
+            raise ModelMismatchError("filter routes by 'ratio' but holds no reference flow", path=path, hint="re-create it with FilterConfig.routing ratio")
         neighbours = _load_neighbours(tensors, cfg, routing, int(meta["dim"]), path)
         return cls(
             flow,
@@ -263,12 +263,12 @@ def _load_neighbours(tensors: dict[str, torch.Tensor], cfg: FilterConfig, routin
     if "neighbours.latents" not in tensors:
         if routing == "knn-tail":
             raise ModelMismatchError("filter routes by 'knn-tail' but holds no training latents", path=path,
-                                     hint="re-create it with `dlsa fit-filter --routing knn-tail`")
+                                     hint="re-create it with FilterConfig.routing knn-tail")
         return None
     z, tail = tensors["neighbours.latents"], tensors.get("neighbours.tail")
     if z.ndim != 2 or z.shape[1] != dim or tail is None or tuple(tail.shape) != (z.shape[0],):
         raise ModelMismatchError("filter's training latents do not fit its settings", path=path,
-                                 hint="re-create it with `dlsa fit-filter --routing knn-tail`")
+                                 hint="re-create it with FilterConfig.routing knn-tail")
     return NeighbourBank(z.to(torch.float16), tail.bool(), cfg.neighbours)
 
 

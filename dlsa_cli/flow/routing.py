@@ -62,7 +62,7 @@ __all__ = [
 def check_routing(name: str) -> None:
     """Raise a one-line error for an unknown routing score."""
     if name not in ROUTINGS:
-        raise DlsaError(f"--routing {name}: unknown routing score", hint=f"use one of {', '.join(ROUTINGS)}")
+        raise DlsaError(f"FilterConfig.routing {name}: unknown routing score", hint=f"use one of {', '.join(ROUTINGS)}")
 
 
 def cluster_tail_share(cluster_counts: torch.Tensor | np.ndarray, train_counts: np.ndarray) -> np.ndarray:

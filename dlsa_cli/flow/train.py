@@ -25,7 +25,8 @@ import torch
 from dlsa_cli.errors import InputError, NonFiniteError, TrainingError
 from dlsa_cli.evaluation.metrics import tail_classes
 from dlsa_cli.flow.clusters import cluster_stats, cluster_table
-from dlsa_cli.flow.config import VAL_SELECTS, FilterConfig, _check_config, check_select, flag_of
+from dlsa_cli.flow.config import VAL_SELECTS, FilterConfig, check_select
+from dlsa_cli.settings import setting_token
 from dlsa_cli import ddp
 from dlsa_cli.flow.filter import FilterScores, FlowFilter, _device
 from dlsa_cli.flow.losses import BalanceLoss, PairSampler, class_weights, mle_loss, purity_loss
@@ -148,7 +149,7 @@ def fit_filter(
     if not isinstance(train, FeatureSet):
         train = FeatureSet(np.asarray(train), None if labels is None else np.asarray(labels, dtype=np.int64))
     cfg = replace(config or FilterConfig(), **options)
-    _check_config(cfg)
+    cfg.check()
     check_select(cfg, val is not None)
     warn = on_warning or (lambda _msg: None)
     dev = _device(device)
@@ -217,7 +218,7 @@ def _prepare(
         raise InputError(
             f"has {n} training samples, fewer than the batch size {cfg.batch_size}",
             path=path,
-            hint=f"pass a smaller {flag_of('batch_size')}, e.g. {max(2, 2 ** int(math.log2(max(n // 2, 2))))}",
+            hint=f"pass a smaller {setting_token(cfg, 'batch_size')}, e.g. {max(2, 2 ** int(math.log2(max(n // 2, 2))))}",
         )
     x = torch.as_tensor(train.features).to(dev, torch.float32)  # (N, D)
     y = torch.as_tensor(y_np).to(dev)  # (N,)
@@ -412,8 +413,8 @@ def _finish(st: TrainState, data: _Data, cfg: FilterConfig, dev: torch.device, w
     if cfg.select == "good-clusters" and not st.best_key[0]:
         warn(
             f"no epoch kept its largest cluster under {cfg.max_cluster_share:g} of the samples; "
-            f"kept epoch {st.best_epoch} (most good clusters); consider a larger {flag_of('max_cluster_share')} "
-            f"or more {flag_of('clusters')}"
+            f"kept epoch {st.best_epoch} (most good clusters); consider a larger {setting_token(FilterConfig, 'max_cluster_share')} "
+            f"or more {setting_token(FilterConfig, 'clusters')}"
         )
     if st.best_state is not None:
         st.flow.load_state_dict(st.best_state)
@@ -469,5 +470,5 @@ def _scores(filt: FlowFilter, x: torch.Tensor, batch_size: int) -> FilterScores:
 def _diverged(epoch: int, lr: float) -> TrainingError:
     return TrainingError(
         f"training diverged: the loss became NaN or infinite in epoch {epoch}",
-        hint=f"try a lower {flag_of('lr')} than {lr:g}, e.g. {lr / 4:g}",
+        hint=f"try a lower {setting_token(FilterConfig, 'lr')} than {lr:g}, e.g. {lr / 4:g}",
     )

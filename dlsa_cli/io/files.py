@@ -400,8 +400,11 @@ def provenance(
     options: Mapping[str, Any] | None = None,
     inputs: Sequence[str | Path] = (),
     seed: int | None = None,
+    *,
+    settings: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """What produced a file: command, options, input hashes, versions, seed, time."""
+    """What produced a file: command, options, input hashes, versions, seed, time; `settings`: the
+    config-file tables that repeat the run (`dlsa inspect FILE --config` prints them)."""
     import torch
 
     from dlsa_cli.distributed import current
@@ -410,6 +413,7 @@ def provenance(
         "command": command,
         "world_size": current().world_size,  # processes that made the file (torchrun), 1 alone
         "options": {k: _plain(v) for k, v in (options or {}).items()},
+        **({} if settings is None else {"settings": {k: dict(t) for k, t in settings.items()}}),
         "inputs": [{"path": str(p), "sha256": file_sha256(p)} for p in inputs if Path(p).is_file()],
         "seed": seed,
         "dlsa_cli": __version__,

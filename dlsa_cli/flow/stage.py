@@ -1,0 +1,101 @@
+"""The fit-filter stage as one function: exactly the file `dlsa fit-filter` writes.
+
+`fit_filter_file` checks the output, fits (resuming from the checkpoint beside the
+output when asked), records the settings and provenance, and writes the filter on
+rank 0; `dlsa fit-filter` and `fit_cascade` both call it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dlsa_cli.errors import DlsaError
+from dlsa_cli.flow.config import FilterConfig, FilterRun, check_select
+from dlsa_cli.flow.filter import FlowFilter
+from dlsa_cli.settings import to_table
+
+__all__ = ["filter_settings", "fit_filter_file"]
+
+Callback = Callable[..., None]
+
+
+def filter_settings(config: FilterConfig, run: FilterRun) -> dict[str, Any]:
+    """The config-file tables that repeat a fit-filter run (recorded as provenance's `settings`)."""
+    return {"": {**to_table(config), **to_table(run)}}
+
+
+def fit_filter_file(
+    train: str | Path,
+    out: str | Path,
+    config: FilterConfig,
+    run: FilterRun | None = None,
+    *,
+    val: str | Path | None = None,
+    device: Any = "cpu",
+    resume: bool = False,
+    checkpoint_every: int = 1,
+    preset: str | None = None,
+    command: str = "fit-filter",
+    on_step: Callback | None = None,
+    on_epoch: Callback | None = None,
+    on_warning: Callable[[str], None] | None = None,
+) -> FlowFilter:
+    """Fit a flow filter on TRAIN (and VAL for the val-* rules) and write it to OUT on rank 0.
+
+    The resume checkpoint `OUT.resume` is written every `checkpoint_every` epochs (0: none)
+    and removed once the filter is written; a refused or diverged run removes a
+    checkpoint it made, an interrupted one keeps it.
+    """
+    from dlsa_cli import distributed as dist
+    from dlsa_cli.flow.checkpoint import checkpoint_path
+    from dlsa_cli.flow.train import fit_filter
+    from dlsa_cli.io.features import read_features
+    from dlsa_cli.io.files import check_output_file, provenance
+
+    run = run or FilterRun()
+    warn = on_warning or (lambda _m: None)
+    inputs = [Path(train), *([Path(val)] if val is not None else [])]
+    out_p = check_output_file(out, suffixes=(".safetensors",), inputs=inputs)
+    config.check()
+    check_select(config, val is not None)  # a val-* rule without validation samples: one line, before any work
+    if checkpoint_every < 0:
+        raise DlsaError(f"--checkpoint-every {checkpoint_every}: must be >= 0 (0 writes no checkpoint)")
+    ckpt = checkpoint_path(out_p)
+    had_ckpt = ckpt.exists()
+    if had_ckpt and not resume:
+        warn(f"{ckpt} holds an interrupted run; starting over (pass --resume to continue it)")
+    dev = _device(device, run.tf32)
+    fs = read_features(train, require_labels=True, mmap=True)  # a mapped matrix: no copy of a big file
+    val_fs = None if val is None else read_features(val, require_labels=True, mmap=True)
+    try:
+        filt = fit_filter(fs, config=config, depth=run.depth, device=dev, allow_singletons=run.allow_singletons,
+                          on_step=on_step, on_epoch=on_epoch, on_warning=warn,
+                          checkpoint=ckpt if checkpoint_every > 0 else None, resume=resume,
+                          checkpoint_every=checkpoint_every, val=val_fs)
+    except DlsaError:  # a refusal or a diverged run leaves nothing behind (an interrupted one keeps its checkpoint)
+        if not had_ckpt:
+            ckpt.unlink(missing_ok=True)
+        raise
+    tf32 = run.tf32 and dev.type == "cuda"
+    options = {"preset": preset, **config.to_dict(), "depth": filt.depth, "device": str(dev), "tf32": tf32}
+    recorded = FilterRun(depth=filt.depth, allow_singletons=run.allow_singletons, tf32=run.tf32)
+    prov = provenance(command, options, inputs, config.seed, settings=filter_settings(config, recorded))
+    prov["resumed_from"] = filt.resumed_from  # the epoch this run continued after, or None
+    if dist.is_main():  # every rank holds the same filter; rank 0 writes it
+        filt.save(out_p, prov=prov)
+        ckpt.unlink(missing_ok=True)
+    dist.barrier()
+    return filt
+
+
+def _device(device: Any, tf32: bool) -> Any:
+    from dlsa_cli.device import resolve_device
+
+    dev = resolve_device(device) if isinstance(device, str) else device
+    if dev.type == "cuda":
+        import torch
+
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    return dev
