@@ -279,7 +279,7 @@ def test_write_features_keeps_string_ids_past_the_header_limit_in_tensors(tmp_pa
     fs = FeatureSet(np.arange(60, dtype=np.float32).reshape(30, 2), np.arange(30) % 3, ids)
     write_features(tmp_path / "small.safetensors", fs)
     assert IDS_OFFSETS_KEY not in read_safetensors_header(tmp_path / "small.safetensors")[0]
-    monkeypatch.setattr("dlsa_cli.io.stream.IDS_IN_HEADER_MAX", 50)
+    monkeypatch.setattr("dlsa_cli.io.formats.safetensors.IDS_IN_HEADER_MAX", 50)
     write_features(tmp_path / "big.safetensors", fs)
     header, _, meta, _ = read_safetensors_header(tmp_path / "big.safetensors")
     assert IDS_OFFSETS_KEY in header and IDS_BYTES_KEY in header and "ids" not in meta
