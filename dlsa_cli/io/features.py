@@ -34,6 +34,7 @@ from dlsa_cli.io.formats import SUFFIXES, find_format, open_feature_file, writer
 from dlsa_cli.io.formats.base import (
     FeatureInfo,
     FeatureSet,
+    MapMode,
     RowBatch,
     check_ids,
     check_labels,
@@ -162,7 +163,7 @@ def iter_feature_batches(
         yield b.start, b.features, b.labels
 
 
-def memmap_features(path: str | Path, mode: str = "r") -> np.ndarray | None:
+def memmap_features(path: str | Path, mode: MapMode = "r") -> np.ndarray | None:
     """The (N, D) float16/float32 matrix of a safetensors or .npy file, memory-mapped; None otherwise.
 
     mode "r": read-only; "c": copy-on-write (writable in memory, the file never changes), which torch

@@ -204,7 +204,7 @@ def sweep_stale(parent: Path, name: str, *, now: float | None = None) -> list[Pa
 
     now = time.time() if now is None else now
     pat = re.compile(re.escape(f".{name}.") + r"(?:(\d+)-|split-)?[a-z0-9_]{8}\.(?:tmp|old)")
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(parent.iterdir())
     except OSError:

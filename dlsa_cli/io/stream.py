@@ -94,7 +94,7 @@ class SafetensorsSink:
         if tuple(a.shape[1:]) != tuple(shape[1:]) or start < 0 or start + a.shape[0] > shape[0]:
             raise ValueError(f"{name}: rows {start}..{start + a.shape[0]} of shape {a.shape} do not fit {shape}")
         row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
-        buf = memoryview(a.reshape(-1).view(np.uint8))
+        buf = a.reshape(-1).view(np.uint8).data  # a memoryview of the bytes
         pos = offset + start * row_bytes
         while buf.nbytes:  # pwrite may write less than asked
             done = os.pwrite(self._fd, buf, pos)
@@ -185,6 +185,8 @@ class FeatureSink:
         if self._ids == "int":
             self._sink.write("ids", a, np.asarray(ids, dtype=np.int64))
         elif self._ids == "str":
+            if ids is None:
+                raise ValueError("FeatureSink: this file stores string ids; pass each batch's ids")
             off, data = encode_ids(ids)
             self._sink.write(IDS_OFFSETS_KEY, a + 1, off[1:] + self._id_pos)
             self._sink.write(IDS_BYTES_KEY, self._id_pos, data)

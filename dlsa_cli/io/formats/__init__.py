@@ -39,7 +39,7 @@ class Format(Protocol):
     NAME: str
     SUFFIXES: tuple[str, ...]
     write: Callable[..., None] | None
-    memmap: Callable[[Path, str], np.ndarray | None] | None
+    memmap: Callable[..., np.ndarray | None] | None
 
     def info(self, p: Path) -> FeatureInfo: ...
 
@@ -50,7 +50,7 @@ class Format(Protocol):
     def labels(self, p: Path) -> tuple[Any, Any]: ...
 
 
-FORMATS: dict[str, Format] = {m.NAME: m for m in (safetensors, parquet, npz, npy, pt, h5)}  # type: ignore[misc]
+FORMATS: dict[str, Format] = {m.NAME: m for m in (safetensors, parquet, npz, npy, pt, h5)}
 _BY_SUFFIX: dict[str, Format] = {sfx: m for m in FORMATS.values() for sfx in m.SUFFIXES}
 SUFFIXES: tuple[str, ...] = tuple(_BY_SUFFIX)
 

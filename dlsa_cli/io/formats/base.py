@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -25,6 +25,7 @@ __all__ = [
     "FEATURE_KEYS",
     "ID_KEYS",
     "LABEL_KEYS",
+    "MapMode",
     "TABLE_ID_KEYS",
     "FeatureInfo",
     "FeatureSet",
@@ -42,6 +43,8 @@ FEATURE_KEYS = ("features", "feature", "feats", "F", "X", "x")
 LABEL_KEYS = ("labels", "label", "y", "targets")
 ID_KEYS = ("ids", "id", "files", "paths")
 TABLE_ID_KEYS = ("id", "ids")  # a Parquet table's id column
+
+MapMode = Literal["r", "c"]  # a memory map read-only, or copy-on-write (writable in memory, never the file)
 
 
 def pick(keys: Collection[str], names: tuple[str, ...]) -> str | None:

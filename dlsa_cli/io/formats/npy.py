@@ -14,6 +14,7 @@ from dlsa_cli.errors import InputError
 from dlsa_cli.io.formats.base import (
     FeatureInfo,
     FeatureSet,
+    MapMode,
     RowBatch,
     check_matrix_shape,
     ranges,
@@ -26,11 +27,15 @@ SUFFIXES = (".npy",)
 write = None  # feature files are written as safetensors
 
 
-def _open(p: Path, mode: str = "r") -> np.ndarray:
+def _open(p: Path, mode: MapMode = "r") -> np.ndarray:
     try:
-        return np.load(p, allow_pickle=False, mmap_mode=mode)
+        x = np.load(p, allow_pickle=False, mmap_mode=mode)
     except Exception as e:
         raise InputError(f"not a readable .npy matrix ({e})", path=p) from None
+    if not isinstance(x, np.ndarray):  # np.load opens an .npz archive whatever its name
+        x.close()
+        raise InputError("not a .npy matrix: it is a zip archive, as .npz and .pt files are", path=p, hint="name it by its format")
+    return x
 
 
 def info(p: Path) -> FeatureInfo:
@@ -57,7 +62,7 @@ def labels(p: Path) -> tuple[None, None]:
     return None, None
 
 
-def memmap(p: Path, mode: str = "r") -> np.ndarray | None:
+def memmap(p: Path, mode: MapMode = "r") -> np.ndarray | None:
     """The (N, D) float16/float32 matrix mapped; None for other shapes and dtypes."""
     x = np.load(p, allow_pickle=False, mmap_mode=mode)
     return x if x.ndim == 2 and x.dtype in (np.float16, np.float32) else None

@@ -30,6 +30,7 @@ from dlsa_cli.io.formats.base import (
     LABEL_KEYS,
     FeatureInfo,
     FeatureSet,
+    MapMode,
     RowBatch,
     check_matrix_shape,
     pick,
@@ -101,8 +102,11 @@ def read(p: Path, *, mmap: bool = False) -> FeatureSet:
         ids = np.asarray(meta.pop("ids"), dtype=str)
     else:
         meta.pop("ids", None)
-    x = mapped if mapped is not None else tensors[fkey]
-    x = x.float().numpy() if str(x.dtype) == "torch.bfloat16" else np.asarray(x)
+    if mapped is not None:
+        x = mapped
+    else:
+        t = tensors[fkey]
+        x = t.float().numpy() if str(t.dtype) == "torch.bfloat16" else np.asarray(t)
     return FeatureSet(x, tensors[lkey].numpy() if lkey else None, ids, {"provenance": prov, **meta}, p)
 
 
@@ -110,8 +114,8 @@ def rows(p: Path, batch_size: int, start: int, stop: int) -> Iterator[RowBatch]:
     """Rows start..stop as slices (`safe_open().get_slice`): memory grows with the batch."""
     from safetensors import safe_open
 
-    header, _, meta, _ = read_safetensors_header(p)
-    fkey, lkey = pick(header, FEATURE_KEYS), pick(header, LABEL_KEYS)
+    header, kind, meta, _ = read_safetensors_header(p)
+    fkey, lkey = _features_key(p, header, kind), pick(header, LABEL_KEYS)
     bf16 = header[fkey][0] == "BF16"  # numpy has no bfloat16: only then go through torch
     with safe_open(str(p), framework="pt" if bf16 else "numpy") as f:
         xs, ys = f.get_slice(fkey), (f.get_slice(lkey) if lkey else None)
@@ -163,7 +167,7 @@ def write(
     write_safetensors(path, tensors, kind="features", meta=all_meta, prov=prov)
 
 
-def memmap(p: Path, mode: str = "r") -> np.ndarray | None:
+def memmap(p: Path, mode: MapMode = "r") -> np.ndarray | None:
     """The (N, D) float16/float32 matrix mapped ("r" read-only, "c" copy-on-write); None for other dtypes."""
     with open(p, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
@@ -172,7 +176,7 @@ def memmap(p: Path, mode: str = "r") -> np.ndarray | None:
     if fkey is None or head[fkey]["dtype"] not in ("F16", "F32") or len(head[fkey]["shape"]) != 2 or 0 in head[fkey]["shape"]:
         return None
     begin, _ = head[fkey]["data_offsets"]
-    dtype = np.float16 if head[fkey]["dtype"] == "F16" else np.float32
+    dtype = np.dtype("float16" if head[fkey]["dtype"] == "F16" else "float32")
     return np.memmap(p, dtype=dtype, mode=mode, offset=8 + n + begin, shape=tuple(head[fkey]["shape"]))
 
 
