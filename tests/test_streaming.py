@@ -142,6 +142,37 @@ def test_table_failure_leaves_nothing(tmp_path):
     assert not out.exists() and not _leftovers(tmp_path, out.name)
 
 
+def test_streamed_writers_refuse_nan_metadata_as_every_writer_does(tmp_path):
+    """One metadata encoder: a NaN in settings or a report is refused (strict JSON), never written bare."""
+    from dlsa_cli.errors import DlsaError
+
+    out = tmp_path / "n.safetensors"
+    with pytest.raises(DlsaError, match="report.loss is NaN"):
+        with stream_safetensors(out, {"features": (np.float32, (2, 2))}, kind="features", meta={"report": {"loss": float("nan")}}):
+            pass
+    table = tmp_path / "n.parquet"
+    with pytest.raises(DlsaError, match="separation is NaN"):
+        with stream_table(table, kind="split") as sink:
+            sink.write({"id": np.arange(3)})
+            sink.meta["separation"] = float("nan")  # completed late, as split's report is
+    assert not out.exists() and not table.exists()
+    assert not _leftovers(tmp_path, out.name) and not _leftovers(tmp_path, table.name)
+
+
+def test_table_parts_are_staged_as_every_output_is(tmp_path):
+    """The parts folder is a staging entry beside the target: a killed writer's is swept by the next write there."""
+    out = tmp_path / "t.parquet"
+    dead = tmp_path / f".{out.name}.999999999-abcdefgh.tmp"  # no such pid
+    (dead / "x").mkdir(parents=True)
+    seen = []
+    with stream_table(out, kind="split") as sink:
+        sink.write({"id": np.arange(4)})
+        seen = _leftovers(tmp_path, out.name)
+    assert not dead.exists()
+    assert len(seen) == 1 and seen[0].name.startswith(f".{out.name}.") and seen[0].name.endswith(".tmp")
+    assert not _leftovers(tmp_path, out.name)
+
+
 def _write(fmt, p, x, y, ids):
     if fmt in ("safetensors", "safetensors-int"):
         write_features(p, FeatureSet(x, y, ids if fmt == "safetensors" else np.arange(N) + 500))
@@ -279,7 +310,7 @@ def test_write_features_keeps_string_ids_past_the_header_limit_in_tensors(tmp_pa
     fs = FeatureSet(np.arange(60, dtype=np.float32).reshape(30, 2), np.arange(30) % 3, ids)
     write_features(tmp_path / "small.safetensors", fs)
     assert IDS_OFFSETS_KEY not in read_safetensors_header(tmp_path / "small.safetensors")[0]
-    monkeypatch.setattr("dlsa_cli.io.stream.IDS_IN_HEADER_MAX", 50)
+    monkeypatch.setattr("dlsa_cli.io.formats.safetensors.IDS_IN_HEADER_MAX", 50)
     write_features(tmp_path / "big.safetensors", fs)
     header, _, meta, _ = read_safetensors_header(tmp_path / "big.safetensors")
     assert IDS_OFFSETS_KEY in header and IDS_BYTES_KEY in header and "ids" not in meta

@@ -6,7 +6,7 @@
 - `clusters`: the (cluster, class) table and cluster statistics;
 - `filter`: a trained filter (scoring, routing, its file);
 - `train`: `fit_filter`;
-- `split`: `split` and `split_features`, the routed and rest files;
+- `split`: `split`, the routed and rest files;
 - `summary`: `dlsa inspect` of filters and split tables.
 """
 
@@ -19,7 +19,7 @@ __all__, __getattr__ = lazy_exports(__name__, {
     "filter": ("FilterScores", "FlowFilter"),
     "losses": ("BalanceLoss", "PairSampler", "class_weights", "mle_loss", "purity_loss"),
     "model": ("MixtureFlow",),
-    "split": ("SplitResult", "split", "split_features", "split_report"),
+    "split": ("split", "split_report"),
     "summary": ("split_summary", "summary"),
     "train": ("fit_filter",),
 })

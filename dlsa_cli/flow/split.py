@@ -6,7 +6,6 @@ import contextlib
 import os
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,26 +21,16 @@ from dlsa_cli.evaluation.metrics import (
     tail_classes,
 )
 from dlsa_cli.flow.filter import FilterScores, FlowFilter
-from dlsa_cli.io.features import FeatureSet, feature_info
+from dlsa_cli.io.features import feature_info
 from dlsa_cli.io.files import (
     check_output_dir,
     file_sha256,
     staging_dir,
     write_json,
 )
+from dlsa_cli.io.formats import strip_suffix
 
 # ----------------------------------------------------------------------------- split
-
-
-@dataclass
-class SplitResult:
-    """One feature file scored and divided by a filter."""
-
-    scores: FilterScores
-    ids: np.ndarray  # (N,) the file's ids, or the row index
-    routed: FeatureSet
-    rest: FeatureSet
-    report: dict[str, Any] = field(default_factory=dict)
 
 
 def split_report(
@@ -95,33 +84,6 @@ def split_report(
     return rep
 
 
-def split_features(
-    filt: FlowFilter,
-    fs: FeatureSet,
-    *,
-    batch_size: int = 4096,
-    device: str | torch.device | None = None,
-    latent: bool = False,
-    allow_nonfinite: bool = False,
-) -> SplitResult:
-    """Score a FeatureSet and divide it into routed and rest FeatureSets.
-
-    A NaN or infinite log p(x) stops it (NonFiniteError naming the rows) unless
-    `allow_nonfinite`: then such rows go to the rest and the report counts them.
-    """
-    filt.check_dim(fs.dim, fs.path)
-    if fs.labels is not None and fs.labels.size and fs.labels.max() >= filt.num_classes:
-        raise InputError(
-            f"label {int(fs.labels.max())} is out of range for the filter's {filt.num_classes} classes", path=fs.path
-        )
-    sc = filt.score(fs.features, batch_size=batch_size, device=device, latent=latent, allow_nonfinite=allow_nonfinite)
-    ids = fs.ids if fs.ids is not None else np.arange(fs.n, dtype=np.int64)
-    base = FeatureSet(fs.features, fs.labels, ids, {}, fs.path)
-    routed_idx = np.flatnonzero(sc.routed)
-    rest_idx = np.flatnonzero(~sc.routed)
-    return SplitResult(sc, ids, base.subset(routed_idx), base.subset(rest_idx), split_report(filt, fs.labels, sc))
-
-
 def _part_meta(filt: FlowFilter, fs: Any, part: str, filter_sha: str | None) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "num_classes": filt.num_classes,
@@ -172,7 +134,7 @@ def split(
     if batch_size < 1:
         raise InputError(f"--batch-size {batch_size}: must be at least 1")
     out = Path(out_dir)
-    names = [_stem(Path(p)) for p in inputs]
+    names = [strip_suffix(Path(p).name) for p in inputs]
     if len(set(names)) != len(names):
         dup = next(nm for nm in names if names.count(nm) > 1)
         raise InputError(f"two inputs share the name '{dup}'; their outputs would collide", hint="rename one of them")
@@ -256,13 +218,3 @@ def _publish(stage: Path, out: Path, previous: Sequence[str]) -> None:
                 (out / name).unlink()
     for f in sorted(stage.iterdir()):
         os.replace(f, out / f.name)
-
-
-def _stem(p: Path) -> str:
-    name = p.name
-    for ext in (".safetensors", ".parquet", ".npz", ".npy", ".pth", ".pt", ".hdf5", ".h5"):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return p.stem
-
-

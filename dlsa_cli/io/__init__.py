@@ -1,1 +1,3 @@
-"""Files: the one writer and reader of every dlsa file (`files`), and feature files in every format (`features`)."""
+"""Files: the one writer and reader of every dlsa file (`files`: staging, metadata, checks), the registry of
+feature formats with a module per format (`formats`), feature files read and written through it (`features`),
+and outputs written batch by batch (`stream`)."""

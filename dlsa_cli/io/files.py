@@ -28,8 +28,8 @@ import os
 import platform
 import re
 import sys
-import time
 import tempfile
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,25 +42,30 @@ from dlsa_cli import __version__
 from dlsa_cli.errors import DlsaError, InputError, OutputError
 
 __all__ = [
-    "atomic_path",
+    "KIND_KEY",
+    "META_KEY",
+    "PROV_KEY",
+    "arrow_column",
     "atomic_dir",
-    "write_json",
+    "atomic_path",
+    "check_output_dir",
+    "check_output_file",
+    "encode_meta",
     "file_sha256",
+    "iter_table",
+    "protect_inputs",
     "provenance",
-    "write_safetensors",
     "read_safetensors",
     "read_safetensors_header",
-    "write_table",
     "read_table",
     "read_table_metadata",
-    "file_kind",
     "require_file",
-    "check_output_file",
-    "check_output_dir",
-    "protect_inputs",
-    "sweep_stale",
-    "strict_json",
     "staging_dir",
+    "strict_json",
+    "sweep_stale",
+    "write_json",
+    "write_safetensors",
+    "write_table",
 ]
 
 KIND_KEY = "dlsa_kind"
@@ -88,18 +93,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     OSError (disk full, file too large, no permission) becomes an OutputError.
     """
     target = Path(path)
-    parent = target.parent if str(target.parent) else Path(".")
-    if not parent.exists():
-        raise InputError("output folder does not exist", path=parent, hint="create it first")
     if target.is_dir():
         raise OutputError("is a folder; the output must be a file name", path=target, hint="pick a file name")
-    sweep_stale(parent, target.name)
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=_stage_prefix(target.name), suffix=".tmp", dir=parent)
-    except OSError as e:
-        raise _write_error(e, target) from None
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _stage(target, folder=False)
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp (and some writers) make 0600; use the usual mode
@@ -126,9 +122,8 @@ def atomic_dir(path: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
     import shutil
 
     target = Path(path)
-    parent = target.parent if str(target.parent) else Path(".")
-    if not parent.exists():
-        raise InputError("output folder's parent does not exist", path=parent, hint="create it first")
+    if not target.parent.is_dir():
+        raise InputError("output folder's parent does not exist", path=target.parent, hint="create it first")
     if target.exists() and not target.is_dir():
         raise InputError("output path exists and is not a folder", path=target)
     if target.exists() and not overwrite:
@@ -137,7 +132,7 @@ def atomic_dir(path: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
     try:
         yield tmp
         if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=_stage_prefix(target.name), suffix=".old", dir=parent))
+            old = _stage(target, folder=True, suffix=".old")
             os.replace(target, old / "prev")
             os.replace(tmp, target)
             shutil.rmtree(old, ignore_errors=True)
@@ -150,16 +145,33 @@ def atomic_dir(path: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
         raise
 
 
-def staging_dir(target: Path) -> Path:
-    """A fresh staging folder beside `target` (usual permissions), named with this process's pid."""
-    parent = target.parent if str(target.parent) else Path(".")
+def staging_dir(target: str | Path) -> Path:
+    """A fresh staging folder beside `target` (usual permissions), named with this process's pid.
+
+    The caller moves it (or its files) into place when complete, or removes it.
+    """
+    return _stage(Path(target), folder=True)
+
+
+def _stage(target: Path, *, folder: bool, suffix: str = ".tmp") -> Path:
+    """The one staging mechanism: a fresh `.NAME.PID-XXXXXXXX.tmp` file or folder beside `target`.
+
+    Leftovers of killed writers beside `target` are swept first (`sweep_stale`).
+    """
+    parent = target.parent
+    if not parent.is_dir():
+        raise InputError("output folder does not exist", path=parent, hint="create it first")
     sweep_stale(parent, target.name)
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=_stage_prefix(target.name), suffix=".tmp", dir=parent))
+        if folder:
+            tmp = Path(tempfile.mkdtemp(prefix=_stage_prefix(target.name), suffix=suffix, dir=parent))
+            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the folder may become `target` itself
+            return tmp
+        fd, name = tempfile.mkstemp(prefix=_stage_prefix(target.name), suffix=suffix, dir=parent)
+        os.close(fd)
+        return Path(name)
     except OSError as e:
         raise _write_error(e, target) from None
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the folder may become `target` itself
-    return tmp
 
 
 # ----------------------------------------------------------------------------- stale staging
@@ -192,7 +204,7 @@ def sweep_stale(parent: Path, name: str, *, now: float | None = None) -> list[Pa
 
     now = time.time() if now is None else now
     pat = re.compile(re.escape(f".{name}.") + r"(?:(\d+)-|split-)?[a-z0-9_]{8}\.(?:tmp|old)")
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(parent.iterdir())
     except OSError:
@@ -295,7 +307,7 @@ def check_output_file(
             f"{flag} {p}: this output is written as {' or '.join(suffixes)}, so its name must end so",
             hint=f"e.g. {flag} {p.with_suffix(suffixes[0]).name}",
         )
-    _check_writable_folder(p.parent if str(p.parent) else Path("."), flag, p)
+    _check_writable_folder(p.parent, flag, p)
     protect_inputs([p], inputs, flag=flag)
     return p
 
@@ -312,7 +324,7 @@ def check_output_dir(
     if p.exists():
         _check_writable_folder(p, flag, p)
     else:
-        _check_writable_folder(p.parent if str(p.parent) else Path("."), flag, p)
+        _check_writable_folder(p.parent, flag, p)
     protect_inputs([p] if whole else [p / w for w in writes], inputs, flag=flag)
     return p
 
@@ -438,11 +450,15 @@ def _plain(v: Any) -> Any:
     return str(v)
 
 
-def _encode_meta(kind: str, meta: Mapping[str, Any] | None, prov: Mapping[str, Any] | None) -> dict[str, str]:
-    out = {KIND_KEY: kind}
-    out[META_KEY] = strict_json(meta or {})
-    out[PROV_KEY] = strict_json(prov or {})
-    return out
+def encode_meta(
+    kind: str, meta: Mapping[str, Any] | None, prov: Mapping[str, Any] | None, *, where: str | Path | None = None
+) -> dict[str, str]:
+    """The three metadata entries of every written safetensors or Parquet file, as strict JSON strings.
+
+    The one metadata encoder: every writer (whole or streamed) calls it, so NaN
+    or infinity in settings or reports is refused the same way everywhere.
+    """
+    return {KIND_KEY: kind, META_KEY: strict_json(dict(meta or {}), where=where), PROV_KEY: strict_json(dict(prov or {}), where=where)}
 
 
 def _decode_meta(raw: Mapping[str, str] | None) -> tuple[str | None, dict[str, Any], dict[str, Any]]:
@@ -470,7 +486,7 @@ def write_safetensors(
         if isinstance(t, np.ndarray):
             t = torch.from_numpy(np.ascontiguousarray(t))
         flat[name] = t.detach().cpu().contiguous()
-    metadata = _encode_meta(kind, meta, prov)
+    metadata = encode_meta(kind, meta, prov, where=path)
     with atomic_path(path) as tmp:
         try:
             save_file(flat, str(tmp), metadata=metadata)
@@ -532,14 +548,15 @@ def write_table(
     prov: Mapping[str, Any] | None = None,
 ) -> None:
     """Write a per-sample table to Parquet atomically, with metadata."""
-    table = columns if isinstance(columns, pa.Table) else pa.table({k: _column(v) for k, v in columns.items()})
-    enc = {k.encode(): v.encode() for k, v in _encode_meta(kind, meta, prov).items()}
+    table = columns if isinstance(columns, pa.Table) else pa.table({k: arrow_column(v) for k, v in columns.items()})
+    enc = {k.encode(): v.encode() for k, v in encode_meta(kind, meta, prov, where=path).items()}
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **enc})
     with atomic_path(path) as tmp:
         pq.write_table(table, str(tmp))
 
 
-def _column(v: Any) -> Any:
+def arrow_column(v: Any) -> Any:
+    """A column for `pa.table`: a torch tensor as numpy, an (N, K) matrix as a fixed-size list column."""
     try:
         import torch
 
@@ -601,13 +618,3 @@ def iter_table(path: str | Path, columns: Sequence[str], batch_size: int) -> Ite
             raise InputError(f"not a readable Parquet file ({e})", path=p) from None
         yield batch
 
-
-def file_kind(path: str | Path) -> str | None:
-    """The `dlsa_kind` recorded in a safetensors or Parquet file, or None."""
-    p = require_file(path)
-    suffix = p.suffix.lower()
-    if suffix == ".safetensors":
-        return read_safetensors_header(p)[1]
-    if suffix == ".parquet":
-        return read_table_metadata(p)[2]
-    return None
