@@ -196,7 +196,7 @@ def test_without_validation_each_classifier_carves_its_own(digits, tmp_path):
     "extra, needle",
     [
         (["--depth", "0"], "--depth 0"),
-        (["--preset", "cifar"], "--preset cifar"),
+        (["--preset", "cifar"], "--filter-preset cifar"),  # the alias --preset is named by its rule name
         (["--loss", "hinge"], "--loss hinge"),
         (["--filter-select", "best"], "--filter-select best"),
         (["--filter-epochs", "0"], "--filter-epochs 0"),

@@ -90,6 +90,8 @@ def flag_map(sections: tuple[Section, ...]) -> dict[str, str]:
         for d in declared(s.cls):
             if d.name not in s.skip:
                 out[f"{token}.{d.name}"] = s.flag(d.name, d.spec.flag)
+        for key in s.extra:
+            out[f"{token}.{key}"] = "--" + s.prefix + key
     return out
 
 

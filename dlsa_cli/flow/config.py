@@ -112,7 +112,7 @@ def preset_settings(preset: str | None) -> dict[str, Any]:
     if preset is None:
         return {}
     if preset not in PRESETS:
-        raise DlsaError(f"preset {preset}: unknown preset", hint=f"use one of {', '.join(PRESETS)}")
+        raise DlsaError(f"FilterConfig.preset {preset}: unknown preset", hint=f"use one of {', '.join(PRESETS)}")
     return dict(PRESETS[preset])
 
 
