@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from dlsa_cli import distributed as dist
+from dlsa_cli.runtime import distributed as dist
 from dlsa_cli.extract import Backbone, ImageList, extract_features
 from dlsa_cli.io.features import FeatureSet
 

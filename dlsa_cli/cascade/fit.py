@@ -160,7 +160,7 @@ def fit_cascade(
     `resume=True` reuses the stages `progress.json` records as finished (the
     settings, inputs and given filters must be the same).
     """
-    from dlsa_cli.device import resolve_device
+    from dlsa_cli.runtime.device import resolve_device
 
     plan = plan or CascadePlan()
     plan.check()
@@ -191,7 +191,7 @@ def _quiet(_msg: str) -> None:
 
 def _on_main(write: Callable[[], Any]) -> None:
     """Under torchrun rank 0 alone writes, and every rank goes on once it has (its error is every rank's); alone: write."""
-    from dlsa_cli import distributed as dist
+    from dlsa_cli.runtime import distributed as dist
 
     dist.collective(lambda: write() if dist.is_main() else None)
 
@@ -446,7 +446,7 @@ def _fit_classifier(ctx: _Ctx, name: str, train: Path, val: Path | None, cfg: Tr
                     filter_path: Path | None = None, weigh: bool) -> dict[str, Any]:
     """`dlsa fit-classifier TRAIN [--val VAL] [--val-weights-from WHOLE_VAL] ...` into RUNDIR/NAME.safetensors."""
     from dlsa_cli.classify import fit_classifier
-    from dlsa_cli.device import seed_everything
+    from dlsa_cli.runtime.device import seed_everything
     from dlsa_cli.flow import FlowFilter
     from dlsa_cli.io.features import num_classes, read_features, read_labels
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dlsa_cli import distributed as dist
+from dlsa_cli.runtime import distributed as dist
 from dlsa_cli.cascade.model import Cascade
 from dlsa_cli.cascade.predict import predict, prediction_columns
 from dlsa_cli.classify.model import Classifier

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dlsa_cli import ddp
-from dlsa_cli.distributed import current
+from dlsa_cli.runtime import ddp
+from dlsa_cli.runtime.distributed import current
 from dlsa_cli.classify.config import (
     LA_GRID,
     RIDE_GRID,

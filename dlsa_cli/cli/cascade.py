@@ -98,7 +98,7 @@ def fit_cascade_cmd(
     Example: [bold]dlsa fit-cascade train.safetensors --val val.safetensors -o run/ --depth 2 --clusters 100 --filter-epochs 20[/]
     """
     from dlsa_cli.cascade import fit_cascade
-    from dlsa_cli.distributed import setup
+    from dlsa_cli.runtime.distributed import setup
 
     opts = dict(locals())
     rep = Reporter(quiet)

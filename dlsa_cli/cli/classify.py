@@ -128,9 +128,9 @@ def fit_classifier_cmd(
 
 def _run_fit(cfg, paths: dict[str, Path | None], *, from_scratch: bool, device: str, rep: Reporter):
     """Read the inputs and fit; returns (classifier, report, seconds, device)."""
-    from dlsa_cli import distributed as dist
+    from dlsa_cli.runtime import distributed as dist
     from dlsa_cli.classify import fit_classifier
-    from dlsa_cli.device import seed_everything
+    from dlsa_cli.runtime.device import seed_everything
     from dlsa_cli.io.features import read_features
 
     _, dev = dist.setup(device)  # under torchrun: DDP over the ranks, one device each
@@ -155,7 +155,7 @@ def _run_fit(cfg, paths: dict[str, Path | None], *, from_scratch: bool, device: 
 
 
 def _save_classifier(clf, cfg, paths: dict[str, Path | None], out: Path, *, seconds: float, dev) -> None:
-    from dlsa_cli import distributed as dist
+    from dlsa_cli.runtime import distributed as dist
     from dlsa_cli.io.files import provenance
 
     inputs = [p for p in paths.values() if p is not None]
@@ -226,7 +226,7 @@ def predict_cmd(
     """
     from dlsa_cli.cascade import Cascade, load_model
     from dlsa_cli.cascade.predict_stream import predict_file
-    from dlsa_cli.distributed import setup
+    from dlsa_cli.runtime.distributed import setup
     from dlsa_cli.io.files import provenance
 
     from dlsa_cli.io.files import check_output_file

@@ -99,7 +99,7 @@ def extract_cmd(
     """
     import shutil
 
-    from dlsa_cli import distributed as dist
+    from dlsa_cli.runtime import distributed as dist
     from dlsa_cli import extract as ex
     from dlsa_cli.extract_shard import extract_sharded, write_extracted
     from dlsa_cli.io.files import provenance

@@ -81,7 +81,7 @@ def fit_filter_cmd(
 
     Example: [bold]dlsa fit-filter train.safetensors -o filter.safetensors --clusters 100 --epochs 20[/]
     """
-    from dlsa_cli import distributed as dist
+    from dlsa_cli.runtime import distributed as dist
     from dlsa_cli.flow import FilterConfig, fit_filter
     from dlsa_cli.flow.config import check_select
     from dlsa_cli.io.features import read_features
@@ -223,7 +223,7 @@ def split_cmd(
 
     Example: [bold]dlsa split filter.safetensors train.safetensors test.safetensors -o split1/[/]
     """
-    from dlsa_cli.distributed import setup
+    from dlsa_cli.runtime.distributed import setup
     from dlsa_cli.flow import FlowFilter, split
     from dlsa_cli.io.features import feature_info
     from dlsa_cli.io.files import provenance

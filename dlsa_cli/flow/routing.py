@@ -161,7 +161,7 @@ def set_routing(
 
 def _training_route_scores(filt: Any, x: np.ndarray | torch.Tensor) -> np.ndarray:
     """The routing score (N,) of every training row; under torchrun each rank scores its share (knn-tail's N x N search included)."""
-    from dlsa_cli import ddp
+    from dlsa_cli.runtime import ddp
 
     def part(a: int, e: int) -> tuple[torch.Tensor]:
         return (torch.from_numpy(filt.score(x[a:e], batch_size=filt.config.eval_batch_size).route_score),)

@@ -26,7 +26,7 @@ from dlsa_cli.errors import InputError, NonFiniteError, TrainingError
 from dlsa_cli.evaluation.metrics import tail_classes
 from dlsa_cli.flow.clusters import cluster_stats, cluster_table
 from dlsa_cli.flow.config import VAL_SELECTS, FilterConfig, _check_config, check_select, flag_of
-from dlsa_cli import ddp
+from dlsa_cli.runtime import ddp
 from dlsa_cli.flow.filter import FilterScores, FlowFilter, _device
 from dlsa_cli.flow.losses import BalanceLoss, PairSampler, class_weights, mle_loss, purity_loss
 from dlsa_cli.flow.model import MixtureFlow

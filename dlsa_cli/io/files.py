@@ -404,7 +404,7 @@ def provenance(
     """What produced a file: command, options, input hashes, versions, seed, time."""
     import torch
 
-    from dlsa_cli.distributed import current
+    from dlsa_cli.runtime.distributed import current
 
     return {
         "command": command,
