@@ -108,7 +108,7 @@ def write_extracted() -> dict:
     """Each rank's share of 101 rows (string ids in byte tensors, pieces of 3 rows) written by rank 0 into one file."""
     import numpy as np
 
-    import dlsa_cli.extract_shard as es
+    import dlsa_cli.extract.shard as es
     import dlsa_cli.io.stream as stream
     from dlsa_cli.runtime import distributed as d
     from dlsa_cli.io.features import FeatureSet
