@@ -8,7 +8,7 @@ import typer
 
 from dlsa_cli.cli.common import JsonOpt, command, emit_json, stdout
 from dlsa_cli.errors import InputError
-from dlsa_cli.inspection import render, summarize
+from dlsa_cli.inspect import render, summarize
 
 
 @command("inspect")
