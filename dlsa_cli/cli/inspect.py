@@ -30,7 +30,7 @@ def inspect_cmd(
     if plot is not None:
         from pathlib import Path
 
-        from dlsa_cli.flow.routing import plot_routing, separation_rows
+        from dlsa_cli.evaluation.figures import plot_routing, separation_rows
 
         drawn = plot_routing(file, plot)
         typer.echo(f"{drawn} -> {plot}", err=True)
