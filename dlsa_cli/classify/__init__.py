@@ -1,8 +1,8 @@
 """Classifiers on feature files (paper Sec. 3.4): heads, settings, inputs, training.
 
 - `config`: `TrainConfig` and the names each setting accepts;
-- `model`: linear, cosine, RIDE and cluster-aided heads, the `Classifier` and its file;
-- `data`: init heads, carved validation, batches, loss shifts, branch inputs;
+- `model`: linear, cosine, RIDE and cluster-aided heads, the `Classifier` and its file, init heads;
+- `data`: carved validation, batches, loss shifts, balanced accuracy, branch inputs;
 - `start`: where a fit starts (scratch, a baseline head, a RIDE classifier);
 - `ride`: RIDE's distribution-aware diversity term;
 - `m2m`: M2M's major-to-minor translation in feature space;
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
         carve_validation,
         cluster_inputs,
         draw_batches,
-        load_init_head,
         loss_logit_shift,
     )
     from dlsa_cli.classify.m2m import Translation, m2m_fill
@@ -42,6 +41,7 @@ if TYPE_CHECKING:
         LinearHead,
         RideHead,
         expert_logits,
+        load_init_head,
     )
     from dlsa_cli.classify.ride import ride_diversity, ride_temperatures
     from dlsa_cli.classify.summary import summary

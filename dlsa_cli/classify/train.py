@@ -26,7 +26,7 @@ from dlsa_cli.classify.config import (
     flag,
 )
 from dlsa_cli.classify.data import (
-    _leave_one_out_prior,
+    leave_one_out_prior as _leave_one_out_prior,
     balanced_accuracy,
     carve_validation,
     cluster_inputs,
@@ -34,7 +34,7 @@ from dlsa_cli.classify.data import (
     loss_logit_shift,
 )
 from dlsa_cli.classify.m2m import m2m_fill
-from dlsa_cli.classify.model import Classifier, ClusterAidedHead, LinearHead, _as_tensor, expert_logits, fc_a
+from dlsa_cli.classify.model import Classifier, ClusterAidedHead, LinearHead, expert_logits, fc_a, float_tensor as _as_tensor
 from dlsa_cli.classify.ride import ride_diversity, ride_temperatures
 from dlsa_cli.classify.router import choose_router
 from dlsa_cli.classify.start import Start, is_ride_file, starting_point
