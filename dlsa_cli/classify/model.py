@@ -29,6 +29,7 @@ __all__ = [
     "fc_a",
     "float_tensor",
     "load_init_head",
+    "routed_logits",
 ]
 
 # ----------------------------------------------------------------------------- models
@@ -78,6 +79,23 @@ class RideHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, C)
         return self.expert_logits(x).mean(0)
+
+
+@torch.no_grad()
+def routed_logits(head: RideHead, x: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """RIDE's router in its confidence form (`router.py`): experts consulted one after another until the
+    ensemble so far is confident enough; (mean logits of the experts consulted (B, C), experts consulted per sample (B,))."""
+    total = head.experts[0](x)  # (B, C)
+    used = torch.ones(x.shape[0], device=x.device)
+    for expert in head.experts[1:]:
+        conf = F.softmax(total / used[:, None], dim=1).amax(1)  # (B,)
+        need = torch.nonzero(conf < threshold).squeeze(1)
+        if len(need) == 0:
+            break
+        total[need] += expert(x[need])
+        used[need] += 1
+    return total / used[:, None], used
+
 
 
 class ClusterAidedHead(nn.Module):
@@ -190,8 +208,6 @@ class Classifier:
         head = fc_a(self.module)
         threshold = (self.meta.get("router") or {}).get("threshold")
         if threshold is not None and side is None and isinstance(head, RideHead):
-            from dlsa_cli.classify.router import routed_logits
-
             return routed_logits(head, x, float(threshold))[0]
         if scale is None:
             return self.module(x, side, prior) if side is not None else self.module(x)
