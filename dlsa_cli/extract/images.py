@@ -79,7 +79,7 @@ def _is_image(name: str) -> bool:
 
 def _walk_images(folder: Path) -> list[str]:
     """Image files under `folder`, recursively, as sorted POSIX paths relative to it."""
-    found = []
+    found: list[str] = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         rel = Path(dirpath).relative_to(folder)

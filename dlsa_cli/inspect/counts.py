@@ -40,12 +40,12 @@ def class_profile(counts: np.ndarray, many_above: int, few_below: int, class_nam
     else:
         pick = order
         title = "classes"
-    named = bool(class_names) and len(class_names) == len(counts)
+    names = class_names if class_names and len(class_names) == len(counts) else None
     tables.append(
         {
             "title": title,
-            "columns": ["class"] + (["name"] if named else []) + ["count", "group"],
-            "rows": [[int(k)] + ([class_names[k]] if named else []) + [int(counts[k]), str(groups[k])] for k in pick],
+            "columns": ["class"] + (["name"] if names else []) + ["count", "group"],
+            "rows": [[int(k)] + ([names[k]] if names else []) + [int(counts[k]), str(groups[k])] for k in pick],
         }
     )
     charts = [{"title": "samples per class, largest first", "values": counts[order].astype(float).tolist(), "labels": None}]
