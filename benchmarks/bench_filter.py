@@ -148,7 +148,7 @@ def run_variant(args) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    from dlsa_cli.device import resolve_device
+    from dlsa_cli.runtime.device import resolve_device
 
     dev = resolve_device(args.device)
     x, y = make_data(args.samples, args.dim)

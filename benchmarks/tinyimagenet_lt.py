@@ -46,7 +46,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
+from controls import RoutedBy, expected_class_weight, random_score  # noqa: E402
 from dlsa_cli.cascade import Cascade  # noqa: E402
 from dlsa_cli.classify import Classifier, TrainConfig, fit_classifier  # noqa: E402
 from dlsa_cli.datasets import caltech101_lt  # noqa: E402
@@ -54,14 +56,7 @@ from dlsa_cli.evaluation import evaluate_predictions  # noqa: E402
 from dlsa_cli.evaluation.metrics import tail_classes  # noqa: E402
 from dlsa_cli.flow import FilterConfig, FlowFilter, fit_filter  # noqa: E402
 from dlsa_cli.flow.neighbours import NeighbourBank  # noqa: E402
-from dlsa_cli.flow.routing import (  # noqa: E402
-    RoutedBy,
-    expected_class_weight,
-    quantile_threshold,
-    random_score,
-    separation,
-    set_routing,
-)
+from dlsa_cli.flow.routing import quantile_threshold, separation, set_routing  # noqa: E402
 from dlsa_cli.io.features import read_features  # noqa: E402
 from dlsa_cli.io.files import write_json  # noqa: E402
 

@@ -14,7 +14,7 @@ import torch
 
 
 def collectives() -> dict:
-    from dlsa_cli import distributed as d
+    from dlsa_cli.runtime import distributed as d
 
     info, dev = d.setup("cpu")
     n = 11
@@ -33,7 +33,7 @@ def collectives() -> dict:
 
 
 def error() -> dict:
-    from dlsa_cli import distributed as d
+    from dlsa_cli.runtime import distributed as d
     from dlsa_cli.errors import DlsaError, InputError
 
     info, _ = d.setup("cpu")
@@ -71,8 +71,8 @@ def ddp_flow() -> dict:
     """Three SGD steps of the flow's losses: one process on the global batch vs DDP on shares of it."""
     import copy
 
-    from dlsa_cli import ddp
-    from dlsa_cli import distributed as d
+    from dlsa_cli.runtime import ddp
+    from dlsa_cli.runtime import distributed as d
     from dlsa_cli.flow.losses import class_weights
     from dlsa_cli.flow.model import MixtureFlow
 
@@ -108,9 +108,9 @@ def write_extracted() -> dict:
     """Each rank's share of 101 rows (string ids in byte tensors, pieces of 3 rows) written by rank 0 into one file."""
     import numpy as np
 
-    import dlsa_cli.extract_shard as es
+    import dlsa_cli.extract.shard as es
     import dlsa_cli.io.stream as stream
-    from dlsa_cli import distributed as d
+    from dlsa_cli.runtime import distributed as d
     from dlsa_cli.io.features import FeatureSet
 
     es.PIECE_BYTES, stream.IDS_IN_HEADER_MAX = 3 * 4 * 6, 64  # 3 rows of D = 6 a piece; ids past 64 bytes

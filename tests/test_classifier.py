@@ -314,13 +314,13 @@ def test_cluster_aided_starts_exactly_at_its_init(digits, small_filter, baseline
 
 
 def test_leave_one_out_prior_removes_the_sample_itself(digits, small_filter):
-    from dlsa_cli.classify.data import _leave_one_out_prior
+    from dlsa_cli.classify.data import leave_one_out_prior
     from dlsa_cli.flow import FlowFilter
 
     flt = FlowFilter.load(small_filter)
     train = read_features(digits / "train.safetensors", require_labels=True)
     cl, _, plain = cluster_inputs(flt, train.features, side_input="none")
-    loo = _leave_one_out_prior(flt, small_filter, cl, train.labels, plain)
+    loo = leave_one_out_prior(flt, small_filter, cl, train.labels, plain)
     counts = flt.cluster_counts.numpy().astype(np.float64)
     i = int(np.argmax(counts[cl].sum(1) > 2))
     row = counts[cl[i]].copy()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dlsa_cli import distributed as d
+from dlsa_cli.runtime import distributed as d
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("dist_worker.py")
@@ -384,7 +384,7 @@ CHECKPOINT_SPY = """
 import os, sys
 from pathlib import Path
 import dlsa_cli.flow.checkpoint as ck
-from dlsa_cli import distributed as d
+from dlsa_cli.runtime import distributed as d
 write, save = ck.write_safetensors, ck.save_checkpoint
 def logged_write(path, *a, **k):
     with open(Path(os.environ["SPY_DIR"]) / f"writes.{os.environ['RANK']}", "a") as f:

@@ -390,6 +390,27 @@ def test_skip_bad_leaves_out_and_lists_unreadable_images(tmp_path, image_dir, ti
     assert fs.meta["images"] == 2
 
 
+def test_extract_file_writes_the_file_the_command_writes(tmp_path, image_dir, tiny_script):
+    from dlsa_cli.extract import ExtractConfig, extract_file
+    from dlsa_cli.io.files import read_safetensors
+
+    cli_out, lib_out = tmp_path / "cli.safetensors", tmp_path / "lib.safetensors"
+    r = invoke("extract", image_dir, "-o", cli_out, "--backbone", tiny_script[0], "--batch-size", "2", "--workers", "0",
+               "--device", "cpu", "--crop", "64", "--chunk-size", "3")
+    assert r.returncode == 0, r.stderr
+    cfg = ExtractConfig(backbone=str(tiny_script[0]), batch_size=2, workers=0, device="cpu", crop=64, chunk_size=3)
+    started, done = [], []
+    rep = extract_file(image_dir, lib_out, cfg, on_start=started.append, progress=done.append)
+    assert rep is not None and (rep.images, rep.dim, rep.classes, rep.images_run) == (5, 8, 2, 5)
+    assert started[0].images == 5 and sum(done) == 5
+    assert not (tmp_path / "lib.safetensors.resume").exists()  # the chunks go once the file is written
+    cli, lib = read_safetensors(cli_out), read_safetensors(lib_out)
+    assert np.array_equal(cli[0]["features"].numpy(), lib[0]["features"].numpy())
+    assert cli[2] == lib[2]  # meta: ids, labels' class names, backbone, preprocessing, skipped
+    skip = {"created", "argv"}
+    assert {k: v for k, v in cli[3].items() if k not in skip} == {k: v for k, v in lib[3].items() if k not in skip}
+
+
 def test_library_errors_are_dlsa_errors():
     with pytest.raises(DlsaError, match="unknown backbone"):
         load_backbone("no-such-net")

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from conftest import PROFILES, run_cli
 
-from dlsa_cli import inspection
+from dlsa_cli import inspect as inspection
+from dlsa_cli.inspect import kinds
 from dlsa_cli.io.features import FeatureSet, write_features
 from dlsa_cli.io.files import write_safetensors, write_table
 from dlsa_cli.evaluation.metrics import shot_groups
@@ -114,7 +115,7 @@ def test_generic_fallback_for_unknown_kinds_and_missing_summaries(tmp_path, monk
     # a registered kind whose summary function is not there (yet) falls back too
     monkeypatch.setitem(inspection.REGISTRY, "mystery", "dlsa_cli.not_a_module:summary")
     assert inspection.summarize(path)["tables"][0]["title"] == "tensors"
-    monkeypatch.setitem(inspection.REGISTRY, "mystery", "dlsa_cli.inspection:no_such_function")
+    monkeypatch.setitem(inspection.REGISTRY, "mystery", "dlsa_cli.inspect.features:no_such_function")
     assert inspection.summarize(path)["tables"][0]["title"] == "tensors"
     r = run_cli("inspect", str(path))
     assert r.returncode == 0 and "3x4" in r.stdout
@@ -170,5 +171,5 @@ def test_a_folder_is_a_cascade_or_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="is a folder"):
         inspection.summarize(tmp_path)
     seen = []
-    monkeypatch.setattr(inspection, "_resolve", lambda kind: (lambda p: seen.append((kind, p)) or {"kind": kind}))
+    monkeypatch.setattr(kinds, "resolve", lambda kind: (lambda p: seen.append((kind, p)) or {"kind": kind}))
     assert inspection.summarize(tmp_path) == {"kind": "cascade"} and seen == [("cascade", tmp_path)]

@@ -139,13 +139,13 @@ def test_library_resume_runs_only_the_remaining_epochs(digits, tmp_path):
 
 EXTRACT_KILLER = """
 import os, signal, sys
-import dlsa_cli.extract as ex
-save = ex._save_chunk
+import dlsa_cli.extract.chunks as ex
+save = ex.save_chunk
 def save_then_die(store, c, *rest):
     save(store, c, *rest)
     if c == int(os.environ["KILL_AT"]):
         os.kill(os.getpid(), signal.SIGKILL)
-ex._save_chunk = save_then_die
+ex.save_chunk = save_then_die
 from dlsa_cli.cli import main
 sys.argv = ["dlsa"] + sys.argv[1:]
 main()

@@ -110,7 +110,7 @@ def test_ride_experts_differ_predict_their_mean_and_round_trip(digits, tmp_path)
 
 
 def test_router_of_hidden_layer_experts_is_chosen_on_validation_and_used(digits, tmp_path):
-    from dlsa_cli.classify.router import routed_logits
+    from dlsa_cli.classify.model import routed_logits
 
     out = tmp_path / "ride.safetensors"
     r = ok("fit-classifier", digits / "train.safetensors", "--val", digits / "val.safetensors", "-o", out,

@@ -3,27 +3,23 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import assert_clean_failure, invoke, run_cli
+from conftest import REPO, assert_clean_failure, invoke, run_cli
 
 from dlsa_cli.errors import DlsaError, ModelMismatchError
 from dlsa_cli.flow import FlowFilter, fit_filter
 from dlsa_cli.flow.neighbours import NeighbourBank
-from dlsa_cli.flow.routing import (
-    RoutedBy,
-    cluster_tail_share,
-    expected_class_weight,
-    quantile_threshold,
-    random_score,
-    routing_score,
-    separation,
-)
+from dlsa_cli.flow.routing import cluster_tail_share, quantile_threshold, routing_score, separation
 from dlsa_cli.io.features import FeatureSet, read_features
 from dlsa_cli.io.files import read_safetensors, write_safetensors
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from controls import RoutedBy, expected_class_weight, random_score  # noqa: E402 - the benchmarks' routing controls
 
 COUNTS = [120, 80, 60, 40, 20, 12, 8, 5]  # tail (<= 50): classes 3..7
 SMALL = dict(clusters=6, epochs=2, batch_size=32, hidden=12, max_cluster_share=0.9)

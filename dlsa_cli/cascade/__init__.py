@@ -20,13 +20,13 @@ counts, filter i was trained at depth i, and each cluster-aided classifier
 records the SHA-256 of exactly the filter it sits behind.
 """
 
+from dlsa_cli.cascade.fit import CascadePlan, CascadeRun, fit_cascade
 from dlsa_cli.cascade.manifest import (
     MANIFEST,
     CascadeSpec,
     read_manifest,
     write_manifest,
 )
-from dlsa_cli.cascade.fit import CascadePlan, CascadeRun, fit_cascade
 from dlsa_cli.cascade.model import Cascade, load_model
 from dlsa_cli.cascade.predict import (
     Prediction,

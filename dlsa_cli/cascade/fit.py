@@ -34,8 +34,8 @@ import numpy as np
 
 from dlsa_cli.cascade.manifest import MANIFEST, write_manifest
 from dlsa_cli.cascade.model import Cascade
-from dlsa_cli.classify.config import TrainConfig
 from dlsa_cli.cascade.plan import CascadePlan, as_branch
+from dlsa_cli.classify.config import TrainConfig
 from dlsa_cli.errors import InputError, TrainingError
 from dlsa_cli.flow.config import FilterRun, check_select
 from dlsa_cli.io.files import atomic_path, file_sha256, provenance, read_safetensors_header, require_file, write_json
@@ -99,7 +99,7 @@ def fit_cascade(
     `resume=True` reuses the stages `progress.json` records as finished (the
     settings, inputs and given filters must be the same).
     """
-    from dlsa_cli.device import resolve_device
+    from dlsa_cli.runtime.device import resolve_device
 
     plan = plan or CascadePlan()
     plan.check()
@@ -130,7 +130,7 @@ def _quiet(_msg: str) -> None:
 
 def _on_main(write: Callable[[], Any]) -> None:
     """Under torchrun rank 0 alone writes, and every rank goes on once it has (its error is every rank's); alone: write."""
-    from dlsa_cli import distributed as dist
+    from dlsa_cli.runtime import distributed as dist
 
     dist.collective(lambda: write() if dist.is_main() else None)
 

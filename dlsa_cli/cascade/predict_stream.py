@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from dlsa_cli import distributed as dist
 from dlsa_cli.cascade.model import Cascade
 from dlsa_cli.cascade.predict import predict, prediction_columns
 from dlsa_cli.classify.model import Classifier
 from dlsa_cli.errors import InputError
 from dlsa_cli.io.features import FeatureSet, feature_info
 from dlsa_cli.io.stream import iter_rows, stream_table
+from dlsa_cli.runtime import distributed as dist
 
 __all__ = ["predict_file"]
 

@@ -1,4 +1,4 @@
-"""What a classifier fit draws on: init heads, carved validation, batches, loss shifts, branch inputs."""
+"""What a classifier fit draws on: carved validation, batches, loss shifts, balanced accuracy, branch inputs."""
 
 from __future__ import annotations
 
@@ -8,74 +8,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from dlsa_cli.classify.model import Classifier
-from dlsa_cli.errors import InputError
-from dlsa_cli.io.files import (
-    read_safetensors,
-    read_safetensors_header,
-)
+from dlsa_cli.io.files import read_safetensors
 
-# ----------------------------------------------------------------------------- init heads
-
-
-def load_init_head(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, str, dict[str, Any]]:
-    """Weights (C, D), bias (C,), base kind (linear|cosine) and the source's metadata.
-
-    `path` is a regular classifier file, or a backbone's linear head as
-    safetensors or `.pt` holding `weight` (C, D) and `bias` (C,) (the usual
-    state-dict names `fc.weight`, `classifier.weight`, `linear.weight`, ...
-    are accepted too).
-    """
-    from dlsa_cli.io.files import require_file
-
-    p = require_file(path, "--init file")
-    if p.suffix.lower() == ".safetensors":
-        _, kind, meta, _ = read_safetensors_header(p)
-        if kind == "classifier":
-            clf = Classifier.load(p)
-            if clf.base_kind == "ride":
-                raise InputError("is a RIDE classifier: it has no single (C, D) head", path=p,
-                                 hint="fit-classifier --init takes it as a whole")
-            if clf.kind == "cluster-aided":
-                raise InputError(
-                    "is a cluster-aided classifier; --init takes a regular (linear or cosine) one",
-                    path=p,
-                    hint="pass the baseline classifier trained on all training data",
-                )
-            return clf.module.weight.detach().clone(), clf.module.bias.detach().clone(), clf.kind, clf.meta
-        if kind is not None:
-            raise InputError(
-                f"is a dlsa '{kind}' file, not a classifier; --init takes the classifier trained on all training data "
-                "(or a backbone head with weight and bias)",
-                path=p,
-            )
-        tensors, _, meta, _ = read_safetensors(p)
-    elif p.suffix.lower() in (".pt", ".pth"):
-        try:
-            obj = torch.load(str(p), map_location="cpu", weights_only=True)
-        except Exception as e:
-            from dlsa_cli.io.features import unsafe_torch_file
-
-            raise unsafe_torch_file(p, e) from None
-        if not isinstance(obj, dict):
-            raise InputError("expected a dict with 'weight' and 'bias'", path=p)
-        tensors, meta = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}, {}
-    else:
-        raise InputError("--init takes a .safetensors or .pt file", path=p)
-    wkey = next((k for k in tensors if k == "weight" or k.endswith(".weight")), None)
-    if wkey is None:
-        raise InputError(f"no 'weight' tensor (it has {', '.join(tensors) or 'none'})", path=p)
-    bkey = wkey[: -len("weight")] + "bias"
-    w = tensors[wkey].float()
-    if w.ndim != 2:
-        raise InputError(f"'{wkey}' must be (C, D), got shape {tuple(w.shape)}", path=p)
-    b = tensors[bkey].float() if bkey in tensors else torch.zeros(w.shape[0])
-    if b.shape != (w.shape[0],):
-        raise InputError(f"'{bkey}' must be ({w.shape[0]},), got {tuple(b.shape)}", path=p)
-    return w.clone(), b.clone(), "linear", meta
-
-
-# ----------------------------------------------------------------------------- data helpers
+__all__ = [
+    "balanced_accuracy",
+    "branch_inputs",
+    "carve_validation",
+    "cluster_inputs",
+    "draw_batches",
+    "leave_one_out_prior",
+    "loss_logit_shift",
+]
 
 
 def carve_validation(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -85,7 +28,7 @@ def carve_validation(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     order = np.argsort(labels, kind="stable")
-    classes, starts, counts = np.unique(labels[order], return_index=True, return_counts=True)
+    _, starts, counts = np.unique(labels[order], return_index=True, return_counts=True)
     tr, va = [], []
     for s, n in zip(starts, counts):  # one step per class, not per sample
         rows = rng.permutation(order[s : s + n])
@@ -175,7 +118,7 @@ def branch_inputs(
     return side, prior_table[cluster]
 
 
-def _leave_one_out_prior(flt: Any, filter_path: str | Path | None, cluster: np.ndarray, labels: np.ndarray, plain: np.ndarray) -> np.ndarray:
+def leave_one_out_prior(flt: Any, filter_path: str | Path | None, cluster: np.ndarray, labels: np.ndarray, plain: np.ndarray) -> np.ndarray:
     """Prior rows for training samples without the sample's own vote."""
     counts = getattr(flt, "cluster_counts", None)
     if counts is None and filter_path is not None:

@@ -1,4 +1,4 @@
-"""Classifier heads (linear, cosine, RIDE experts, cluster-aided) and the Classifier object with its file."""
+"""Classifier heads (linear, cosine, RIDE experts, cluster-aided), the Classifier object with its file, and init heads read from files."""
 
 from __future__ import annotations
 
@@ -15,10 +15,22 @@ from dlsa_cli.errors import InputError, ModelMismatchError
 from dlsa_cli.io.files import (
     read_safetensors,
     read_safetensors_header,
+    require_file,
     write_safetensors,
 )
 
-__all__ = ["LinearHead", "Expert", "RideHead", "ClusterAidedHead", "Classifier", "expert_logits", "fc_a"]
+__all__ = [
+    "Classifier",
+    "ClusterAidedHead",
+    "Expert",
+    "LinearHead",
+    "RideHead",
+    "expert_logits",
+    "fc_a",
+    "float_tensor",
+    "load_init_head",
+    "routed_logits",
+]
 
 # ----------------------------------------------------------------------------- models
 
@@ -67,6 +79,23 @@ class RideHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, C)
         return self.expert_logits(x).mean(0)
+
+
+@torch.no_grad()
+def routed_logits(head: RideHead, x: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """RIDE's router in its confidence form (`router.py`): experts consulted one after another until the
+    ensemble so far is confident enough; (mean logits of the experts consulted (B, C), experts consulted per sample (B,))."""
+    total = head.experts[0](x)  # (B, C)
+    used = torch.ones(x.shape[0], device=x.device)
+    for expert in head.experts[1:]:
+        conf = F.softmax(total / used[:, None], dim=1).amax(1)  # (B,)
+        need = torch.nonzero(conf < threshold).squeeze(1)
+        if len(need) == 0:
+            break
+        total[need] += expert(x[need])
+        used[need] += 1
+    return total / used[:, None], used
+
 
 
 class ClusterAidedHead(nn.Module):
@@ -161,12 +190,12 @@ class Classifier:
         n = int(x.shape[0])
         out = np.empty((n, self.num_classes), dtype=np.float32)
         for s in range(0, n, batch_size):
-            xb = _as_tensor(x[s : s + batch_size], device)
+            xb = float_tensor(x[s : s + batch_size], device)
             if self.kind == "cluster-aided":
                 if side is None or prior is None:
                     raise ModelMismatchError("a cluster-aided classifier needs its filter's cluster prior", path=self.path)
-                sb = _as_tensor(side[s : s + batch_size], device)
-                pb = _as_tensor(prior[s : s + batch_size], device)
+                sb = float_tensor(side[s : s + batch_size], device)
+                pb = float_tensor(prior[s : s + batch_size], device)
                 out_b = self._forward_scaled(xb, sb, pb, scale)
             else:
                 out_b = self._forward_scaled(xb, None, None, scale)
@@ -179,8 +208,6 @@ class Classifier:
         head = fc_a(self.module)
         threshold = (self.meta.get("router") or {}).get("threshold")
         if threshold is not None and side is None and isinstance(head, RideHead):
-            from dlsa_cli.classify.router import routed_logits
-
             return routed_logits(head, x, float(threshold))[0]
         if scale is None:
             return self.module(x, side, prior) if side is not None else self.module(x)
@@ -220,7 +247,7 @@ class Classifier:
     def load(cls, path: str | Path) -> Classifier:
         """Read a classifier file; a one-line error for anything else."""
         p = Path(path)
-        header, kind, meta, _ = read_safetensors_header(p)
+        _, kind, meta, _ = read_safetensors_header(p)
         if kind != "classifier":
             raise ModelMismatchError(
                 f"is a dlsa '{kind}' file, not a classifier" if kind else "is not a dlsa classifier file",
@@ -253,7 +280,8 @@ class Classifier:
         return cls(kind=model, dim=dim, num_classes=c, module=module.eval(), meta=meta, path=p)
 
 
-def _as_tensor(a: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+def float_tensor(a: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`a` as a float32 tensor on `device` (a numpy array without a copy on the CPU)."""
     t = a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))
     return t.to(device=device, dtype=torch.float32, non_blocking=True)
 
@@ -263,3 +291,56 @@ def _log_prior(counts: np.ndarray) -> np.ndarray:
     return np.log(c / c.sum()).astype(np.float32)
 
 
+def load_init_head(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, str, dict[str, Any]]:
+    """Weights (C, D), bias (C,), base kind (linear|cosine) and the source's metadata.
+
+    `path` is a regular classifier file, or a backbone's linear head as
+    safetensors or `.pt` holding `weight` (C, D) and `bias` (C,) (the usual
+    state-dict names `fc.weight`, `classifier.weight`, `linear.weight`, ...
+    are accepted too).
+    """
+    p = require_file(path, "--init file")
+    if p.suffix.lower() == ".safetensors":
+        _, kind, meta, _ = read_safetensors_header(p)
+        if kind == "classifier":
+            clf = Classifier.load(p)
+            if clf.base_kind == "ride":
+                raise InputError("is a RIDE classifier: it has no single (C, D) head", path=p,
+                                 hint="fit-classifier --init takes it as a whole")
+            if clf.kind == "cluster-aided":
+                raise InputError(
+                    "is a cluster-aided classifier; --init takes a regular (linear or cosine) one",
+                    path=p,
+                    hint="pass the baseline classifier trained on all training data",
+                )
+            return clf.module.weight.detach().clone(), clf.module.bias.detach().clone(), clf.kind, clf.meta
+        if kind is not None:
+            raise InputError(
+                f"is a dlsa '{kind}' file, not a classifier; --init takes the classifier trained on all training data "
+                "(or a backbone head with weight and bias)",
+                path=p,
+            )
+        tensors, _, meta, _ = read_safetensors(p)
+    elif p.suffix.lower() in (".pt", ".pth"):
+        try:
+            obj = torch.load(str(p), map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - whatever torch.load raises, the file is not a safe tensor dict
+            from dlsa_cli.io.features import unsafe_torch_file
+
+            raise unsafe_torch_file(p, e) from None
+        if not isinstance(obj, dict):
+            raise InputError("expected a dict with 'weight' and 'bias'", path=p)
+        tensors, meta = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}, {}
+    else:
+        raise InputError("--init takes a .safetensors or .pt file", path=p)
+    wkey = next((k for k in tensors if k == "weight" or k.endswith(".weight")), None)
+    if wkey is None:
+        raise InputError(f"no 'weight' tensor (it has {', '.join(tensors) or 'none'})", path=p)
+    bkey = wkey[: -len("weight")] + "bias"
+    w = tensors[wkey].float()
+    if w.ndim != 2:
+        raise InputError(f"'{wkey}' must be (C, D), got shape {tuple(w.shape)}", path=p)
+    b = tensors[bkey].float() if bkey in tensors else torch.zeros(w.shape[0])
+    if b.shape != (w.shape[0],):
+        raise InputError(f"'{bkey}' must be ({w.shape[0]},), got {tuple(b.shape)}", path=p)
+    return w.clone(), b.clone(), "linear", meta

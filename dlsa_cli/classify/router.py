@@ -15,29 +15,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from dlsa_cli.classify.data import balanced_accuracy
-from dlsa_cli.classify.model import RideHead
+from dlsa_cli.classify.model import RideHead, routed_logits
 
-__all__ = ["THRESHOLDS", "routed_logits", "choose_router"]
+__all__ = ["THRESHOLDS", "choose_router"]
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
-
-
-@torch.no_grad()
-def routed_logits(head: RideHead, x: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean logits of the experts consulted (B, C), experts consulted per sample (B,))."""
-    total = head.experts[0](x)  # (B, C)
-    used = torch.ones(x.shape[0], device=x.device)
-    for expert in head.experts[1:]:
-        conf = F.softmax(total / used[:, None], dim=1).amax(1)  # (B,)
-        need = torch.nonzero(conf < threshold).squeeze(1)
-        if len(need) == 0:
-            break
-        total[need] += expert(x[need])
-        used[need] += 1
-    return total / used[:, None], used
 
 
 @torch.no_grad()

@@ -57,11 +57,11 @@ def fit_classifier_file(
     `val_weights_from` (a file) or `val_class_counts` (its per-class counts): the whole
     validation set VAL was split from, so the epoch maximises its balanced accuracy.
     """
-    from dlsa_cli import distributed as dist
     from dlsa_cli.classify.train import fit_classifier
-    from dlsa_cli.device import seed_everything
     from dlsa_cli.io.features import read_features
     from dlsa_cli.io.files import check_output_file, provenance
+    from dlsa_cli.runtime import distributed as dist
+    from dlsa_cli.runtime.device import seed_everything
 
     paths = {"train": train, "val": val, "init": init, "filter": filter_path, "val_weights_from": val_weights_from,
              "m2m_from": config.m2m_from}

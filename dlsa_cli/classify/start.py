@@ -11,8 +11,7 @@ import torch
 from torch import nn
 
 from dlsa_cli.classify.config import DEFAULT_LR_FINETUNE, DEFAULT_LR_SCRATCH, TrainConfig
-from dlsa_cli.classify.data import load_init_head
-from dlsa_cli.classify.model import Classifier, LinearHead, RideHead
+from dlsa_cli.classify.model import Classifier, LinearHead, RideHead, load_init_head
 from dlsa_cli.errors import InputError, ModelMismatchError
 from dlsa_cli.io.files import file_sha256, read_safetensors_header
 

@@ -15,8 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dlsa_cli import ddp
-from dlsa_cli.distributed import current
 from dlsa_cli.classify.config import (
     LA_GRID,
     RIDE_GRID,
@@ -26,15 +24,18 @@ from dlsa_cli.classify.config import (
     flag,
 )
 from dlsa_cli.classify.data import (
-    _leave_one_out_prior,
     balanced_accuracy,
     carve_validation,
     cluster_inputs,
     draw_batches,
     loss_logit_shift,
 )
+from dlsa_cli.classify.data import (
+    leave_one_out_prior as _leave_one_out_prior,
+)
 from dlsa_cli.classify.m2m import m2m_fill
-from dlsa_cli.classify.model import Classifier, ClusterAidedHead, LinearHead, _as_tensor, expert_logits, fc_a
+from dlsa_cli.classify.model import Classifier, ClusterAidedHead, LinearHead, expert_logits, fc_a
+from dlsa_cli.classify.model import float_tensor as _as_tensor
 from dlsa_cli.classify.ride import ride_diversity, ride_temperatures
 from dlsa_cli.classify.router import choose_router
 from dlsa_cli.classify.start import Start, is_ride_file, starting_point
@@ -43,6 +44,8 @@ from dlsa_cli.io.features import FeatureSet, read_labels
 from dlsa_cli.io.features import num_classes as _num_classes
 from dlsa_cli.io.features import train_counts as _train_counts
 from dlsa_cli.io.files import file_sha256
+from dlsa_cli.runtime import ddp
+from dlsa_cli.runtime.distributed import current
 
 __all__ = ["FitReport", "ProgressFn", "fit_classifier", "check_fit_rules", "val_weights"]
 

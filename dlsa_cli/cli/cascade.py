@@ -8,9 +8,9 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from dlsa_cli.cli.common import DeviceOpt, JsonOpt, QuietOpt, Reporter, SeedOpt, command, emit_json, stdout
 from dlsa_cli.cascade.plan import BRANCH_TOKEN, NOT_IN_TABLES, CascadePlan, plan_from_layers
 from dlsa_cli.classify.config import TrainConfig
+from dlsa_cli.cli.common import DeviceOpt, JsonOpt, QuietOpt, Reporter, command, emit_json, stdout
 from dlsa_cli.cli.derive import Given, Section
 from dlsa_cli.flow.config import FilterConfig
 
@@ -56,7 +56,7 @@ def fit_cascade_cmd(
     Example: [bold]dlsa fit-cascade train.safetensors --val val.safetensors -o run/ --depth 2 --clusters 100 --filter-epochs 20[/]
     """
     from dlsa_cli.cascade import fit_cascade
-    from dlsa_cli.distributed import setup
+    from dlsa_cli.runtime.distributed import setup
 
     rep = Reporter(quiet)
     plan = plan_from_layers(settings.layers(""), settings.layers("filter"), [settings.tables.get("baseline", {})],

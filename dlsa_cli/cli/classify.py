@@ -8,18 +8,17 @@ from typing import Annotated
 
 import typer
 
+from dlsa_cli.classify.config import TrainConfig
 from dlsa_cli.cli.common import (
     DeviceOpt,
     JsonOpt,
     QuietOpt,
     Reporter,
-    SeedOpt,
     command,
     emit_json,
     stdout,
 )
 from dlsa_cli.cli.derive import Given, Section
-from dlsa_cli.classify.config import TrainConfig
 from dlsa_cli.errors import InputError
 
 
@@ -70,8 +69,8 @@ def fit_classifier_cmd(
 
     Example: [bold]dlsa fit-classifier train.safetensors --val val.safetensors -o baseline.safetensors[/]
     """
-    from dlsa_cli import distributed as dist
     from dlsa_cli.classify.stage import fit_classifier_file
+    from dlsa_cli.runtime import distributed as dist
     from dlsa_cli.settings import resolve
 
     cfg = resolve(TrainConfig, *settings.layers(""))
@@ -149,10 +148,8 @@ def predict_cmd(
     """
     from dlsa_cli.cascade import Cascade, load_model
     from dlsa_cli.cascade.predict_stream import predict_file
-    from dlsa_cli.distributed import setup
-    from dlsa_cli.io.files import provenance
-
-    from dlsa_cli.io.files import check_output_file
+    from dlsa_cli.io.files import check_output_file, provenance
+    from dlsa_cli.runtime.distributed import setup
 
     check_output_file(out, suffixes=(".parquet",), inputs=[model, features, filter_path])
     Reporter(quiet)

@@ -139,7 +139,7 @@ def _agreed(e: DlsaError) -> DlsaError:
     """Under torchrun: the error every rank agrees on (the first failing rank's), so rank 0 alone shows it."""
     if getattr(e, "agreed", False):
         return e
-    from dlsa_cli.distributed import agree, current
+    from dlsa_cli.runtime.distributed import agree, current
 
     if not current().active:
         return e

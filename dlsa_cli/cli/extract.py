@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -18,6 +20,9 @@ from dlsa_cli.cli.common import (
     stdout,
 )
 from dlsa_cli.errors import DlsaError
+
+if TYPE_CHECKING:
+    from dlsa_cli.extract import ExtractReport, ExtractStart
 
 MAX_LISTED = 20  # skipped images named on stderr; all of them go into the file's metadata
 
@@ -97,96 +102,52 @@ def extract_cmd(
 
     Example: [bold]dlsa extract train.csv --root images/ -o train.safetensors --backbone efficientnet-lite0[/]
     """
-    import shutil
-
-    from dlsa_cli import distributed as dist
-    from dlsa_cli import extract as ex
-    from dlsa_cli.extract_shard import extract_sharded, write_extracted
-    from dlsa_cli.io.files import provenance
-
-    from dlsa_cli.io.files import check_output_file
+    from dlsa_cli.extract import ExtractConfig, extract_file
 
     rep = Reporter(quiet)
-    backbone_file = Path(backbone) if Path(backbone).is_file() else None
-    check_output_file(out, suffixes=(".safetensors",), inputs=[images, root, weights, backbone_file])
-    mean_t, std_t = _triple(mean, "mean"), _triple(std, "std")
-    _, dev = dist.setup(device)  # under torchrun: this rank's device and its share of the images
-
-    model = ex.load_backbone(backbone, weights=weights)  # first: cheap, while listing a big folder is not
-    image_list = ex.read_image_list(images, root=root)
-    d = model.preprocess
-    pre = ex.Preprocess(
-        resize=d.resize if resize is None else resize,
-        crop=d.crop if crop is None else crop,
-        mean=d.mean if mean_t is None else mean_t,
-        std=d.std if std_t is None else std_t,
-        interpolation=d.interpolation if interpolation is None else interpolation,
+    cfg = ExtractConfig(
+        backbone=backbone, weights=weights, resize=resize, crop=crop, mean=_triple(mean, "mean"),
+        std=_triple(std, "std"), interpolation=interpolation, batch_size=batch_size, workers=workers, device=device,
+        half=half, dtype=dtype, skip_bad=skip_bad, resume=resume, chunk_size=chunk_size,
     )
-    n_workers = ex.default_workers() if workers is None else workers
-    rep.log(f"{len(image_list)} images from {images} -> {model.name} on {dev}, batch {batch_size}, {n_workers} workers")
+    with ExitStack() as stack:
+        bar = _Bar(rep, stack, images)
+        report = extract_file(images, out, cfg, root=root, on_start=bar.begin, progress=bar.step, on_warning=rep.warn)
+    if report is not None:  # None on a torchrun rank other than 0
+        _render(report, rep, json_out)
 
-    start = time.perf_counter()
-    with rep.progress("extract", total=len(image_list)) as update:
-        done = 0
 
-        def step(k: int) -> None:
-            nonlocal done
-            done += k
-            rate = done / max(time.perf_counter() - start, 1e-9)
-            update(k, text=f"{rate:.1f} images/s")
+class _Bar:
+    """The run's progress bar on stderr, opened once the image count is known, with the rate."""
 
-        chunks = out.with_name(out.name + ".resume")
-        alone = dist.current().world_size == 1  # under torchrun no resume chunks: the ranks would share one folder
-        if resume and not alone:
-            raise DlsaError("--resume is not available under torchrun", hint="resume the run in one process")
-        had_chunks = chunks.exists()
-        if had_chunks and not resume:
-            rep.warn(f"{chunks} holds an interrupted run; starting over (pass --resume to continue it)")
-        try:
-            fs = extract_sharded(
-                image_list, model, preprocess=pre, batch_size=batch_size, workers=n_workers, device=dev,
-                half=half, dtype=dtype, skip_bad=skip_bad, progress=step, chunks=chunks if alone else None,
-                chunk_size=chunk_size, resume=resume,
-            )
-        except DlsaError:  # bad input: nothing stays behind (an interrupted run keeps its chunks)
-            if not had_chunks and alone:
-                shutil.rmtree(chunks, ignore_errors=True)
-            raise
-    seconds = time.perf_counter() - start
-    options = {
-        "images": images, "root": root, "backbone": backbone, "weights": weights, "preprocessing": pre.to_meta(),
-        "batch_size": batch_size, "workers": n_workers, "device": str(dev), "half": half, "dtype": dtype,
-        "skip_bad": skip_bad,
-    }
-    inputs = [p for p in (images, weights) if p is not None and p.is_file()]
-    if Path(backbone).is_file():
-        inputs.append(Path(backbone))
-    resumed_from = fs.meta.pop("resumed_from", None)
-    prov = {**provenance("extract", options, inputs), **dist.provenance_fields(len(image_list))}
-    prov["resumed_from"] = resumed_from  # images taken from an interrupted run's chunks, or None
-    written = write_extracted(out, fs, prov=prov, dtype=dtype)  # under torchrun: rank 0 writes every rank's rows
-    if written is None:  # a torchrun rank other than 0
-        return
-    shutil.rmtree(chunks, ignore_errors=True)
-    skipped = written.meta["skipped"]
-    for s in skipped[:MAX_LISTED]:
+    def __init__(self, rep: Reporter, stack: ExitStack, images: Path):
+        self.rep, self.stack, self.images = rep, stack, images
+        self.update: Callable[..., None] = lambda *a, **k: None
+        self.done, self.start = 0, time.perf_counter()
+
+    def begin(self, s: ExtractStart) -> None:
+        self.rep.log(f"{s.images} images from {self.images} -> {s.backbone} on {s.device}, batch {s.batch_size}, {s.workers} workers")
+        self.update = self.stack.enter_context(self.rep.progress("extract", total=s.images))
+        self.start = time.perf_counter()
+
+    def step(self, k: int) -> None:
+        self.done += k
+        self.update(k, text=f"{self.done / max(time.perf_counter() - self.start, 1e-9):.1f} images/s")
+
+
+def _render(report: ExtractReport, rep: Reporter, json_out: bool) -> None:
+    """The skipped images on stderr, then the summary line (or `--json`) on stdout."""
+    for s in report.skipped[:MAX_LISTED]:
         rep.warn(f"skipped {s['id']}: {s['reason']}")
-    if len(skipped) > MAX_LISTED:
-        rep.warn(f"... and {len(skipped) - MAX_LISTED} more skipped (all are listed in {out}'s metadata 'skipped')")
-
-    summary = {
-        "out": str(out), "images": written.n, "dim": written.dim, "skipped": len(skipped), "backbone": model.name,
-        "device": str(dev), "dtype": dtype, "labels": written.labelled,
-        "classes": len(written.meta["class_names"]) if "class_names" in written.meta else None,
-        "seconds": round(seconds, 3), "images_per_s": round(written.n / max(seconds, 1e-9), 2),
-        "resumed_from": resumed_from, "images_run": done,
-    }
+    if len(report.skipped) > MAX_LISTED:
+        rep.warn(f"... and {len(report.skipped) - MAX_LISTED} more skipped (all are listed in {report.out}'s metadata 'skipped')")
     if json_out:
-        emit_json(summary)
-    else:
-        extra = f", {summary['classes']} classes" if summary["classes"] else (", labelled" if summary["labels"] else ", unlabelled")
-        stdout.print(
-            f"{written.n} images -> {out}: D={written.dim} {dtype}{extra}, {model.name} on {dev}, "
-            f"{summary['images_per_s']:.1f} images/s" + (f", {len(skipped)} skipped" if skipped else ""),
-            soft_wrap=True,
-        )
+        emit_json(report.to_dict())
+        return
+    r = report
+    extra = f", {r.classes} classes" if r.classes else (", labelled" if r.labelled else ", unlabelled")
+    stdout.print(
+        f"{r.images} images -> {r.out}: D={r.dim} {r.dtype}{extra}, {r.backbone} on {r.device}, "
+        f"{r.images_per_s:.1f} images/s" + (f", {len(r.skipped)} skipped" if r.skipped else ""),
+        soft_wrap=True,
+    )

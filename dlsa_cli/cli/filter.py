@@ -12,14 +12,12 @@ from dlsa_cli.cli.common import (
     JsonOpt,
     QuietOpt,
     Reporter,
-    SeedOpt,
     command,
     emit_json,
     stdout,
 )
 from dlsa_cli.cli.derive import Given, Section
 from dlsa_cli.flow.config import FilterConfig, FilterRun
-
 
 FILTER_VAL = Annotated[Optional[str], typer.Option(
     "--val", help="Validation feature file with labels: each epoch's record gets its routed tail share and mean log p(x), "
@@ -55,9 +53,9 @@ def fit_filter_cmd(
 
     Example: [bold]dlsa fit-filter train.safetensors -o filter.safetensors --clusters 100 --epochs 20[/]
     """
-    from dlsa_cli import distributed as dist
     from dlsa_cli.flow.config import preset_settings
     from dlsa_cli.flow.stage import fit_filter_file
+    from dlsa_cli.runtime import distributed as dist
     from dlsa_cli.settings import resolve
 
     rep = Reporter(quiet)
@@ -152,10 +150,10 @@ def split_cmd(
 
     Example: [bold]dlsa split filter.safetensors train.safetensors test.safetensors -o split1/[/]
     """
-    from dlsa_cli.distributed import setup
     from dlsa_cli.flow import FlowFilter, split
     from dlsa_cli.io.features import feature_info
     from dlsa_cli.io.files import provenance
+    from dlsa_cli.runtime.distributed import setup
 
     rep = Reporter(quiet)
     _, dev = setup(device)  # under torchrun: this rank's device, rows sharded over the ranks

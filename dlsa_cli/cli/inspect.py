@@ -9,7 +9,7 @@ import typer
 
 from dlsa_cli.cli.common import JsonOpt, command, emit_json, stdout
 from dlsa_cli.errors import InputError
-from dlsa_cli.inspection import render, summarize
+from dlsa_cli.inspect import render, summarize
 
 
 @command("inspect")
@@ -42,7 +42,7 @@ def inspect_cmd(
     if plot is not None:
         from pathlib import Path
 
-        from dlsa_cli.flow.routing import plot_routing, separation_rows
+        from dlsa_cli.evaluation.figures import plot_routing, separation_rows
 
         drawn = plot_routing(file, plot)
         typer.echo(f"{drawn} -> {plot}", err=True)

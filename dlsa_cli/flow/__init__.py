@@ -10,16 +10,45 @@
 - `summary`: `dlsa inspect` of filters and split tables.
 """
 
-from dlsa_cli._lazy import lazy_exports
+from typing import TYPE_CHECKING
 
-# Each name loads its module on first use, so the CLI's option defaults (`flow.config`) do not import torch.
-__all__, __getattr__ = lazy_exports(__name__, {
-    "clusters": ("cluster_stats", "cluster_table"),
-    "config": ("PRESETS", "FilterConfig"),
-    "filter": ("FilterScores", "FlowFilter"),
-    "losses": ("BalanceLoss", "PairSampler", "class_weights", "mle_loss", "purity_loss"),
-    "model": ("MixtureFlow",),
-    "split": ("split", "split_report"),
-    "summary": ("split_summary", "summary"),
-    "train": ("fit_filter",),
-})
+from dlsa_cli.runtime.lazy import lazy_exports
+
+# What a type checker sees; at run time each name loads its module on first use, so the CLI's
+# option defaults (`flow.config`) do not import torch.
+if TYPE_CHECKING:
+    from dlsa_cli.flow.clusters import cluster_stats, cluster_table
+    from dlsa_cli.flow.config import PRESETS, FilterConfig
+    from dlsa_cli.flow.filter import FilterScores, FlowFilter
+    from dlsa_cli.flow.losses import (
+        BalanceLoss,
+        PairSampler,
+        class_weights,
+        mle_loss,
+        purity_loss,
+    )
+    from dlsa_cli.flow.model import MixtureFlow
+    from dlsa_cli.flow.split import split, split_report
+    from dlsa_cli.flow.summary import split_summary, summary
+    from dlsa_cli.flow.train import fit_filter
+
+__all__ = [
+    "PRESETS",
+    "BalanceLoss",
+    "FilterConfig",
+    "FilterScores",
+    "FlowFilter",
+    "MixtureFlow",
+    "PairSampler",
+    "class_weights",
+    "cluster_stats",
+    "cluster_table",
+    "fit_filter",
+    "mle_loss",
+    "purity_loss",
+    "split",
+    "split_report",
+    "split_summary",
+    "summary",
+]
+__getattr__ = lazy_exports(__name__)

@@ -57,7 +57,7 @@ def save_checkpoint(path: str | Path, st: Any, fingerprint: dict[str, Any] | Non
     Every rank holds the same state (one global batch, reduced gradients and
     batch statistics, the same generators), so rank 0's file resumes them all.
     """
-    from dlsa_cli import distributed as dist
+    from dlsa_cli.runtime import distributed as dist
 
     if not dist.is_main():
         return

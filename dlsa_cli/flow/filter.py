@@ -314,7 +314,7 @@ def _check_scores(ll: np.ndarray, x: np.ndarray | torch.Tensor) -> None:
 def _device(device: str | torch.device | None) -> torch.device:
     if isinstance(device, torch.device):
         return device
-    from dlsa_cli.device import resolve_device
+    from dlsa_cli.runtime.device import resolve_device
 
     return resolve_device(device or "cpu")
 

@@ -29,7 +29,7 @@ def _mean(v: torch.Tensor) -> torch.Tensor:
 def mle_loss(log_p: torch.Tensor, weights: torch.Tensor, lam: float, mean: Callable[[torch.Tensor], torch.Tensor] = _mean) -> torch.Tensor:
     """-lam * mean(w * log p): log_p (B,), weights (B,) (already indexed by label).
 
-    `mean` is the batch mean; under DDP `dlsa_cli.ddp.ddp_mean` over the global batch.
+    `mean` is the batch mean; under DDP `dlsa_cli.runtime.ddp.ddp_mean` over the global batch.
     """
     return -lam * mean(weights * log_p)
 

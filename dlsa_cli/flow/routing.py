@@ -20,42 +20,32 @@ samples. The scores:
   out; ties are ordered by log p(x) as for cluster-tail. The filter file keeps
   the training latents for it.
 
-Controls for the benchmarks (not filter scores): the baseline classifier's
-expected class weight `sum_y p(y|x) w_y` and a random route. `RoutedBy` wraps a
-filter so that a cascade routes by any such score while keeping the filter's
-clusters and prior.
+The figures of routing are in `evaluation/figures.py`; the benchmarks' routing
+controls (posterior, random) in `benchmarks/controls.py`.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from dlsa_cli.errors import DlsaError, InputError
-from dlsa_cli.flow.config import ROUTINGS
+from dlsa_cli.errors import DlsaError
 from dlsa_cli.evaluation.metrics import tail_classes
+from dlsa_cli.flow.config import ROUTINGS
 
 __all__ = [
     "ROUTINGS",
     "check_routing",
     "cluster_tail_share",
-    "routing_score",
     "epoch_route_score",
     "quantile_threshold",
-    "set_routing",
+    "routing_score",
     "separation",
-    "expected_class_weight",
-    "random_score",
-    "RoutedBy",
-    "separation_rows",
-    "route_map_inputs",
-    "plot_routing",
+    "set_routing",
 ]
 
 
@@ -119,7 +109,7 @@ def epoch_route_score(name: str, log_likelihood: np.ndarray, cluster: np.ndarray
 def quantile_threshold(score: np.ndarray, share: float) -> float:
     """The score of the round(share * N)-th best sample: `score >= it` routes that many (ties aside)."""
     n = len(score)
-    n_route = min(max(int(round(share * n)), 1), n)
+    n_route = min(max(int(round(share * n)), 1), n)  # noqa: RUF046 - numpy 1.x rounds to a float
     return float(np.sort(score)[::-1][n_route - 1])
 
 
@@ -161,7 +151,7 @@ def set_routing(
 
 def _training_route_scores(filt: Any, x: np.ndarray | torch.Tensor) -> np.ndarray:
     """The routing score (N,) of every training row; under torchrun each rank scores its share (knn-tail's N x N search included)."""
-    from dlsa_cli import ddp
+    from dlsa_cli.runtime import ddp
 
     def part(a: int, e: int) -> tuple[torch.Tensor]:
         return (torch.from_numpy(filt.score(x[a:e], batch_size=filt.config.eval_batch_size).route_score),)
@@ -187,104 +177,3 @@ def separation(routed: np.ndarray, labels: np.ndarray, train_counts: np.ndarray)
         "separation": float(tail[routed].mean()) if routed.any() else None,
         "chance": float(tail.mean()) if len(tail) else None,
     }
-
-
-def expected_class_weight(logits: np.ndarray, train_counts: np.ndarray, q: float = 2.0) -> np.ndarray:
-    """The posterior control's score: sum_y softmax(logits)_y w_y (N,), w the filter's q-weights."""
-    from dlsa_cli.flow.losses import class_weights
-
-    w = class_weights(np.asarray(train_counts), q).double()  # (C,)
-    p = torch.softmax(torch.as_tensor(logits, dtype=torch.float64), dim=1)  # (N, C)
-    return (p @ w).numpy()
-
-
-def random_score(x: np.ndarray, seed: int = 0) -> np.ndarray:
-    """A route score (N,) in [0, 1) that ignores the class: a hash of each row, so it repeats for a row."""
-    r = np.random.default_rng(seed).standard_normal(x.shape[1])  # (D,)
-    proj = np.asarray(x, dtype=np.float64) @ r  # (N,)
-    return np.modf(np.abs(proj) * 1e4)[0]
-
-
-class RoutedBy:
-    """A filter whose route is decided by `score_fn(x) >= threshold` instead of its own score.
-
-    Clusters, prior, latent and everything else come from the wrapped filter,
-    so a cascade built on it differs from the filter's own only in which
-    samples take the cluster-aided branch (the controls of the benchmarks).
-    """
-
-    def __init__(self, filt: Any, score_fn: Callable[[np.ndarray], np.ndarray], threshold: float):
-        self.filt = filt
-        self.score_fn = score_fn
-        self.threshold = float(threshold)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.filt, name)
-
-    def score(self, x: Any, **kw: Any) -> Any:
-        sc = self.filt.score(x, **kw)
-        s = self.score_fn(np.asarray(x))
-        return replace(sc, routed=s >= self.threshold, route_score=s)
-
-
-# ----------------------------------------------------------------------------- figures of routing
-
-
-def separation_rows(folder: str | Path) -> list[dict[str, Any]]:
-    """Separation per depth and split from a split folder's split.json, or a cascade run's depth*/split.json.
-
-    A row: depth, split (the input's name without '.rest' suffixes), separation
-    (tail share of its routed samples) and chance (tail share of all its
-    samples, what a random route at that depth gives).
-    """
-    root = Path(folder)
-    reports = sorted(root.glob("depth*/split.json")) or sorted(root.glob("split.json"))
-    if not reports:
-        raise InputError("holds no split.json (nor depth*/split.json)", path=root, hint="pass a `dlsa split` output folder or a recipe's OUTDIR")
-    rows = []
-    for rp in reports:
-        rep = json.loads(rp.read_text())
-        for name, f in rep.get("files", {}).items():
-            if f.get("separation_accuracy") is None and "tail_share" not in f:
-                continue  # no labels
-            split = name.split(".")[0]
-            rows.append({"depth": int(rep["depth"]), "split": split, "separation": f.get("separation_accuracy"),
-                         "chance": (f.get("tail_share") or {}).get("all"), "routed_share": f.get("routed_share")})
-    if not rows:
-        raise InputError("its split reports hold no labelled file", path=root, hint="split files with labels")
-    return rows
-
-
-def route_map_inputs(table: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """(features (N, D), routed (N,), tail (N,), depth) of a split table and the feature file it was made from."""
-    from dlsa_cli.io.features import read_features
-    from dlsa_cli.io.files import read_table
-
-    tab, kind, meta, _ = read_table(table)
-    if kind != "split":
-        raise InputError(f"is a '{kind}' file, not a split table", path=table, hint="pass NAME.parquet from `dlsa split`")
-    if "label" not in tab.column_names:
-        raise InputError("has no labels, so head and tail cannot be told apart", path=table)
-    src = Path(str(meta.get("source", "")))
-    if not src.is_file():
-        raise InputError(f"its source features {src} are not found", path=table, hint="run from the folder `dlsa split` ran in")
-    fs = read_features(src)
-    if fs.n != tab.num_rows:
-        raise InputError(f"has {tab.num_rows} rows but its source {src} has {fs.n}", path=table)
-    tail = tail_classes(np.asarray(meta["train_counts"]))[tab.column("label").to_numpy()]
-    routed = tab.column("routed").to_numpy(zero_copy_only=False).astype(bool)
-    return fs.features, routed, tail, int(meta.get("depth", 1))
-
-
-def plot_routing(path: str | Path, plot: str | Path) -> str:
-    """Draw Fig. 7 (a split folder or a cascade run folder) or the Fig. 8-style map (a split table) of `path`."""
-    from dlsa_cli.evaluation.plot import check_plot_target, pca_2d, plot_route_map, plot_separation
-
-    check_plot_target(plot)
-    p = Path(path)
-    if p.is_dir():
-        plot_separation(plot, separation_rows(p))
-        return "separation per depth"
-    x, routed, tail, depth = route_map_inputs(p)
-    plot_route_map(plot, pca_2d(x), routed, tail, title=f"{p.name}: routed at depth {depth} and passed on (PCA)")
-    return "route map"

@@ -151,7 +151,7 @@ def split(
         "share": filt.share,
         "files": {},
     }
-    from dlsa_cli import distributed as dist
+    from dlsa_cli.runtime import distributed as dist
 
     stage = staging_dir(out) if dist.is_main() else None  # under torchrun rank 0 alone writes
     try:

@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from dlsa_cli import distributed as dist
 from dlsa_cli.errors import InputError, NonFiniteError
 from dlsa_cli.evaluation.metrics import FEW_BELOW, MANY_ABOVE, TAIL_AT_MOST, shot_groups, tail_classes
 from dlsa_cli.flow.filter import FlowFilter
 from dlsa_cli.io.features import feature_info
 from dlsa_cli.io.stream import IDS_IN_HEADER_MAX, RowBatch, iter_rows, stream_features, stream_table
+from dlsa_cli.runtime import distributed as dist
 
 __all__ = ["ReportCounter", "split_file"]
 

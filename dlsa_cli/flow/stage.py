@@ -48,11 +48,11 @@ def fit_filter_file(
     and removed once the filter is written; a refused or diverged run removes a
     checkpoint it made, an interrupted one keeps it.
     """
-    from dlsa_cli import distributed as dist
     from dlsa_cli.flow.checkpoint import checkpoint_path
     from dlsa_cli.flow.train import fit_filter
     from dlsa_cli.io.features import read_features
     from dlsa_cli.io.files import check_output_file, provenance
+    from dlsa_cli.runtime import distributed as dist
 
     run = run or FilterRun()
     warn = on_warning or (lambda _m: None)
@@ -91,7 +91,7 @@ def fit_filter_file(
 
 
 def _device(device: Any, tf32: bool) -> Any:
-    from dlsa_cli.device import resolve_device
+    from dlsa_cli.runtime.device import resolve_device
 
     dev = resolve_device(device) if isinstance(device, str) else device
     if dev.type == "cuda":

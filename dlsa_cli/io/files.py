@@ -419,7 +419,7 @@ def provenance(
     config-file tables that repeat the run (`dlsa inspect FILE --config` prints them)."""
     import torch
 
-    from dlsa_cli.distributed import current
+    from dlsa_cli.runtime.distributed import current
 
     return {
         "command": command,

@@ -39,22 +39,22 @@ import torch.distributed as dist
 from dlsa_cli.errors import DlsaError
 
 __all__ = [
+    "TORCHRUN_VARS",
     "DistInfo",
-    "launched_by_torchrun",
-    "setup",
+    "agree",
+    "all_gather_object",
+    "all_reduce_sum",
+    "barrier",
+    "broadcast_object",
+    "collective",
     "current",
+    "gather_object",
     "is_main",
+    "launched_by_torchrun",
+    "provenance_fields",
+    "setup",
     "shard_range",
     "shard_ranges",
-    "barrier",
-    "agree",
-    "collective",
-    "gather_object",
-    "all_gather_object",
-    "broadcast_object",
-    "all_reduce_sum",
-    "provenance_fields",
-    "TORCHRUN_VARS",
 ]
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -106,7 +106,7 @@ def is_main() -> bool:
 
 def _device_for(spec: str, local_rank: int, local_world: int) -> torch.device:
     """The device of one torchrun process: cuda:LOCAL_RANK when CUDA is asked for (or auto finds it), else cpu."""
-    from dlsa_cli.device import resolve_device
+    from dlsa_cli.runtime.device import resolve_device
 
     spec = (spec or "auto").strip().lower()
     if spec == "cpu" or (spec == "auto" and not torch.cuda.is_available()):
@@ -134,7 +134,7 @@ def setup(device: str = "auto", *, timeout_s: float | None = None) -> tuple[Dist
     torchrun: NCCL on `cuda:LOCAL_RANK` or gloo on CPU. The collective timeout
     is `timeout_s`, else $DLSA_DIST_TIMEOUT seconds, else 30 minutes.
     """
-    from dlsa_cli.device import resolve_device
+    from dlsa_cli.runtime.device import resolve_device
 
     if not launched_by_torchrun():
         return DistInfo(), resolve_device(device)
@@ -145,7 +145,7 @@ def setup(device: str = "auto", *, timeout_s: float | None = None) -> tuple[Dist
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
         backend = "nccl" if dev.type == "cuda" else "gloo"
-        seconds = timeout_s if timeout_s is not None else float(os.environ.get("DLSA_DIST_TIMEOUT", 1800))
+        seconds = timeout_s if timeout_s is not None else float(os.environ.get("DLSA_DIST_TIMEOUT", "1800"))
         dist.init_process_group(backend=backend, timeout=_dt.timedelta(seconds=seconds))
         atexit.register(_teardown)
     return current(), dev

@@ -19,11 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from dlsa_cli import distributed as dist
-from dlsa_cli.extract import Backbone, ImageList, extract_features
+from dlsa_cli.extract.backbones import Backbone
+from dlsa_cli.extract.images import ImageList
+from dlsa_cli.extract.loop import extract_features
 from dlsa_cli.io.features import FeatureSet
+from dlsa_cli.runtime import distributed as dist
 
-__all__ = ["shard_images", "extract_sharded", "Extracted", "write_extracted"]
+__all__ = ["Extracted", "extract_sharded", "shard_images", "write_extracted"]
 
 PIECE_BYTES = 64 * 2**20  # features sent to rank 0 at a time
 

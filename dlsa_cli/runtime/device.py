@@ -26,7 +26,7 @@ def resolve_device(spec: str = "auto") -> torch.device:
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise DlsaError(
                 f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) here",
-                hint="pick cuda:0..cuda:%d" % (torch.cuda.device_count() - 1),
+                hint=f"pick cuda:0..cuda:{torch.cuda.device_count() - 1}",
             )
         return dev
     raise DlsaError(f"--device {spec}: not a device", hint="use auto, cpu, cuda or cuda:N")

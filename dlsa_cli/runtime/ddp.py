@@ -24,16 +24,30 @@ Without torchrun every helper is the one-process identity.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from nflows.transforms import BatchNorm
 from torch import nn
 
-from collections.abc import Callable
+from dlsa_cli.runtime.distributed import (
+    all_gather_object,
+    all_reduce_sum,
+    current,
+    shard_range,
+)
 
-from dlsa_cli.distributed import all_gather_object, all_reduce_sum, current, shard_range
-
-__all__ = ["batch_share", "ddp_mean", "global_mean", "sync_flow_batchnorm", "unsync_flow_batchnorm", "wrap", "unwrap",
-           "sharded_rows", "mean_over_ranks"]
+__all__ = [
+    "batch_share",
+    "ddp_mean",
+    "global_mean",
+    "mean_over_ranks",
+    "sharded_rows",
+    "sync_flow_batchnorm",
+    "unsync_flow_batchnorm",
+    "unwrap",
+    "wrap",
+]
 
 
 def batch_share(b: int) -> slice:
@@ -92,9 +106,9 @@ def wrap(module: nn.Module, device: torch.device) -> nn.Module:
     """
     if not current().active:
         return module
-    from torch.nn.parallel import DistributedDataParallel
-
     import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
     newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters  # torch >= 2.13
