@@ -125,11 +125,12 @@ def declared(cls: type) -> Iterator[Declared]:
 
 
 def _unwrap(hint: Any) -> tuple[type, bool]:
-    origin = typing.get_origin(hint)
-    if origin in (Union, types.UnionType):
+    """The setting's base type (`tuple` for any tuple of numbers) and whether None is allowed."""
+    optional = False
+    if typing.get_origin(hint) in (Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        return args[0], len(args) < len(typing.get_args(hint))
-    return hint, False
+        hint, optional = args[0], len(args) < len(typing.get_args(hint))
+    return (tuple if typing.get_origin(hint) is tuple else hint), optional
 
 
 def _default(f: Field[Any]) -> Any:
@@ -172,6 +173,8 @@ def _why_not(d: Declared, value: Any) -> str | None:
 
 
 def _is_type(value: Any, t: type) -> bool:
+    if t is tuple:  # a tuple of numbers (R,G,B)
+        return isinstance(value, (list, tuple)) and all(_is_type(x, float) for x in value)
     if t is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if t is int:
@@ -182,11 +185,13 @@ def _is_type(value: Any, t: type) -> bool:
 
 
 def _kind(t: type) -> str:
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false", Path: "a path"}.get(t, t.__name__)
+    kinds = {int: "an integer", float: "a number", str: "a string", bool: "true or false", Path: "a path",
+             tuple: "a list of numbers"}
+    return kinds.get(t, t.__name__)
 
 
 def _show(value: Any) -> str:
-    return str(value)
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def resolve(cls: type, *layers: Mapping[str, Any]) -> Any:
@@ -269,8 +274,27 @@ def from_table(table_spec: Table, table: Mapping[str, Any], *, where: str, path:
                              hint=f"use one of {', '.join(sorted([*known, *table_spec.extra]))}")
         if not _is_type(value, d.type):
             raise InputError(f"{where}{key} = {value!r}: must be {_kind(d.type)}", path=path)
-        out[key] = float(value) if d.type is float else str(value) if d.type is Path else value
+        out[key] = _convert(d.type, value)
     return out
+
+
+def _convert(t: type, value: Any) -> Any:
+    """A config file's or a flag's value as the setting's type (an int for a float, a list for a tuple)."""
+    if t is float:
+        return float(value)
+    if t is Path:
+        return str(value)
+    if t is tuple:
+        return tuple(float(x) for x in value)
+    return value
+
+
+def parse_numbers(text: str) -> tuple[float, ...] | None:
+    """A flag's 'R,G,B' as numbers; None when they are not numbers."""
+    try:
+        return tuple(float(v) for v in text.replace(" ", "").split(","))
+    except ValueError:
+        return None
 
 
 def to_table(obj: Any) -> dict[str, Any]:
@@ -281,7 +305,7 @@ def to_table(obj: Any) -> dict[str, Any]:
     for d in declared(type(obj)):
         value = getattr(obj, d.name)
         if value is not None:
-            table[d.name] = str(value) if isinstance(value, Path) else value
+            table[d.name] = str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
     return table
 
 
@@ -297,6 +321,8 @@ def dump_toml(tables: Mapping[str, Mapping[str, Any]]) -> str:
 def _toml_value(v: Any) -> str:
     import json
 
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int):

@@ -20,7 +20,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from dlsa_cli.settings import TOKEN, Declared, Table, declared, read_config
+from dlsa_cli.errors import InputError
+from dlsa_cli.settings import TOKEN, Declared, Table, declared, parse_numbers, read_config
 
 __all__ = ["Given", "Section", "flag_map", "name_flags", "settings_params"]
 
@@ -132,7 +133,7 @@ def _names(s: Section, d: Declared, taken: set[str]) -> list[str]:
 
 
 def _option(s: Section, d: Declared, taken: set[str]) -> inspect.Parameter:
-    typ = str if d.type is Path else d.type
+    typ = str if d.type in (Path, tuple) else d.type
     opt = typer.Option(*_names(s, d, taken), help=_help(d, s), show_default=_shown(d))
     return inspect.Parameter(s.param(d.name), inspect.Parameter.KEYWORD_ONLY, default=None,
                              annotation=Annotated[Optional[typ], opt])
@@ -157,6 +158,7 @@ def settings_params(fn: Callable[..., Any], sections: tuple[Section, ...]) -> Ca
     taken |= {"--" + s.prefix + key for s in sections for key in s.extra}
     derived: list[inspect.Parameter] = []
     owner: dict[str, tuple[str, str]] = {}  # parameter -> (section key, setting or extra key)
+    numbers = {s.param(d.name): s.flag(d.name, d.spec.flag) for s in sections for d in s.settings() if d.type is tuple}
     for s in sections:
         for d in s.settings():
             derived.append(_option(s, d, taken))
@@ -177,7 +179,7 @@ def settings_params(fn: Callable[..., Any], sections: tuple[Section, ...]) -> Ca
         for pname, (key, name) in owner.items():
             value = kwargs.pop(pname, None)
             if value is not None:
-                given[key][name] = value
+                given[key][name] = _typed(numbers, pname, value)
         config = kwargs.pop("config_file", None)
         tables = {} if config is None else read_config(config, _schema(sections))
         return fn(*args, **kwargs, **{GIVEN: Given(given, tables, config)})
@@ -186,6 +188,16 @@ def settings_params(fn: Callable[..., Any], sections: tuple[Section, ...]) -> Ca
     wrapper.__annotations__ = {p.name: p.annotation for p in params if p.annotation is not inspect.Parameter.empty}
     wrapper.flags = flags  # type: ignore[attr-defined]
     return wrapper
+
+
+def _typed(numbers: Mapping[str, str], pname: str, value: Any) -> Any:
+    """A flag's value as its setting's type: 'R,G,B' text as numbers for a tuple setting."""
+    if pname not in numbers:
+        return value
+    parsed = parse_numbers(value)
+    if parsed is None:
+        raise InputError(f"{numbers[pname]} {value}: not numbers", hint=f"give numbers, e.g. {numbers[pname]} 0.485,0.456,0.406")
+    return parsed
 
 
 def _schema(sections: tuple[Section, ...]) -> dict[str, Table]:

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from dlsa_cli.cli.common import (
-    DeviceOpt,
     JsonOpt,
     QuietOpt,
     Reporter,
@@ -19,7 +18,8 @@ from dlsa_cli.cli.common import (
     emit_json,
     stdout,
 )
-from dlsa_cli.errors import DlsaError
+from dlsa_cli.cli.derive import Given, Section
+from dlsa_cli.extract.config import ExtractConfig
 
 if TYPE_CHECKING:
     from dlsa_cli.extract import ExtractReport, ExtractStart
@@ -27,19 +27,7 @@ if TYPE_CHECKING:
 MAX_LISTED = 20  # skipped images named on stderr; all of them go into the file's metadata
 
 
-def _triple(text: str | None, what: str) -> tuple[float, float, float] | None:
-    if text is None:
-        return None
-    try:
-        values = tuple(float(v) for v in text.replace(" ", "").split(","))
-    except ValueError:
-        raise DlsaError(f"--{what} {text}: not numbers", hint=f"give three, e.g. --{what} 0.485,0.456,0.406") from None
-    if len(values) != 3:
-        raise DlsaError(f"--{what} {text}: needs 3 numbers (R,G,B), got {len(values)}")
-    return values  # type: ignore[return-value]
-
-
-@command("extract")
+@command("extract", sections=(Section("", ExtractConfig),))
 def extract_cmd(
     images: Annotated[
         Path,
@@ -53,43 +41,9 @@ def extract_cmd(
         Path | None,
         typer.Option("--root", help="Folder that the paths in a CSV or list file start from (default: the list's folder)."),
     ] = None,
-    backbone: Annotated[
-        str,
-        typer.Option(
-            "--backbone",
-            help="efficientnet-lite0 (built in), a TorchScript file, or torchvision:ARCH / timm:ARCH when installed.",
-        ),
-    ] = "efficientnet-lite0",
-    weights: Annotated[
-        Path | None,
-        typer.Option("--weights", help="Local weights file (state dict) for torchvision/timm, or to replace efficientnet-lite0's."),
-    ] = None,
-    resize: Annotated[int | None, typer.Option("--resize", help="Shorter side after resizing.", show_default="256")] = None,
-    crop: Annotated[int | None, typer.Option("--crop", help="Centre crop size.", show_default="224")] = None,
-    mean: Annotated[str | None, typer.Option("--mean", help="Per-channel mean, R,G,B.", show_default="ImageNet's")] = None,
-    std: Annotated[str | None, typer.Option("--std", help="Per-channel std, R,G,B.", show_default="ImageNet's")] = None,
-    interpolation: Annotated[
-        str | None, typer.Option("--interpolation", help="Resize filter: bilinear or bicubic.", show_default="bilinear")
-    ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 64,
-    workers: Annotated[
-        int | None,
-        typer.Option("--workers", help="Decoding processes (0: decode in the main process).", show_default="cores - 1, at most 8"),
-    ] = None,
-    device: DeviceOpt = "auto",
-    half: Annotated[bool, typer.Option("--half", help="Run the model in float16 (CUDA only).")] = False,
-    dtype: Annotated[str, typer.Option("--dtype", help="Stored feature type: float32 or float16.")] = "float32",
-    skip_bad: Annotated[
-        bool, typer.Option("--skip-bad", help="Leave out images that cannot be read, and list them, instead of stopping.")
-    ] = False,
+    settings: Given = None,  # type: ignore[assignment]
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue an interrupted run: reuse the finished chunks in OUT.resume/ (same images and options) and extract only the rest.")
-    ] = False,
-    chunk_size: Annotated[
-        int, typer.Option("--chunk-size", help="Images per chunk file in OUT.resume/ (what an interrupted run keeps; the folder is removed on success).")
-    ] = 4096,
 ) -> None:
     """Images to a feature file with a pretrained backbone (the pooled penultimate layer). Offline.
 
@@ -102,14 +56,11 @@ def extract_cmd(
 
     Example: [bold]dlsa extract train.csv --root images/ -o train.safetensors --backbone efficientnet-lite0[/]
     """
-    from dlsa_cli.extract import ExtractConfig, extract_file
+    from dlsa_cli.extract import extract_file
+    from dlsa_cli.settings import resolve
 
     rep = Reporter(quiet)
-    cfg = ExtractConfig(
-        backbone=backbone, weights=weights, resize=resize, crop=crop, mean=_triple(mean, "mean"),
-        std=_triple(std, "std"), interpolation=interpolation, batch_size=batch_size, workers=workers, device=device,
-        half=half, dtype=dtype, skip_bad=skip_bad, resume=resume, chunk_size=chunk_size,
-    )
+    cfg = resolve(ExtractConfig, *settings.layers(""))
     with ExitStack() as stack:
         bar = _Bar(rep, stack, images)
         report = extract_file(images, out, cfg, root=root, on_start=bar.begin, progress=bar.step, on_warning=rep.warn)

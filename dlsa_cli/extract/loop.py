@@ -116,16 +116,16 @@ def extract_features(
 
 def _check_extract_args(batch_size: int, dtype: str, half: bool, dev: torch.device, workers: int | None, chunk_size: int) -> int:
     if batch_size < 1:
-        raise DlsaError(f"--batch-size {batch_size}: must be at least 1")
+        raise DlsaError(f"ExtractConfig.batch_size {batch_size}: must be at least 1")
     if chunk_size < 1:
-        raise DlsaError(f"--chunk-size {chunk_size}: must be at least 1")
+        raise DlsaError(f"ExtractConfig.chunk_size {chunk_size}: must be at least 1")
     if dtype not in DTYPES:
-        raise DlsaError(f"--dtype {dtype}: unknown", hint="use float32 or float16")
+        raise DlsaError(f"ExtractConfig.dtype {dtype}: unknown", hint="use float32 or float16")
     if half and dev.type != "cuda":
-        raise DlsaError("--half needs a CUDA device", hint="drop --half on the CPU")
+        raise DlsaError("ExtractConfig.half needs a CUDA device", hint="drop ExtractConfig.half on the CPU")
     workers = default_workers() if workers is None else workers
     if workers < 0:
-        raise DlsaError(f"--workers {workers}: must be 0 or more")
+        raise DlsaError(f"ExtractConfig.workers {workers}: must be 0 or more")
     return workers
 
 

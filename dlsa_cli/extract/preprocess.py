@@ -17,12 +17,12 @@ import numpy as np
 import torch
 
 from dlsa_cli.errors import DlsaError
+from dlsa_cli.extract.config import INTERPOLATIONS
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS", "ImageDataset", "Preprocess"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-INTERPOLATIONS = ("bilinear", "bicubic")
 
 
 @dataclass(frozen=True)
@@ -42,14 +42,14 @@ class Preprocess:
 
     def __post_init__(self) -> None:
         if self.resize < 1 or self.crop < 1:
-            raise DlsaError(f"--resize {self.resize} / --crop {self.crop}: both must be positive")
+            raise DlsaError(f"ExtractConfig.resize {self.resize} / ExtractConfig.crop {self.crop}: both must be positive")
         if self.interpolation not in INTERPOLATIONS:
-            raise DlsaError(f"--interpolation {self.interpolation}: unknown", hint=f"use one of {', '.join(INTERPOLATIONS)}")
+            raise DlsaError(f"ExtractConfig.interpolation {self.interpolation}: unknown", hint=f"use one of {', '.join(INTERPOLATIONS)}")
         for what, v in (("mean", self.mean), ("std", self.std)):
             if len(v) != 3:
-                raise DlsaError(f"--{what} needs 3 numbers (R,G,B), got {len(v)}")
+                raise DlsaError(f"ExtractConfig.{what} needs 3 numbers (R,G,B), got {len(v)}")
         if min(self.std) <= 0:
-            raise DlsaError("--std values must be positive")
+            raise DlsaError("ExtractConfig.std values must be positive")
 
     def to_meta(self) -> dict[str, Any]:
         return {**asdict(self), "mean": list(self.mean), "std": list(self.std), "resize_side": "shorter", "crop_at": "centre"}

@@ -98,6 +98,7 @@ def extract_file(
     on the other torchrun ranks.
     """
     cfg = config or ExtractConfig()
+    cfg.check()
     images, out = Path(images), Path(out)
     backbone_file = Path(cfg.backbone) if Path(cfg.backbone).is_file() else None
     check_output_file(out, suffixes=(".safetensors",), inputs=[images, root, cfg.weights, backbone_file])
@@ -149,7 +150,7 @@ def _extract(
     """This rank's features; one process keeps finished chunks in `chunks` (removed again if bad input stops it)."""
     alone = dist.current().world_size == 1  # under torchrun no resume chunks: the ranks would share one folder
     if cfg.resume and not alone:
-        raise DlsaError("--resume is not available under torchrun", hint="resume the run in one process")
+        raise DlsaError("ExtractConfig.resume is not available under torchrun", hint="resume the run in one process")
     had_chunks = chunks.exists()
     if had_chunks and not cfg.resume and on_warning is not None:
         on_warning(f"{chunks} holds an interrupted run; starting over (pass --resume to continue it)")
