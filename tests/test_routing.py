@@ -105,7 +105,7 @@ def test_ratio_filter_scores_against_its_reference(ratio_filter, data):
     assert sc.routed.sum() == round(0.3 * data.n)  # the training share, by the ratio
     tail = np.array(COUNTS) <= 50
     assert f.stats["routing"] == "ratio" and f.stats["routed"] == sc.routed.sum()
-    assert np.isclose(f.stats["routed_tail_share"], tail[data.labels[sc.routed]].mean())
+    assert np.isclose(f.stats["separation"], tail[data.labels[sc.routed]].mean())
     # the reference is the same flow trained with q = 0: same seed, same fixed means, other weights
     assert torch.equal(f.reference.means, f.flow.means)
     assert not np.allclose(ll, ref)

@@ -1,7 +1,8 @@
 """Evaluation: the long-tail metrics (`metrics`), their counts batch by batch (`tally`), scoring predictions tables (`report`), and Fig. 1 (`plot`)."""
 
-from dlsa_cli.evaluation.tally import Tally
+from dlsa_cli.evaluation.tally import TableMetrics, Tally
 from dlsa_cli.evaluation.report import (
+    EvaluationReport,
     Predictions,
     evaluate_files,
     evaluate_predictions,
@@ -10,4 +11,4 @@ from dlsa_cli.evaluation.report import (
     read_train_counts,
 )
 
-__all__ = ["Predictions", "read_predictions", "iter_predictions", "read_train_counts", "evaluate_predictions", "evaluate_files", "Tally"]
+__all__ = ["EvaluationReport", "TableMetrics", "Predictions", "read_predictions", "iter_predictions", "read_train_counts", "evaluate_predictions", "evaluate_files", "Tally"]
