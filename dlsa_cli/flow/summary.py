@@ -380,9 +380,9 @@ def split_summary(path: str | Path) -> dict[str, Any]:
     tables = []
     if rep is not None and rep.groups is not None and rep.head_tail is not None and rep.tail_share is not None:
         rows = []
-        for (p, gp), (_, ht), (_, ts), (_, ll) in zip(rep.groups.items(), rep.head_tail.items(), rep.tail_share.items(),
+        for (p, gp), (_, ht), (_, ts), (_, mean) in zip(rep.groups.items(), rep.head_tail.items(), rep.tail_share.items(),
                                                       rep.mean_log_likelihood.items()):
-            rows.append([p, gp.many, gp.medium, gp.few, ht.head, ht.tail, ts, ll])
+            rows.append([p, gp.many, gp.medium, gp.few, ht.head, ht.tail, ts, mean])
         tables.append({"title": "make-up", "columns": ["part", "many", "medium", "few", "head", "tail", "tail share",
                                                         "mean log p(x)"], "rows": rows})
     charts = []
