@@ -282,7 +282,7 @@ def test_inspect_plot_draws_fig7_and_the_route_map(digits, tmp_path):
     r = invoke("inspect", sp, "--plot", tmp_path / "fig7.png", "--json")
     assert r.returncode == 0, r.stderr
     rows = {row["split"]: row for row in json.loads(r.stdout)}
-    assert rows["test"]["separation"] == rep["files"]["test"]["separation_accuracy"]
+    assert rows["test"]["separation"] == rep["files"]["test"]["separation"]
     assert rows["test"]["chance"] == rep["files"]["test"]["tail_share"]["all"] and rows["test"]["depth"] == 1
     assert (tmp_path / "fig7.png").read_bytes()[:4] == b"\x89PNG"
     r = invoke("inspect", sp / "test.parquet", "--plot", tmp_path / "fig8.svg")
