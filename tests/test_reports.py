@@ -5,7 +5,14 @@ from __future__ import annotations
 import json
 
 from dlsa_cli.cascade.predict_stream import PredictReport
-from dlsa_cli.cascade.summary import CascadeReport, ClassifierFit, ClassifierStage, DepthStage, FilterFit, RoutedCounts
+from dlsa_cli.cascade.summary import (
+    CascadeReport,
+    ClassifierFit,
+    ClassifierStage,
+    DepthStage,
+    FilterFit,
+    RoutedCounts,
+)
 from dlsa_cli.evaluation.tally import ClassAccuracy, GroupCounts, TableMetrics
 from dlsa_cli.flow.summary import EpochRecord, FilterStats
 

@@ -181,7 +181,8 @@ def fit_cascade(
         rep = _stage(ctx, f"depth{d}", lambda d=d, tr=cur_train, va=cur_val: _fit_depth(ctx, d, tr, va), DepthStage)
         depths.append(rep)
         cur_train = ctx.out / str(rep.files["train_rest"])
-        cur_val = ctx.out / rep.files["val_rest"] if rep.files.get("val_rest") else None
+        val_rest = rep.files.get("val_rest")
+        cur_val = ctx.out / val_rest if val_rest else None
     final = _stage(ctx, "final", lambda: _fit_final(ctx, cur_train, cur_val), ClassifierStage)
     _on_main(lambda: write_manifest(ctx.out, [(ctx.out / str(r.files["filter"]), ctx.out / str(r.files["classifier"]))
                                               for r in depths], ctx.out / str(final.files["classifier"])))
@@ -343,7 +344,7 @@ def _fit_depth(ctx: _Ctx, d: int, train: Path, val: Path | None) -> DepthStage:
     ctx.event(f"depth {d}: flow filter on {train.resolve().name}")
     filt = _filter(ctx, d, train, val, ddir / "filter.safetensors")
     split = _split(ctx, d, [p for p in (train, val) if p is not None], ddir)
-    files = {"filter": f"depth{d}/filter.safetensors", "classifier": f"depth{d}/cluster.safetensors"}
+    files: dict[str, str | None] = {"filter": f"depth{d}/filter.safetensors", "classifier": f"depth{d}/cluster.safetensors"}
     for name in ("train", "val"):
         for part in ("routed", "rest"):
             fr = split.files.get(name)
@@ -495,6 +496,7 @@ def _offset_rows(ctx: _Ctx, part: Any) -> np.ndarray:
 def _report(ctx: _Ctx, base: ClassifierStage, depths: list[DepthStage], final: ClassifierStage, seconds: float) -> CascadeReport:
     """report.json: the settings, each stage's record, and whether DLSA changed anything."""
     branches = [r.classifier for r in depths] + [final.classifier]
+    stages: list[ClassifierStage | DepthStage] = [base, *depths, final]
     return CascadeReport(
         out_dir=str(ctx.out),
         manifest=MANIFEST,
@@ -507,6 +509,6 @@ def _report(ctx: _Ctx, base: ClassifierStage, depths: list[DepthStage], final: C
         depths=depths,
         final=final,
         unchanged=not ctx.plan.from_scratch and all(b.kept_start for b in branches),
-        resumed=any(r.reused for r in [base, *depths, final]),
+        resumed=any(r.reused for r in stages),
         seconds=round(seconds, 2),
     )

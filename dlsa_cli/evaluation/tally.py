@@ -199,10 +199,11 @@ class Tally:
         """The metrics of everything added, as `evaluate_predictions` documents them."""
         groups = shot_groups(self.counts, many_above, few_below)
         acc = accuracy_from_counts(self.correct, self.support)
+        g = group_accuracies(acc, self.counts, many_above, few_below)
         out = TableMetrics(
             samples=self.samples,
             overall=float(self.correct.sum() / self.samples) if self.samples else None,
-            **group_accuracies(acc, self.counts, many_above, few_below),
+            many=g["many"], medium=g["medium"], few=g["few"],
             mcc=mcc_from_counts(self.support, self.predicted, int(self.correct.sum())),
             nmi=nmi_from_cells(self.cells // self.num_classes, self.cells % self.num_classes, self.cell_counts),
             classes=GroupCounts(*(int(np.sum(groups == g)) for g in ("many", "medium", "few"))),
@@ -217,11 +218,12 @@ class Tally:
 
     def _route_metrics(self, t: _RouteTally, many_above: int, few_below: int) -> RouteMetrics:
         tail = int(t.support[self._tail].sum())
+        g = group_accuracies(accuracy_from_counts(t.correct, t.support), self.counts, many_above, few_below)
         return RouteMetrics(
             samples=t.samples,
             share=t.samples / self.samples,
             overall=float(t.correct.sum() / t.samples),
-            **group_accuracies(accuracy_from_counts(t.correct, t.support), self.counts, many_above, few_below),
+            many=g["many"], medium=g["medium"], few=g["few"],
             depth=t.depth,
             separation=tail / t.samples if t.cluster == t.samples else None,
         )

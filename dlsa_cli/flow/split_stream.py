@@ -208,7 +208,8 @@ def split_file(
     if counter is None:
         return None
     rep = counter.report()
-    rep.input, rep.outputs = str(path), SplitOutputs(f"{name}.parquet", outputs.get("routed"), outputs.get("rest"))
+    written = outputs or {}
+    rep.input, rep.outputs = str(path), SplitOutputs(f"{name}.parquet", written.get("routed"), written.get("rest"))
     return rep
 
 

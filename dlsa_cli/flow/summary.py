@@ -188,7 +188,9 @@ class ByPart(Generic[T]):
 
     @classmethod
     def from_json(cls, d: dict[str, Any], item: Any = None) -> ByPart[Any]:
-        return cls(*(d.get(p) if item is None else item(**d[p]) for p in ("routed", "rest", "all")))
+        """`item` builds each part's value from its JSON object (None: the value as it is)."""
+        v: list[Any] = [d.get(p) if item is None else item(**d[p]) for p in ("routed", "rest", "all")]
+        return cls(v[0], v[1], v[2])
 
 
 @dataclass
