@@ -208,7 +208,7 @@ def build_cascades(sd: Seed, cfg: TrainConfig, depths: list[int], design_name: s
 
 def metrics(labels: np.ndarray, logits: np.ndarray, counts: np.ndarray, route: np.ndarray | None = None) -> dict:
     routes = None if route is None else np.where(route > 0, np.char.add("cluster@", route.astype(str)), "regular")
-    m = evaluate_predictions(labels, logits.argmax(1), counts, routes=routes)
+    m = evaluate_predictions(labels, logits.argmax(1), counts, routes=routes).to_json()
     acc = (logits.argmax(1) == labels).astype(float)
     per = np.bincount(labels, weights=acc, minlength=C) / np.maximum(np.bincount(labels, minlength=C), 1)
     m["balanced"] = float(per[np.bincount(labels, minlength=C) > 0].mean())

@@ -77,7 +77,7 @@ def run(train, val, test, cfg: TrainConfig, **kw) -> dict:
     clf, rep = fit_classifier(train, val, cfg, **kw)
     seconds = time.perf_counter() - t0
     counts = np.bincount(train.labels, minlength=clf.num_classes)
-    m = evaluate_predictions(test.labels, clf.logits(test.features).argmax(1), counts)
+    m = evaluate_predictions(test.labels, clf.logits(test.features).argmax(1), counts).to_json()
     val = max([rep.val_balanced, *rep.posthoc.get("val_balanced", [])])  # after post-hoc adjustment, if any
     out = {k: m[k] for k in METRICS} | {"val_balanced": val, "epoch": rep.epoch, "seconds": seconds}
     if rep.m2m is not None:

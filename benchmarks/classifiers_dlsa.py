@@ -53,7 +53,7 @@ def log(msg: str) -> None:
 
 def scores(model, test, counts: np.ndarray) -> dict[str, float]:
     pred = predict(model, test)
-    m = evaluate_predictions(test.labels, pred.logits.argmax(1), counts)
+    m = evaluate_predictions(test.labels, pred.logits.argmax(1), counts).to_json()
     return {k: m[k] for k in METRICS}
 
 
@@ -67,7 +67,7 @@ def one_row(row: str, seed: int, args, filt: Path | None, test, counts) -> tuple
     run = fit_cascade(DATA / "train.safetensors", out, plan, val=DATA / "val.safetensors",
                       filters=None if filt is None else {1: filt}, resume=out.exists())
     res = {"alone": scores(Classifier.load(out / "baseline.safetensors"), test, counts),
-           "dlsa": scores(Cascade.load(out), test, counts), "unchanged": run.report["unchanged"],
+           "dlsa": scores(Cascade.load(out), test, counts), "unchanged": run.report.unchanged,
            "seconds": time.perf_counter() - t0}
     log(f"  seed {seed} {row}: alone {res['alone']['overall']:.4f} dlsa {res['dlsa']['overall']:.4f} "
         f"({res['seconds']:.0f} s)")

@@ -174,7 +174,7 @@ def scores(ds: dict, model, split: str, posthoc: bool) -> dict:
     else:
         lg, route = model.logits(fs.features, posthoc=posthoc), None
     pred = lg.argmax(1)
-    m = evaluate_predictions(fs.labels, pred, ds["counts"])
+    m = evaluate_predictions(fs.labels, pred, ds["counts"]).to_json()
     per = np.bincount(fs.labels, weights=(pred == fs.labels), minlength=ds["c"]) / np.maximum(np.bincount(fs.labels, minlength=ds["c"]), 1)
     m["balanced"] = float(per[np.bincount(fs.labels, minlength=ds["c"]) > 0].mean())
     if route is not None:

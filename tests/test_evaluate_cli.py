@@ -229,7 +229,7 @@ def test_evaluate_streams_in_batches_with_the_same_metrics(files, monkeypatch):
     )
     monkeypatch.setattr(report, "PREDICTION_BATCH", 37)
     assert len(y) > 3 * 37  # several batches, the last one short
-    got = evaluate_files([str(d / "nn1.parquet")], str(d / "train.safetensors"), per_class=True)[str(d / "nn1.parquet")]
+    got = evaluate_files([str(d / "nn1.parquet")], str(d / "train.safetensors"), per_class=True).tables[str(d / "nn1.parquet")]
     assert got == want
     tally = report._tally_file(str(d / "nn1.parquet"), counts, "train", None, 50, 5)
     assert np.array_equal(tally.confusion, binned_confusion(y, preds["1nn"], counts, 5))
@@ -267,6 +267,6 @@ def test_labels_join_string_ids_to_int_ids_in_string_order(tmp_path, monkeypatch
     args = ([str(tmp_path / "p.parquet")], str(tmp_path / "l.safetensors"))
     for batch in (65_536, 2):
         monkeypatch.setattr(report, "PREDICTION_BATCH", batch)
-        res = evaluate_files(*args, labels=str(tmp_path / "l.safetensors"), per_class=True)[args[0][0]]
-        assert res["overall"] == pytest.approx(0.8)  # id 33 (class 2) predicted 0, the other four right
-        assert [c["correct"] for c in res["per_class"]] == [1, 1, 0, 1, 1]
+        res = evaluate_files(*args, labels=str(tmp_path / "l.safetensors"), per_class=True).tables[args[0][0]]
+        assert res.overall == pytest.approx(0.8)  # id 33 (class 2) predicted 0, the other four right
+        assert [c.correct for c in res.per_class] == [1, 1, 0, 1, 1]

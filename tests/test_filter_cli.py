@@ -88,7 +88,7 @@ def test_split_end_to_end_and_chaining(fitted, digits, tmp_path):
     t = rep["files"]["train"]
     tail = np.bincount(train.labels) <= 50
     assert t["routed"] == routed.sum()
-    assert np.isclose(t["separation_accuracy"], tail[table.column("label").to_numpy()[routed]].mean())
+    assert np.isclose(t["separation"], tail[table.column("label").to_numpy()[routed]].mean())
     # chaining: the rest file trains the next depth, which records depth 2
     f2 = tmp_path / "filter2.safetensors"
     r = invoke("fit-filter", out / "train.rest.safetensors", "-o", f2, *FAST, "--batch-size", "32", "--json")
@@ -221,7 +221,7 @@ def test_caltech_routed_set_is_richer_in_tail_than_the_whole_set(caltech_lt, tmp
     assert r.returncode == 0, r.stderr
     assert "head-tail separation accuracy" in r.stdout
     rep = json.loads((out / "split.json").read_text())["files"]["train"]
-    whole, routed = rep["tail_share"]["all"], rep["separation_accuracy"]
+    whole, routed = rep["tail_share"]["all"], rep["separation"]
     assert abs(whole - 0.367) < 0.01  # 1,612 of 4,393 training samples are in classes of <= 50
     assert routed > whole + 0.05, (routed, whole)
     assert rep["tail_share"]["rest"] < whole

@@ -245,7 +245,7 @@ def test_given_filters_are_used_as_they_are_and_serve_other_classifier_settings(
     again = fit_cascade(train, tmp_path / "again", plan, val=val, filters=filters)
     for d in (1, 2):
         assert file_sha256(tmp_path / "again" / f"depth{d}" / "filter.safetensors") == file_sha256(filters[d])
-        assert again.report["depths"][d - 1]["filter"]["given"] == str(filters[d])
+        assert again.report.depths[d - 1].filter.given == str(filters[d])
     assert_same_cascade(tmp_path / "again", tmp_path / "first", test, tmp_path)
     # other classifier settings on the same filters: the same routes, other classifiers
     ce = fit_cascade(train, tmp_path / "ce", CascadePlan(depth=2, filter=fcfg, baseline=TrainConfig(epochs=8, loss="ce")),
@@ -253,7 +253,7 @@ def test_given_filters_are_used_as_they_are_and_serve_other_classifier_settings(
     a = predictions(tmp_path / "ce", test, tmp_path / "ce.parquet")
     b = predictions(tmp_path / "first", test, tmp_path / "first.parquet")
     assert np.array_equal(a["route"], b["route"])
-    assert ce.report["plan"]["baseline"]["loss"] == "ce" and first.report["plan"]["baseline"]["loss"] == "bsm"
+    assert ce.report.plan["baseline"]["loss"] == "ce" and first.report.plan["baseline"]["loss"] == "bsm"
     # a filter given for the wrong depth is refused before anything is fitted
     with pytest.raises(Exception, match="trained at depth 1, but is given for depth 2"):
         fit_cascade(train, tmp_path / "bad", plan, val=val, filters={1: filters[1], 2: filters[1]})

@@ -275,19 +275,27 @@ def test_depth_comes_from_a_rest_file(data):
 
 
 def test_split_report_by_hand(filt):
+    from dlsa_cli.evaluation.tally import GroupCounts
     from dlsa_cli.flow import FilterScores
+    from dlsa_cli.flow.summary import HeadTail, SplitFileReport
 
     labels = np.array([0, 0, 9, 8, 4, 4])  # counts 120, 120, 2, 3, 20, 20 -> many, many, few, few, medium, medium
     routed = np.array([True, False, True, True, False, False])
     sc = FilterScores(np.array([1.0, -1.0, 2.0, 3.0, -2.0, -3.0]), np.zeros(6, dtype=np.int64), routed)
     r = split_report(filt, labels, sc)
-    assert r["routed"] == 3 and r["rest"] == 3 and r["routed_share"] == 0.5
-    assert r["groups"]["routed"] == {"many": 1, "medium": 0, "few": 2}
-    assert r["groups"]["rest"] == {"many": 1, "medium": 2, "few": 0}
-    assert r["head_tail"]["routed"] == {"head": 1, "tail": 2}
-    assert math.isclose(r["separation_accuracy"], 2 / 3)
-    assert math.isclose(r["tail_share"]["all"], 4 / 6)
-    assert math.isclose(r["mean_log_likelihood"]["routed"], 2.0)
+    assert r.routed == 3 and r.rest == 3 and r.routed_share == 0.5
+    assert r.groups.routed == GroupCounts(many=1, medium=0, few=2)
+    assert r.groups.rest == GroupCounts(many=1, medium=2, few=0)
+    assert r.head_tail.routed == HeadTail(head=1, tail=2)
+    assert math.isclose(r.separation, 2 / 3)
+    assert math.isclose(r.tail_share.all, 4 / 6)
+    assert math.isclose(r.mean_log_likelihood.routed, 2.0)
+    j = r.to_json()  # the one JSON form, as split.json and the split table hold it
+    assert j["groups"]["routed"] == {"many": 1, "medium": 0, "few": 2} and j["separation"] == r.separation
+    assert SplitFileReport.from_json(j) == r
+    old = {**j, "separation_accuracy": j["separation"]}  # what split.json held before `separation`
+    del old["separation"]
+    assert SplitFileReport.from_json(old) == r
 
 
 # --------------------------------------------------------------------------- bad input

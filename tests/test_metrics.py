@@ -67,12 +67,12 @@ def test_group_accuracies_equal_a_direct_computation_on_real_labels(real):
         for group, rule in (("many", counts > 100), ("few", counts < 20), ("medium", (counts >= 20) & (counts <= 100))):
             accs = [np.mean(p[y == k] == k) for k in np.flatnonzero(rule)]
             direct[group] = float(np.mean(accs))
-        assert res["many"] == pytest.approx(direct["many"], abs=1e-12)
-        assert res["medium"] == pytest.approx(direct["medium"], abs=1e-12)
-        assert res["few"] == pytest.approx(direct["few"], abs=1e-12)
-        assert res["overall"] == pytest.approx(float(np.mean(p == y)), abs=1e-12)
-        assert res["classes"] == {"many": int((counts > 100).sum()), "medium": int(((counts >= 20) & (counts <= 100)).sum()), "few": int((counts < 20).sum())}
-        assert sum(res["classes"].values()) == 101
+        assert res.many == pytest.approx(direct["many"], abs=1e-12)
+        assert res.medium == pytest.approx(direct["medium"], abs=1e-12)
+        assert res.few == pytest.approx(direct["few"], abs=1e-12)
+        assert res.overall == pytest.approx(float(np.mean(p == y)), abs=1e-12)
+        assert res.to_json()["classes"] == {"many": int((counts > 100).sum()), "medium": int(((counts >= 20) & (counts <= 100)).sum()), "few": int((counts < 20).sum())}
+        assert res.classes.many + res.classes.medium + res.classes.few == 101
 
 
 @pytest.mark.parametrize(
@@ -104,16 +104,16 @@ def test_empty_group_is_none_not_zero():
     y = np.array([0, 1, 2, 3, 3])
     p = np.array([0, 0, 2, 3, 0])
     res = evaluate_predictions(y, p, counts)
-    assert res["many"] is None
-    assert res["medium"] == pytest.approx((1.0 + 0.0) / 2)
-    assert res["few"] == pytest.approx((1.0 + 0.5) / 2)
+    assert res.many is None
+    assert res.medium == pytest.approx((1.0 + 0.0) / 2)
+    assert res.few == pytest.approx((1.0 + 0.5) / 2)
 
 
 def test_a_class_absent_from_training_is_few_shot():
     counts = np.array([200, 0])
     assert list(shot_groups(counts)) == ["many", "few"]
     res = evaluate_predictions(np.array([0, 1, 1]), np.array([0, 1, 0]), counts)
-    assert res["few"] == pytest.approx(0.5)
+    assert res.few == pytest.approx(0.5)
 
 
 def test_classes_without_test_samples_are_left_out_of_their_group():
@@ -131,19 +131,19 @@ def test_separation_and_routes_by_definition():
     routes = np.array(["cluster@1", "cluster@1", "cluster@1", "cluster@2", "cluster@2", "regular", "regular", "regular", "cluster@1"])
     assert separation_accuracy(y[:0], counts) is None
     res = evaluate_predictions(y, p, counts, routes=routes, tail_at_most=50)
-    assert list(res["routes"]) == ["cluster@1", "cluster@2", "regular"]
-    c1, c2, reg = (res["routes"][r] for r in ("cluster@1", "cluster@2", "regular"))
-    assert (c1["samples"], c2["samples"], reg["samples"]) == (4, 2, 3)
-    assert c1["separation"] == pytest.approx(2 / 4)  # classes 0, 1, 2, 3 -> 2 and 3 are tail
-    assert c2["separation"] == pytest.approx(1.0)
-    assert reg["separation"] is None
-    assert res["separation"] == pytest.approx(4 / 6)
-    assert (c1["depth"], c2["depth"]) == (1, 2)
-    assert c2["overall"] == pytest.approx(0.5)
-    assert reg["overall"] == pytest.approx(2 / 3)
-    assert c1["share"] + c2["share"] + reg["share"] == pytest.approx(1.0)
+    assert list(res.routes) == ["cluster@1", "cluster@2", "regular"]
+    c1, c2, reg = (res.routes[r] for r in ("cluster@1", "cluster@2", "regular"))
+    assert (c1.samples, c2.samples, reg.samples) == (4, 2, 3)
+    assert c1.separation == pytest.approx(2 / 4)  # classes 0, 1, 2, 3 -> 2 and 3 are tail
+    assert c2.separation == pytest.approx(1.0)
+    assert reg.separation is None
+    assert res.separation == pytest.approx(4 / 6)
+    assert (c1.depth, c2.depth) == (1, 2)
+    assert c2.overall == pytest.approx(0.5)
+    assert reg.overall == pytest.approx(2 / 3)
+    assert c1.share + c2.share + reg.share == pytest.approx(1.0)
     # a different boundary changes which classes are tail
-    assert evaluate_predictions(y, p, counts, routes=routes, tail_at_most=10)["routes"]["cluster@1"]["separation"] == pytest.approx(1 / 4)
+    assert evaluate_predictions(y, p, counts, routes=routes, tail_at_most=10).routes["cluster@1"].separation == pytest.approx(1 / 4)
 
 
 def test_binned_confusion_orders_by_frequency_and_drops_correct():
@@ -163,12 +163,12 @@ def test_binned_confusion_orders_by_frequency_and_drops_correct():
 def test_per_class_report(real):
     y, preds, counts = real
     res = evaluate_predictions(y, preds["ncm"], counts, per_class=True)
-    pc = res["per_class"]
+    pc = res.per_class
     assert len(pc) == 101
     k = int(np.argmax(counts))
-    assert pc[k]["train_count"] == counts[k] and pc[k]["group"] == "many"
-    assert pc[k]["samples"] == int((y == k).sum())
-    assert pc[k]["accuracy"] == pytest.approx(float(np.mean(preds["ncm"][y == k] == k)))
+    assert pc[k].train_count == counts[k] and pc[k].group == "many"
+    assert pc[k].samples == int((y == k).sum())
+    assert pc[k].accuracy == pytest.approx(float(np.mean(preds["ncm"][y == k] == k)))
 
 
 def test_train_counts_from_json_and_feature_files(tmp_path):

@@ -101,7 +101,7 @@ def test_ratio_filter_scores_against_its_reference(ratio_filter, data):
     assert sc.routed.sum() == round(0.3 * data.n)  # the training share, by the ratio
     tail = np.array(COUNTS) <= 50
     assert f.stats["routing"] == "ratio" and f.stats["routed"] == sc.routed.sum()
-    assert np.isclose(f.stats["routed_tail_share"], tail[data.labels[sc.routed]].mean())
+    assert np.isclose(f.stats["separation"], tail[data.labels[sc.routed]].mean())
     # the reference is the same flow trained with q = 0: same seed, same fixed means, other weights
     assert torch.equal(f.reference.means, f.flow.means)
     assert not np.allclose(ll, ref)
@@ -278,7 +278,7 @@ def test_inspect_plot_draws_fig7_and_the_route_map(digits, tmp_path):
     r = invoke("inspect", sp, "--plot", tmp_path / "fig7.png", "--json")
     assert r.returncode == 0, r.stderr
     rows = {row["split"]: row for row in json.loads(r.stdout)}
-    assert rows["test"]["separation"] == rep["files"]["test"]["separation_accuracy"]
+    assert rows["test"]["separation"] == rep["files"]["test"]["separation"]
     assert rows["test"]["chance"] == rep["files"]["test"]["tail_share"]["all"] and rows["test"]["depth"] == 1
     assert (tmp_path / "fig7.png").read_bytes()[:4] == b"\x89PNG"
     r = invoke("inspect", sp / "test.parquet", "--plot", tmp_path / "fig8.svg")

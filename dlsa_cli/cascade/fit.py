@@ -26,19 +26,23 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from dlsa_cli.cascade.manifest import MANIFEST, write_manifest
 from dlsa_cli.cascade.model import Cascade
 from dlsa_cli.cascade.plan import CascadePlan, as_branch
+from dlsa_cli.cascade.summary import CascadeReport, ClassifierFit, ClassifierStage, DepthStage, FilterFit, RoutedCounts
 from dlsa_cli.classify.config import TrainConfig
 from dlsa_cli.errors import InputError, TrainingError
 from dlsa_cli.flow.config import FilterRun, check_select
 from dlsa_cli.io.files import atomic_path, file_sha256, provenance, read_safetensors_header, require_file, write_json
+
+if TYPE_CHECKING:
+    from dlsa_cli.flow.summary import SplitReport
 
 __all__ = ["CascadePlan", "CascadeRun", "fit_cascade", "PROGRESS", "REPORT"]
 
@@ -46,6 +50,7 @@ PROGRESS = "progress.json"
 REPORT = "report.json"
 
 EventFn = Callable[[str], None]
+S = TypeVar("S", ClassifierStage, DepthStage)
 
 
 @dataclass
@@ -53,7 +58,7 @@ class CascadeRun:
     """What `fit_cascade` returns: the loaded cascade and the run's report (report.json)."""
 
     cascade: Cascade
-    report: dict[str, Any]
+    report: CascadeReport
     out_dir: Path
 
 
@@ -72,9 +77,9 @@ class _Ctx:
     warn: EventFn
     progress: dict[str, Any]
 
-    def done(self, stage: str, rep: dict[str, Any]) -> None:
+    def done(self, stage: str, rep: ClassifierStage | DepthStage) -> None:
         """Record a finished stage, atomically, before the next one starts."""
-        self.progress["stages"][stage] = rep
+        self.progress["stages"][stage] = rep.to_json()
         _on_main(lambda: write_json(self.out / PROGRESS, self.progress))
 
 
@@ -109,18 +114,19 @@ def fit_cascade(
                  train_offset)
     ctx.device, ctx.event, ctx.warn = dev, on_event or _quiet, on_warning or _quiet
     t0 = time.perf_counter()
-    base = _stage(ctx, "baseline", lambda: _fit_baseline(ctx))
+    base = _stage(ctx, "baseline", lambda: _fit_baseline(ctx), ClassifierStage)
     cur_train, cur_val, depths = ctx.train, ctx.val, []
     for d in range(1, plan.depth + 1):
-        rep = _stage(ctx, f"depth{d}", lambda d=d, tr=cur_train, va=cur_val: _fit_depth(ctx, d, tr, va))
+        rep = _stage(ctx, f"depth{d}", lambda d=d, tr=cur_train, va=cur_val: _fit_depth(ctx, d, tr, va), DepthStage)
         depths.append(rep)
-        cur_train = ctx.out / rep["files"]["train_rest"]
-        cur_val = ctx.out / rep["files"]["val_rest"] if rep["files"].get("val_rest") else None
-    final = _stage(ctx, "final", lambda: _fit_final(ctx, cur_train, cur_val))
-    _on_main(lambda: write_manifest(ctx.out, [(ctx.out / r["files"]["filter"], ctx.out / r["files"]["classifier"])
-                                              for r in depths], ctx.out / final["files"]["classifier"]))
+        cur_train = ctx.out / str(rep.files["train_rest"])
+        val_rest = rep.files.get("val_rest")
+        cur_val = ctx.out / val_rest if val_rest else None
+    final = _stage(ctx, "final", lambda: _fit_final(ctx, cur_train, cur_val), ClassifierStage)
+    _on_main(lambda: write_manifest(ctx.out, [(ctx.out / str(r.files["filter"]), ctx.out / str(r.files["classifier"]))
+                                              for r in depths], ctx.out / str(final.files["classifier"])))
     report = _report(ctx, base, depths, final, time.perf_counter() - t0)
-    _on_main(lambda: write_json(ctx.out / REPORT, report))
+    _on_main(lambda: write_json(ctx.out / REPORT, report.to_json()))
     return CascadeRun(Cascade.load(ctx.out), report, ctx.out)
 
 
@@ -135,19 +141,19 @@ def _on_main(write: Callable[[], Any]) -> None:
     dist.collective(lambda: write() if dist.is_main() else None)
 
 
-def _stage(ctx: _Ctx, name: str, fit: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def _stage(ctx: _Ctx, name: str, fit: Callable[[], S], kind: type[S]) -> S:
     """A finished stage's record when resuming (its files still there), else fit it and record it."""
     rep = ctx.progress["stages"].get(name)
     if rep is not None and all((ctx.out / f).is_file() for f in rep["files"].values() if f):
         ctx.event(f"{name}: finished in an earlier run, reused")
-        return {**rep, "reused": True}
+        return replace(kind.from_json(rep), reused=True)
     # this stage is refitted, so no later stage of the earlier run may be reused
     order = ["baseline", *[f"depth{d}" for d in range(1, ctx.plan.depth + 1)], "final"]
     for later in order[order.index(name):]:
         ctx.progress["stages"].pop(later, None)
-    rep = fit()
-    ctx.done(name, rep)
-    return {**rep, "reused": False}
+    new = fit()
+    ctx.done(name, new)
+    return new
 
 
 # ----------------------------------------------------------------------------- the run folder
@@ -260,15 +266,15 @@ def _start_from(ctx: _Ctx) -> Path | None:
     return None if ctx.plan.from_scratch else ctx.out / "baseline.safetensors"
 
 
-def _fit_baseline(ctx: _Ctx) -> dict[str, Any]:
+def _fit_baseline(ctx: _Ctx) -> ClassifierStage:
     ctx.event("baseline: one classifier on all training data")
     plan = ctx.plan
     init = None if plan.baseline_init is None else Path(plan.baseline_init)
     rep = _fit_classifier(ctx, "baseline", ctx.train, ctx.val, plan.baseline_config(), init=init, weigh=False)
-    return {"classifier": rep, "files": {"classifier": "baseline.safetensors"}}
+    return ClassifierStage(rep, {"classifier": "baseline.safetensors"})
 
 
-def _fit_depth(ctx: _Ctx, d: int, train: Path, val: Path | None) -> dict[str, Any]:
+def _fit_depth(ctx: _Ctx, d: int, train: Path, val: Path | None) -> DepthStage:
     """Filter d on this depth's training samples, the split of train/val by it, cluster-aided classifier d."""
     t0 = time.perf_counter()
     ddir = ctx.out / f"depth{d}"
@@ -277,12 +283,13 @@ def _fit_depth(ctx: _Ctx, d: int, train: Path, val: Path | None) -> dict[str, An
     ctx.event(f"depth {d}: flow filter on {train.resolve().name}")
     filt = _filter(ctx, d, train, val, ddir / "filter.safetensors")
     split = _split(ctx, d, [p for p in (train, val) if p is not None], ddir)
-    files = {"filter": f"depth{d}/filter.safetensors", "classifier": f"depth{d}/cluster.safetensors"}
+    files: dict[str, str | None] = {"filter": f"depth{d}/filter.safetensors", "classifier": f"depth{d}/cluster.safetensors"}
     for name in ("train", "val"):
         for part in ("routed", "rest"):
-            out = (split["files"].get(name) or {}).get("outputs", {}).get(part)
+            fr = split.files.get(name)
+            out = None if fr is None or fr.outputs is None else getattr(fr.outputs, part)
             files[f"{name}_{part}"] = None if out is None else f"depth{d}/{out}"
-        files[f"{name}_table"] = f"depth{d}/{name}.parquet" if name in split["files"] else None
+        files[f"{name}_table"] = f"depth{d}/{name}.parquet" if name in split.files else None
     if files["train_routed"] is None:
         raise TrainingError(f"depth {d}: the filter routes no training sample", path=ddir / "filter.safetensors",
                             hint="raise FilterConfig.share or lower CascadePlan.depth")
@@ -293,14 +300,14 @@ def _fit_depth(ctx: _Ctx, d: int, train: Path, val: Path | None) -> dict[str, An
     routed_val = None if files["val_routed"] is None else ctx.out / files["val_routed"]
     clf = _fit_classifier(ctx, f"depth{d}/cluster", ctx.out / files["train_routed"], routed_val, ctx.plan.branch_config(),
                           init=_start_from(ctx), filter_path=ddir / "filter.safetensors", weigh=True)
-    return {"depth": d, **_routing(split), "filter": filt, "classifier": clf,
-            "seconds": round(time.perf_counter() - t0, 2), "files": files}
+    return DepthStage(d, _routing(split, "train"), _routing(split, "val"), filt, clf, round(time.perf_counter() - t0, 2),
+                      files)
 
 
-def _fit_final(ctx: _Ctx, train: Path, val: Path | None) -> dict[str, Any]:
+def _fit_final(ctx: _Ctx, train: Path, val: Path | None) -> ClassifierStage:
     ctx.event("final: regular classifier on the samples no filter routed")
     rep = _fit_classifier(ctx, "final", train, val, ctx.plan.branch_config(), init=_start_from(ctx), weigh=True)
-    return {"classifier": rep, "files": {"classifier": "final.safetensors"}}
+    return ClassifierStage(rep, {"classifier": "final.safetensors"})
 
 
 def _depth_inputs(ctx: _Ctx, d: int, train: Path, val: Path | None) -> tuple[Path, Path | None]:
@@ -320,7 +327,7 @@ def _depth_inputs(ctx: _Ctx, d: int, train: Path, val: Path | None) -> tuple[Pat
     return links[0], links[1]  # type: ignore[return-value]
 
 
-def _filter(ctx: _Ctx, d: int, train: Path, val: Path | None, path: Path) -> dict[str, Any]:
+def _filter(ctx: _Ctx, d: int, train: Path, val: Path | None, path: Path) -> FilterFit:
     """Fit filter d as `dlsa fit-filter TRAIN --depth d [--val VAL]` does, or copy the given one.
 
     The filter sees this depth's part of the validation set when its --filter-select
@@ -340,7 +347,7 @@ def _filter(ctx: _Ctx, d: int, train: Path, val: Path | None, path: Path) -> dic
                 shutil.copyfile(given, tmp)
 
         _on_main(copy)
-        return {"given": str(given), "chosen_epoch": flt.chosen_epoch, "epochs": flt.config.epochs, "seconds": 0.0}
+        return FilterFit(str(given), flt.chosen_epoch, flt.config.epochs, 0.0)
     cfg = ctx.plan.filter_config()
     t0 = time.perf_counter()
     use_val = val if (val is not None and cfg.select in VAL_SELECTS) else None
@@ -350,12 +357,11 @@ def _filter(ctx: _Ctx, d: int, train: Path, val: Path | None, path: Path) -> dic
     flt = fit_filter_file(train, path, cfg, FilterRun(depth=d), val=use_val, device=ctx.device, checkpoint_every=0,
                           command="fit-cascade: fit-filter", on_warning=ctx.warn)
     kept = flt.history[flt.chosen_epoch - 1]
-    return {"given": None, "chosen_epoch": flt.chosen_epoch, "epochs": cfg.epochs,
-            "good_clusters": flt.stats.get("good_clusters"), "val_separation": kept.get("val_separation"),
-            "seconds": round(time.perf_counter() - t0, 2)}
+    return FilterFit(None, flt.chosen_epoch, cfg.epochs, round(time.perf_counter() - t0, 2),
+                     good_clusters=flt.stats.get("good_clusters"), val_separation=kept.get("val_separation"))
 
 
-def _split(ctx: _Ctx, d: int, inputs: list[Path], ddir: Path) -> dict[str, Any]:
+def _split(ctx: _Ctx, d: int, inputs: list[Path], ddir: Path) -> SplitReport:
     """`dlsa split FILTER TRAIN [VAL] -o depthD/`: tables, routed and rest files, split.json."""
     from dlsa_cli.flow import FlowFilter, split
 
@@ -366,20 +372,16 @@ def _split(ctx: _Ctx, d: int, inputs: list[Path], ddir: Path) -> dict[str, Any]:
     return split(flt, inputs, ddir, batch_size=bs, device=ctx.device, prov=prov)
 
 
-def _routing(split: dict[str, Any]) -> dict[str, Any]:
-    """Routed counts of train and val, and head-tail separation (tail share of the routed samples)."""
-    out: dict[str, Any] = {}
-    for name in ("train", "val"):
-        r = split["files"].get(name)
-        out[name] = None if r is None else {
-            "samples": r["samples"], "routed": r["routed"], "rest": r["rest"],
-            "separation": r.get("separation_accuracy"), "tail_share": (r.get("tail_share") or {}).get("all"),
-        }
-    return out
+def _routing(split: SplitReport, name: str) -> RoutedCounts | None:
+    """Routed counts of train or val (None: not split), and head-tail separation (tail share of the routed samples)."""
+    r = split.files.get(name)
+    if r is None:
+        return None
+    return RoutedCounts(r.samples, r.routed, r.rest, r.separation, None if r.tail_share is None else r.tail_share.all)
 
 
 def _fit_classifier(ctx: _Ctx, name: str, train: Path, val: Path | None, cfg: TrainConfig, *, init: Path | None,
-                    filter_path: Path | None = None, weigh: bool) -> dict[str, Any]:
+                    filter_path: Path | None = None, weigh: bool) -> ClassifierFit:
     """`dlsa fit-classifier TRAIN [--val VAL] [--val-weights-from WHOLE_VAL] ...` into RUNDIR/NAME.safetensors."""
     from dlsa_cli.classify.stage import fit_classifier_file
     from dlsa_cli.io.features import num_classes, read_labels
@@ -396,12 +398,12 @@ def _fit_classifier(ctx: _Ctx, name: str, train: Path, val: Path | None, cfg: Tr
                                   from_scratch=init is None and name != "baseline", device=ctx.device,
                                   command="fit-cascade: fit-classifier")
     rep, clf = fit.report, fit.classifier
-    return {
-        "kind": clf.kind, "start": "scratch" if init is None else init.name, "epoch": rep.epoch, "epochs": cfg.epochs,
-        "kept_start": rep.epoch == 0, "lr": rep.lr, "train_samples": rep.train_samples, "val_samples": rep.val_samples,
-        "val_source": rep.val_source, "val_weighted": whole is not None, "val_balanced_accuracy": rep.val_balanced,
-        "val_accuracy": rep.val_accuracy, "seconds": round(fit.seconds, 2),
-    }
+    return ClassifierFit(
+        kind=clf.kind, start="scratch" if init is None else init.name, epoch=rep.epoch, epochs=cfg.epochs,
+        kept_start=rep.epoch == 0, lr=rep.lr, train_samples=rep.train_samples, val_samples=rep.val_samples,
+        val_source=rep.val_source, val_weighted=whole is not None, val_balanced_accuracy=rep.val_balanced,
+        val_accuracy=rep.val_accuracy, seconds=round(fit.seconds, 2),
+    )
 
 
 def _offset_rows(ctx: _Ctx, part_path: Path) -> np.ndarray:
@@ -420,23 +422,23 @@ def _offset_rows(ctx: _Ctx, part_path: Path) -> np.ndarray:
 # ----------------------------------------------------------------------------- the report
 
 
-def _report(ctx: _Ctx, base: dict[str, Any], depths: list[dict[str, Any]], final: dict[str, Any], seconds: float) -> dict[str, Any]:
+def _report(ctx: _Ctx, base: ClassifierStage, depths: list[DepthStage], final: ClassifierStage, seconds: float) -> CascadeReport:
     """report.json: the settings, each stage's record, and whether DLSA changed anything."""
-    branches = [r["classifier"] for r in depths] + [final["classifier"]]
-    unchanged = not ctx.plan.from_scratch and all(b["kept_start"] for b in branches)
-    return {
-        "out_dir": str(ctx.out),
-        "manifest": MANIFEST,
-        "train": str(ctx.train.resolve()),
-        "val": None if ctx.val is None else str(ctx.val.resolve()),
-        "depth": ctx.plan.depth,
-        "device": str(ctx.device),
-        "plan": ctx.plan.to_dict(),
-        "settings": ctx.plan.to_tables(),  # the config file that repeats this run (`dlsa inspect RUN --config`)
-        "baseline": base,
-        "depths": depths,
-        "final": final,
-        "unchanged": unchanged,
-        "resumed": any(r.get("reused") for r in [base, *depths, final]),
-        "seconds": round(seconds, 2),
-    }
+    branches = [r.classifier for r in depths] + [final.classifier]
+    stages: list[ClassifierStage | DepthStage] = [base, *depths, final]
+    return CascadeReport(
+        out_dir=str(ctx.out),
+        manifest=MANIFEST,
+        train=str(ctx.train.resolve()),
+        val=None if ctx.val is None else str(ctx.val.resolve()),
+        depth=ctx.plan.depth,
+        device=str(ctx.device),
+        plan=ctx.plan.to_dict(),
+        settings=ctx.plan.to_tables(),  # the config file that repeats this run (`dlsa inspect RUN --config`)
+        baseline=base,
+        depths=depths,
+        final=final,
+        unchanged=not ctx.plan.from_scratch and all(b.kept_start for b in branches),
+        resumed=any(r.reused for r in stages),
+        seconds=round(seconds, 2),
+    )

@@ -4,13 +4,14 @@ Each rank reads its contiguous rows in batches and predicts them; rank 0
 receives every round's tables and writes the predictions table by row groups
 (one part per rank, joined in rank order, which is input order). Memory grows
 with the batch, not with N. The table is `predict.prediction_columns` of
-every batch, in input order.
+every batch, in input order; `PredictReport` is what `predict` reports.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,23 @@ from dlsa_cli.io.features import FeatureSet, feature_info
 from dlsa_cli.io.stream import iter_rows, stream_table
 from dlsa_cli.runtime import distributed as dist
 
-__all__ = ["predict_file"]
+__all__ = ["PredictReport", "predict_file"]
+
+
+@dataclass
+class PredictReport:
+    """What `predict` reports: how many samples, by which model, and (when known) accuracy and routes."""
+
+    samples: int
+    model: str  # "cascade" or the classifier's kind
+    accuracy: float | None = None  # with labels
+    routes: dict[str, int] | None = None  # a cascade's samples per route
+    output: str | None = None  # the table written (set by the caller)
+    seconds: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields; `accuracy` only with labels, `routes` only for a cascade."""
+        return {k: v for k, v in asdict(self).items() if v is not None or k not in ("accuracy", "routes")}
 
 
 def _predict_batch(model: Classifier | Cascade, b: Any, info: Any, *, topk: int, batch_size: int,
@@ -66,7 +83,7 @@ def predict_file(
     device: torch.device | str = "cpu",
     flt: Any = None,
     prov: dict[str, Any] | None = None,
-) -> dict[str, Any] | None:
+) -> PredictReport | None:
     """Write the predictions table of a feature file (kind "predictions"); the report on rank 0, None elsewhere."""
     p = Path(path)
     info = feature_info(p)
@@ -103,9 +120,5 @@ def predict_file(
     dist.barrier()
     if not me.is_main:
         return None
-    report: dict[str, Any] = {"samples": info.n, "model": meta["model"]}
-    if info.has_labels:
-        report["accuracy"] = correct / info.n
-    if has_route:
-        report["routes"] = dict(sorted(routes.items()))
-    return report
+    return PredictReport(info.n, meta["model"], accuracy=correct / info.n if info.has_labels else None,
+                         routes=dict(sorted(routes.items())) if has_route else None)

@@ -1,7 +1,8 @@
-"""`dlsa inspect` summary of a classifier file."""
+"""`fit-classifier`'s report (`ClassifierFitReport`) and `dlsa inspect` of a classifier file."""
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -9,10 +10,75 @@ import numpy as np
 
 from dlsa_cli.classify.model import Classifier
 
-__all__ = ["summary"]
+__all__ = ["ClassifierFitReport", "Posthoc", "RouterSaving", "summary"]
+
+# ----------------------------------------------------------------------------- fit-classifier
+
+
+@dataclass
+class Posthoc:
+    """The post-hoc logit adjustment chosen on validation (kind "none": none)."""
+
+    kind: str
+    tau: float
+
+
+@dataclass
+class RouterSaving:
+    """A RIDE router's threshold (None: off) and the share of expert evaluations it saves on validation."""
+
+    threshold: float | None
+    saving: float
+
+
+@dataclass
+class ClassifierFitReport:
+    """What `fit-classifier` reports: the file written, the epoch chosen and its validation scores."""
+
+    output: str
+    model: str
+    base_model: str
+    dim: int
+    classes: int
+    loss: str
+    sampler: str
+    init: str | None
+    train_samples: int
+    val_samples: int
+    val_source: str
+    val_weighted: bool  # validation samples weighed for the whole validation set's balanced accuracy
+    epoch: int
+    epochs: int
+    lr: float
+    val_balanced_accuracy: float
+    val_accuracy: float
+    posthoc: Posthoc
+    seconds: float
+    experts: int | None = None  # RIDE
+    m2m_acceptance: float | None = None  # M2M
+    router: RouterSaving | None = None  # RIDE with a router
+
+    @classmethod
+    def of(cls, clf: Classifier, fit: Any, out: str | Path, *, epochs: int, seconds: float, weighted: bool) -> ClassifierFitReport:
+        """The report of `clf`, fitted as `fit` (a `FitReport`) says, written to `out`."""
+        m = clf.meta
+        router = m.get("router")
+        return cls(
+            output=str(out), model=clf.kind, base_model=clf.base_kind, dim=clf.dim, classes=clf.num_classes,
+            loss=m["loss"], sampler=m["sampler"], init=m["init"]["source"], train_samples=fit.train_samples,
+            val_samples=fit.val_samples, val_source=fit.val_source, val_weighted=weighted, epoch=fit.epoch,
+            epochs=epochs, lr=fit.lr, val_balanced_accuracy=fit.val_balanced, val_accuracy=fit.val_accuracy,
+            posthoc=Posthoc(fit.posthoc["kind"], fit.posthoc["tau"]), seconds=round(seconds, 2),
+            experts=m.get("experts"), m2m_acceptance=None if fit.m2m is None else fit.m2m["acceptance"],
+            router=None if not router else RouterSaving(router["threshold"], router["saving"]),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields; `experts`, `m2m_acceptance` and `router` only for the models that have them."""
+        return {k: v for k, v in asdict(self).items() if v is not None or k not in ("experts", "m2m_acceptance", "router")}
+
 
 # ----------------------------------------------------------------------------- inspect
-
 
 def summary(path: str | Path) -> dict[str, Any]:
     """Inspect summary of a classifier file (kind "classifier")."""

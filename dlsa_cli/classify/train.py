@@ -66,9 +66,6 @@ class FitReport:
     warnings: list[str] = field(default_factory=list)
     m2m: dict[str, Any] | None = None
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
 from dlsa_cli.cascade.plan import BRANCH_TOKEN, NOT_IN_TABLES, CascadePlan, plan_from_layers
 from dlsa_cli.classify.config import TrainConfig
-from dlsa_cli.cli.common import DeviceOpt, JsonOpt, QuietOpt, Reporter, command, emit_json, stdout
+from dlsa_cli.cli.common import DeviceOpt, JsonOpt, QuietOpt, Reporter, command, emit_json
 from dlsa_cli.cli.derive import Given, Section
+from dlsa_cli.cli.render import render_cascade
 from dlsa_cli.flow.config import FilterConfig
 
 __all__ = ["fit_cascade_cmd"]
@@ -64,46 +64,8 @@ def fit_cascade_cmd(
     _, dev = setup(device)  # under torchrun: DDP training and sharded splits, rank 0 writes
     run = fit_cascade(train, out, plan, val=val, device=dev, resume=resume, on_event=rep.log, on_warning=rep.warn)
     if json_out:
-        emit_json(run.report)
+        emit_json(run.report.to_json())
         return
-    render_report(run.report)
+    render_cascade(run.report)
 
 
-def _kept(c: dict[str, Any]) -> str:
-    return f"{c['epoch']}/{c['epochs']}" + (" kept" if c["kept_start"] else "")
-
-
-def _secs(seconds: float, stage: dict[str, Any]) -> str:
-    return f"{seconds:.1f}" + (" reused" if stage.get("reused") else "")
-
-
-def _pct(v: float | None) -> str:
-    return "n/a" if v is None else f"{100 * v:.1f}%"
-
-
-def render_report(r: dict[str, Any]) -> None:
-    """The per-depth table of a fit-cascade report, and a sentence on what DLSA changed."""
-    t = Table(title=f"DLSA cascade -> {r['out_dir']}", title_justify="left")
-    for col in ("stage", "train routed", "val routed", "separation", "filter epoch", "epoch", "val bal.", "s"):
-        t.add_column(col, justify="left" if col == "stage" else "right")
-    b = r["baseline"]["classifier"]
-    t.add_row("baseline", "", "", "", "", _kept(b), f"{b['val_balanced_accuracy']:.4f}", _secs(b["seconds"], r["baseline"]))
-    for d in r["depths"]:
-        tr, va, fl, cl = d["train"], d["val"], d["filter"], d["classifier"]
-        fe = "given" if fl["given"] else f"{fl['chosen_epoch']}/{fl['epochs']}"
-        val_cell = "no val" if va is None else f"{va['routed']}/{va['samples']}"
-        sep = "n/a" if va is None else f"{_pct(va['separation'])} vs {_pct(va['tail_share'])}"
-        secs = _secs(d["seconds"], d)
-        t.add_row(f"depth {d['depth']}", f"{tr['routed']}/{tr['samples']}", val_cell, sep, fe, _kept(cl),
-                  f"{cl['val_balanced_accuracy']:.4f}", secs)
-    f = r["final"]["classifier"]
-    t.add_row("final", f"{f['train_samples']} left", "", "", "", _kept(f), f"{f['val_balanced_accuracy']:.4f}", _secs(f["seconds"], r["final"]))
-    stdout.print(t)
-    stdout.print("separation: tail share (classes with <= 50 training samples) of the routed validation samples vs "
-                 "of all of them; epoch: the chosen classifier epoch ('kept': epoch 0, its starting point); "
-                 "val bal.: a branch's share of the whole validation set's balanced accuracy")
-    if r["unchanged"]:
-        stdout.print("[bold]DLSA changed nothing[/]: every branch kept its starting point (epoch 0, the baseline), "
-                     "so the cascade predicts exactly as the baseline does.")
-    stdout.print(f"cascade -> {r['out_dir']}/cascade.json (run it: dlsa predict {r['out_dir']} TEST -o PRED.parquet); "
-                 f"report -> {r['out_dir']}/report.json; {r['seconds']:.1f} s")

@@ -16,9 +16,9 @@ from dlsa_cli.cli.common import (
     Reporter,
     command,
     emit_json,
-    stdout,
 )
 from dlsa_cli.cli.derive import Given, Section
+from dlsa_cli.cli.render import render_classifier_fit, render_predict
 from dlsa_cli.errors import InputError
 
 
@@ -89,34 +89,13 @@ def fit_classifier_cmd(
 
 
 def _render_fit(clf, report, out: Path, *, epochs: int, seconds: float, weighted: bool, json_out: bool) -> None:
-    result = {
-        "output": str(out), "model": clf.kind, "base_model": clf.base_kind, "dim": clf.dim, "classes": clf.num_classes,
-        "loss": clf.meta["loss"], "sampler": clf.meta["sampler"], "init": clf.meta["init"]["source"],
-        "train_samples": report.train_samples, "val_samples": report.val_samples, "val_source": report.val_source,
-        "epoch": report.epoch, "epochs": epochs, "lr": report.lr, "val_balanced_accuracy": report.val_balanced,
-        "val_accuracy": report.val_accuracy, "posthoc": {k: report.posthoc[k] for k in ("kind", "tau")},
-        "seconds": round(seconds, 2),
-    }
-    if "experts" in clf.meta:
-        result["experts"] = clf.meta["experts"]
-    if report.m2m is not None:
-        result["m2m_acceptance"] = report.m2m["acceptance"]
-    if router := clf.meta.get("router"):
-        result["router"] = {k: router[k] for k in ("threshold", "saving")}
+    from dlsa_cli.classify.summary import ClassifierFitReport
+
+    result = ClassifierFitReport.of(clf, report, out, epochs=epochs, seconds=seconds, weighted=weighted)
     if json_out:
-        emit_json(result)
+        emit_json(result.to_json())
         return
-    ph = result["posthoc"]
-    ph_text = "" if ph["kind"] == "none" else f", post-hoc {ph['kind']} tau {ph['tau']:g}"
-    m2m_text = "" if report.m2m is None else f", M2M acceptance {report.m2m['acceptance']:.3f}"
-    if router := clf.meta.get("router"):
-        m2m_text += f", router skips {100 * router['saving']:.1f}% of expert evaluations"
-    what = "share of the whole validation set's balanced acc" if weighted else "balanced acc"
-    kind = clf.kind if "experts" not in clf.meta else f"{clf.kind} ({clf.meta['experts']} experts)"
-    stdout.print(
-        f"{kind} classifier -> {out}: epoch {report.epoch}/{epochs} chosen on {report.val_samples} validation samples, "
-        f"{what} {report.val_balanced:.4f}, acc {report.val_accuracy:.4f}{ph_text}{m2m_text} ({seconds:.1f} s)"
-    )
+    render_classifier_fit(result)
 
 
 @command("predict")
@@ -174,13 +153,8 @@ def predict_cmd(
     report = predict_file(mdl, features, out, topk=topk, batch_size=batch_size, device=dev, flt=flt, prov=prov)
     if report is None:  # a torchrun rank other than 0: rank 0 writes and reports
         return
-    report["output"] = str(out)
-    report["seconds"] = round(time.perf_counter() - t0, 3)
+    report.output, report.seconds = str(out), round(time.perf_counter() - t0, 3)
     if json_out:
-        emit_json(report)
+        emit_json(report.to_json())
     else:
-        acc = f", accuracy {report['accuracy']:.4f}" if "accuracy" in report else ""
-        routes = ""
-        if "routes" in report:
-            routes = ", routes " + " ".join(f"{k}={v}" for k, v in report["routes"].items())
-        stdout.print(f"{report['samples']} predictions ({report['model']}) -> {out}{acc}{routes}")
+        render_predict(report)

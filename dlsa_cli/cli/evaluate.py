@@ -2,31 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
-from dlsa_cli.cli.common import JsonOpt, QuietOpt, Reporter, command, emit_json, stdout
+from dlsa_cli.cli.common import JsonOpt, QuietOpt, Reporter, command, emit_json
+from dlsa_cli.cli.render import render_evaluation
 from dlsa_cli.evaluation import evaluate_files
 from dlsa_cli.evaluation.metrics import FEW_BELOW, MANY_ABOVE, TAIL_AT_MOST
-
-
-def _pct(v: float | None) -> str:
-    return "n/a" if v is None else f"{100 * v:.2f}"
-
-
-def _num(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.4f}"
-
-
-def _diff(a: float | None, b: float | None, scale: float) -> str:
-    if a is None or b is None:
-        return "n/a"
-    d = scale * (b - a)
-    text = f"{d:+.2f}" if scale == 100 else f"{d:+.4f}"
-    return f"[green]{text}[/]" if d > 0 else f"[red]{text}[/]" if d < 0 else text
 
 
 @command("evaluate")
@@ -55,7 +38,7 @@ def evaluate_cmd(
     Example: [bold]dlsa evaluate baseline.parquet dlsa.parquet --train train.safetensors --plot confusion.png[/]
     """
     rep = Reporter(quiet)
-    results = evaluate_files(
+    report = evaluate_files(
         predictions,
         train,
         labels=labels,
@@ -69,88 +52,6 @@ def evaluate_cmd(
     if plot is not None:
         rep.note(f"plot -> {plot}")
     if json_out:
-        emit_json(results)
+        emit_json(report.to_json())
         return
-    _render(results, many_above, few_below, tail_at_most)
-
-
-def _render(results: dict[str, dict[str, Any]], many_above: int, few_below: int, tail_at_most: int) -> None:
-    """The metrics side by side, each table's routes, the per-class table when asked."""
-    names = list(results)
-    _render_metrics(names, [results[n] for n in names], many_above, few_below, tail_at_most)
-    _render_routes(names, [results[n] for n in names])
-    if "per_class" in results[names[0]]:
-        _render_per_class(names, [results[n] for n in names])
-    stdout.print(
-        f"[dim]Group accuracy = mean per-class accuracy; many > {many_above}, few < {few_below} training samples; "
-        "n/a = no class of the group among the evaluated samples.[/]"
-    )
-
-
-def _render_metrics(names: list[str], res: list[dict[str, Any]], many_above: int, few_below: int, tail_at_most: int) -> None:
-    first = res[0]
-    short = [Path(n).name for n in names]
-    if len(set(short)) < len(short):
-        short = names
-    t = Table(title="Long-tail metrics (accuracies in %)", title_justify="left")
-    t.add_column("metric", no_wrap=True)
-    for n in short:
-        t.add_column(n, justify="right", overflow="fold")
-    for n in short[1:]:
-        t.add_column(f"Δ {n}", justify="right", overflow="fold")
-    cls = first["classes"]
-    rows = [
-        ("samples", "samples", None, lambda v: str(v)),
-        ("overall top-1", "overall", 100, _pct),
-        (f"many  (>{many_above}: {cls['many']} cl.)", "many", 100, _pct),
-        (f"medium ({cls['medium']} cl.)", "medium", 100, _pct),
-        (f"few   (<{few_below}: {cls['few']} cl.)", "few", 100, _pct),
-        ("MCC", "mcc", 1, _num),
-        ("NMI", "nmi", 1, _num),
-    ]
-    if any(r["separation"] is not None for r in res):
-        rows.append((f"separation (tail <={tail_at_most})", "separation", 100, _pct))
-    for label, key, scale, fmt in rows:
-        cells = [fmt(r[key]) for r in res]
-        diffs = ["" if scale is None else _diff(first[key], r[key], scale) for r in res[1:]]
-        t.add_row(label, *cells, *diffs)
-    stdout.print(t)
-
-
-def _render_routes(names: list[str], res: list[dict[str, Any]]) -> None:
-    for n, r in zip(names, res):
-        if not r["routes"]:
-            continue
-        rt = Table(title=f"Routes of {n} (in %; sep. = share of tail classes among the routed)", title_justify="left")
-        for col in ("route", "depth", "n", "share", "all", "many", "med.", "few", "sep."):
-            rt.add_column(col, justify="left" if col == "route" else "right", no_wrap=True)
-        for name, e in r["routes"].items():
-            rt.add_row(
-                name,
-                "" if e["depth"] is None else str(e["depth"]),
-                str(e["samples"]),
-                _pct(e["share"]),
-                _pct(e["overall"]),
-                _pct(e["many"]),
-                _pct(e["medium"]),
-                _pct(e["few"]),
-                "" if e["separation"] is None else _pct(e["separation"]),
-            )
-        stdout.print(rt)
-
-
-def _render_per_class(names: list[str], res: list[dict[str, Any]]) -> None:
-    first = res[0]
-    pt = Table(title="Per-class accuracy (%), classes by training count", title_justify="left")
-    for col in ("class", "train", "group", "samples"):
-        pt.add_column(col, justify="right")
-    for n in names:
-        pt.add_column(n, justify="right")
-    order = sorted(range(len(first["per_class"])), key=lambda k: (-first["per_class"][k]["train_count"], k))
-    for k in order:
-        e = first["per_class"][k]
-        pt.add_row(
-            str(k), str(e["train_count"]), e["group"], str(e["samples"]),
-            *[_pct(r["per_class"][k]["accuracy"]) for r in res],
-        )
-    stdout.print(pt)
+    render_evaluation(report)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.table import Table
 
 from dlsa_cli.cli.common import (
     DeviceOpt,
@@ -14,9 +13,9 @@ from dlsa_cli.cli.common import (
     Reporter,
     command,
     emit_json,
-    stdout,
 )
 from dlsa_cli.cli.derive import Given, Section
+from dlsa_cli.cli.render import render_filter_fit, render_split
 from dlsa_cli.flow.config import FilterConfig, FilterRun
 
 FILTER_VAL = Annotated[Optional[str], typer.Option(
@@ -82,48 +81,13 @@ def fit_filter_cmd(
         filt = fit_filter_file(train, out, config, run, val=val, device=dev, resume=resume,
                                checkpoint_every=checkpoint_every, preset=preset, on_step=on_step, on_epoch=on_epoch,
                                on_warning=rep.warn)
-    result = {
-        "filter": str(out),
-        "train": str(train),
-        "val": None if val is None else str(val),
-        "depth": filt.depth,
-        "threshold": filt.threshold,
-        "share": filt.share,
-        "chosen_epoch": filt.chosen_epoch,
-        "stats": filt.stats,
-        "config": config.to_dict(),
-        "history": filt.history,
-        "resumed_from": filt.resumed_from,
-        "epochs_run": [h["epoch"] for h in filt.history[filt.resumed_from or 0 :]],
-    }
+    from dlsa_cli.flow.summary import FilterFitReport
+
+    report = FilterFitReport.of(filt, out, train, val)
     if json_out:
-        emit_json(result)
+        emit_json(report.to_json())
         return
-    _render_fit(result)
-
-
-def _render_fit(r: dict[str, Any]) -> None:
-    st = r["stats"]
-    t = Table(title=f"flow filter -> {r['filter']}", show_header=False, title_justify="left")
-    t.add_column("", style="bold")
-    t.add_column("")
-
-    def f(v: Any) -> str:
-        return "n/a" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
-
-    t.add_row("training samples", f"{st['train_samples']} ({r['train']}), depth {r['depth']}")
-    t.add_row("chosen epoch", f"{r['chosen_epoch']} of {len(r['history'])}" + ("" if st["chosen_epoch_eligible"] else " (no epoch met --max-cluster-share)"))
-    t.add_row("cluster sizes", f"min {st['size_min']}  q1 {f(st['size_q1'])}  median {f(st['size_median'])}  q3 {f(st['size_q3'])}  max {st['size_max']}  empty {st['empty']}")
-    t.add_row("purity", f"> 0.9: {st['purity_above_0.9']}  > 0.7: {st['purity_above_0.7']}  > 0.5: {st['purity_above_0.5']}")
-    t.add_row("good clusters", f"{st['good_clusters']} of {r['config']['clusters']} (purity > {r['config']['purity_threshold']:g}, size > {r['config']['min_cluster_size']})")
-    t.add_row("threshold", f"log p(x) >= {r['threshold']:.6g} routes {st['routed']} training samples ({r['share']:g})")
-    t.add_row("tail share (<= 50)", f"routed {f(st['routed_tail_share'])}, all training samples {f(st['tail_share'])}")
-    kept = r["history"][r["chosen_epoch"] - 1] if r["history"] else {}
-    if "val_separation" in kept:
-        t.add_row("validation (kept epoch)", f"routed tail share {f(kept['val_separation'])} vs {f(kept['val_tail_share'])} "
-                  f"of all; routed {f(kept['val_routed_share'])}; mean log p(x) {f(kept['val_mean_log_likelihood'])}")
-    t.add_row("time", f"{st['seconds_per_epoch']:.3g} s per epoch on {st['device']}")
-    stdout.print(t)
+    render_filter_fit(report)
 
 
 @command("split")
@@ -167,48 +131,13 @@ def split_cmd(
             filt, features, out, batch_size=batch_size, device=dev, latent=latent, prov=prov,
             on_file=lambda name, _r: update(advance=1, text=name), allow_nonfinite=allow_nonfinite,
         )
-    for name, fr in report["files"].items():
-        if fr["nonfinite"]:
-            rep.warn(f"{name}: {fr['nonfinite']} sample(s) have a NaN or infinite log p(x); sent to the rest, flagged in its table's 'finite' column")
+    for name, fr in report.files.items():
+        if fr.nonfinite:
+            rep.warn(f"{name}: {fr.nonfinite} sample(s) have a NaN or infinite log p(x); sent to the rest, flagged in its table's 'finite' column")
         for part in ("routed", "rest"):
-            if fr["outputs"].get(part) is None:
+            if fr.outputs is not None and getattr(fr.outputs, part) is None:
                 rep.warn(f"{name}: no sample was {'routed' if part == 'routed' else 'left for the rest'}; no {part} file written")
     if json_out:
-        emit_json(report)
+        emit_json(report.to_json())
         return
-    _render_split(report)
-
-
-def _render_split(report: dict[str, Any]) -> None:
-    def pct(v: float | None) -> str:
-        return "n/a" if v is None else f"{100 * v:.1f}%"
-
-    def num(v: float | None) -> str:
-        return "n/a" if v is None else f"{v:.1f}"
-
-    for name, r in report["files"].items():
-        title = f"{name}: depth {r['depth']}, routed when log p(x) >= {r['threshold']:.6g}"
-        if r["has_labels"]:
-            title += f"; tail = at most {r['tail_at_most']} training samples"
-        t = Table(title=title, title_justify="left")
-        cols = ["part", "n", "share"]
-        if r["has_labels"]:
-            cols += ["many", "med", "few", "head", "tail", "tail %"]
-        cols += ["mean log p"]
-        for c in cols:
-            t.add_column(c, justify="left" if c == "part" else "right")
-        for part in ("routed", "rest", "all"):
-            n = r["samples"] if part == "all" else r[part]
-            row = [part, str(n), pct(n / r["samples"] if r["samples"] else None)]
-            if r["has_labels"]:
-                g, ht = r["groups"][part], r["head_tail"][part]
-                row += [str(g["many"]), str(g["medium"]), str(g["few"]), str(ht["head"]), str(ht["tail"]), pct(r["tail_share"][part])]
-            row.append(num(r["mean_log_likelihood"][part]))
-            t.add_row(*row)
-        stdout.print(t)
-        if r["has_labels"]:
-            stdout.print(
-                f"head-tail separation accuracy (tail share of routed): [bold]{pct(r['separation_accuracy'])}[/]"
-                f" vs {pct(r['tail_share']['all'])} in the whole file"
-            )
-        stdout.print("")
+    render_split(report)

@@ -1,6 +1,8 @@
 """Evaluation: the long-tail metrics (`metrics`), their counts batch by batch (`tally`), scoring predictions tables (`report`), and Fig. 1 (`plot`)."""
 
+from dlsa_cli.evaluation.tally import TableMetrics, Tally
 from dlsa_cli.evaluation.report import (
+    EvaluationReport,
     Predictions,
     evaluate_files,
     evaluate_predictions,
@@ -8,6 +10,5 @@ from dlsa_cli.evaluation.report import (
     read_predictions,
     read_train_counts,
 )
-from dlsa_cli.evaluation.tally import Tally
 
-__all__ = ["Predictions", "read_predictions", "iter_predictions", "read_train_counts", "evaluate_predictions", "evaluate_files", "Tally"]
+__all__ = ["EvaluationReport", "TableMetrics", "Predictions", "read_predictions", "iter_predictions", "read_train_counts", "evaluate_predictions", "evaluate_files", "Tally"]

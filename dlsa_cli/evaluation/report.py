@@ -14,7 +14,8 @@ counts. A class with count 0 is few-shot. Labels or predictions outside the
 training classes are an error.
 
 `evaluate_files` reads each table in batches (`iter_predictions`) into a
-`Tally` (`dlsa_cli.evaluation.tally`), whose counts give every metric.
+`Tally` (`dlsa_cli.evaluation.tally`), whose counts give every metric; it
+returns an `EvaluationReport`, one `TableMetrics` per table.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ import numpy as np
 
 from dlsa_cli.errors import InputError
 from dlsa_cli.evaluation.metrics import FEW_BELOW, MANY_ABOVE, TAIL_AT_MOST
-from dlsa_cli.evaluation.tally import Tally
+from dlsa_cli.evaluation.tally import TableMetrics, Tally
 from dlsa_cli.io.files import read_table_metadata, require_file
 
 __all__ = [
+    "EvaluationReport",
     "Predictions",
     "read_predictions",
     "iter_predictions",
@@ -54,6 +56,20 @@ class Predictions:
     branches: np.ndarray | None = None  # (N,) str, "cluster" / "regular"
     meta: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+
+
+@dataclass
+class EvaluationReport:
+    """What `evaluate` reports: each table's metrics (by its path as given) and the group bounds they used."""
+
+    tables: dict[str, TableMetrics]
+    many_above: int = MANY_ABOVE
+    few_below: int = FEW_BELOW
+    tail_at_most: int = TAIL_AT_MOST
+
+    def to_json(self) -> dict[str, Any]:
+        """{path as given: that table's metrics}."""
+        return {name: m.to_json() for name, m in self.tables.items()}
 
 
 def _int_column(table: Any, name: str, p: Path) -> np.ndarray:
@@ -270,14 +286,14 @@ def evaluate_predictions(
     few_below: int = FEW_BELOW,
     tail_at_most: int = TAIL_AT_MOST,
     per_class: bool = False,
-) -> dict[str, Any]:
-    """All metrics of one predictions table, as a JSON-able dict.
+) -> TableMetrics:
+    """All metrics of one predictions table.
 
-    Keys: samples, overall, many, medium, few, mcc, nmi (fractions; None for an
+    samples, overall, many, medium, few, mcc, nmi (fractions; None for an
     empty group), classes (classes per group in training), separation (over all
     samples routed to a cluster-aided classifier; None without routes), routes
     ({route: samples, share, overall, many, medium, few, depth, separation}), and
-    per_class (list of dicts) when asked.
+    per_class when asked.
     """
     tally = Tally(np.asarray(counts, dtype=np.int64), tail_at_most)
     tally.add(labels, predictions, routes=routes, depths=depths, branches=branches)
@@ -322,8 +338,8 @@ def evaluate_files(
     per_class: bool = False,
     plot: str | Path | None = None,
     bins: int = 20,
-) -> dict[str, dict[str, Any]]:
-    """Evaluate several predictions tables against one training set: {path as given: metrics}.
+) -> EvaluationReport:
+    """Evaluate several predictions tables against one training set: the metrics of each, by its path as given.
 
     `train` is a feature file or a JSON counts file; without it the first
     table's `train_counts` metadata is used. `labels` is a feature file whose
@@ -342,7 +358,7 @@ def evaluate_files(
         check_output_file(plot, suffixes=(), inputs=[*paths, train, labels], flag="--plot")
     counts, train_name = _counts_for(paths[0], train)
     label_set = read_labels(labels, require_labels=True) if labels is not None else None
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, TableMetrics] = {}
     panels = []
     for path in paths:
         tally = _tally_file(path, counts, train_name, label_set, tail_at_most, bins if plot is not None else None)
@@ -353,7 +369,7 @@ def evaluate_files(
         from dlsa_cli.evaluation.plot import plot_confusion
 
         plot_confusion(plot, panels, num_classes=len(counts))
-    return results
+    return EvaluationReport(results, many_above, few_below, tail_at_most)
 
 
 def _tally_file(path: str, counts: np.ndarray, train_name: str, label_set: Any, tail_at_most: int, bins: int | None) -> Tally:

@@ -9,13 +9,14 @@ A `Tally` keeps, for C training classes:
 - optionally the Fig. 1 binned confusion of the mistakes.
 
 `add(...)` takes a batch; `metrics(...)` gives what `evaluate_predictions`
-returns. The results equal those of the whole arrays exactly: every metric is
-a function of these counts (`dlsa_cli.evaluation.metrics`).
+returns, a `TableMetrics` (one JSON form: `to_json`). The results equal those
+of the whole arrays exactly: every metric is a function of these counts
+(`dlsa_cli.evaluation.metrics`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,70 @@ from dlsa_cli.evaluation.metrics import (
     tail_classes,
 )
 
-__all__ = ["Tally"]
+__all__ = ["ClassAccuracy", "GroupCounts", "RouteMetrics", "TableMetrics", "Tally"]
+
+
+@dataclass
+class GroupCounts:
+    """One count per shot group: many-, medium- and few-shot."""
+
+    many: int
+    medium: int
+    few: int
+
+
+@dataclass
+class RouteMetrics:
+    """Accuracy of the samples one route of a cascade took (fractions; None for an empty group)."""
+
+    samples: int
+    share: float  # of the table's samples
+    overall: float
+    many: float | None
+    medium: float | None
+    few: float | None
+    depth: int | None
+    separation: float | None  # tail share of its samples, for a cluster-aided route; else None
+
+
+@dataclass
+class ClassAccuracy:
+    """One class: its training count and group, its evaluation samples and accuracy (None: no sample)."""
+
+    class_: int  # JSON: "class"
+    train_count: int
+    group: str
+    samples: int
+    correct: int
+    accuracy: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {"class": d.pop("class_"), **d}
+
+
+@dataclass
+class TableMetrics:
+    """Every metric of one predictions table (fractions; None for an empty group)."""
+
+    samples: int
+    overall: float | None
+    many: float | None
+    medium: float | None
+    few: float | None
+    mcc: float
+    nmi: float
+    classes: GroupCounts  # training classes per group
+    separation: float | None  # tail share of the samples cluster-aided classifiers took; None without routes
+    routes: dict[str, RouteMetrics] = field(default_factory=dict)
+    per_class: list[ClassAccuracy] | None = None  # when asked
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields; `per_class` only when it was asked for."""
+        d = {k: v for k, v in asdict(self).items() if k != "per_class"}
+        if self.per_class is not None:
+            d["per_class"] = [c.to_json() for c in self.per_class]
+        return d
 
 
 @dataclass
@@ -131,49 +195,44 @@ class Tally:
         many_above: int = MANY_ABOVE,
         few_below: int = FEW_BELOW,
         per_class: bool = False,
-    ) -> dict[str, Any]:
+    ) -> TableMetrics:
         """The metrics of everything added, as `evaluate_predictions` documents them."""
         groups = shot_groups(self.counts, many_above, few_below)
         acc = accuracy_from_counts(self.correct, self.support)
-        out: dict[str, Any] = {
-            "samples": self.samples,
-            "overall": float(self.correct.sum() / self.samples) if self.samples else None,
-            **group_accuracies(acc, self.counts, many_above, few_below),
-            "mcc": mcc_from_counts(self.support, self.predicted, int(self.correct.sum())),
-            "nmi": nmi_from_cells(self.cells // self.num_classes, self.cells % self.num_classes, self.cell_counts),
-            "classes": {g: int(np.sum(groups == g)) for g in ("many", "medium", "few")},
-            "separation": None,
-            "routes": {},
-        }
+        g = group_accuracies(acc, self.counts, many_above, few_below)
+        out = TableMetrics(
+            samples=self.samples,
+            overall=float(self.correct.sum() / self.samples) if self.samples else None,
+            many=g["many"], medium=g["medium"], few=g["few"],
+            mcc=mcc_from_counts(self.support, self.predicted, int(self.correct.sum())),
+            nmi=nmi_from_cells(self.cells // self.num_classes, self.cells % self.num_classes, self.cell_counts),
+            classes=GroupCounts(*(int(np.sum(groups == g)) for g in ("many", "medium", "few"))),
+            separation=None,
+        )
         if self.has_routes:
-            out["separation"] = self.cluster_tail / self.cluster_samples if self.cluster_samples else None
-            out["routes"] = {r: self._route_metrics(self.routes[r], many_above, few_below) for r in sorted(self.routes, key=_route_order)}
+            out.separation = self.cluster_tail / self.cluster_samples if self.cluster_samples else None
+            out.routes = {r: self._route_metrics(self.routes[r], many_above, few_below) for r in sorted(self.routes, key=_route_order)}
         if per_class:
-            out["per_class"] = _per_class(self.counts, groups, acc, self.correct, self.support)
+            out.per_class = _per_class(self.counts, groups, acc, self.correct, self.support)
         return out
 
-    def _route_metrics(self, t: _RouteTally, many_above: int, few_below: int) -> dict[str, Any]:
+    def _route_metrics(self, t: _RouteTally, many_above: int, few_below: int) -> RouteMetrics:
         tail = int(t.support[self._tail].sum())
-        return {
-            "samples": t.samples,
-            "share": t.samples / self.samples,
-            "overall": float(t.correct.sum() / t.samples),
-            **group_accuracies(accuracy_from_counts(t.correct, t.support), self.counts, many_above, few_below),
-            "depth": t.depth,
-            "separation": tail / t.samples if t.cluster == t.samples else None,
-        }
+        g = group_accuracies(accuracy_from_counts(t.correct, t.support), self.counts, many_above, few_below)
+        return RouteMetrics(
+            samples=t.samples,
+            share=t.samples / self.samples,
+            overall=float(t.correct.sum() / t.samples),
+            many=g["many"], medium=g["medium"], few=g["few"],
+            depth=t.depth,
+            separation=tail / t.samples if t.cluster == t.samples else None,
+        )
 
 
-def _per_class(counts: np.ndarray, groups: np.ndarray, acc: np.ndarray, correct: np.ndarray, support: np.ndarray) -> list[dict[str, Any]]:
+def _per_class(counts: np.ndarray, groups: np.ndarray, acc: np.ndarray, correct: np.ndarray, support: np.ndarray) -> list[ClassAccuracy]:
     return [
-        {
-            "class": k,
-            "train_count": int(counts[k]),
-            "group": str(groups[k]),
-            "samples": int(support[k]),
-            "correct": int(correct[k]),
-            "accuracy": None if support[k] == 0 else float(acc[k]),
-        }
+        ClassAccuracy(k, int(counts[k]), str(groups[k]), int(support[k]), int(correct[k]),
+                      None if support[k] == 0 else float(acc[k]))
         for k in range(len(counts))
     ]
 

@@ -145,7 +145,7 @@ def set_routing(
         **filt.stats,
         "routing": routing,
         "routed": int(routed.sum()),
-        "routed_tail_share": float(tail[labels[routed]].mean()) if routed.any() else None,
+        "separation": float(tail[labels[routed]].mean()) if routed.any() else None,
     }
 
 

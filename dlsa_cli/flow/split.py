@@ -20,7 +20,9 @@ from dlsa_cli.evaluation.metrics import (
     shot_groups,
     tail_classes,
 )
+from dlsa_cli.evaluation.tally import GroupCounts
 from dlsa_cli.flow.filter import FilterScores, FlowFilter
+from dlsa_cli.flow.summary import ByPart, HeadTail, SplitFileReport, SplitReport
 from dlsa_cli.io.features import feature_info
 from dlsa_cli.io.files import (
     check_output_dir,
@@ -41,46 +43,44 @@ def split_report(
     many_above: int = MANY_ABOVE,
     few_below: int = FEW_BELOW,
     tail_at_most: int = TAIL_AT_MOST,
-) -> dict[str, Any]:
+) -> SplitFileReport:
     """Counts, shares, group make-up and head-tail separation of one scored file.
 
     Groups use the filter's `train_counts` (the ORIGINAL training set).
-    Separation accuracy (paper Fig. 7) = share of routed samples whose class
+    Separation (paper Fig. 7) = share of routed samples whose class
     is tail (train count <= tail_at_most); `tail_share` is the same share over
     the whole file, the value a random routing would get.
     """
     n = int(scores.routed.shape[0])
     finite = np.isfinite(scores.log_likelihood)
-    parts = {"routed": scores.routed, "rest": ~scores.routed, "all": np.ones(n, dtype=bool)}
-    rep: dict[str, Any] = {
-        "samples": n,
-        "routed": int(scores.routed.sum()),
-        "rest": int(n - scores.routed.sum()),
-        "routed_share": float(scores.routed.mean()) if n else 0.0,
-        "rest_share": float(1 - scores.routed.mean()) if n else 0.0,
-        "threshold": filt.threshold,
-        "routing": filt.routing,
-        "depth": filt.depth,
-        "mean_log_likelihood": {  # over the rows with a finite log p(x)
-            p: (float(scores.log_likelihood[m & finite].mean()) if (m & finite).any() else None) for p, m in parts.items()
-        },
-        "nonfinite": int((~finite).sum()),  # rows whose log p(x) is NaN or infinite (never routed)
-        "has_labels": labels is not None,
-        "many_above": many_above,
-        "few_below": few_below,
-        "tail_at_most": tail_at_most,
-    }
+    parts = ByPart(scores.routed, ~scores.routed, np.ones(n, dtype=bool))
+    ll = scores.log_likelihood
+    rep = SplitFileReport(
+        samples=n,
+        routed=int(scores.routed.sum()),
+        rest=int(n - scores.routed.sum()),
+        routed_share=float(scores.routed.mean()) if n else 0.0,
+        rest_share=float(1 - scores.routed.mean()) if n else 0.0,
+        threshold=filt.threshold,
+        routing=filt.routing,
+        depth=filt.depth,
+        mean_log_likelihood=ByPart(*(float(ll[m & finite].mean()) if (m & finite).any() else None for _, m in parts.items())),
+        nonfinite=int((~finite).sum()),
+        has_labels=labels is not None,
+        many_above=many_above,
+        few_below=few_below,
+        tail_at_most=tail_at_most,
+    )
     if labels is None:
         return rep
     groups = shot_groups(filt.train_counts, many_above, few_below)  # (C,)
     tail = tail_classes(filt.train_counts, tail_at_most)  # (C,)
     g, t = groups[labels], tail[labels]
-    rep["groups"] = {
-        p: {name: int((g[m] == name).sum()) for name in ("many", "medium", "few")} for p, m in parts.items()
-    }
-    rep["head_tail"] = {p: {"head": int((~t[m]).sum()), "tail": int(t[m].sum())} for p, m in parts.items()}
-    rep["tail_share"] = {p: (float(t[m].mean()) if m.any() else None) for p, m in parts.items()}
-    rep["separation_accuracy"] = rep["tail_share"]["routed"]
+    rep.groups = ByPart(*(GroupCounts(*(int((g[m] == name).sum()) for name in ("many", "medium", "few")))
+                          for _, m in parts.items()))
+    rep.head_tail = ByPart(*(HeadTail(int((~t[m]).sum()), int(t[m].sum())) for _, m in parts.items()))
+    rep.tail_share = ByPart(*(float(t[m].mean()) if m.any() else None for _, m in parts.items()))
+    rep.separation = rep.tail_share.routed
     return rep
 
 
@@ -108,9 +108,9 @@ def split(
     device: str | torch.device | None = None,
     latent: bool = False,
     prov: dict | None = None,
-    on_file: Callable[[str, dict[str, Any]], None] | None = None,
+    on_file: Callable[[str, SplitFileReport], None] | None = None,
     allow_nonfinite: bool = False,
-) -> dict[str, Any]:
+) -> SplitReport:
     """Split feature files with a filter and write, for each input NAME.ext, into out_dir:
 
     - NAME.parquet (kind "split"): id, label (when known), cluster, log_likelihood, routed, depth;
@@ -127,7 +127,7 @@ def split(
     only when every input succeeded; the parts that a previous split.json in
     out_dir listed are removed then (and nothing else there). Nothing written
     or removed may be one of the inputs (checked before any scoring). Returns
-    the split.json content.
+    the report that split.json holds.
     """
     if not isinstance(filt, FlowFilter):
         filt = FlowFilter.load(filt, device=device or "cpu")
@@ -142,15 +142,8 @@ def split(
     planned = [f"{nm}{sfx}" for nm in names for sfx in (".parquet", ".routed.safetensors", ".rest.safetensors")]
     check_output_dir(out, writes=[*planned, "split.json", *previous], inputs=[filt.path, *inputs])
     filter_sha = file_sha256(filt.path) if filt.path is not None and filt.path.is_file() else None
-    report: dict[str, Any] = {
-        "filter": None if filt.path is None else str(filt.path),
-        "filter_sha256": filter_sha,
-        "depth": filt.depth,
-        "threshold": filt.threshold,
-        "routing": filt.routing,
-        "share": filt.share,
-        "files": {},
-    }
+    report = SplitReport(None if filt.path is None else str(filt.path), filter_sha, filt.depth, filt.threshold,
+                         filt.routing, filt.share)
     from dlsa_cli.runtime import distributed as dist
 
     stage = staging_dir(out) if dist.is_main() else None  # under torchrun rank 0 alone writes
@@ -160,11 +153,11 @@ def split(
                                   prov=prov, allow_nonfinite=allow_nonfinite)
             if file_rep is None:
                 continue
-            report["files"][name] = file_rep
+            report.files[name] = file_rep
             if on_file is not None:
                 on_file(name, file_rep)
         if stage is not None:
-            write_json(stage / "split.json", report)
+            write_json(stage / "split.json", report.to_json())
             _publish(stage, out, previous)
     finally:
         if stage is not None:
@@ -174,7 +167,7 @@ def split(
 
 
 def _split_file(filt: FlowFilter, p: str | Path, name: str, stage: Path | None, filter_sha: str | None, *,
-               batch_size: int, device: Any, latent: bool, prov: dict | None, allow_nonfinite: bool) -> dict[str, Any] | None:
+               batch_size: int, device: Any, latent: bool, prov: dict | None, allow_nonfinite: bool) -> SplitFileReport | None:
     """One input, streamed in batches and sharded over torchrun's ranks; its report entry on rank 0 (None elsewhere)."""
     from dlsa_cli.flow.split_stream import split_file
 

@@ -26,7 +26,9 @@ import torch
 
 from dlsa_cli.errors import InputError, NonFiniteError
 from dlsa_cli.evaluation.metrics import FEW_BELOW, MANY_ABOVE, TAIL_AT_MOST, shot_groups, tail_classes
+from dlsa_cli.evaluation.tally import GroupCounts
 from dlsa_cli.flow.filter import FlowFilter
+from dlsa_cli.flow.summary import ByPart, HeadTail, SplitFileReport, SplitOutputs
 from dlsa_cli.io.features import feature_info
 from dlsa_cli.io.stream import IDS_IN_HEADER_MAX, RowBatch, iter_rows, stream_features, stream_table
 from dlsa_cli.runtime import distributed as dist
@@ -62,23 +64,23 @@ class ReportCounter:
                     self.groups[p][name] += int((g == name).sum())
                 self.tail[p] += int(t.sum())
 
-    def report(self) -> dict[str, Any]:
-        """The dict `split_report` gives for the same rows."""
+    def report(self) -> SplitFileReport:
+        """The report `split_report` gives for the same rows."""
         n = self.n["all"]
-        rep: dict[str, Any] = {
-            "samples": n, "routed": self.n["routed"], "rest": self.n["rest"],
-            "routed_share": self.n["routed"] / n if n else 0.0, "rest_share": 1 - self.n["routed"] / n if n else 0.0,
-            "threshold": self.filt.threshold, "routing": self.filt.routing, "depth": self.filt.depth,
-            "mean_log_likelihood": {p: (self.ll_sum[p] / self.finite[p] if self.finite[p] else None) for p in _PARTS},
-            "nonfinite": n - self.finite["all"],  # rows whose log p(x) is NaN or infinite (never routed)
-            "has_labels": self.has_labels, "many_above": MANY_ABOVE, "few_below": FEW_BELOW, "tail_at_most": TAIL_AT_MOST,
-        }
+        rep = SplitFileReport(
+            samples=n, routed=self.n["routed"], rest=self.n["rest"],
+            routed_share=self.n["routed"] / n if n else 0.0, rest_share=1 - self.n["routed"] / n if n else 0.0,
+            threshold=self.filt.threshold, routing=self.filt.routing, depth=self.filt.depth,
+            mean_log_likelihood=ByPart(*(self.ll_sum[p] / self.finite[p] if self.finite[p] else None for p in _PARTS)),
+            nonfinite=n - self.finite["all"],  # rows whose log p(x) is NaN or infinite (never routed)
+            has_labels=self.has_labels, many_above=MANY_ABOVE, few_below=FEW_BELOW, tail_at_most=TAIL_AT_MOST,
+        )
         if not self.has_labels:
             return rep
-        rep["groups"] = self.groups
-        rep["head_tail"] = {p: {"head": self.n[p] - self.tail[p], "tail": self.tail[p]} for p in _PARTS}
-        rep["tail_share"] = {p: (self.tail[p] / self.n[p] if self.n[p] else None) for p in _PARTS}
-        rep["separation_accuracy"] = rep["tail_share"]["routed"]
+        rep.groups = ByPart(*(GroupCounts(**self.groups[p]) for p in _PARTS))
+        rep.head_tail = ByPart(*(HeadTail(self.n[p] - self.tail[p], self.tail[p]) for p in _PARTS))
+        rep.tail_share = ByPart(*(self.tail[p] / self.n[p] if self.n[p] else None for p in _PARTS))
+        rep.separation = rep.tail_share.routed
         return rep
 
 
@@ -153,7 +155,7 @@ def split_file(
     table_meta: dict[str, Any] | None = None,
     part_meta: dict[str, dict[str, Any]] | None = None,
     allow_nonfinite: bool = False,
-) -> dict[str, Any] | None:
+) -> SplitFileReport | None:
     """Score and divide one feature file into `stage` (rank 0's staging folder; None on other ranks).
 
     Writes NAME.parquet, NAME.routed.safetensors and NAME.rest.safetensors as
@@ -186,7 +188,7 @@ def split_file(
                 item = dist.collective(lambda: _next_scored(filt, batches, p, info.n, device, latent, allow_nonfinite))
                 _receive(dist.gather_object(item), table, store, counter)
             if table is not None:
-                table.meta["report"] = counter.report()
+                table.meta["report"] = counter.report().to_json()
         outputs = dist.collective(
             lambda: _write_parts(p, info, stage, name, store, counter.report(), batch_size, part_meta or {}, prov)
             if stage is not None else None
@@ -199,7 +201,10 @@ def split_file(
             shutil.rmtree(tmp, ignore_errors=True)
     if counter is None:
         return None
-    return {"input": str(path), **counter.report(), "outputs": {"table": f"{name}.parquet", **outputs}}
+    rep = counter.report()
+    written = outputs or {}
+    rep.input, rep.outputs = str(path), SplitOutputs(f"{name}.parquet", written.get("routed"), written.get("rest"))
+    return rep
 
 
 def _receive(gathered: list | None, table: Any, store: _Columns | None, counter: ReportCounter | None) -> None:
@@ -222,7 +227,7 @@ def _next_scored(filt: FlowFilter, batches: Any, p: Path, n: int, device: torch.
     return b.start, _score_batch(filt, b, p, n, device=device, latent=latent, allow_nonfinite=allow_nonfinite)
 
 
-def _write_parts(p: Path, info: Any, stage: Path, name: str, store: _Columns, report: dict[str, Any],
+def _write_parts(p: Path, info: Any, stage: Path, name: str, store: _Columns, report: SplitFileReport,
                  batch_size: int, part_meta: dict[str, dict[str, Any]], prov: dict[str, Any]) -> dict[str, str | None]:
     """Pass 2 (rank 0): NAME.routed / NAME.rest feature files, sized from the counts, filled from the input in order."""
     dtype = np.float16 if info.dtype == "float16" else np.float32
@@ -234,14 +239,15 @@ def _write_parts(p: Path, info: Any, stage: Path, name: str, store: _Columns, re
     with contextlib.ExitStack() as stack:
         sinks = {}
         for part in ("routed", "rest"):
-            if report[part] == 0:
+            count = report.routed if part == "routed" else report.rest
+            if count == 0:
                 outputs[part] = None
                 continue
             header_ids = store.header_ids(part) if info.ids == "str" else None
             in_header[part] = header_ids is not None
             ids_kind = None if header_ids is not None else ("str" if info.ids == "str" else "int")
             sinks[part] = stack.enter_context(stream_features(
-                stage / f"{name}.{part}.safetensors", report[part], info.dim, dtype=dtype, labels=info.has_labels,
+                stage / f"{name}.{part}.safetensors", count, info.dim, dtype=dtype, labels=info.has_labels,
                 ids=ids_kind, ids_bytes=store.id_bytes[part], header_ids=header_ids, extra=extra,
                 meta=part_meta.get(part), prov=prov))
             outputs[part] = f"{name}.{part}.safetensors"
