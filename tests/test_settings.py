@@ -13,7 +13,11 @@ from dlsa_cli.cli.cascade import FIT_CASCADE
 from dlsa_cli.cli.classify import TrainConfig
 from dlsa_cli.cli.common import app
 from dlsa_cli.cli.derive import Section, flag_map
+from dlsa_cli.cascade.config import PredictConfig
 from dlsa_cli.cli.filter import FIT_FILTER
+from dlsa_cli.evaluation.config import EvaluateConfig
+from dlsa_cli.extract.config import ExtractConfig
+from dlsa_cli.flow.config import SplitConfig
 from dlsa_cli.errors import InputError
 from dlsa_cli.settings import Declared, Table, declared, dump_toml, read_config
 
@@ -21,7 +25,13 @@ COMMANDS: dict[str, tuple[Section, ...]] = {
     "fit-filter": FIT_FILTER,
     "fit-classifier": (Section("", TrainConfig),),
     "fit-cascade": FIT_CASCADE,
+    "split": (Section("", SplitConfig),),
+    "predict": (Section("", PredictConfig),),
+    "evaluate": (Section("", EvaluateConfig),),
+    "extract": (Section("", ExtractConfig),),
 }
+# Each command's arguments before its options (a real file where it takes one; nothing is read before the check).
+ARGS = {"split": 2, "predict": 2, "evaluate": 1}
 
 
 def _click(name: str):
@@ -56,6 +66,21 @@ def test_each_setting_has_one_flag_with_the_declared_help_and_default(command, s
 
 
 @pytest.mark.parametrize("command", list(COMMANDS))
+def test_every_command_with_settings_declares_them_and_takes_a_config_file(command):
+    """The commands' option lists hold exactly the declared settings, plus their own paths and switches."""
+    declared_params = {s.param(d.name) for s in COMMANDS[command] for d in s.settings()}
+    declared_params |= {s.param(k) for s in COMMANDS[command] for k in s.extra}
+    params = {p.name for p in _click(command).params}
+    assert declared_params <= params
+    assert "config_file" in params
+    own = params - declared_params
+    plain = {"out", "config_file", "device", "json_out", "quiet", "help", "resume", "checkpoint_every", "val", "init",
+             "from_scratch", "filter_path", "val_weights_from", "root", "train", "labels", "plot", "predictions",
+             "features", "model", "images"}
+    assert own <= plain, f"{command} has options not declared as settings: {sorted(own - plain)}"
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
 def test_every_option_name_is_unique_in_a_command(command):
     names = [n for p in _click(command).params for n in (*p.opts, *p.secondary_opts)]
     assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
@@ -67,6 +92,8 @@ def _bad_value(d: Declared) -> str | None:
         return "zzz"
     if d.spec.rule is None:
         return None
+    if d.type is tuple:
+        return "1,2"  # R,G,B wants three numbers
     candidates = [-1.0, 0.0, math.nan, 2.0**70] if d.type is float else [-1, 0, 2**70]
     for c in candidates:
         if not d.spec.rule.ok(c):
@@ -86,8 +113,9 @@ def _bad_cases():
 @pytest.mark.parametrize("command,section,setting,bad", list(_bad_cases()))
 def test_a_bad_value_of_every_setting_is_one_line_naming_the_commands_flag(command, section, setting, bad, digits, tmp_path):
     flag = section.flag(setting.name, setting.spec.flag)
-    out = tmp_path / ("run" if command == "fit-cascade" else "out.safetensors")
-    r = invoke(command, digits / "train.safetensors", "-o", out, flag, bad)
+    out = tmp_path / {"fit-cascade": "run", "split": "split", "predict": "p.parquet"}.get(command, "out.safetensors")
+    args = [digits / "train.safetensors"] * ARGS.get(command, 1) + ([] if command == "evaluate" else ["-o", out])
+    r = invoke(command, *args, flag, bad)
     assert r.returncode == 1, r.stdout
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr

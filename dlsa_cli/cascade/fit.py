@@ -39,7 +39,7 @@ from dlsa_cli.cascade.summary import CascadeReport, ClassifierFit, ClassifierSta
 from dlsa_cli.classify.config import TrainConfig
 from dlsa_cli.errors import InputError, TrainingError
 from dlsa_cli.flow.config import FilterRun, check_select
-from dlsa_cli.io.files import atomic_path, file_sha256, provenance, read_safetensors_header, require_file, write_json
+from dlsa_cli.io.files import atomic_path, file_sha256, read_safetensors_header, require_file, write_json
 
 if TYPE_CHECKING:
     from dlsa_cli.flow.summary import SplitReport
@@ -363,13 +363,11 @@ def _filter(ctx: _Ctx, d: int, train: Path, val: Path | None, path: Path) -> Fil
 
 def _split(ctx: _Ctx, d: int, inputs: list[Path], ddir: Path) -> SplitReport:
     """`dlsa split FILTER TRAIN [VAL] -o depthD/`: tables, routed and rest files, split.json."""
-    from dlsa_cli.flow import FlowFilter, split
+    from dlsa_cli.flow.config import SplitConfig
+    from dlsa_cli.flow.stage import split_files
 
-    fpath = ddir / "filter.safetensors"
-    flt = FlowFilter.load(fpath, device=ctx.device)
-    bs = ctx.plan.split_batch_size
-    prov = provenance("fit-cascade: split", {"latent": False, "batch_size": bs, "device": str(ctx.device)}, [fpath, *inputs])
-    return split(flt, inputs, ddir, batch_size=bs, device=ctx.device, prov=prov)
+    return split_files(ddir / "filter.safetensors", inputs, ddir, SplitConfig(batch_size=ctx.plan.split_batch_size),
+                       device=ctx.device, command="fit-cascade: split")
 
 
 def _routing(split: SplitReport, name: str) -> RoutedCounts | None:

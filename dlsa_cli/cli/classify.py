@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from dlsa_cli.cascade.config import PredictConfig
 from dlsa_cli.classify.config import TrainConfig
 from dlsa_cli.cli.common import (
     DeviceOpt,
@@ -19,7 +19,6 @@ from dlsa_cli.cli.common import (
 )
 from dlsa_cli.cli.derive import Given, Section
 from dlsa_cli.cli.render import render_classifier_fit, render_predict
-from dlsa_cli.errors import InputError
 
 
 @command("fit-classifier", sections=(Section("", TrainConfig),))
@@ -98,22 +97,18 @@ def _render_fit(clf, report, out: Path, *, epochs: int, seconds: float, weighted
     render_classifier_fit(result)
 
 
-@command("predict")
+@command("predict", sections=(Section("", PredictConfig),))
 def predict_cmd(
     model: Annotated[Path, typer.Argument(help="A classifier file, or a cascade (its folder or cascade.json).")],
     features: Annotated[Path, typer.Argument(help="Feature file to predict (labels, when present, are copied through).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Predictions table to write (.parquet).")],
-    topk: Annotated[int, typer.Option("--topk", help="How many top classes to keep per sample.")] = 5,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per forward pass.")] = 4096,
+    settings: Given = None,  # type: ignore[assignment]
     filter_path: Annotated[
         Path | None, typer.Option("--filter", help="For a cluster-aided classifier alone: the filter it was trained with.")
     ] = None,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
-    allow_outside_paths: Annotated[
-        bool, typer.Option("--allow-outside-paths", help="Trust a cascade.json whose paths leave its folder (absolute or ../); refused otherwise.")
-    ] = False,
 ) -> None:
     """Predict with one classifier or a whole DLSA cascade.
 
@@ -125,35 +120,16 @@ def predict_cmd(
 
     Example: [bold]dlsa predict cascade/ test.safetensors -o pred.parquet[/]
     """
-    from dlsa_cli.cascade import Cascade, load_model
-    from dlsa_cli.cascade.predict_stream import predict_file
-    from dlsa_cli.io.files import check_output_file, provenance
+    from dlsa_cli.cascade.stage import predict_path
     from dlsa_cli.runtime.distributed import setup
+    from dlsa_cli.settings import resolve
 
-    check_output_file(out, suffixes=(".parquet",), inputs=[model, features, filter_path])
     Reporter(quiet)
-    if topk < 1:
-        raise InputError(f"--topk {topk}: must be at least 1")
-    if batch_size < 1:
-        raise InputError(f"--batch-size {batch_size}: must be at least 1")
+    cfg = resolve(PredictConfig, *settings.layers(""))
     _, dev = setup(device)  # under torchrun: this rank's device, rows sharded over the ranks
-    mdl = load_model(model, allow_outside=allow_outside_paths)
-    flt = None
-    if filter_path is not None:
-        from dlsa_cli.flow import FlowFilter
-
-        flt = FlowFilter.load(filter_path, device=dev)
-    t0 = time.perf_counter()
-    inputs: list[Path] = [features]
-    if isinstance(mdl, Cascade):
-        inputs += [mdl.spec.manifest, *mdl.spec.filters, *mdl.spec.classifiers, mdl.spec.final]
-    else:
-        inputs.append(model)
-    prov = provenance("predict", {"model": model, "topk": topk, "device": str(dev)}, inputs)
-    report = predict_file(mdl, features, out, topk=topk, batch_size=batch_size, device=dev, flt=flt, prov=prov)
+    report = predict_path(model, features, out, cfg, filter_path=filter_path, device=dev)
     if report is None:  # a torchrun rank other than 0: rank 0 writes and reports
         return
-    report.output, report.seconds = str(out), round(time.perf_counter() - t0, 3)
     if json_out:
         emit_json(report.to_json())
     else:

@@ -7,22 +7,19 @@ from typing import Annotated, Optional
 import typer
 
 from dlsa_cli.cli.common import JsonOpt, QuietOpt, Reporter, command, emit_json
+from dlsa_cli.cli.derive import Given, Section
 from dlsa_cli.cli.render import render_evaluation
 from dlsa_cli.evaluation import evaluate_files
-from dlsa_cli.evaluation.metrics import FEW_BELOW, MANY_ABOVE, TAIL_AT_MOST
+from dlsa_cli.evaluation.config import EvaluateConfig
 
 
-@command("evaluate")
+@command("evaluate", sections=(Section("", EvaluateConfig),))
 def evaluate_cmd(
     predictions: Annotated[list[str], typer.Argument(help="Predictions tables (.parquet with label and prediction); the first is the reference for the differences.", show_default=False)],
     train: Annotated[Optional[str], typer.Option("--train", help="Training labels: a feature file, or a JSON list of per-class training counts. Default: the first table's recorded train_counts.")] = None,
     labels: Annotated[Optional[str], typer.Option("--labels", help="A feature file with ids and labels, joined on each table's 'id' (for tables without a 'label' column; used in place of one).")] = None,
-    many_above: Annotated[int, typer.Option("--many-above", help="Many-shot: more than this many training samples.")] = MANY_ABOVE,
-    few_below: Annotated[int, typer.Option("--few-below", help="Few-shot: fewer than this many training samples (a class absent from training is few-shot).")] = FEW_BELOW,
-    tail_at_most: Annotated[int, typer.Option("--tail-at-most", help="Tail class for head-tail separation accuracy: at most this many training samples.")] = TAIL_AT_MOST,
-    per_class: Annotated[bool, typer.Option("--per-class", help="Also report the accuracy of every class.")] = False,
+    settings: Given = None,  # type: ignore[assignment]
     plot: Annotated[Optional[str], typer.Option("--plot", help="Write the paper's Fig. 1 view (mistakes, classes by frequency, binned) to this .png/.pdf/.svg.")] = None,
-    bins: Annotated[int, typer.Option("--bins", help="Bins of classes in --plot.")] = 20,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -37,18 +34,12 @@ def evaluate_cmd(
 
     Example: [bold]dlsa evaluate baseline.parquet dlsa.parquet --train train.safetensors --plot confusion.png[/]
     """
+    from dlsa_cli.settings import resolve
+
     rep = Reporter(quiet)
-    report = evaluate_files(
-        predictions,
-        train,
-        labels=labels,
-        many_above=many_above,
-        few_below=few_below,
-        tail_at_most=tail_at_most,
-        per_class=per_class,
-        plot=plot,
-        bins=bins,
-    )
+    cfg = resolve(EvaluateConfig, *settings.layers(""))
+    report = evaluate_files(predictions, train, labels=labels, many_above=cfg.many_above, few_below=cfg.few_below,
+                            tail_at_most=cfg.tail_at_most, per_class=cfg.per_class, plot=plot, bins=cfg.bins)
     if plot is not None:
         rep.note(f"plot -> {plot}")
     if json_out:

@@ -16,7 +16,7 @@ from dlsa_cli.cli.common import (
 )
 from dlsa_cli.cli.derive import Given, Section
 from dlsa_cli.cli.render import render_filter_fit, render_split
-from dlsa_cli.flow.config import FilterConfig, FilterRun
+from dlsa_cli.flow.config import FilterConfig, FilterRun, SplitConfig
 
 FILTER_VAL = Annotated[Optional[str], typer.Option(
     "--val", help="Validation feature file with labels: each epoch's record gets its routed tail share and mean log p(x), "
@@ -90,17 +90,15 @@ def fit_filter_cmd(
     render_filter_fit(report)
 
 
-@command("split")
+@command("split", sections=(Section("", SplitConfig),))
 def split_cmd(
     filter_path: Annotated[str, typer.Argument(metavar="FILTER", help="Filter file written by `dlsa fit-filter`.", show_default=False)],
     features: Annotated[list[str], typer.Argument(help="Feature files to score and route.", show_default=False)],
     out: Annotated[str, typer.Option("--out", "-o", help="Output folder (created if missing; files of the same names are replaced).", show_default=False)],
-    latent: Annotated[bool, typer.Option("--latent", help="Also store each sample's latent z in the routed/rest files.")] = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Samples scored at once (memory is bounded by it).")] = 4096,
+    settings: Given = None,  # type: ignore[assignment]
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
-    allow_nonfinite: Annotated[bool, typer.Option("--allow-nonfinite", help="Go on when a sample's log p(x) is NaN or infinite (features far too large for the filter): it goes to the rest, flagged in the table's 'finite' column and counted; without it the split stops naming the rows.")] = False,
 ) -> None:
     """Score feature files with a filter and route each sample.
 
@@ -114,23 +112,16 @@ def split_cmd(
 
     Example: [bold]dlsa split filter.safetensors train.safetensors test.safetensors -o split1/[/]
     """
-    from dlsa_cli.flow import FlowFilter, split
-    from dlsa_cli.io.features import feature_info
-    from dlsa_cli.io.files import provenance
+    from dlsa_cli.flow.stage import split_files
     from dlsa_cli.runtime.distributed import setup
+    from dlsa_cli.settings import resolve
 
     rep = Reporter(quiet)
+    cfg = resolve(SplitConfig, *settings.layers(""))
     _, dev = setup(device)  # under torchrun: this rank's device, rows sharded over the ranks
-    filt = FlowFilter.load(filter_path, device=dev)
-    for p in features:  # headers only: fail before any scoring
-        info = feature_info(p)
-        filt.check_dim(info.dim, p)
-    prov = provenance("split", {"latent": latent, "batch_size": batch_size, "device": str(dev)}, [filter_path, *features])
     with rep.progress("split", total=len(features)) as update:
-        report = split(
-            filt, features, out, batch_size=batch_size, device=dev, latent=latent, prov=prov,
-            on_file=lambda name, _r: update(advance=1, text=name), allow_nonfinite=allow_nonfinite,
-        )
+        report = split_files(filter_path, features, out, cfg, device=dev,
+                             on_file=lambda name, _r: update(advance=1, text=name))
     for name, fr in report.files.items():
         if fr.nonfinite:
             rep.warn(f"{name}: {fr.nonfinite} sample(s) have a NaN or infinite log p(x); sent to the rest, flagged in its table's 'finite' column")

@@ -1,6 +1,5 @@
 """Evaluation: the long-tail metrics (`metrics`), their counts batch by batch (`tally`), scoring predictions tables (`report`), and Fig. 1 (`plot`)."""
 
-from dlsa_cli.evaluation.tally import TableMetrics, Tally
 from dlsa_cli.evaluation.report import (
     EvaluationReport,
     Predictions,
@@ -10,5 +9,6 @@ from dlsa_cli.evaluation.report import (
     read_predictions,
     read_train_counts,
 )
+from dlsa_cli.evaluation.tally import TableMetrics, Tally
 
 __all__ = ["EvaluationReport", "TableMetrics", "Predictions", "read_predictions", "iter_predictions", "read_train_counts", "evaluate_predictions", "evaluate_files", "Tally"]

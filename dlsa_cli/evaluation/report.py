@@ -225,14 +225,14 @@ class _LabelJoin:
 
 def check_groups(many_above: int, few_below: int, tail_at_most: int) -> None:
     """Refuse group bounds out of range, or overlapping many-/few-shot groups, before any work."""
-    for flag, v in (("--many-above", many_above), ("--few-below", few_below), ("--tail-at-most", tail_at_most)):
-        if v < 0:
-            raise InputError(f"{flag} {v}: a count bound must be >= 0")
+    from dlsa_cli.evaluation.config import EvaluateConfig
+
+    EvaluateConfig(many_above=many_above, few_below=few_below, tail_at_most=tail_at_most).check()
     if few_below > many_above + 1:
         raise InputError(
-            f"--few-below {few_below} and --many-above {many_above} overlap: a class with "
+            f"EvaluateConfig.few_below {few_below} and EvaluateConfig.many_above {many_above} overlap: a class with "
             f"{many_above + 1} training samples would be both many- and few-shot",
-            hint=f"keep --few-below at most --many-above + 1 ({many_above + 1})",
+            hint=f"keep EvaluateConfig.few_below at most EvaluateConfig.many_above + 1 ({many_above + 1})",
         )
 
 
@@ -311,7 +311,7 @@ def _check_request(paths: list[str], plot: str | Path | None, bins: int) -> None
 
         check_plot_target(plot)
     if bins < 1:
-        raise InputError(f"--bins must be at least 1, got {bins}")
+        raise InputError(f"EvaluateConfig.bins {bins}: must be at least 1")
 
 
 def _counts_for(first_path: str, train: str | Path | None) -> tuple[np.ndarray, str]:

@@ -18,7 +18,7 @@ ROUTINGS = ("likelihood", "ratio", "cluster-tail", "knn-tail")
 SELECTS = ("good-clusters", "last", "val-separation", "val-likelihood")
 VAL_SELECTS = ("val-separation", "val-likelihood")
 
-__all__ = ["PRESETS", "ROUTINGS", "SELECTS", "VAL_SELECTS", "FilterConfig", "FilterRun", "check_select", "preset_settings"]
+__all__ = ["PRESETS", "ROUTINGS", "SELECTS", "VAL_SELECTS", "FilterConfig", "FilterRun", "SplitConfig", "check_select", "preset_settings"]
 
 _NONNEG = finite_at_least(0)
 
@@ -128,3 +128,17 @@ class FilterRun:
         False, "On CUDA, let matrix products use TF32: faster on Ampere and newer (the reference speed figures use "
         "it) but log p(x) then differs slightly from `split`'s full-precision scores near the threshold. No effect "
         "on CPU.", switch="no-tf32")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """How `split` scores and writes: batch size, latents, what a non-finite log p(x) does."""
+
+    batch_size: int = setting(4096, "Samples scored at once (memory is bounded by it).", rule=at_least(1))
+    latent: bool = setting(False, "Also store each sample's latent z in the routed/rest files.")
+    allow_nonfinite: bool = setting(
+        False, "Go on when a sample's log p(x) is NaN or infinite (features far too large for the filter): it goes "
+        "to the rest, flagged in the table's 'finite' column and counted; without it the split stops naming the rows.")
+
+    def check(self) -> None:
+        check_settings(self)

@@ -130,7 +130,7 @@ class FlowFilter:
             raise ModelMismatchError(f"features must be (N, D), got shape {tuple(xt.shape)}", path=self.path)
         self.check_dim(int(xt.shape[1]))
         if batch_size < 1:
-            raise DlsaError(f"--batch-size {batch_size}: must be >= 1")
+            raise DlsaError(f"batch_size {batch_size}: must be >= 1")
         if device is not None:
             self.to(device)
         dev = self.device

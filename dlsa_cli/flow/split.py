@@ -132,7 +132,7 @@ def split(
     if not isinstance(filt, FlowFilter):
         filt = FlowFilter.load(filt, device=device or "cpu")
     if batch_size < 1:
-        raise InputError(f"--batch-size {batch_size}: must be at least 1")
+        raise InputError(f"SplitConfig.batch_size {batch_size}: must be at least 1")
     out = Path(out_dir)
     names = [strip_suffix(Path(p).name) for p in inputs]
     if len(set(names)) != len(names):

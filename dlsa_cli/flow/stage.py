@@ -1,4 +1,4 @@
-"""The fit-filter stage as one function: exactly the file `dlsa fit-filter` writes.
+"""The fit-filter and split stages, one function each: exactly the files `dlsa fit-filter` and `dlsa split` write.
 
 `fit_filter_file` checks the output, fits (resuming from the checkpoint beside the
 output when asked), records the settings and provenance, and writes the filter on
@@ -7,16 +7,17 @@ rank 0; `dlsa fit-filter` and `fit_cascade` both call it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from dlsa_cli.errors import DlsaError
-from dlsa_cli.flow.config import FilterConfig, FilterRun, check_select
+from dlsa_cli.flow.config import FilterConfig, FilterRun, SplitConfig, check_select
 from dlsa_cli.flow.filter import FlowFilter
+from dlsa_cli.flow.summary import SplitFileReport, SplitReport
 from dlsa_cli.settings import to_table
 
-__all__ = ["filter_settings", "fit_filter_file"]
+__all__ = ["filter_settings", "fit_filter_file", "split_files"]
 
 Callback = Callable[..., None]
 
@@ -99,3 +100,33 @@ def _device(device: Any, tf32: bool) -> Any:
 
         torch.backends.cuda.matmul.allow_tf32 = tf32
     return dev
+
+
+def split_files(
+    filter_path: str | Path,
+    features: Sequence[str | Path],
+    out: str | Path,
+    config: SplitConfig | None = None,
+    *,
+    device: Any = "cpu",
+    command: str = "split",
+    on_file: Callable[[str, SplitFileReport], None] | None = None,
+) -> SplitReport:
+    """`dlsa split FILTER FEATURES -o OUT`: every feature file's table, routed and rest files, and split.json.
+
+    Every input's feature dimension is checked against the filter (headers only) before any scoring.
+    """
+    from dlsa_cli.flow.split import split
+    from dlsa_cli.io.features import feature_info
+    from dlsa_cli.io.files import provenance
+
+    cfg = config or SplitConfig()
+    cfg.check()
+    dev = _device(device, False)
+    filt = FlowFilter.load(filter_path, device=dev)
+    for p in features:
+        filt.check_dim(feature_info(p).dim, p)
+    options = {"latent": cfg.latent, "batch_size": cfg.batch_size, "device": str(dev)}
+    prov = provenance(command, options, [filter_path, *features], settings={"": to_table(cfg)})
+    return split(filt, list(features), out, batch_size=cfg.batch_size, device=dev, latent=cfg.latent, prov=prov,
+                 on_file=on_file, allow_nonfinite=cfg.allow_nonfinite)
