@@ -199,7 +199,7 @@ def build_cascades(sd: Seed, cfg: TrainConfig, depths: list[int], design_name: s
         run_dir = sd.dir / "runs" / f"{sd.tag}_{cfg.loss}_{cfg.sampler}_{cfg.model}_{cfg.posthoc}_{design_name}_d{d}"
         shutil.rmtree(run_dir, ignore_errors=True)
         run_dir.parent.mkdir(parents=True, exist_ok=True)
-        plan = CascadePlan(depth=d, seed=sd.seed, filter=sd.filter_cfg, baseline=cfg, branch=branch,
+        plan = CascadePlan(num_depths=d, seed=sd.seed, filter=sd.filter_cfg, baseline=cfg, branch=branch,
                            from_scratch=bool(design.get("scratch")), val_weights=design.get("weighted", True))
         filters = {i: sd.filter_paths[i - 1] for i in range(1, d + 1)}
         out[d] = fit_cascade(sd.train_path, run_dir, plan, val=sd.val_path, filters=filters, train_offset=oof).cascade

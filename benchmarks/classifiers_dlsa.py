@@ -60,7 +60,7 @@ def scores(model, test, counts: np.ndarray) -> dict[str, float]:
 def one_row(row: str, seed: int, args, filt: Path | None, test, counts) -> tuple[dict, Path]:
     """Fit the learner alone and with DLSA in one fit_cascade run; (scores, the run's filter)."""
     cfg = replace(TrainConfig(epochs=args.epochs), **ROWS[row])
-    plan = CascadePlan(depth=1, seed=seed, filter=FILTER, baseline=cfg)
+    plan = CascadePlan(num_depths=1, seed=seed, filter=FILTER, baseline=cfg)
     out = Path(args.work) / f"seed{seed}" / row
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -80,9 +80,10 @@ class Spec:
     """What a setting is, beside its type and default.
 
     `flag`: its option name when not `--name` with dashes (`side_input` is `--input`);
-    `short`: a one-letter alias; `shown`: the default as help text shows it, where the
-    value None stands for something (`hidden`: "D"); `switch`: a boolean's negative
-    form (`--no-singletons`), else a plain flag.
+    `short`: a one-letter alias; `alias`: a flag it had before (kept so scripts go on
+    working); `shown`: the default as help text shows it, where the value None stands
+    for something (`hidden`: "D"); `switch`: a boolean's negative form
+    (`--no-singletons`), else a plain flag.
     """
 
     help: str
@@ -92,13 +93,14 @@ class Spec:
     short: str | None = None
     shown: str | None = None
     switch: str | None = None
+    alias: str | None = None
 
 
 def setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None, rule: Rule | None = None,
             flag: str | None = None, short: str | None = None, shown: str | None = None,
-            switch: str | None = None) -> Any:
+            switch: str | None = None, alias: str | None = None) -> Any:
     """A dataclass field declared as a setting (see `Spec`)."""
-    spec = Spec(help, choices, rule, flag, short, shown, switch)
+    spec = Spec(help, choices, rule, flag, short, shown, switch, alias)
     return field(default=default, metadata={"setting": spec})
 
 

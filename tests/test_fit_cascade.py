@@ -195,7 +195,7 @@ def test_without_validation_each_classifier_carves_its_own(digits, tmp_path):
 @pytest.mark.parametrize(
     "extra, needle",
     [
-        (["--depth", "0"], "--depth 0"),
+        (["--depth", "0"], "--num-depths 0"),  # the old spelling --depth is named by the rule name
         (["--preset", "cifar"], "--filter-preset cifar"),  # the alias --preset is named by its rule name
         (["--loss", "hinge"], "--loss hinge"),
         (["--filter-select", "best"], "--filter-select best"),
@@ -238,7 +238,7 @@ def test_given_filters_are_used_as_they_are_and_serve_other_classifier_settings(
 
     train, val, test = digits / "train.safetensors", digits / "val.safetensors", digits / "test.safetensors"
     fcfg = FilterConfig(clusters=6, epochs=3, batch_size=64, lr=0.01, hidden=32, max_cluster_share=0.9)
-    plan = CascadePlan(depth=2, filter=fcfg, baseline=TrainConfig(epochs=8))
+    plan = CascadePlan(num_depths=2, filter=fcfg, baseline=TrainConfig(epochs=8))
     first = fit_cascade(train, tmp_path / "first", plan, val=val)
     filters = {d: tmp_path / "first" / f"depth{d}" / "filter.safetensors" for d in (1, 2)}
     # the same settings with the filters given: the same cascade, the filters copied byte for byte
@@ -248,7 +248,7 @@ def test_given_filters_are_used_as_they_are_and_serve_other_classifier_settings(
         assert again.report.depths[d - 1].filter.given == str(filters[d])
     assert_same_cascade(tmp_path / "again", tmp_path / "first", test, tmp_path)
     # other classifier settings on the same filters: the same routes, other classifiers
-    ce = fit_cascade(train, tmp_path / "ce", CascadePlan(depth=2, filter=fcfg, baseline=TrainConfig(epochs=8, loss="ce")),
+    ce = fit_cascade(train, tmp_path / "ce", CascadePlan(num_depths=2, filter=fcfg, baseline=TrainConfig(epochs=8, loss="ce")),
                      val=val, filters=filters)
     a = predictions(tmp_path / "ce", test, tmp_path / "ce.parquet")
     b = predictions(tmp_path / "first", test, tmp_path / "first.parquet")

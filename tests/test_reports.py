@@ -25,8 +25,8 @@ def _clf(epoch: int) -> ClassifierFit:
 def _cascade() -> CascadeReport:
     depth = DepthStage(1, RoutedCounts(100, 30, 70, 0.6, 0.4), None, FilterFit(None, 2, 3, 4.5, good_clusters=5),
                        _clf(1), 9.0, {"filter": "depth1/filter.safetensors", "val_routed": None}, reused=True)
-    return CascadeReport("run", "cascade.json", "train.safetensors", None, 1, "cpu", {"depth": 1},
-                         ClassifierStage(_clf(2), {"classifier": "baseline.safetensors"}), [depth],
+    return CascadeReport("run", "cascade.json", "train.safetensors", None, 1, "cpu", {"num_depths": 1},
+                         {"": {"num_depths": 1}}, ClassifierStage(_clf(2), {"classifier": "baseline.safetensors"}), [depth],
                          ClassifierStage(_clf(0), {"classifier": "final.safetensors"}), False, True, 12.0)
 
 
@@ -34,6 +34,9 @@ def test_cascade_report_round_trips_through_its_json():
     r = _cascade()
     text = json.dumps(r.to_json())
     assert CascadeReport.from_json(json.loads(text)) == r
+    old = {k: v for k, v in json.loads(text).items() if k not in ("num_depths", "settings")}
+    old["depth"] = 1  # report.json of a run written before the count was named num_depths, and before settings
+    assert CascadeReport.from_json(old).num_depths == 1
     d = json.loads(text)["depths"][0]
     assert d["train"]["separation"] == 0.6 and d["val"] is None and d["filter"]["val_separation"] is None
 

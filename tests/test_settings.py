@@ -206,7 +206,7 @@ def test_config_then_flags_then_inspect_config_repeat_a_cascade(digits, tmp_path
     r = invoke("fit-cascade", *common, "-o", tmp_path / "flags", *flags)
     assert r.returncode == 0, r.stderr
     cfg = tmp_path / "recipe.toml"
-    cfg.write_text("depth = 1\n[filter]\nclusters = 8\nepochs = 2\nbatch_size = 64\nshare = 0.4\n"
+    cfg.write_text("num_depths = 1\n[filter]\nclusters = 8\nepochs = 2\nbatch_size = 64\nshare = 0.4\n"
                    "[baseline]\nepochs = 3\n[branch]\nlr = 0.001\n")
     r = invoke("fit-cascade", *common, "-o", tmp_path / "config", "--config", cfg)
     assert r.returncode == 0, r.stderr
@@ -260,7 +260,7 @@ def test_every_recipe_config_is_a_valid_fit_cascade_config(toml):
 
     t = read_config(toml, _schema(FIT_CASCADE))
     plan = plan_from_layers([t.get("", {})], [t.get("filter", {})], [t.get("baseline", {})], [t.get("branch", {})])
-    assert plan.depth >= 1
+    assert plan.num_depths >= 1
 
 
 def test_the_tiny_recipe_config_gives_the_files_of_the_flags_it_replaces(digits, tmp_path):

@@ -1,7 +1,7 @@
 """Fitting a DLSA cascade (paper Sec. 3.2): DLSA's loop as one library function.
 
     baseline: one classifier on all of TRAIN
-    for d in 1..depth:
+    for d in 1..num_depths:
         filter d   on depth d's training samples (all of TRAIN at d = 1, else the rest of depth d-1)
         split      of depth d's training and validation samples by filter d: routed / rest
         cluster d  a cluster-aided classifier on the routed training samples, started from the baseline
@@ -96,7 +96,7 @@ def fit_cascade(
     on_event: EventFn | None = None,
     on_warning: EventFn | None = None,
 ) -> CascadeRun:
-    """Fit the baseline, `plan.depth` (filter, split, cluster-aided classifier) depths and the final classifier.
+    """Fit the baseline, `plan.num_depths` (filter, split, cluster-aided classifier) depths and the final classifier.
 
     `filters` maps a depth to an already fitted filter file (trained at that
     depth on that depth's training samples): it is copied into RUNDIR instead of
@@ -116,7 +116,7 @@ def fit_cascade(
     t0 = time.perf_counter()
     base = _stage(ctx, "baseline", lambda: _fit_baseline(ctx), ClassifierStage)
     cur_train, cur_val, depths = ctx.train, ctx.val, []
-    for d in range(1, plan.depth + 1):
+    for d in range(1, plan.num_depths + 1):
         rep = _stage(ctx, f"depth{d}", lambda d=d, tr=cur_train, va=cur_val: _fit_depth(ctx, d, tr, va), DepthStage)
         depths.append(rep)
         cur_train = ctx.out / str(rep.files["train_rest"])
@@ -148,7 +148,7 @@ def _stage(ctx: _Ctx, name: str, fit: Callable[[], S], kind: type[S]) -> S:
         ctx.event(f"{name}: finished in an earlier run, reused")
         return replace(kind.from_json(rep), reused=True)
     # this stage is refitted, so no later stage of the earlier run may be reused
-    order = ["baseline", *[f"depth{d}" for d in range(1, ctx.plan.depth + 1)], "final"]
+    order = ["baseline", *[f"depth{d}" for d in range(1, ctx.plan.num_depths + 1)], "final"]
     for later in order[order.index(name):]:
         ctx.progress["stages"].pop(later, None)
     new = fit()
@@ -166,8 +166,8 @@ def _start(out: Path, plan: CascadePlan, train: Path, val: Path | None, filters:
     if val is not None:
         require_file(val, "validation file")
     for d, f in filters.items():
-        if not 1 <= int(d) <= plan.depth:
-            raise InputError(f"a filter is given for depth {d}, but the cascade has depths 1..{plan.depth}", path=f)
+        if not 1 <= int(d) <= plan.num_depths:
+            raise InputError(f"a filter is given for depth {d}, but the cascade has depths 1..{plan.num_depths}", path=f)
         require_file(f, f"depth-{d} filter")
         kind, meta = read_safetensors_header(f)[1:3]
         if kind != "filter" or int(meta.get("depth", 0)) != int(d):
@@ -215,6 +215,9 @@ def _earlier(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
         old = json.loads(p.read_text())
     except (OSError, ValueError) as e:
         raise InputError(f"unreadable ({e})", path=p, hint="pick another -o") from None
+    plan = (old.get("settings") or {}).get("plan") or {}
+    if "depth" in plan:  # a run started before the plan's depth count was named num_depths
+        plan["num_depths"] = plan.pop("depth")
     if old.get("settings") != settings:
         diff = _differences(old.get("settings", {}), settings)
         raise InputError(f"was started with other settings ({', '.join(diff[:4])})", path=out,
@@ -292,10 +295,10 @@ def _fit_depth(ctx: _Ctx, d: int, train: Path, val: Path | None) -> DepthStage:
         files[f"{name}_table"] = f"depth{d}/{name}.parquet" if name in split.files else None
     if files["train_routed"] is None:
         raise TrainingError(f"depth {d}: the filter routes no training sample", path=ddir / "filter.safetensors",
-                            hint="raise FilterConfig.share or lower CascadePlan.depth")
+                            hint="raise FilterConfig.share or lower CascadePlan.num_depths")
     if files["train_rest"] is None:
         raise TrainingError(f"depth {d}: the filter routes every training sample, none is left for the next stage",
-                            path=ddir / "filter.safetensors", hint="lower FilterConfig.share or CascadePlan.depth")
+                            path=ddir / "filter.safetensors", hint="lower FilterConfig.share or CascadePlan.num_depths")
     ctx.event(f"depth {d}: cluster-aided classifier on the routed training samples")
     routed_val = None if files["val_routed"] is None else ctx.out / files["val_routed"]
     clf = _fit_classifier(ctx, f"depth{d}/cluster", ctx.out / files["train_routed"], routed_val, ctx.plan.branch_config(),
@@ -353,7 +356,7 @@ def _filter(ctx: _Ctx, d: int, train: Path, val: Path | None, path: Path) -> Fil
     use_val = val if (val is not None and cfg.select in VAL_SELECTS) else None
     if cfg.select in VAL_SELECTS and use_val is None:
         raise TrainingError(f"depth {d}: no validation sample is left for FilterConfig.select {cfg.select}",
-                            hint="lower CascadePlan.depth, or choose the filter epoch with good-clusters or last")
+                            hint="lower CascadePlan.num_depths, or choose the filter epoch with good-clusters or last")
     flt = fit_filter_file(train, path, cfg, FilterRun(depth=d), val=use_val, device=ctx.device, checkpoint_every=0,
                           command="fit-cascade: fit-filter", on_warning=ctx.warn)
     kept = flt.history[flt.chosen_epoch - 1]
@@ -429,7 +432,7 @@ def _report(ctx: _Ctx, base: ClassifierStage, depths: list[DepthStage], final: C
         manifest=MANIFEST,
         train=str(ctx.train.resolve()),
         val=None if ctx.val is None else str(ctx.val.resolve()),
-        depth=ctx.plan.depth,
+        num_depths=ctx.plan.num_depths,
         device=str(ctx.device),
         plan=ctx.plan.to_dict(),
         settings=ctx.plan.to_tables(),  # the config file that repeats this run (`dlsa inspect RUN --config`)

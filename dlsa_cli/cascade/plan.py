@@ -34,7 +34,8 @@ class CascadePlan:
     rate left to fit-classifier's default: 3e-4 fine-tuning, 0.03 from scratch).
     """
 
-    depth: int = setting(3, "Cascade depth: how many filters and cluster-aided classifiers.", rule=at_least(1))
+    num_depths: int = setting(3, "How many depths the cascade has: filters, each with its cluster-aided classifier.",
+                              rule=at_least(1), alias="--depth")
     seed: int = setting(0, "Random seed of every stage; the same seed on the same device repeats a run.",
                         rule=Rule(lambda v: 0 <= v < 2**63, "must be in [0, 2^63)"))
     filter: FilterConfig = field(default_factory=FilterConfig)
@@ -62,7 +63,7 @@ class CascadePlan:
         return replace(b, allow_missing_val_classes=True, seed=self.seed)
 
     def check(self) -> None:
-        """A setting out of range is one line naming it (`CascadePlan.depth`, `FilterConfig.lr`,
+        """A setting out of range is one line naming it (`CascadePlan.num_depths`, `FilterConfig.lr`,
         `TrainConfig.lr` for the baseline's, `CascadePlan.branch.lr` for the branches')."""
         from dlsa_cli.io.files import require_file
 
@@ -134,6 +135,6 @@ def plan_from_dict(d: Mapping[str, Any]) -> CascadePlan:
         names = {f.name for f in fields(cls) if f.init}
         return None if table is None else cls(**{k: v for k, v in table.items() if k in names})
 
-    own = {k: v for k, v in d.items() if k not in ("filter", "baseline", "branch")}
+    own = {("num_depths" if k == "depth" else k): v for k, v in d.items() if k not in ("filter", "baseline", "branch")}
     return replace(pick(CascadePlan, own), filter=pick(FilterConfig, d.get("filter")),
                    baseline=pick(TrainConfig, d.get("baseline")), branch=pick(TrainConfig, d.get("branch")))

@@ -130,7 +130,7 @@ class CascadeReport:
     manifest: str
     train: str
     val: str | None
-    depth: int
+    num_depths: int
     device: str
     plan: dict[str, Any]  # CascadePlan.to_dict()
     settings: dict[str, dict[str, Any]]  # CascadePlan.to_tables(): the config file that repeats the run
@@ -146,7 +146,8 @@ class CascadeReport:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> CascadeReport:
-        return cls(**{"settings": {}, **_known(cls, d), "baseline": ClassifierStage.from_json(d["baseline"]),
+        old = {"num_depths": d["depth"]} if "depth" in d else {}  # written before num_depths had its name
+        return cls(**{"settings": {}, **old, **_known(cls, d), "baseline": ClassifierStage.from_json(d["baseline"]),
                       "depths": [DepthStage.from_json(x) for x in d["depths"]],
                       "final": ClassifierStage.from_json(d["final"])})
 

@@ -127,6 +127,8 @@ def _names(s: Section, d: Declared, taken: set[str]) -> list[str]:
             names.append(plain)
     if d.spec.short and (s.aliases or not s.prefix):
         names.append(d.spec.short)
+    if d.spec.alias and d.spec.alias not in taken:
+        names.append(d.spec.alias)
     if d.type is bool and d.spec.switch:
         names = [f"{names[0]}/--{s.prefix}{d.spec.switch}", *names[1:]]
     return names
