@@ -409,7 +409,7 @@ def test_torchvision_backbone_is_the_penultimate_layer(tmp_path, image_dir):
     weights = tmp_path / "rn18.pth"
     torch.save(model.state_dict(), weights)
     out = tmp_path / "o.safetensors"
-    r = invoke("extract", image_dir, "-o", out, "--backbone", "torchvision:resnet18", "--weights", weights, "--workers", "0")
+    r = run_cli("extract", image_dir, "-o", out, "--backbone", "torchvision:resnet18", "--weights", weights, "--workers", "0")
     assert r.returncode == 0, r.stderr
     fs = read_features(out)
     model.fc = torch.nn.Identity()
@@ -424,7 +424,7 @@ def test_timm_backbone_is_the_pooled_pre_logits(tmp_path, image_dir):
     weights = tmp_path / "rn18.pth"
     torch.save(model.state_dict(), weights)
     out = tmp_path / "o.safetensors"
-    r = invoke("extract", image_dir, "-o", out, "--backbone", "timm:resnet18", "--weights", weights, "--workers", "0")
+    r = run_cli("extract", image_dir, "-o", out, "--backbone", "timm:resnet18", "--weights", weights, "--workers", "0")
     assert r.returncode == 0, r.stderr
     fs = read_features(out)
     p = fs.meta["preprocessing"]
