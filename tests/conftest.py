@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
-
 from types import SimpleNamespace
 
 import pytest
@@ -50,14 +50,23 @@ def caltech_lt():
     return caltech101_lt(CALTECH_NPZ, seed=0)
 
 
-def invoke(*args) -> SimpleNamespace:
-    """The real CLI in this process (CliRunner on the app), shaped like `run_cli`'s result."""
+def invoke(*args, env: dict[str, str] | None = None) -> SimpleNamespace:
+    """The real CLI in this process (CliRunner on the app), shaped like `run_cli`'s result.
+
+    As in `run_cli`: stdout and stderr apart, a 200-column terminal, the same program name in usage lines
+    (`env`: extra variables, set only for this call). An exception that escapes the app shows on stderr as
+    the traceback a subprocess would print, so "no traceback" assertions hold in this process too.
+    """
     from typer.testing import CliRunner
 
     from dlsa_cli.cli import app
 
-    r = CliRunner().invoke(app, [str(a) for a in args])
-    return SimpleNamespace(returncode=r.exit_code, stdout=r.stdout, stderr=r.stderr)
+    runner = CliRunner(env={"COLUMNS": "200", **(env or {})})
+    r = runner.invoke(app, [str(a) for a in args], prog_name="python -m dlsa_cli")
+    stderr = r.stderr
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(r.exception))
+    return SimpleNamespace(returncode=r.exit_code, stdout=r.stdout, stderr=stderr)
 
 
 def assert_clean_failure(r, out: Path, needle: str) -> None:

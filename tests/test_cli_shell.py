@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import run_cli
+from conftest import invoke, run_cli
 
 COMMANDS = ["extract", "fit-filter", "split", "fit-classifier", "fit-cascade", "predict", "evaluate", "inspect", "make-dataset"]
 
@@ -17,14 +17,14 @@ def test_top_level_help_lists_every_command():
 
 @pytest.mark.parametrize("name", COMMANDS)
 def test_each_command_help_has_an_example(name):
-    r = run_cli(name, "--help")
+    r = invoke(name, "--help")
     assert r.returncode == 0, r.stderr
     assert "Example:" in r.stdout
     assert f"dlsa {name}" in r.stdout
 
 
 def test_unknown_dataset_is_one_clear_line():
-    r = run_cli("make-dataset", "nope", "-o", "unused-dir")
+    r = invoke("make-dataset", "nope", "-o", "unused-dir")
     assert r.returncode == 1
     assert "Traceback" not in r.stderr
     assert r.stderr.strip().count("\n") == 0
@@ -34,9 +34,9 @@ def test_unknown_dataset_is_one_clear_line():
 def test_version_and_shell_completion():
     from dlsa_cli import __version__
 
-    r = run_cli("--version")
+    r = invoke("--version")
     assert r.returncode == 0 and r.stdout.strip() == f"dlsa {__version__}"
-    r = run_cli("--help")
+    r = invoke("--help")
     assert "--install-completion" in r.stdout and "--show-completion" in r.stdout
     # Typer guesses the shell from the process tree, which a CI runner may not have;
     # its documented switch makes --show-completion take the shell by name instead.
@@ -46,7 +46,7 @@ def test_version_and_shell_completion():
 
 
 def test_extract_help_shows_every_default():
-    r = run_cli("extract", "--help")
+    r = invoke("extract", "--help")
     assert r.returncode == 0, r.stderr
     for flag, default in (("--resize", "256"), ("--crop", "224"), ("--mean", "ImageNet's"), ("--interpolation", "bilinear")):
         line = next(ln for ln in r.stdout.splitlines() if flag in ln)

@@ -79,6 +79,7 @@ def test_collectives_under_torchrun(tmp_path):
     assert r0["prov"] == {"world_size": 2, "row_ranges": [[0, 5], [5, 11]]}
 
 
+@pytest.mark.slow
 def test_one_ranks_error_is_every_ranks_error(tmp_path):
     r0, r1 = _worker("error", tmp_path)
     assert r0["raised"] == r1["raised"] == "x.safetensors: row 7 holds NaN (repair it)"
@@ -86,6 +87,7 @@ def test_one_ranks_error_is_every_ranks_error(tmp_path):
     assert r0["after"] == r1["after"] == "ok"  # no rank was left waiting in a collective
 
 
+@pytest.mark.slow
 def test_extract_write_sends_rank_1s_rows_in_pieces_and_keeps_order(tmp_path):
     """101 rows over 2 ranks, sent in pieces of 3 rows, string ids as tensors: the file a single write gives."""
     from dlsa_cli.io.features import read_features
@@ -402,6 +404,7 @@ main()
 """
 
 
+@pytest.mark.slow
 def test_fit_filter_resume_under_torchrun_rank_0_alone_writes_the_checkpoint(digits, tmp_path):
     """Stopped after epoch 2 of 4, then resumed: rank 0 alone wrote the checkpoint, and the filter is the uninterrupted one."""
     spy = tmp_path / "spy.py"

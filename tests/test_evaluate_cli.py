@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import invoke
 from test_metrics import real_predictions
 
 from dlsa_cli.io.features import write_features
@@ -54,7 +54,7 @@ def test_json_two_files_side_by_side(files):
 
     d, y, preds, counts, route = files
     a, b = str(d / "ncm.parquet"), str(d / "nn1.parquet")
-    r = run_cli("evaluate", a, b, "--train", str(d / "train.safetensors"), "--json")
+    r = invoke("evaluate", a, b, "--train", str(d / "train.safetensors"), "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert list(out) == [a, b]  # keyed by the paths exactly as given
@@ -80,7 +80,7 @@ def test_json_two_files_side_by_side(files):
 
 def test_table_shows_differences_and_routes(files):
     d, y, preds, counts, route = files
-    r = run_cli("evaluate", str(d / "ncm.parquet"), str(d / "nn1.parquet"), "--train", str(d / "train.safetensors"))
+    r = invoke("evaluate", str(d / "ncm.parquet"), str(d / "nn1.parquet"), "--train", str(d / "train.safetensors"))
     assert r.returncode == 0, r.stderr
     diff = 100 * (np.mean(preds["1nn"] == y) - np.mean(preds["ncm"] == y))
     assert "Δ nn1.parquet" in r.stdout
@@ -93,9 +93,9 @@ def test_counts_file_and_recorded_counts_give_the_same_numbers(files, tmp_path):
     counts_json = tmp_path / "counts.json"
     counts_json.write_text(json.dumps(counts.tolist()))
     p = str(d / "nn1.parquet")
-    with_feats = json.loads(run_cli("evaluate", p, "--train", str(d / "train.safetensors"), "--json").stdout)[p]
-    with_json = json.loads(run_cli("evaluate", p, "--train", str(counts_json), "--json").stdout)[p]
-    recorded = json.loads(run_cli("evaluate", p, "--json").stdout)[p]  # train_counts in the table's metadata
+    with_feats = json.loads(invoke("evaluate", p, "--train", str(d / "train.safetensors"), "--json").stdout)[p]
+    with_json = json.loads(invoke("evaluate", p, "--train", str(counts_json), "--json").stdout)[p]
+    recorded = json.loads(invoke("evaluate", p, "--json").stdout)[p]  # train_counts in the table's metadata
     assert with_feats == with_json == recorded
 
 
@@ -103,9 +103,9 @@ def test_empty_group_is_null_and_na(files):
     d, *_ = files
     p = str(d / "ncm.parquet")
     args = ("evaluate", p, "--train", str(d / "train.safetensors"), "--many-above", "1000")
-    res = json.loads(run_cli(*args, "--json").stdout)[p]
+    res = json.loads(invoke(*args, "--json").stdout)[p]
     assert res["many"] is None and res["classes"]["many"] == 0
-    table = run_cli(*args)
+    table = invoke(*args)
     assert table.returncode == 0
     many_row = next(line for line in table.stdout.splitlines() if "many" in line)
     assert "n/a" in many_row
@@ -114,7 +114,7 @@ def test_empty_group_is_null_and_na(files):
 def test_per_class_and_labels_join(files):
     d, y, preds, counts, route = files
     p = str(d / "nolabel.parquet")
-    r = run_cli("evaluate", p, "--train", str(d / "train.safetensors"), "--labels", str(d / "test.safetensors"), "--json", "--per-class")
+    r = invoke("evaluate", p, "--train", str(d / "train.safetensors"), "--labels", str(d / "test.safetensors"), "--json", "--per-class")
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)[p]
     assert res["overall"] == pytest.approx(np.mean(preds["ncm"] == y))
@@ -128,7 +128,7 @@ def test_plot_writes_a_png_with_one_panel_per_file(files, tmp_path):
 
     d, *_ = files
     out = tmp_path / "fig1.png"
-    r = run_cli("evaluate", str(d / "ncm.parquet"), str(d / "nn1.parquet"), "--train", str(d / "train.safetensors"), "--plot", str(out), "--bins", "10")
+    r = invoke("evaluate", str(d / "ncm.parquet"), str(d / "nn1.parquet"), "--train", str(d / "train.safetensors"), "--plot", str(out), "--bins", "10")
     assert r.returncode == 0, r.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(out) as im:
@@ -209,7 +209,7 @@ def test_bad_input_is_one_line_and_leaves_no_plot(bad, case):
     if "--plot" not in args:
         args = [*args, "--plot", str(plot)]
     before = set(tmp.iterdir())
-    r = run_cli("evaluate", *args)
+    r = invoke("evaluate", *args)
     _one_line_error(r, *needles)
     assert set(tmp.iterdir()) == before  # no plot, no temporary file
 

@@ -1,8 +1,8 @@
 """`dlsa extract`: real photos through the real backbone, TorchScript models, input layouts, bad input.
 
-Runs that decode images use the CLI in a subprocess (`run_cli`: worker processes,
-real exit codes); bad input found before any decoding uses the same app in
-this process (`invoke`), which is much cheaper on a shared 2-core machine.
+Runs that decode images in worker processes use the CLI in a subprocess (`run_cli`:
+real exit codes); bad input and decoding in the main process (`--workers 0`) use the
+same app in this process (`invoke`), which is much cheaper on a shared 2-core machine.
 """
 
 from __future__ import annotations
@@ -92,6 +92,7 @@ def preprocessed(paths: list[str], pre: Preprocess) -> torch.Tensor:
 # --------------------------------------------------------------------------- real photos, real backbone
 
 
+@pytest.mark.slow
 @requires_caltech
 @requires_caltech_sample
 def test_lite0_on_50_listed_photos_matches_reference_features(tmp_path):
@@ -183,7 +184,7 @@ def test_torchscript_with_2d_output_and_custom_preprocessing(tmp_path):
     listing = tmp_path / "l.csv"
     listing.write_text("path\n" + "".join(f"{r['path']}\n" for r in rows))  # no label column: unlabelled
     out = tmp_path / "o.safetensors"
-    r = run_cli("extract", listing, "--root", CALTECH_SAMPLE, "-o", out, "--backbone", path, "--resize", "128",
+    r = invoke("extract", listing, "--root", CALTECH_SAMPLE, "-o", out, "--backbone", path, "--resize", "128",
                 "--crop", "112", "--interpolation", "bicubic", "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25",
                 "--workers", "0")
     assert r.returncode == 0, r.stderr
@@ -232,7 +233,8 @@ def test_folder_csv_and_list_file_give_the_same_features_and_ids(tmp_path, tiny_
         "list": [list_file, "--root", images, "--workers", "2", "--batch-size", "2"],
     }.items():
         out = tmp_path / f"{name}.safetensors"
-        r = run_cli("extract", *args, "-o", out, "--backbone", path)
+        cli = run_cli if name == "list" else invoke  # decoding worker processes: a real process
+        r = cli("extract", *args, "-o", out, "--backbone", path)
         assert r.returncode == 0, (name, r.stderr)
         results[name] = read_features(out)
     base = results["folder"]
@@ -312,11 +314,12 @@ def test_corrupt_jpeg_is_one_clear_line_naming_it(tmp_path, image_dir, tiny_scri
     bad.write_bytes((image_dir / "cat" / "a.jpg").read_bytes()[:600])  # a truncated JPEG
     out = tmp_path / "o.safetensors"
     for workers in ("0", "2"):
-        r = run_cli("extract", image_dir, "-o", out, "--backbone", tiny_script[0], "--workers", workers)
+        r = (invoke if workers == "0" else run_cli)("extract", image_dir, "-o", out, "--backbone", tiny_script[0], "--workers", workers)
         assert_clean_failure(r, out, str(bad))
         assert "cannot read image" in r.stderr and "--skip-bad" in r.stderr
 
 
+@pytest.mark.slow
 def test_corrupt_jpeg_with_real_backbone_writes_nothing(tmp_path, image_dir):
     (image_dir / "cat" / "zz.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     out = tmp_path / "o.safetensors"
@@ -459,5 +462,5 @@ def test_optional_backbone_without_its_package_is_a_clear_error(tmp_path, image_
     if importlib.util.find_spec("torchvision") is not None:
         pytest.skip("torchvision is installed here")
     out = tmp_path / "o.safetensors"
-    r = run_cli("extract", image_dir, "-o", out, "--backbone", "torchvision:resnet50", "--weights", "w.pth")
+    r = invoke("extract", image_dir, "-o", out, "--backbone", "torchvision:resnet50", "--weights", "w.pth")
     assert_clean_failure(r, out, "needs torchvision, which is not installed")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import invoke
 
 from dlsa_cli.errors import InputError
 from dlsa_cli.io.features import (
@@ -225,7 +225,7 @@ def bad_files(tmp_path_factory):
 @pytest.mark.parametrize("case", BAD)
 def test_bad_feature_file_is_one_line_through_the_cli(bad_files, case):
     path, message = bad_files[case]
-    r = run_cli("inspect", str(path), "--json")
+    r = invoke("inspect", str(path), "--json")
     assert r.returncode == 1, (r.stdout, r.stderr)
     assert "Traceback" not in r.stderr
     assert r.stderr.strip().count("\n") == 0, r.stderr

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_clean_failure, invoke, run_cli
+from conftest import assert_clean_failure, invoke
 
 from dlsa_cli.io.features import FeatureSet, read_features, write_features
 from dlsa_cli.io.files import read_safetensors, read_table
@@ -56,7 +56,7 @@ def test_preset_sets_paper_values_and_options_override(digits, tmp_path):
 
 def test_split_end_to_end_and_chaining(fitted, digits, tmp_path):
     out = tmp_path / "split1"
-    r = run_cli("split", fitted, digits / "train.safetensors", digits / "test.safetensors", "-o", out, "--latent", "--device", "cpu")
+    r = invoke("split", fitted, digits / "train.safetensors", digits / "test.safetensors", "-o", out, "--latent", "--device", "cpu")
     assert r.returncode == 0, r.stderr
     assert "head-tail separation accuracy" in r.stdout and "routed" in r.stdout
     names = sorted(p.name for p in out.iterdir())

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import assert_clean_failure, run_cli
+from conftest import assert_clean_failure, invoke
 
 from dlsa_cli.errors import DlsaError
 from dlsa_cli.flow import fit_filter
@@ -36,7 +36,7 @@ def _best(history: list[dict], key: str) -> int:
 @pytest.mark.parametrize("routing", ["likelihood", "cluster-tail"])
 def test_val_rule_keeps_the_best_recorded_epoch(digits, tmp_path, select, key, routing):
     out = tmp_path / "f.safetensors"
-    r = run_cli("fit-filter", digits / "train.safetensors", "--val", digits / "val.safetensors", "--select", select,
+    r = invoke("fit-filter", digits / "train.safetensors", "--val", digits / "val.safetensors", "--select", select,
                 "--routing", routing, "-o", out, *FAST, "--json", "--quiet")
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
@@ -54,7 +54,7 @@ def test_val_rule_keeps_the_best_recorded_epoch(digits, tmp_path, select, key, r
         filt = FlowFilter.load(out)
         sep = separation(filt.score(val.features).routed, val.labels, np.asarray(filt.train_counts))
         assert sep["separation"] == pytest.approx(hist[rep["chosen_epoch"] - 1]["val_separation"], abs=1e-9)
-    shown = json.loads(run_cli("inspect", out, "--json").stdout)  # `dlsa inspect` lists what the rule chose from
+    shown = json.loads(invoke("inspect", out, "--json").stdout)  # `dlsa inspect` lists what the rule chose from
     table = next(t for t in shown["tables"] if t["title"] == "history")
     col = table["columns"].index("val separation" if key == "val_separation" else "val mean log p")
     assert [row[col] for row in table["rows"]] == [round(h[key], 4) for h in hist]
@@ -72,11 +72,11 @@ def test_paper_rule_stays_the_default_and_val_only_records(digits):
 @pytest.mark.parametrize("select", ["val-separation", "val-likelihood"])
 def test_val_rule_without_val_is_one_line(digits, tmp_path, select):
     out = tmp_path / "f.safetensors"
-    r = run_cli("fit-filter", digits / "train.safetensors", "--select", select, "-o", out, *FAST)
+    r = invoke("fit-filter", digits / "train.safetensors", "--select", select, "-o", out, *FAST)
     assert_clean_failure(r, out, f"--select {select}: needs validation samples")
     assert "--val" in r.stderr
     run = tmp_path / "run"
-    r = run_cli("fit-cascade", digits / "train.safetensors", "-o", run, "--filter-select", select, "--depth", "1")
+    r = invoke("fit-cascade", digits / "train.safetensors", "-o", run, "--filter-select", select, "--depth", "1")
     assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert f"--filter-select {select}: needs validation samples" in r.stderr and "--val" in r.stderr
     assert not run.exists()
@@ -92,12 +92,12 @@ def test_val_rule_without_val_is_one_line(digits, tmp_path, select):
 ])
 def test_new_flags_out_of_range(digits, tmp_path, args, needle):
     out = tmp_path / "f.safetensors"
-    assert_clean_failure(run_cli("fit-filter", digits / "train.safetensors", "-o", out, *args), out, needle)
+    assert_clean_failure(invoke("fit-filter", digits / "train.safetensors", "-o", out, *args), out, needle)
 
 
 def test_cascade_names_its_own_weight_decay_flag(digits, tmp_path):
     run = tmp_path / "run"
-    r = run_cli("fit-cascade", digits / "train.safetensors", "-o", run, "--filter-weight-decay", "-1")
+    r = invoke("fit-cascade", digits / "train.safetensors", "-o", run, "--filter-weight-decay", "-1")
     assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "--filter-weight-decay -1.0:" in r.stderr
     assert not run.exists()
@@ -140,7 +140,7 @@ def test_resume_keeps_the_val_choice_and_checks_the_val_file(digits, tmp_path):
 
 def test_fit_cascade_gives_each_depth_its_val_part(digits, tmp_path):
     run = tmp_path / "run"
-    r = run_cli("fit-cascade", digits / "train.safetensors", "--val", digits / "val.safetensors", "-o", run,
+    r = invoke("fit-cascade", digits / "train.safetensors", "--val", digits / "val.safetensors", "-o", run,
                 "--depth", "2", "--clusters", "8", "--hidden", "16", "--max-cluster-share", "0.9", "--filter-epochs", "3",
                 "--filter-batch-size", "64", "--filter-select", "val-separation", "--input-noise", "0.1",
                 "--filter-weight-decay", "1e-3", "--epochs", "2", "--seed", "1", "--device", "cpu", "--quiet", "--json")

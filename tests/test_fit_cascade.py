@@ -59,7 +59,7 @@ def _stem(p: Path) -> str:
 
 
 def predictions(model: Path, test: Path, out: Path) -> dict[str, np.ndarray]:
-    ok(run_cli("predict", model, test, "-o", out, "--device", "cpu", "--quiet"))
+    ok(invoke("predict", model, test, "-o", out, "--device", "cpu", "--quiet"))
     t = read_table(out)[0]
     return {c: t.column(c).to_numpy(zero_copy_only=False) for c in ("prediction", "route", "depth") if c in t.column_names}
 

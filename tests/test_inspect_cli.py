@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import PROFILES, run_cli
+from conftest import PROFILES, invoke
 
 from dlsa_cli import inspect as inspection
 from dlsa_cli.inspect import kinds
@@ -27,7 +27,7 @@ def test_feature_file_shows_n_d_classes_and_groups(caltech_train):
     p, fs, names = caltech_train
     counts = np.bincount(fs.labels, minlength=101)
     groups = shot_groups(counts)
-    r = run_cli("inspect", str(p), "--json")
+    r = invoke("inspect", str(p), "--json")
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
     f = s["fields"]
@@ -45,7 +45,7 @@ def test_feature_file_shows_n_d_classes_and_groups(caltech_train):
     largest = s["tables"][1]["rows"][0]
     assert largest[1] == names[counts.argmax()] and largest[2] == counts.max()
 
-    text = run_cli("inspect", str(p))
+    text = invoke("inspect", str(p))
     assert text.returncode == 0, text.stderr
     for needle in (str(fs.n), "1280", "many-shot classes", "few-shot classes", "float16", "▁"):
         assert needle in text.stdout
@@ -84,7 +84,7 @@ def test_predictions_summary(tmp_path):
     route = np.array(["cluster@1", "cluster@1", "regular", "regular", "regular", "cluster@1"])
     path = tmp_path / "pred.parquet"
     write_table(path, {"id": np.arange(6), "label": y, "prediction": p, "route": route}, kind="predictions", meta={"num_classes": 3})
-    r = run_cli("inspect", str(path), "--json")
+    r = invoke("inspect", str(path), "--json")
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
     assert s["kind"] == "predictions"
@@ -98,7 +98,7 @@ def test_counts_profile_of_the_real_benchmarks():
     path = PROFILES / "places_lt_train_counts.json"
     if not path.exists():
         pytest.skip(f"profiles not found at {PROFILES}")
-    r = run_cli("inspect", str(path), "--json")
+    r = invoke("inspect", str(path), "--json")
     assert r.returncode == 0, r.stderr
     f = json.loads(r.stdout)["fields"]
     assert (f["classes"], f["samples"], f["max count"], f["min count"]) == (365, 62500, 4980, 5)
@@ -117,7 +117,7 @@ def test_generic_fallback_for_unknown_kinds_and_missing_summaries(tmp_path, monk
     assert inspection.summarize(path)["tables"][0]["title"] == "tensors"
     monkeypatch.setitem(inspection.REGISTRY, "mystery", "dlsa_cli.inspect.features:no_such_function")
     assert inspection.summarize(path)["tables"][0]["title"] == "tensors"
-    r = run_cli("inspect", str(path))
+    r = invoke("inspect", str(path))
     assert r.returncode == 0 and "3x4" in r.stdout
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, invoke
 from dlsa_cli.io.files import read_safetensors
 
 SETTINGS = ("-k", "8", "--epochs", "6", "--batch-size", "64", "--hidden", "32", "--device", "cpu", "--seed", "3")
@@ -61,6 +61,7 @@ def whole(digits, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_gives_the_uninterrupted_tensors(digits, whole, tmp_path):
     out = tmp_path / "filter.safetensors"
     ckpt = tmp_path / "filter.safetensors.resume"
@@ -86,6 +87,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_tensors(digits, whole, tmp_
     assert meta["threshold"] == whole_meta["threshold"] and meta["chosen_epoch"] == whole_meta["chosen_epoch"]
 
 
+@pytest.mark.slow
 def test_two_runs_at_one_thread_are_bitwise_identical(digits, whole, tmp_path):
     again = tmp_path / "again.safetensors"
     r = _cli("fit-filter", digits / "train.safetensors", "-o", again, *SETTINGS, "--quiet")
@@ -105,7 +107,7 @@ def test_resume_refuses_a_checkpoint_of_other_settings(digits, tmp_path):
     )
     assert r.returncode == -signal.SIGKILL
     before = ckpt.read_bytes()
-    r = run_cli("fit-filter", digits / "train.safetensors", "-o", out, *SETTINGS, "--lr", "0.1", "--resume")
+    r = invoke("fit-filter", digits / "train.safetensors", "-o", out, *SETTINGS, "--lr", "0.1", "--resume")
     assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "other training data or other settings" in r.stderr
     assert ckpt.read_bytes() == before and not out.exists()

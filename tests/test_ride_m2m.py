@@ -292,9 +292,7 @@ def test_val_weights_from_without_val_is_a_library_error(digits):
 
 
 def test_fit_classifier_help_lists_every_documented_input_and_the_new_options():
-    from conftest import run_cli
-
-    r = run_cli("fit-classifier", "--help")
+    r = invoke("fit-classifier", "--help")
     assert r.returncode == 0, r.stderr
     line = next(ln for ln in r.stdout.splitlines() if "--input " in ln)
     for value in ("features", "latent", "none"):  # the values the README's table documents

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, assert_clean_failure, invoke, run_cli
+from conftest import REPO, assert_clean_failure, invoke
 
 from dlsa_cli.errors import DlsaError, ModelMismatchError
 from dlsa_cli.flow import FlowFilter, fit_filter
@@ -202,7 +202,7 @@ def test_fit_filter_routing_ratio_then_split(digits, tmp_path):
     r = invoke("fit-filter", digits / "train.safetensors", "-o", out, *FAST, "--routing", "ratio", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["config"]["routing"] == "ratio"
-    r = run_cli("split", out, digits / "train.safetensors", digits / "test.safetensors", "-o", tmp_path / "s", "--device", "cpu", "--json")
+    r = invoke("split", out, digits / "train.safetensors", digits / "test.safetensors", "-o", tmp_path / "s", "--device", "cpu", "--json")
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
     assert rep["routing"] == "ratio"
@@ -219,7 +219,7 @@ def test_fit_filter_routing_knn_tail_then_split(digits, tmp_path):
     r = invoke("fit-filter", digits / "train.safetensors", "-o", out, *FAST, "--routing", "knn-tail", "--neighbours", "9", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["config"]["neighbours"] == 9
-    r = run_cli("split", out, digits / "train.safetensors", digits / "test.safetensors", "-o", tmp_path / "s", "--device", "cpu", "--json")
+    r = invoke("split", out, digits / "train.safetensors", digits / "test.safetensors", "-o", tmp_path / "s", "--device", "cpu", "--json")
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
     assert rep["routing"] == "knn-tail"

@@ -223,7 +223,7 @@ def test_file_size_limit_while_writing_is_one_line(run, tmp_path):
 def test_inspect_of_a_zero_row_file_is_a_summary(tmp_path):
     p = tmp_path / "zero.parquet"
     pq.write_table(pa.table({"features": pa.array([], pa.list_(pa.float32())), "label": pa.array([], pa.int64())}), p)
-    r = run_cli("inspect", p, "--json")
+    r = invoke("inspect", p, "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["fields"]["samples (N)"] == 0
 
@@ -289,7 +289,7 @@ def test_second_split_removes_only_what_the_first_listed(run, tmp_path):
     assert invoke("split", f, run / "train.safetensors", run / "val.safetensors", "-o", out, "--quiet", "--device", "cpu").returncode == 0
     shutil.copy(f, out / "filter.safetensors")  # the depth's own files live there too
     (out / "notes.txt").write_text("mine")
-    assert run_cli("split", f, run / "test.safetensors", "-o", out, "--quiet", "--device", "cpu").returncode == 0
+    assert invoke("split", f, run / "test.safetensors", "-o", out, "--quiet", "--device", "cpu").returncode == 0
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(["filter.safetensors", "notes.txt", "split.json", "test.parquet",
                             *[f"test.{part}.safetensors" for part in ("routed", "rest")
@@ -334,9 +334,9 @@ def test_filter_settings_errors_name_real_flags():
     assert "--made-blocks" not in str(e.value) and "FilterConfig.made_blocks" in str(e.value)
     flags = flag_map(FIT_FILTER)
     assert set(flags) == {f"FilterConfig.{n}" for n in FilterConfig.__dataclass_fields__} | {
-        "FilterRun.depth", "FilterRun.allow_singletons", "FilterRun.tf32"}
+        "FilterRun.depth", "FilterRun.allow_singletons", "FilterRun.tf32", "FilterConfig.preset"}
     assert name_flags(str(e.value), flags).startswith("--made-blocks -1:")
-    r = run_cli("fit-filter", "--help")
+    r = invoke("fit-filter", "--help")
     for flag in flags.values():
         assert flag in r.stdout, flag
 
@@ -350,7 +350,7 @@ def test_split_goes_on_past_nonfinite_rows_only_when_asked(run, tmp_path, batch)
     huge = _huge(run, tmp_path)
     out = tmp_path / "s"
     more = [] if batch is None else ["--batch-size", batch]
-    r = run_cli("split", run / "filter.safetensors", huge, "-o", out, "--allow-nonfinite", "--device", "cpu", "--json", *more)
+    r = invoke("split", run / "filter.safetensors", huge, "-o", out, "--allow-nonfinite", "--device", "cpu", "--json", *more)
     assert r.returncode == 0, r.stderr
     assert "2 sample(s) have a NaN or infinite log p(x)" in r.stderr
     report = json.loads((out / "split.json").read_text())  # strict: json.loads would accept NaN, so check the text too
