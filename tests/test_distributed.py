@@ -18,6 +18,11 @@ REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("dist_worker.py")
 
 
+# A run to compare with torchrun's: one thread, as each rank has (a matrix product's last bits depend on the
+# thread count, and a route near the threshold with them).
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
 def torchrun(*args: str, nproc: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc-per-node N ARGS` with one thread per process, output captured."""
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", COLUMNS="200", DLSA_DIST_TIMEOUT="120")
@@ -144,7 +149,7 @@ def test_split_under_torchrun_writes_what_one_process_writes(tiny_filter, tmp_pa
     from dlsa_cli.io.files import read_table
 
     args = ["split", tiny_filter, TINY / "test.safetensors", "--batch-size", "700", "--device", "cpu", "--latent", "--json"]
-    one = run_cli(*args, "-o", tmp_path / "one")
+    one = run_cli(*args, "-o", tmp_path / "one", env=ONE_THREAD)  # torchrun's ranks run one thread each
     two = torchrun("-m", "dlsa_cli", *args, "-o", tmp_path / "two")
     assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
     assert two.stdout == one.stdout and len(two.stdout.splitlines()) == 1  # rank 0 alone prints, the same report
@@ -361,13 +366,18 @@ def test_fit_cascade_under_torchrun_builds_the_cascade_one_process_builds(digits
     args = ["fit-cascade", digits / "train.safetensors", "--val", digits / "val.safetensors", "--depth", "2", "--clusters", "8",
             "--hidden", "16", "--max-cluster-share", "0.9", "--filter-epochs", "2", "--filter-batch-size", "64",
             "--epochs", "3", "--device", "cpu", "--json", "--quiet"]
-    one = run_cli(*args, "-o", tmp_path / "one")
+    one = run_cli(*args, "-o", tmp_path / "one", env=ONE_THREAD)  # torchrun's ranks run one thread each
     two = torchrun("-m", "dlsa_cli", *args, "-o", tmp_path / "two")
     assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
     assert len(two.stdout.splitlines()) == 1
     r1, r2 = json.loads(one.stdout), json.loads(two.stdout)
     for d1, d2 in zip(r1["depths"], r2["depths"]):
-        assert d1["train"] == d2["train"] and d1["val"] == d2["val"]  # same routed / rest counts at every depth
+        assert d1["train"] == d2["train"]  # the same routed / rest training counts at every depth
+        # DDP sums each step's gradient over the ranks in another order than one process does, so the filters
+        # differ in their last bits: a validation sample at the threshold may fall on the other side, no more.
+        depth = d1["depth"]  # a sample can fall at the threshold at each depth: at most one more per depth
+        assert abs(d1["val"]["samples"] - d2["val"]["samples"]) <= depth - 1
+        assert abs(d1["val"]["routed"] - d2["val"]["routed"]) <= depth
     preds = {}
     for n in ("one", "two"):
         p = run_cli("predict", tmp_path / n, digits / "test.safetensors", "-o", tmp_path / f"{n}.parquet", "--device", "cpu")
@@ -455,7 +465,7 @@ def test_knn_tail_split_under_torchrun_routes_what_one_process_routes(digits, tm
     assert fitted.routing == "knn-tail" and fitted.neighbours.latents.shape[0] == fitted.stats["train_samples"]
     assert abs(fitted.stats["routed"] - 0.3 * fitted.stats["train_samples"]) <= 1
     args = ["split", flt, digits / "train.safetensors", digits / "test.safetensors", "--batch-size", "50", "--device", "cpu", "--json"]
-    one = run_cli(*args, "-o", tmp_path / "one")
+    one = run_cli(*args, "-o", tmp_path / "one", env=ONE_THREAD)  # torchrun's ranks run one thread each
     two = torchrun("-m", "dlsa_cli", *args, "-o", tmp_path / "two")
     assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
     assert json.loads(two.stdout)["routing"] == "knn-tail"
