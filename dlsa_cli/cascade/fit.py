@@ -173,7 +173,7 @@ def _start(out: Path, plan: CascadePlan, train: Path, val: Path | None, filters:
         if kind != "filter" or int(meta.get("depth", 0)) != int(d):
             what = f"was trained at depth {meta.get('depth')}" if kind == "filter" else f"is a '{kind}' file, not a filter"
             raise InputError(f"{what}, but is given for depth {d}", path=f)
-    parent = out.parent if str(out.parent) else Path(".")
+    parent = out.parent  # a bare name's parent is Path(".")
     if not parent.is_dir():
         raise InputError("output folder's parent does not exist", path=parent, hint="create it first")
     if out.exists() and not out.is_dir():

@@ -214,9 +214,3 @@ class Reporter:
                     bar.update(task, advance=advance, text=text)
 
             yield update
-
-
-def not_built(name: str, issue: str) -> None:
-    """Say plainly that a command is not built yet, and exit non-zero."""
-    _error_console().print(f"[bold red]error:[/] `dlsa {name}` is not built yet ({issue}); nothing was done")
-    raise typer.Exit(3)

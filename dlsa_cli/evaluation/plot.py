@@ -40,7 +40,7 @@ def check_plot_target(path: str | Path) -> None:
     p = Path(path)
     if p.suffix.lower() not in PLOT_FORMATS:
         raise InputError(f"plot format '{p.suffix or '(none)'}' is not supported", path=p, hint=f"use {', '.join(PLOT_FORMATS)}")
-    parent = p.parent if str(p.parent) else Path(".")
+    parent = p.parent  # a bare name's parent is Path(".")
     if not parent.is_dir():
         raise InputError("the plot's folder does not exist", path=parent, hint="create it first")
     import importlib.util
