@@ -340,16 +340,16 @@ def _toml_value(v: Any) -> str:
 
 
 def recorded_settings(path: str | Path) -> dict[str, dict[str, Any]]:
-    """The config tables that repeat the run that wrote `path`: a filter or classifier file (its
-    provenance), or a fit-cascade run folder (its report.json, else its progress.json)."""
+    """The config tables that repeat the run that wrote `path`: a filter, classifier or extracted
+    feature file (its provenance), or a fit-cascade run folder (its report.json, else its progress.json)."""
     p = Path(path)
     if p.is_dir():
         return _run_folder_settings(p)
     from dlsa_cli.io.files import read_safetensors_header
 
     if p.suffix != ".safetensors":
-        raise InputError("records no settings: --config reads a filter or classifier file, or a fit-cascade folder",
-                         path=p)
+        raise InputError("records no settings: --config reads a filter, classifier or extracted feature file, or a "
+                         "fit-cascade folder", path=p)
     prov = read_safetensors_header(p)[3] or {}
     if "settings" in prov:
         return {k: dict(v) for k, v in prov["settings"].items()}

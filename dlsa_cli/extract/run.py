@@ -30,6 +30,7 @@ from dlsa_cli.extract.shard import extract_sharded, write_extracted
 from dlsa_cli.io.features import FeatureSet
 from dlsa_cli.io.files import check_output_file, provenance
 from dlsa_cli.runtime import distributed as dist
+from dlsa_cli.settings import to_table
 
 __all__ = ["ExtractReport", "ExtractStart", "chunk_folder", "extract_file"]
 
@@ -179,4 +180,5 @@ def _provenance(
     inputs = [p for p in (images, cfg.weights) if p is not None and Path(p).is_file()]
     if backbone_file is not None:
         inputs.append(backbone_file)
-    return {**provenance("extract", options, inputs), **dist.provenance_fields(n)}
+    settings = {k: v for k, v in to_table(cfg).items() if k != "resume"}  # a repeat need not resume
+    return {**provenance("extract", options, inputs, settings={"": settings}), **dist.provenance_fields(n)}

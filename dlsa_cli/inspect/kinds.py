@@ -18,6 +18,7 @@ from dlsa_cli.inspect.features import features_summary
 from dlsa_cli.inspect.fields import read_json
 from dlsa_cli.inspect.generic import generic_summary
 from dlsa_cli.io.files import read_safetensors_header, read_table_metadata, require_file
+from dlsa_cli.io.formats.base import FEATURE_KEYS, pick
 
 __all__ = ["REGISTRY", "detect_kind", "resolve", "summarize"]
 
@@ -45,7 +46,7 @@ def _detect(p: Path) -> tuple[str | None, bool]:
         header, kind, _, _ = read_safetensors_header(p)
         if kind:
             return kind, True
-        return ("features" if any(k in header for k in ("features", "feature", "feats", "F", "X", "x")) else None), True
+        return ("features" if pick(header, FEATURE_KEYS) is not None else None), True
     if suffix == ".parquet":
         schema, _, kind, _, _ = read_table_metadata(p)
         if kind:
