@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import assert_clean_failure, invoke
 
 from dlsa_cli.classify import Classifier

@@ -20,6 +20,8 @@ class LwsHead(nn.Module):
     """`(f_j W_j) x + b_j`: init weights `init_weight` (C, D) and `bias` (C,) fixed, scales `scale` (C,) learned."""
 
     cosine = False
+    init_weight: torch.Tensor  # buffers, declared for the type checker
+    bias: torch.Tensor
 
     def __init__(self, dim: int, num_classes: int):
         super().__init__()

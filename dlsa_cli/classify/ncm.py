@@ -21,6 +21,7 @@ class NcmHead(nn.Module):
     """`scale * cos(x, m_j)` for the class means `means` (C, D) of normalised training features."""
 
     cosine = True
+    means: torch.Tensor  # a buffer, declared for the type checker
 
     def __init__(self, dim: int, num_classes: int, *, scale: float = 16.0):
         super().__init__()
