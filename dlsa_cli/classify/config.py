@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import InitVar, dataclass
+from dataclasses import InitVar, dataclass, fields
 
 import numpy as np
 
@@ -22,7 +22,7 @@ __all__ = [
     "TrainConfig",
 ]
 
-MODELS = ("linear", "cosine", "ride", "cluster-aided")
+MODELS = ("linear", "cosine", "ride", "ncm", "lws", "cluster-aided")
 LOSSES = ("ce", "bsm", "la")
 SAMPLERS = ("uniform", "balanced", "m2m")
 POSTHOC = ("none", "la", "tau")
@@ -62,8 +62,11 @@ class TrainConfig:
     """
 
     model: str | None = setting(
-        None, "linear, cosine, or ride (RIDE's `experts` heads) (default: the init classifier's kind, else linear).",
-        choices=("linear", "cosine", "ride"), shown="")
+        None, "linear, cosine, ride (RIDE's `experts` heads), ncm (nearest class mean: cosine similarity to the "
+        "class means of L2-normalised training features; nothing is trained) or lws (learnable weight scaling: "
+        "only a per-class scale of the init classifier's weight rows is learned, on class-balanced batches; "
+        "Kang et al. use TrainConfig.loss ce) (default: the init classifier's kind, else linear).",
+        choices=("linear", "cosine", "ride", "ncm", "lws"), shown="")
     loss: str = setting("bsm", "ce, bsm (Balanced Softmax) or la (logit-adjusted CE); RIDE: each expert's loss.",
                         choices=LOSSES)
     sampler: str = setting("uniform", "uniform, balanced (CBS: classes drawn uniformly) or m2m (major-to-minor "
@@ -77,7 +80,7 @@ class TrainConfig:
     momentum: float = setting(0.9, "SGD momentum.", rule=Rule(lambda v: 0 <= v < 1, "must be in [0, 1)"))
     weight_decay: float = setting(0.0, "SGD weight decay.", rule=_NONNEG)
     la_tau: float = setting(1.0, "Strength of the logit-adjusted loss (1 = Balanced Softmax).", rule=_NONNEG)
-    cosine_scale: float = setting(16.0, "Scale of a cosine classifier's logits.", rule=_POS)
+    cosine_scale: float = setting(16.0, "Scale of a cosine (or ncm) classifier's logits.", rule=_POS)
     loss_counts: str = setting("all", "n_j of bsm/la on a subset: all (original training counts) or subset "
                                "(its own counts).", choices=LOSS_COUNTS)
     side_input: str = setting("features", "Cluster-aided: what FC_b sees besides the cluster prior: features, "
@@ -127,6 +130,7 @@ class TrainConfig:
         self._check_combinations()
 
     def _check_combinations(self) -> None:
+        self._check_decoupled()
         if self.model != "ride":
             for name, default in (("experts", 2), ("expert_hidden", 0), ("ride_diversity", None)):
                 if getattr(self, name) != default:
@@ -136,3 +140,20 @@ class TrainConfig:
         if self.model == "ride" and self.posthoc == "tau":
             raise InputError(f"{flag('posthoc')} tau applies to linear classifiers, not to {flag('model')} ride",
                              hint=f"use {flag('posthoc')} la")
+
+    def _check_decoupled(self) -> None:
+        """NCM trains nothing, so no training setting applies to it; LWS learns on class-balanced batches."""
+        if self.model == "ncm":
+            given = [name for name in _TRAINING if getattr(self, name) != _DEFAULTS[name]]
+            if given:
+                raise InputError(f"{flag(given[0])} does not apply to {flag('model')} ncm (nothing is trained)",
+                                 hint="drop it")
+        if self.model == "lws" and self.sampler != "balanced":
+            raise InputError(f"{flag('model')} lws learns its scales on class-balanced batches",
+                             hint=f"add {flag('sampler')} balanced")
+
+
+# what a trained classifier uses and NCM does not (posthoc and the cluster-aided settings included)
+_TRAINING = ("loss", "sampler", "epochs", "batch_size", "lr", "lr_side", "momentum", "weight_decay", "la_tau",
+             "loss_counts", "side_input", "prior_train", "posthoc", "select", "m2m_from")
+_DEFAULTS = {f.name: f.default for f in fields(TrainConfig) if f.name in _TRAINING}

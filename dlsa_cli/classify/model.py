@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dlsa_cli.classify.lws import LwsHead
+from dlsa_cli.classify.ncm import NcmHead
 from dlsa_cli.errors import InputError, ModelMismatchError
 from dlsa_cli.io.files import (
     read_safetensors,
@@ -136,7 +138,7 @@ def expert_logits(module: nn.Module, x: torch.Tensor, side: torch.Tensor | None 
 class Classifier:
     """A trained classifier: its module, kind, sizes, post-hoc setting and metadata."""
 
-    kind: str  # linear | cosine | ride | cluster-aided
+    kind: str  # linear | cosine | ride | ncm | lws | cluster-aided
     dim: int
     num_classes: int
     module: nn.Module
@@ -145,10 +147,10 @@ class Classifier:
 
     @property
     def base_kind(self) -> str:
-        """linear, cosine or ride: the kind of the FC_a part (or of the whole, when regular)."""
+        """linear, cosine, ride, ncm or lws: the kind of the FC_a part (or of the whole, when regular)."""
         head = fc_a(self.module)
-        if isinstance(head, RideHead):
-            return "ride"
+        if isinstance(head, (RideHead, NcmHead, LwsHead)):
+            return {RideHead: "ride", NcmHead: "ncm", LwsHead: "lws"}[type(head)]
         return "cosine" if head.cosine else "linear"
 
     @property
@@ -261,11 +263,15 @@ class Classifier:
         except (KeyError, TypeError, ValueError):
             raise InputError("classifier metadata lacks dim / num_classes", path=p) from None
         base = meta.get("base_model") or model
-        if model not in ("linear", "cosine", "ride", "cluster-aided") or base not in ("linear", "cosine", "ride"):
+        if model not in (*_BASES, "cluster-aided") or base not in _BASES:
             raise InputError(f"unknown classifier model '{model}'", path=p)
         scale = float(meta.get("hyper", {}).get("cosine_scale", 16.0))
         if base == "ride":
             head: nn.Module = RideHead(dim, c, int(meta.get("experts", 2)), int(meta.get("expert_hidden", 0)))
+        elif base == "ncm":
+            head = NcmHead(dim, c, scale=scale)
+        elif base == "lws":
+            head = LwsHead(dim, c)
         else:
             head = LinearHead(dim, c, cosine=base == "cosine", scale=scale)
         module = head
@@ -278,6 +284,9 @@ class Classifier:
             msg = str(e).splitlines()[0][:160]
             raise InputError(f"classifier tensors do not match its metadata ({msg})", path=p) from None
         return cls(kind=model, dim=dim, num_classes=c, module=module.eval(), meta=meta, path=p)
+
+
+_BASES = ("linear", "cosine", "ride", "ncm", "lws")
 
 
 def float_tensor(a: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -304,6 +313,9 @@ def load_init_head(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, str, d
         _, kind, meta, _ = read_safetensors_header(p)
         if kind == "classifier":
             clf = Classifier.load(p)
+            if clf.base_kind == "ncm":
+                raise InputError("is a nearest-class-mean classifier: it has no linear head to start from", path=p,
+                                 hint="pass a linear or cosine classifier")
             if clf.base_kind == "ride":
                 raise InputError("is a RIDE classifier: it has no single (C, D) head", path=p,
                                  hint="fit-classifier --init takes it as a whole")
@@ -313,7 +325,8 @@ def load_init_head(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, str, d
                     path=p,
                     hint="pass the baseline classifier trained on all training data",
                 )
-            return clf.module.weight.detach().clone(), clf.module.bias.detach().clone(), clf.kind, clf.meta
+            kind = "linear" if clf.kind == "lws" else clf.kind  # an LWS head is linear with rescaled rows
+            return clf.module.weight.detach().clone(), clf.module.bias.detach().clone(), kind, clf.meta
         if kind is not None:
             raise InputError(
                 f"is a dlsa '{kind}' file, not a classifier; --init takes the classifier trained on all training data "

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from dlsa_cli.classify.config import DEFAULT_LR_FINETUNE, DEFAULT_LR_SCRATCH, TrainConfig
+from dlsa_cli.classify.lws import LwsHead
 from dlsa_cli.classify.model import Classifier, LinearHead, RideHead, load_init_head
 from dlsa_cli.errors import InputError, ModelMismatchError
 from dlsa_cli.io.files import file_sha256, read_safetensors_header
@@ -42,6 +43,8 @@ def starting_point(cfg: TrainConfig, init: str | Path | None, dim: int, num_clas
     torch.manual_seed(cfg.seed)
     if ride_init is not None:
         head, kind = _from_ride(cfg, ride_init, dim, num_classes), "ride"
+    elif cfg.model == "lws":
+        head, kind = _lws(init, dim, num_classes), "lws"
     elif init is not None:
         head, kind = _from_head(cfg, init, dim, num_classes, gen)
     else:
@@ -50,7 +53,8 @@ def starting_point(cfg: TrainConfig, init: str | Path | None, dim: int, num_clas
     if kind != "linear" and cfg.posthoc == "tau":
         raise InputError(f"TrainConfig.posthoc tau applies to linear classifiers, not to a {kind} one", hint="use TrainConfig.posthoc la")
     info = {"source": "scratch"} if init is None else {"source": str(init), "sha256": file_sha256(init), "kind": kind}
-    lr = cfg.lr if cfg.lr is not None else (DEFAULT_LR_FINETUNE if init is not None else DEFAULT_LR_SCRATCH)
+    fine_tune = init is not None and kind != "lws"  # LWS's scales are new parameters, learned at the scratch rate
+    lr = cfg.lr if cfg.lr is not None else (DEFAULT_LR_FINETUNE if fine_tune else DEFAULT_LR_SCRATCH)
     return Start(head=head, base_kind=kind, info=info, lr=lr, lr_side=cfg.lr_side if cfg.lr_side is not None else lr)
 
 
@@ -97,6 +101,20 @@ def _from_head(cfg: TrainConfig, init: str | Path, dim: int, c: int, gen: torch.
     head.weight.data.copy_(w0)
     head.bias.data.copy_(b0)
     return head, kind
+
+
+def _lws(init: str | Path | None, dim: int, c: int) -> LwsHead:
+    """LWS's head: the init classifier's linear weights and bias, every row's scale at 1."""
+    if init is None:
+        raise InputError("TrainConfig.model lws rescales the rows of a trained classifier", hint="pass --init BASELINE")
+    w0, b0, init_kind, _ = load_init_head(init)
+    if init_kind != "linear":
+        raise ModelMismatchError(f"TrainConfig.model lws rescales a linear classifier, not a {init_kind} one",
+                                 path=init, hint="pass a linear baseline as --init")
+    if w0.shape != (c, dim):
+        raise ModelMismatchError(f"--init head is {tuple(w0.shape)} (C, D) but the data have C={c}, D={dim}", path=init,
+                                 hint="initialise from a classifier trained on these features and classes")
+    return LwsHead.from_init(w0, b0)
 
 
 def is_ride_file(init: str | Path | None) -> bool:

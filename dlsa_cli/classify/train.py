@@ -36,6 +36,7 @@ from dlsa_cli.classify.data import (
 from dlsa_cli.classify.m2m import m2m_fill
 from dlsa_cli.classify.model import Classifier, ClusterAidedHead, LinearHead, expert_logits, fc_a
 from dlsa_cli.classify.model import float_tensor as _as_tensor
+from dlsa_cli.classify.ncm import NcmHead, class_means
 from dlsa_cli.classify.ride import ride_diversity, ride_temperatures
 from dlsa_cli.classify.router import choose_router
 from dlsa_cli.classify.start import Start, is_ride_file, starting_point
@@ -113,7 +114,9 @@ def fit_classifier(
     kw = dict(init=init, flt=flt, filter_path=filter_path, device=device, progress=progress,
               train_offset=train_offset, val_class_counts=val_class_counts)
     with _cpu_threads(device, cfg.batch_size * train.dim * max(c, 1)):
-        if cfg.ride_diversity is None and (cfg.model == "ride" or (cfg.model is None and is_ride_file(init))):
+        if cfg.model == "ncm":
+            clf, report = _fit_ncm(train, val, cfg, device=device, val_class_counts=val_class_counts)
+        elif cfg.ride_diversity is None and (cfg.model == "ride" or (cfg.model is None and is_ride_file(init))):
             clf, report = _fit_ride_search(train, val, cfg, **kw)
         else:
             clf, report = _fit(train, val, cfg, **kw)
@@ -138,6 +141,14 @@ def check_fit_rules(
     train_offset: Any = None,
 ) -> list[str]:
     """The domain rules of a fit (one-line errors); returns warnings (the filter that split `train`)."""
+    if cfg.model in ("ncm", "lws") and flt is not None:
+        raise InputError(f"{flag('model')} {cfg.model} is a regular classifier; it cannot be cluster-aided",
+                         hint="drop --filter")
+    if cfg.model == "ncm" and (init is not None or from_scratch):
+        raise InputError(f"{flag('model')} ncm is computed from the training features alone",
+                         hint="drop --init / --from-scratch")
+    if cfg.model == "lws" and from_scratch:
+        raise InputError(f"{flag('model')} lws rescales an init classifier", hint="drop --from-scratch, pass --init")
     if init is not None and from_scratch:
         raise InputError("--init and --from-scratch exclude each other", hint="pick one")
     if flt is not None and init is None and not from_scratch:
@@ -145,7 +156,8 @@ def check_fit_rules(
             "a cluster-aided classifier starts from the classifier trained on all training data",
             hint="pass --init BASELINE (or --from-scratch to train it on the routed samples alone)",
         )
-    if flt is None and train.meta.get("part") == "rest" and init is None and not from_scratch:
+    needs_init = cfg.model != "ncm" and init is None and not from_scratch
+    if flt is None and train.meta.get("part") == "rest" and needs_init:
         raise InputError(
             "is the rest of a split: the final regular classifier starts from the classifier trained on all training data",
             path=train.path,
@@ -199,6 +211,33 @@ def _fit(
     report = FitReport(epoch=run.best_epoch, val_balanced=run.best_scores[0], val_accuracy=run.best_scores[1],
                        val_source=val_source, val_samples=int(val_fs.n), posthoc=meta["posthoc"], history=history,
                        train_samples=int(fit_fs.n), lr=start.lr, m2m=meta.get("m2m"))
+    return clf, report
+
+
+def _fit_ncm(train: FeatureSet, val: FeatureSet | None, cfg: TrainConfig, *, device: torch.device,
+             val_class_counts: np.ndarray | None = None) -> tuple[Classifier, FitReport]:
+    """The nearest-class-mean classifier of the training part, scored on validation (nothing to choose)."""
+    c, counts_all = _check_train(train)
+    fit_fs, val_fs, val_source = _validation(train, val, cfg, c)
+    head = NcmHead(train.dim, c, scale=cfg.cosine_scale)
+    head.means.copy_(class_means(fit_fs.features, fit_fs.labels, c))
+    clf = Classifier(kind="ncm", dim=train.dim, num_classes=c, module=head.eval())
+    pred = torch.from_numpy(clf.logits(val_fs.features, device=device).argmax(1))
+    weights = None if val_class_counts is None else torch.as_tensor(np.asarray(val_class_counts))
+    bal, acc = balanced_accuracy(pred, torch.as_tensor(val_fs.labels), c, weights)
+    history = [{"epoch": 0, "loss": None, "val_balanced": bal, "val_accuracy": acc}]
+    clf.meta = {
+        "model": "ncm", "base_model": "ncm", "loss": None, "sampler": None, "loss_counts": None,
+        "train_counts": counts_all.tolist(), "init": {"source": "none"},
+        "epoch": 0, "hyper": asdict(cfg) | {"model": "ncm"}, "history": history, "train_samples": int(fit_fs.n),
+        "val": {"balanced_accuracy": bal, "accuracy": acc, "source": val_source, "samples": int(val_fs.n),
+                "weighted_by_full_counts": weights is not None},
+        "posthoc": {"kind": "none", "tau": 0.0},
+    }
+    if class_names := train.meta.get("class_names"):
+        clf.meta["class_names"] = list(class_names)
+    report = FitReport(epoch=0, val_balanced=bal, val_accuracy=acc, val_source=val_source, val_samples=int(val_fs.n),
+                       posthoc=clf.meta["posthoc"], history=history, train_samples=int(fit_fs.n), lr=0.0)
     return clf, report
 
 
