@@ -1,6 +1,6 @@
 """Command options derived from the settings' declarations (`dlsa_cli.settings`).
 
-A command names the settings dataclasses it takes as `Section`s; `settings_command`
+A command names the settings dataclasses it takes as `Section`s; `settings_params`
 adds one option per setting to its signature (flag, type, default and help from the
 declaration), plus `--config FILE.toml`, and hands the command a `Given`: what the
 config file and the flags set, section by section, for the library to resolve.
@@ -35,7 +35,9 @@ class Section:
     `key`: its table in a config file ("" for the top level) and in `Given`;
     `prefix`: put before every flag (`filter-`); `aliases`: also accept the
     unprefixed spelling (the flags fit-cascade had before the rule);
-    `skip`: settings the command does not take; `flags`: a flag of this command
+    `skip`: settings the command does not take; `only`: the settings that get an
+    option here (the rest come from the config file, or another section's flag);
+    `flags`: a flag of this command
     that differs from the rule (`lr` of the branch section is `--branch-lr`);
     `extra`: keys a config table may hold that are no setting of `cls` (`preset`),
     each with its option's help; `token`: how errors name this section's settings,
