@@ -18,7 +18,6 @@ from dlsa_cli.runtime.lazy import lazy_exports
 # option defaults (`classify.config`) do not import torch.
 if TYPE_CHECKING:
     from dlsa_cli.classify.config import (
-        FLAGS,
         LOSSES,
         MODELS,
         POSTHOC,
@@ -53,7 +52,6 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
-    "FLAGS",
     "LOSSES",
     "MODELS",
     "POSTHOC",

@@ -28,14 +28,20 @@ from dlsa_cli.classify.data import (
     carve_validation,
     cluster_inputs,
     draw_batches,
+    leave_one_out_prior,
     loss_logit_shift,
 )
-from dlsa_cli.classify.data import (
-    leave_one_out_prior as _leave_one_out_prior,
-)
 from dlsa_cli.classify.m2m import m2m_fill
-from dlsa_cli.classify.model import Classifier, ClusterAidedHead, LinearHead, expert_logits, fc_a
-from dlsa_cli.classify.model import float_tensor as _as_tensor
+from dlsa_cli.classify.model import (
+    Classifier,
+    ClassifierModule,
+    ClusterAidedHead,
+    LinearHead,
+    RideHead,
+    expert_logits,
+    fc_a,
+    float_tensor,
+)
 from dlsa_cli.classify.ride import ride_diversity, ride_temperatures
 from dlsa_cli.classify.router import choose_router
 from dlsa_cli.classify.start import Start, is_ride_file, starting_point
@@ -60,7 +66,7 @@ class FitReport:
     val_source: str
     val_samples: int
     posthoc: dict[str, Any]
-    history: list[dict[str, float]]
+    history: list[dict[str, float | None]]  # loss None at epoch 0
     train_samples: int
     lr: float
     warnings: list[str] = field(default_factory=list)
@@ -123,12 +129,14 @@ def fit_classifier(
 
 def _fit_ride_search(train: FeatureSet, val: FeatureSet | None, cfg: TrainConfig, **kw: Any) -> tuple[Classifier, FitReport]:
     """RIDE with its diversity weight chosen on validation from RIDE_GRID (the first best among ties)."""
-    best, scores = None, {}
+    best: tuple[Classifier, FitReport] | None = None
+    scores = {}
     for w in RIDE_GRID:
         clf, rep = _fit(train, val, replace(cfg, ride_diversity=w), **kw)
         scores[str(w)] = rep.val_balanced
         if best is None or rep.val_balanced > best[1].val_balanced:
             best = (clf, rep)
+    assert best is not None  # RIDE_GRID is not empty
     best[0].meta["ride_diversity_search"] = scores
     return best
 
@@ -165,10 +173,10 @@ def check_fit_rules(
 
 def val_weights(path: str | Path, num_classes: int) -> np.ndarray:
     """(C,) per-class counts of the whole validation file `path` (--val-weights-from)."""
-    whole = read_labels(path, require_labels=True)
-    if whole.labels.size and int(whole.labels.max()) >= num_classes:
-        raise InputError(f"label {int(whole.labels.max())} is out of range for {num_classes} classes", path=path)
-    return np.bincount(whole.labels, minlength=num_classes)
+    y = read_labels(path, require_labels=True).require_labels()
+    if y.size and int(y.max()) >= num_classes:
+        raise InputError(f"label {int(y.max())} is out of range for {num_classes} classes", path=path)
+    return np.bincount(y, minlength=num_classes)
 
 
 def _fit(
@@ -191,7 +199,7 @@ def _fit(
     history = run.epochs(progress)
     meta = _meta(cfg, start, data, counts_all, run, history, val_source, train)
     clf = Classifier(kind=meta["model"], dim=train.dim, num_classes=c, module=module, meta=meta)
-    if start.base_kind == "ride" and not data.cluster_aided:
+    if isinstance(module, RideHead):  # a RIDE classifier, not cluster-aided
         router = choose_router(module, data.xv.cpu(), data.yv.cpu(), c, None if weights is None else weights.cpu())
         if router is not None:
             meta["router"] = router
@@ -218,7 +226,7 @@ def _check_train(train: FeatureSet) -> tuple[int, np.ndarray]:
 
 def _validation(train: FeatureSet, val: FeatureSet | None, cfg: TrainConfig, c: int) -> tuple[FeatureSet, FeatureSet, str]:
     """(the part trained on, the validation set, where it came from): `val`, or carved from `train`."""
-    y_all = train.labels
+    y_all = train.require_labels()
     if val is None:
         tr_idx, va_idx = carve_validation(y_all, cfg.val_fraction, cfg.seed)
         if len(va_idx) == 0:
@@ -266,8 +274,8 @@ class _Data:
     def build(cls, fit_fs: FeatureSet, val_fs: FeatureSet, cfg: TrainConfig, *, flt: Any,
               filter_path: str | Path | None, device: torch.device, c: int) -> _Data:
         dev = _data_device(fit_fs, val_fs, device)
-        d = cls(x=_as_tensor(fit_fs.features, dev), y=torch.as_tensor(fit_fs.labels, device=dev),
-                xv=_as_tensor(val_fs.features, dev), yv=torch.as_tensor(val_fs.labels, device=dev), dev=dev, c=c)
+        d = cls(x=float_tensor(fit_fs.features, dev), y=torch.as_tensor(fit_fs.labels, device=dev),
+                xv=float_tensor(val_fs.features, dev), yv=torch.as_tensor(val_fs.labels, device=dev), dev=dev, c=c)
         if flt is None:
             return d
         if flt.dim != fit_fs.dim:
@@ -276,10 +284,10 @@ class _Data:
             raise ModelMismatchError(f"filter knows {flt.num_classes} classes but the features have {c}", path=filter_path)
         cl, s_np, p_np = cluster_inputs(flt, fit_fs.features, side_input=cfg.side_input, device=device)
         if cfg.prior_train == "loo":
-            p_np = _leave_one_out_prior(flt, filter_path, cl, fit_fs.labels, p_np)
+            p_np = leave_one_out_prior(flt, filter_path, cl, fit_fs.require_labels(), p_np)
         _, sv_np, pv_np = cluster_inputs(flt, val_fs.features, side_input=cfg.side_input, device=device)
-        d.side, d.prior = _as_tensor(s_np, dev), _as_tensor(p_np, dev)
-        d.sv, d.pv = _as_tensor(sv_np, dev), _as_tensor(pv_np, dev)
+        d.side, d.prior = float_tensor(s_np, dev), float_tensor(p_np, dev)
+        d.sv, d.pv = float_tensor(sv_np, dev), float_tensor(pv_np, dev)
         d.filter_info = {
             "sha256": file_sha256(filter_path) if filter_path else None,
             "path": str(filter_path) if filter_path else None,
@@ -299,17 +307,21 @@ class _Data:
         return full
 
 
-def _module_and_optimiser(start: Start, data: _Data, cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer]:
+def _module_and_optimiser(start: Start, data: _Data, cfg: TrainConfig,
+                          device: torch.device) -> tuple[ClassifierModule, torch.optim.Optimizer]:
     """The trained module (the head, or FC_a + FC_b when cluster-aided) and its SGD."""
     head = start.head
-    if data.cluster_aided:
-        module: nn.Module = ClusterAidedHead(head, data.side.shape[1], data.c)
-        groups = [{"params": list(module.a.parameters()), "lr": start.lr},
-                  {"params": list(module.b.parameters()), "lr": start.lr_side}]
+    module: ClassifierModule
+    groups: list[dict[str, Any]]
+    if data.side is not None:  # cluster-aided
+        aided = ClusterAidedHead(head, data.side.shape[1], data.c)
+        groups = [{"params": list(aided.a.parameters()), "lr": start.lr},
+                  {"params": list(aided.b.parameters()), "lr": start.lr_side}]
+        module = aided
     else:
         module = head
         groups = [{"params": list(module.parameters()), "lr": start.lr}]
-    if start.base_kind == "cosine":
+    if isinstance(head, LinearHead) and head.cosine:
         head.bias.requires_grad_(False)  # a cosine head has no bias
     for g in groups:
         g["params"] = [p for p in g["params"] if p.requires_grad]
@@ -320,7 +332,7 @@ def _module_and_optimiser(start: Start, data: _Data, cfg: TrainConfig, device: t
 class _ExpertLogits(nn.Module):
     """The training forward, (B, D) [+ side, prior] -> (E, B, C), as one module that DDP can wrap."""
 
-    def __init__(self, module: nn.Module):
+    def __init__(self, module: ClassifierModule):
         super().__init__()
         self.module = module
 
@@ -328,9 +340,10 @@ class _ExpertLogits(nn.Module):
         return expert_logits(self.module, x, side, prior)
 
 
-def _forward(module: nn.Module, idx: torch.Tensor | slice, x, side, prior, device: torch.device) -> torch.Tensor:
+def _forward(module: nn.Module, idx: torch.Tensor | slice, x: torch.Tensor, side: torch.Tensor | None,
+             prior: torch.Tensor | None, device: torch.device) -> torch.Tensor:
     xb = x[idx].to(device, non_blocking=True)
-    if side is None:
+    if side is None or prior is None:
         return module(xb)
     return module(xb, side[idx].to(device, non_blocking=True), prior[idx].to(device, non_blocking=True))
 
@@ -346,12 +359,12 @@ def _correction(module: nn.Module, data: _Data, train_offset: np.ndarray, device
     init_logits = torch.cat([_forward(module, slice(s, s + 4096), data.x, data.side, data.prior, device)
                              for s in range(0, n, 4096)]).to(data.dev)
     module.train()
-    return _as_tensor(train_offset, data.dev) - init_logits  # (N, C)
+    return float_tensor(train_offset, data.dev) - init_logits  # (N, C)
 
 
 def _shift(cfg: TrainConfig, counts_all: np.ndarray, train: FeatureSet, c: int, device: torch.device) -> torch.Tensor | None:
     """The (C,) training-only logit shift of BSM / LA, from the counts `loss_counts` names."""
-    counts = counts_all if cfg.loss_counts == "all" else np.bincount(train.labels, minlength=c)
+    counts = counts_all if cfg.loss_counts == "all" else np.bincount(train.require_labels(), minlength=c)
     shift = loss_logit_shift(cfg.loss, counts, cfg.la_tau)
     return None if shift is None else torch.as_tensor(shift, device=device)
 
@@ -371,7 +384,7 @@ class _Pool:
 class _Run:
     """The epoch loop of one fit: batches, loss, validation, the best epoch so far, M2M rounds."""
 
-    module: nn.Module
+    module: ClassifierModule
     opt: torch.optim.Optimizer
     data: _Data
     cfg: TrainConfig
@@ -383,17 +396,17 @@ class _Run:
     m2m: dict[str, Any] | None = None
     best_epoch: int = 0
     best_scores: tuple[float, float] = (float("-inf"), 0.0)
-    best_state: dict[str, torch.Tensor] | None = None
-    net: nn.Module | None = None  # the training forward; under torchrun wrapped in DDP (gradients averaged over ranks)
+    best_state: dict[str, torch.Tensor] = field(default_factory=dict)  # the best epoch's, kept from epoch 0 on
+    net: nn.Module = field(init=False)  # the training forward; under torchrun wrapped in DDP (gradients averaged over ranks)
 
     def __post_init__(self) -> None:
         self.net = ddp.wrap(_ExpertLogits(self.module), self.device)
 
-    def epochs(self, progress: ProgressFn | None) -> list[dict[str, float]]:
+    def epochs(self, progress: ProgressFn | None) -> list[dict[str, float | None]]:
         cfg, d = self.cfg, self.data
         gen = torch.Generator(device=d.dev.type if d.dev.type != "cuda" else d.dev).manual_seed(cfg.seed)
         bal, acc = self.evaluate()
-        history = [{"epoch": 0, "loss": None, "val_balanced": bal, "val_accuracy": acc}]  # strict JSON: no NaN
+        history: list[dict[str, float | None]] = [{"epoch": 0, "loss": None, "val_balanced": bal, "val_accuracy": acc}]  # strict JSON: no NaN
         self._keep(0, bal, acc)
         pool = _Pool(d.x, d.y, d.side, d.prior, d.correction)
         self.module.train()
@@ -466,11 +479,12 @@ def _m2m_round(epoch: int, start: int, every: int) -> bool:
 def _m2m_pool(run: _Run, epoch: int, gen: torch.Generator) -> _Pool:
     """The real samples plus a fresh round of M2M translations (recorded in `run.m2m`)."""
     cfg, d, dev = run.cfg, run.data, run.device
+    assert run.g is not None and run.m2m is not None  # M2M rounds run only with M2M's g
     t0 = time.perf_counter()
     step = cfg.m2m_step * float(d.x.norm(dim=1).mean())
 
     def f(xg: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:  # the classifier being trained, (G, C)
-        if d.side is None:
+        if d.side is None or d.prior is None:
             return run.module(xg)
         side = xg if cfg.side_input == "features" else d.side[rows].to(dev)
         return run.module(xg, side, d.prior[rows].to(dev))
@@ -491,7 +505,7 @@ def _m2m_pool(run: _Run, epoch: int, gen: torch.Generator) -> _Pool:
 
 
 @torch.no_grad()
-def _linear_part(module: nn.Module, cfg: TrainConfig, dim: int) -> torch.Tensor | None:
+def _linear_part(module: ClassifierModule, cfg: TrainConfig, dim: int) -> torch.Tensor | None:
     """(C, D) A with f(x) = A x + (terms without x) when the trained classifier is linear in x, else None."""
     head = fc_a(module)
     if not isinstance(head, LinearHead) or head.cosine:
@@ -511,7 +525,7 @@ def _m2m_classifier(cfg: TrainConfig, fit_fs: FeatureSet, val_fs: FeatureSet, da
             raise ModelMismatchError("is cluster-aided; M2M's g must be a regular classifier", path=cfg.m2m_from,
                                      hint="pass the baseline trained on the imbalanced training data")
         g.check_features(fit_fs.dim, data.c, path=cfg.m2m_from)
-        info = {"from": str(cfg.m2m_from), "sha256": file_sha256(cfg.m2m_from)}
+        info: dict[str, Any] = {"from": str(cfg.m2m_from), "sha256": file_sha256(cfg.m2m_from)}
     else:
         warm = replace(cfg, model="linear", loss="ce", sampler="uniform", epochs=cfg.m2m_warmup, posthoc="none",
                        select="best", allow_missing_val_classes=True, lr=None, lr_side=None, m2m_from=None)
@@ -526,7 +540,7 @@ def _m2m_classifier(cfg: TrainConfig, fit_fs: FeatureSet, val_fs: FeatureSet, da
 
 
 def _meta(cfg: TrainConfig, start: Start, data: _Data, counts_all: np.ndarray, run: _Run,
-          history: list[dict[str, float]], val_source: str, train: FeatureSet) -> dict[str, Any]:
+          history: list[dict[str, float | None]], val_source: str, train: FeatureSet) -> dict[str, Any]:
     """The classifier file's metadata: what was trained, how, and what validation chose."""
     meta: dict[str, Any] = {
         "model": "cluster-aided" if data.cluster_aided else start.base_kind,
@@ -548,10 +562,10 @@ def _meta(cfg: TrainConfig, start: Start, data: _Data, counts_all: np.ndarray, r
         "history": history,
         "train_samples": int(data.x.shape[0]),
     }
-    if start.base_kind == "ride":
-        ride = fc_a(run.module)
-        meta["experts"] = len(ride.experts)
-        meta["expert_hidden"] = 0 if ride.experts[0].hidden is None else ride.experts[0].hidden.out_features
+    if isinstance(ride := fc_a(run.module), RideHead):
+        experts = ride.expert_list
+        meta["experts"] = len(experts)
+        meta["expert_hidden"] = 0 if experts[0].hidden is None else experts[0].hidden.out_features
     if class_names := train.meta.get("class_names"):
         meta["class_names"] = list(class_names)
     if data.cluster_aided:
