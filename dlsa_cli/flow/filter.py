@@ -152,11 +152,11 @@ class FlowFilter:
                 logp, comp, z = self.flow.log_prob(xb)
                 ll[s : s + len(xb)] = logp.double().cpu().numpy()
                 cl[s : s + len(xb)] = comp.argmax(1).cpu().numpy()
-                if ref is not None:
+                if ref is not None and self.reference is not None:
                     ref[s : s + len(xb)] = self.reference.log_prob(xb)[0].double().cpu().numpy()
                 if zs is not None:
                     zs[s : s + len(xb)] = z.float().cpu().numpy()
-                if knn is not None:
+                if knn is not None and self.neighbours is not None:
                     knn[s : s + len(xb)] = self.neighbours.tail_share(z).cpu().numpy()
         finite = np.isfinite(ll)
         if not allow_nonfinite:

@@ -73,6 +73,8 @@ class MixtureFlow(nn.Module):
         generator: CPU generator for the means and the initial weights.
     """
 
+    means: torch.Tensor  # (K, D), a buffer (registered in __init__)
+
     def __init__(
         self,
         dim: int,

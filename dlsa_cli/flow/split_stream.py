@@ -84,7 +84,7 @@ class ReportCounter:
         return rep
 
 
-def _score_batch(filt: FlowFilter, b: RowBatch, path: Path, n: int, *, device: torch.device, latent: bool,
+def _score_batch(filt: FlowFilter, b: RowBatch, path: Path, n: int, *, device: torch.device | None, latent: bool,
                  allow_nonfinite: bool = False) -> dict[str, np.ndarray]:
     """The split table's columns (and latent) for one batch of rows (of a file of n); `finite` with `allow_nonfinite`."""
     if b.labels is not None and b.labels.size and b.labels.max() >= filt.num_classes:
@@ -100,7 +100,7 @@ def _score_batch(filt: FlowFilter, b: RowBatch, path: Path, n: int, *, device: t
                 depth=np.full(len(sc.routed), filt.depth, dtype=np.int32))
     if allow_nonfinite:
         cols["finite"] = np.isfinite(sc.log_likelihood)
-    if latent:
+    if latent and sc.latent is not None:  # score gives latents when asked
         cols["latent"] = sc.latent
     return cols
 
@@ -187,12 +187,16 @@ def split_file(
             for _ in range(rounds):
                 item = dist.collective(lambda: _next_scored(filt, batches, p, info.n, device, latent, allow_nonfinite))
                 _receive(dist.gather_object(item), table, store, counter)
-            if table is not None:
+            if table is not None and counter is not None:  # both rank 0's
                 table.meta["report"] = counter.report().to_json()
-        outputs = dist.collective(
-            lambda: _write_parts(p, info, stage, name, store, counter.report(), batch_size, part_meta or {}, prov)
-            if stage is not None else None
-        )
+
+        def write_parts() -> dict[str, str | None] | None:
+            if stage is None:
+                return None
+            assert store is not None and counter is not None  # rank 0 holds the staging folder, the columns and the counts
+            return _write_parts(p, info, stage, name, store, counter.report(), batch_size, part_meta or {}, prov)
+
+        outputs = dist.collective(write_parts)
     finally:
         if tmp is not None:
             import shutil
@@ -210,7 +214,7 @@ def split_file(
 def _receive(gathered: list | None, table: Any, store: _Columns | None, counter: ReportCounter | None) -> None:
     """Rank 0: one round's (start, columns) of every rank into the table's rank part, the columns and the counts."""
     for r, got in enumerate(gathered or []):
-        if got is None or table is None:
+        if got is None or table is None or store is None or counter is None:  # all four rank 0's
             continue
         start, cols = got
         table.write({k: v for k, v in cols.items() if k != "latent"}, part=r)

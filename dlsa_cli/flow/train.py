@@ -312,7 +312,7 @@ def _train_epoch(st: TrainState, data: _Data, cfg: FilterConfig, epoch: int, on_
 
 def _input_noise(st: TrainState, data: _Data, cfg: FilterConfig, b: int, use_neg: bool) -> torch.Tensor | None:
     """Gaussian noise of std `input_noise` x each feature's std for the global batch's rows, from the pair stream."""
-    if cfg.input_noise <= 0:
+    if cfg.input_noise <= 0 or data.std is None:  # std is made exactly when input_noise > 0
         return None
     e = torch.randn((2 if use_neg else 1, b, data.x.shape[1]), generator=st.g_pairs, device=data.x.device)
     return e * (cfg.input_noise * data.std)  # (2 or 1, b, D)
@@ -340,13 +340,13 @@ def _evaluate_epoch(st: TrainState, data: _Data, cfg: FilterConfig, epoch: int, 
         "mean_log_likelihood": float(logp.double().mean()),
         "separation": float(data.is_tail[torch.topk(logp, n_route).indices].double().mean()),
         "eligible": bool(stats["largest_share"] < cfg.max_cluster_share),
-        **(_evaluate_val(st, data, cfg, logp, cluster, table) if data.val is not None else {}),
+        **(_evaluate_val(st, data, data.val, cfg, logp, cluster, table) if data.val is not None else {}),
         "seconds": time.perf_counter() - t0,
     }
 
 
-def _evaluate_val(st: TrainState, data: _Data, cfg: FilterConfig, logp: torch.Tensor, cluster: torch.Tensor,
-                  table: torch.Tensor) -> dict[str, Any]:
+def _evaluate_val(st: TrainState, data: _Data, v: _Val, cfg: FilterConfig, logp: torch.Tensor,
+                  cluster: torch.Tensor, table: torch.Tensor) -> dict[str, Any]:
     """The validation samples this epoch would route: their tail share, the base rate, their mean log p(x).
 
     The route is the filter's: score >= the (1 - share) quantile of the training
@@ -359,7 +359,6 @@ def _evaluate_val(st: TrainState, data: _Data, cfg: FilterConfig, logp: torch.Te
     """
     from dlsa_cli.flow.routing import epoch_route_score, quantile_threshold
 
-    v = data.val
     vlogp, vcluster = _assign(st.flow, v.x, cfg.eval_batch_size)  # (M,), (M,)
     table = table.cpu()
     counts = _train_counts(data.fs)
