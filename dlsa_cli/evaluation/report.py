@@ -101,7 +101,10 @@ def read_predictions(path: str | Path, *, labels_from: Any = None) -> Prediction
         cols = [getattr(q, name) for q in parts]
         return None if cols[0] is None else np.concatenate(cols)
 
-    return Predictions(cat("labels"), cat("predictions"), cat("routes"), cat("depths"), cat("branches"), parts[0].meta, parts[0].path)
+    def whole(name: str) -> np.ndarray:  # a column every batch has
+        return np.concatenate([getattr(q, name) for q in parts])
+
+    return Predictions(whole("labels"), whole("predictions"), cat("routes"), cat("depths"), cat("branches"), parts[0].meta, parts[0].path)
 
 
 def iter_predictions(path: str | Path, *, labels_from: Any = None, batch_size: int | None = None) -> Iterator[Predictions]:
@@ -359,11 +362,11 @@ def evaluate_files(
     counts, train_name = _counts_for(paths[0], train)
     label_set = read_labels(labels, require_labels=True) if labels is not None else None
     results: dict[str, TableMetrics] = {}
-    panels = []
+    panels: list[tuple[str, np.ndarray]] = []
     for path in paths:
         tally = _tally_file(path, counts, train_name, label_set, tail_at_most, bins if plot is not None else None)
         results[str(path)] = tally.metrics(many_above, few_below, per_class)
-        if plot is not None:
+        if plot is not None and tally.confusion is not None:  # tallied with bins when plotting
             panels.append((str(path), tally.confusion))
     if plot is not None:
         from dlsa_cli.evaluation.plot import plot_confusion

@@ -156,7 +156,7 @@ class Tally:
         self.predicted += np.bincount(p, minlength=c)
         self._add_cells(y * c + p)
         if self.bins is not None:
-            self._add_confusion(y, p)
+            self._add_confusion(y, p, self.bins)
         if routes is not None:
             self.has_routes = True
             self._add_routes(y, right, np.asarray(routes).astype(str), depths, branches)
@@ -168,9 +168,9 @@ class Tally:
         self.cells, inv = np.unique(both, return_inverse=True)
         self.cell_counts = np.bincount(inv, weights=np.concatenate([self.cell_counts, k]), minlength=len(self.cells)).astype(np.int64)
 
-    def _add_confusion(self, y: np.ndarray, p: np.ndarray) -> None:
-        m = binned_confusion(y, p, self.counts, self.bins)
-        self.confusion = m if self.confusion.size == 0 else self.confusion + m
+    def _add_confusion(self, y: np.ndarray, p: np.ndarray, bins: int) -> None:
+        m = binned_confusion(y, p, self.counts, bins)
+        self.confusion = m if self.confusion is None or self.confusion.size == 0 else self.confusion + m
 
     def _add_routes(
         self, y: np.ndarray, right: np.ndarray, routes: np.ndarray, depths: np.ndarray | None, branches: np.ndarray | None
