@@ -111,7 +111,7 @@ class Cascade:
                 take = left[sc.routed]
                 if len(take):
                     latent = None if sc.latent is None else sc.latent[sc.routed]
-                    side, prior = branch_inputs(flt, xb[take], sc.cluster[sc.routed], latent, clf.side_input)
+                    side, prior = branch_inputs(flt, xb[take], sc.cluster[sc.routed], latent, clf.side_input or "features")  # a file without it fed FC_b the features
                     out[s + take] = clf.logits(xb[take], side=side, prior=prior, device=device)
                     route[s + take] = d
                 left = left[~sc.routed]

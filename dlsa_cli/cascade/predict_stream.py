@@ -96,7 +96,8 @@ def predict_file(
     prov = {**(prov or {}), **dist.provenance_fields(info.n)}
     meta = _meta(model, p, topk, model.num_classes)
     has_route = isinstance(model, Cascade)
-    correct, routes = 0, {}
+    correct = 0
+    routes: dict[str, int] = {}
     sink_ctx = stream_table(out, kind="predictions", meta=meta, prov=prov, parts=me.world_size) if me.is_main else contextlib.nullcontext()
     with sink_ctx as sink:
         batches = iter_rows(p, batch_size, lo, hi)

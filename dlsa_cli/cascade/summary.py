@@ -57,7 +57,7 @@ class FilterFit:
     """A depth's filter: given, or fitted (its kept epoch, clusters and validation separation)."""
 
     given: str | None
-    chosen_epoch: int
+    chosen_epoch: int | None  # None for a given filter file that does not record it
     epochs: int
     seconds: float
     good_clusters: int | None = None
