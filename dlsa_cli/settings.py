@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
@@ -253,9 +254,9 @@ def read_config(path: str | Path, schema: Mapping[str, Table]) -> dict[str, dict
 
 
 def _toml() -> Any:
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10
+    else:  # Python 3.10: the tomli dependency
         import tomli as tomllib
     return tomllib
 

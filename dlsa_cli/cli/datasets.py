@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -56,13 +56,13 @@ def make_dataset_cmd(
     else:
         raise DlsaError(f"unknown data set '{name}'", hint=f"use one of {', '.join(DATASETS)}")
     prov = provenance("make-dataset", {"name": name, "val_fraction": val_fraction}, inputs, seed)
-    summary = {}
+    summary: dict[str, Any] = {}
     with atomic_dir(out) as tmp:
         for part in ("train", "val", "test"):
             fs = getattr(splits, part)
             write_features(tmp / f"{part}.safetensors", fs, prov=prov, meta={"dataset": name, "split": part, "class_names": splits.class_names})
             summary[part] = {"samples": fs.n, "dim": fs.dim}
-    counts = class_counts(splits.train.labels, len(splits.class_names))
+    counts = class_counts(splits.train.require_labels(), len(splits.class_names))
     groups = shot_groups(counts)
     summary["classes"] = len(counts)
     summary["train_counts"] = {"max": int(counts.max()), "min": int(counts.min())}

@@ -104,7 +104,7 @@ class _EfficientNetFeatures(torch.nn.Module):
 
     def __init__(self, net: torch.nn.Module):
         super().__init__()
-        self.net = net
+        self.net: Any = net  # an EfficientNet-Lite (an untyped package's class) with extract_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.adaptive_avg_pool2d(self.net.extract_features(x), 1).flatten(1)

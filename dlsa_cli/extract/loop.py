@@ -153,7 +153,7 @@ def _existing_images(images: ImageList, skip_bad: bool) -> tuple[list[int], list
 def _ready_model(backbone: Backbone, dev: torch.device, half: bool) -> torch.nn.Module:
     model = backbone.module.to(dev).eval()
     if backbone.channels_last and not isinstance(model, torch.jit.ScriptModule):
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to takes it; the stubs omit it
     return model.half() if half else model.float()  # .to/.half act in place: undo an earlier half run
 
 

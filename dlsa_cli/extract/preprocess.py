@@ -36,8 +36,8 @@ class Preprocess:
 
     resize: int = 256
     crop: int = 224
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[float, ...] = IMAGENET_MEAN  # R,G,B: three, checked below
+    std: tuple[float, ...] = IMAGENET_STD
     interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
@@ -58,7 +58,7 @@ class Preprocess:
         """Decode one image and return the centre crop, (crop, crop, 3) uint8."""
         from PIL import Image
 
-        resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}[self.interpolation]
+        resample = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}[self.interpolation]
         with Image.open(path) as im:
             im = im.convert("RGB")
         w, h = im.size

@@ -125,5 +125,7 @@ def _write_pieces(out: str | Path, part: FeatureSet, heads: list[dict[str, Any]]
 
         append(part.features)
         for _ in _pieces(heads):
-            append(next(x for x in dist.gather_object(None) if x is not None))
+            got = dist.gather_object(None)
+            assert got is not None  # rank 0 gathers
+            append(next(x for x in got if x is not None))
     return Extracted(n, dim, labelled, meta)

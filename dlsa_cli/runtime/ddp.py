@@ -25,6 +25,7 @@ Without torchrun every helper is the one-process identity.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from nflows.transforms import BatchNorm
@@ -112,7 +113,7 @@ def wrap(module: nn.Module, device: torch.device) -> nn.Module:
 
     ids = [device.index] if device.type == "cuda" else None
     newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters  # torch >= 2.13
-    no_sync = {"forward_sync_buffers": False} if newer else {"broadcast_buffers": False}
+    no_sync: dict[str, Any] = {"forward_sync_buffers": False} if newer else {"broadcast_buffers": False}
     return DistributedDataParallel(module, device_ids=ids, **no_sync)
 
 
