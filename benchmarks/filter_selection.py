@@ -43,7 +43,7 @@ from tinyimagenet_lt import FILTERS, SHARED, load, log, ms  # noqa: E402
 from dlsa_cli.flow import FilterConfig, FlowFilter, fit_filter  # noqa: E402
 from dlsa_cli.flow.config import SELECTS  # noqa: E402
 from dlsa_cli.flow.routing import separation, set_routing  # noqa: E402
-from dlsa_cli.flow.train import _select_key  # noqa: E402
+from dlsa_cli.flow.train import select_key  # noqa: E402
 from dlsa_cli.io.files import write_json  # noqa: E402
 
 ROUTINGS = ("likelihood", "cluster-tail")
@@ -54,7 +54,7 @@ def chosen_epoch(history: list[dict], cfg: FilterConfig) -> int:
     own = "cluster-tail" if cfg.routing == "cluster-tail" else "likelihood"
     best, best_key = 0, None
     for h in history:
-        key = _select_key({**h, "val_separation": h["val_separation_by"][own]}, cfg)
+        key = select_key({**h, "val_separation": h["val_separation_by"][own]}, cfg)
         if best_key is None or key >= best_key:
             best, best_key = h["epoch"], key
     return best

@@ -19,6 +19,8 @@ from dlsa_cli.io.files import (
     write_safetensors,
 )
 
+__all__ = ["FilterScores", "FlowFilter", "as_device"]
+
 # ----------------------------------------------------------------------------- the filter
 
 
@@ -92,11 +94,11 @@ class FlowFilter:
         return self.flow.means.device
 
     def to(self, device: str | torch.device) -> FlowFilter:
-        self.flow.to(_device(device))
+        self.flow.to(as_device(device))
         if self.reference is not None:
-            self.reference.to(_device(device))
+            self.reference.to(as_device(device))
         if self.neighbours is not None:
-            self.neighbours.to(_device(device))
+            self.neighbours.to(as_device(device))
         return self
 
     # --- scoring
@@ -230,11 +232,11 @@ class FlowFilter:
             )
         tensors, _, _, _ = read_safetensors(path)
         cfg = FilterConfig.from_dict(meta.get("config", {}))
-        flow = _load_flow(meta, cfg, tensors, "", path).to(_device(device)).eval()
+        flow = _load_flow(meta, cfg, tensors, "", path).to(as_device(device)).eval()
         routing = str(meta.get("routing", "likelihood"))
         reference = None
         if "reference.means" in tensors:
-            reference = _load_flow(meta, cfg, tensors, "reference.", path).to(_device(device)).eval()
+            reference = _load_flow(meta, cfg, tensors, "reference.", path).to(as_device(device)).eval()
         elif routing == "ratio":
             raise ModelMismatchError("filter routes by 'ratio' but holds no reference flow", path=path, hint="re-create it with FilterConfig.routing ratio")
         neighbours = _load_neighbours(tensors, cfg, routing, int(meta["dim"]), path)
@@ -253,7 +255,7 @@ class FlowFilter:
             path=Path(path),
             routing=routing,
             reference=reference,
-            neighbours=neighbours.to(_device(device)) if neighbours is not None else None,
+            neighbours=neighbours.to(as_device(device)) if neighbours is not None else None,
         )
 
 
@@ -311,7 +313,8 @@ def _check_scores(ll: np.ndarray, x: np.ndarray | torch.Tensor) -> None:
     )
 
 
-def _device(device: str | torch.device | None) -> torch.device:
+def as_device(device: str | torch.device | None) -> torch.device:
+    """`device` as a torch.device: a name resolved (auto, cpu, cuda, cuda:N), None meaning the CPU."""
     if isinstance(device, torch.device):
         return device
     from dlsa_cli.runtime.device import resolve_device

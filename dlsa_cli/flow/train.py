@@ -26,7 +26,7 @@ from dlsa_cli.errors import InputError, NonFiniteError, TrainingError
 from dlsa_cli.evaluation.metrics import tail_classes
 from dlsa_cli.flow.clusters import cluster_stats, cluster_table
 from dlsa_cli.flow.config import VAL_SELECTS, FilterConfig, check_select
-from dlsa_cli.flow.filter import FilterScores, FlowFilter, _device
+from dlsa_cli.flow.filter import FilterScores, FlowFilter, as_device
 from dlsa_cli.flow.losses import BalanceLoss, PairSampler, class_weights, mle_loss, purity_loss
 from dlsa_cli.flow.model import MixtureFlow
 from dlsa_cli.io.features import FeatureSet
@@ -35,7 +35,7 @@ from dlsa_cli.io.features import train_counts as _train_counts
 from dlsa_cli.runtime import ddp
 from dlsa_cli.settings import setting_token
 
-__all__ = ["fit_filter", "TrainState", "StepCallback", "EpochCallback"]
+__all__ = ["EpochCallback", "StepCallback", "TrainState", "fit_filter", "select_key"]
 
 StepCallback = Callable[[int, int, int, dict[str, float]], None]  # (epoch, step, steps, losses)
 EpochCallback = Callable[[dict[str, Any]], None]
@@ -152,7 +152,7 @@ def fit_filter(
     cfg.check()
     check_select(cfg, val is not None)
     warn = on_warning or (lambda _msg: None)
-    dev = _device(device)
+    dev = as_device(device)
     data = _prepare(train, cfg, depth, allow_singletons, warn, dev)
     data.val = None if val is None else _prepare_val(val, train, data, dev)
     st = _start(data, cfg, dev)
@@ -167,7 +167,7 @@ def fit_filter(
             for note in load_checkpoint(checkpoint, st, fingerprint, dev):
                 warn(note)
             if st.best_key is not None:  # the checkpoint stores the key as integers; rebuild it from the record
-                st.best_key = _select_key(st.history[st.best_epoch - 1], cfg)
+                st.best_key = select_key(st.history[st.best_epoch - 1], cfg)
     if st.epoch == 0:
         _check_start(st.flow, data, cfg)
     for epoch in range(st.epoch + 1, cfg.epochs + 1):
@@ -380,7 +380,7 @@ def _evaluate_val(st: TrainState, data: _Data, v: _Val, cfg: FilterConfig, logp:
     }
 
 
-def _select_key(record: dict[str, Any], cfg: FilterConfig) -> tuple[bool, float]:
+def select_key(record: dict[str, Any], cfg: FilterConfig) -> tuple[bool, float]:
     """How `select` ranks an epoch record (higher is better); None (nothing routed, a non-finite log p) ranks last."""
     if cfg.select == "last":
         return (True, float(record["epoch"]))
@@ -393,7 +393,7 @@ def _select_key(record: dict[str, Any], cfg: FilterConfig) -> tuple[bool, float]
 def _keep_best(st: TrainState, record: dict[str, Any], cfg: FilterConfig, epoch: int) -> None:
     """Keep this epoch's weights when it beats the best so far (ties: the later epoch)."""
     st.history.append(record)
-    key = _select_key(record, cfg)
+    key = select_key(record, cfg)
     if st.best_key is None or key >= st.best_key:
         st.best_key, st.best_epoch = key, epoch
         if epoch < cfg.epochs:  # the last epoch's state is the flow itself
