@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dlsa_cli.extract import ImageList, Preprocess, default_workers, extract_features, load_backbone, read_image_list  # noqa: E402
+from dlsa_cli.extract import ImageList, Preprocess, default_workers, extract_features, load_backbone, read_image_list
 
 SAMPLE = Path(os.environ.get("DLSA_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "caltech101-sample"
 

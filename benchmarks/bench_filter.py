@@ -66,8 +66,7 @@ def naive_epoch(x, y, *, k: int, batch: int, device, seed: int = 0) -> float:
     import torch
     from torch.utils.data import DataLoader, Dataset
 
-    from dlsa_cli.flow import MixtureFlow
-    from dlsa_cli.flow import BalanceLoss, class_weights
+    from dlsa_cli.flow import BalanceLoss, MixtureFlow, class_weights
 
     c = int(y.max()) + 1
     counts = np.bincount(y, minlength=c)
@@ -164,7 +163,7 @@ def run_variant(args) -> dict:
         seconds = f.history[-1]["seconds"]
     else:
         seconds = naive_epoch(x, y, k=args.clusters, batch=args.batch_size, device=dev)
-    out = {"variant": args.variant, "seconds": seconds, "device": str(dev), "n": int(len(y)), "dim": args.dim}
+    out = {"variant": args.variant, "seconds": seconds, "device": str(dev), "n": len(y), "dim": args.dim}
     if dev.type == "cuda":
         out["peak_mib"] = torch.cuda.max_memory_allocated(dev) / 2**20
         out["device_name"] = torch.cuda.get_device_name(dev)

@@ -53,8 +53,8 @@ from dlsa_cli.cascade import Cascade, CascadePlan, fit_cascade  # noqa: E402
 from dlsa_cli.classify import Classifier, TrainConfig, fit_classifier  # noqa: E402
 from dlsa_cli.datasets import caltech101_lt  # noqa: E402
 from dlsa_cli.evaluation import evaluate_predictions  # noqa: E402
-from dlsa_cli.io.features import FeatureSet, write_features  # noqa: E402
 from dlsa_cli.flow import FilterConfig, FlowFilter, fit_filter  # noqa: E402
+from dlsa_cli.io.features import FeatureSet, write_features  # noqa: E402
 
 C = 101
 METRICS = ("overall", "many", "medium", "few", "mcc", "nmi")
@@ -256,7 +256,7 @@ def table(title: str, rows: dict[str, list[dict]], split: str = "test", ref: str
     lines = [f"\n{title}", f"{'':28s}" + "".join(f"{k:>16s}" for k in METRICS) + f"{'Δoverall':>10s}{'Δfew':>8s}{'val bal.':>16s}"]
     for name, runs in rows.items():
         cells = [fmt(mean_std([r[split][k] for r in runs])) for k in METRICS]
-        base = rows.get(ref or "", None) if ref else None
+        base = rows.get(ref or "") if ref else None
         d_over = d_few = ""
         if base is not None and name != ref:
             d_over = f"{100 * np.mean([a[split]['overall'] - b[split]['overall'] for a, b in zip(runs, base)]):+.2f}"

@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from classifiers import ROWS as ALONE_ROWS  # noqa: E402
+
 from dlsa_cli.cascade import Cascade, CascadePlan, fit_cascade, predict  # noqa: E402
 from dlsa_cli.classify import Classifier, TrainConfig  # noqa: E402
 from dlsa_cli.evaluation import evaluate_predictions  # noqa: E402

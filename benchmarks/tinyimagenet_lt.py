@@ -49,6 +49,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from controls import RoutedBy, expected_class_weight, random_score  # noqa: E402
+
 from dlsa_cli.cascade import Cascade  # noqa: E402
 from dlsa_cli.classify import Classifier, TrainConfig, fit_classifier  # noqa: E402
 from dlsa_cli.datasets import caltech101_lt  # noqa: E402

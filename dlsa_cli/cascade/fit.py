@@ -45,7 +45,7 @@ from dlsa_cli.io.files import atomic_path, file_sha256, read_safetensors_header,
 if TYPE_CHECKING:
     from dlsa_cli.flow.summary import SplitReport
 
-__all__ = ["CascadePlan", "CascadeRun", "fit_cascade", "PROGRESS", "REPORT"]
+__all__ = ["PROGRESS", "REPORT", "CascadePlan", "CascadeRun", "fit_cascade"]
 
 PROGRESS = "progress.json"
 REPORT = "report.json"

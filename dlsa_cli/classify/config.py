@@ -11,15 +11,15 @@ from dlsa_cli.errors import InputError
 from dlsa_cli.settings import Rule, check_settings, setting
 
 __all__ = [
-    "MODELS",
     "LOSSES",
-    "SAMPLERS",
-    "POSTHOC",
-    "SIDE_INPUTS",
     "LOSS_COUNTS",
+    "MODELS",
+    "POSTHOC",
     "PRIOR_TRAIN",
-    "flag",
+    "SAMPLERS",
+    "SIDE_INPUTS",
     "TrainConfig",
+    "flag",
 ]
 
 MODELS = ("linear", "cosine", "ride", "cluster-aided")

@@ -341,7 +341,7 @@ def load_init_head(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, str, d
     elif p.suffix.lower() in (".pt", ".pth"):
         try:
             obj = torch.load(str(p), map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - whatever torch.load raises, the file is not a safe tensor dict
+        except Exception as e:  # whatever torch.load raises, the file is not a safe tensor dict
             from dlsa_cli.io.features import unsafe_torch_file
 
             raise unsafe_torch_file(p, e) from None

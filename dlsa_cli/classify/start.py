@@ -14,7 +14,7 @@ from dlsa_cli.classify.model import BaseHead, Classifier, LinearHead, RideHead, 
 from dlsa_cli.errors import InputError, ModelMismatchError
 from dlsa_cli.io.files import file_sha256, read_safetensors_header
 
-__all__ = ["Start", "starting_point", "is_ride_file"]
+__all__ = ["Start", "is_ride_file", "starting_point"]
 
 
 @dataclass

@@ -53,7 +53,7 @@ from dlsa_cli.io.files import file_sha256
 from dlsa_cli.runtime import ddp
 from dlsa_cli.runtime.distributed import current
 
-__all__ = ["FitReport", "ProgressFn", "fit_classifier", "check_fit_rules", "val_weights"]
+__all__ = ["FitReport", "ProgressFn", "check_fit_rules", "fit_classifier", "val_weights"]
 
 
 @dataclass
@@ -492,7 +492,7 @@ def _m2m_pool(run: _Run, epoch: int, gen: torch.Generator) -> _Pool:
     linear = _linear_part(run.module, cfg, d.x.shape[1])
     tr = m2m_fill(run.g, f if linear is None else linear, d.x.to(dev), d.y.to(dev), d.c, beta=cfg.m2m_beta, lam=cfg.m2m_lambda,
                   gamma=cfg.m2m_gamma, steps=cfg.m2m_steps, step=step, gen=gen)
-    run.m2m["rounds"].append({"epoch": epoch, "added": int(len(tr.y)), "accepted": int(tr.accepted.sum()),
+    run.m2m["rounds"].append({"epoch": epoch, "added": len(tr.y), "accepted": int(tr.accepted.sum()),
                               "seconds": round(time.perf_counter() - t0, 3)})
     added, accepted = sum(r["added"] for r in run.m2m["rounds"]), sum(r["accepted"] for r in run.m2m["rounds"])
     run.m2m["acceptance"] = accepted / max(added, 1)

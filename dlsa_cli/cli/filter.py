@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -18,7 +18,7 @@ from dlsa_cli.cli.derive import Given, Section
 from dlsa_cli.cli.render import render_filter_fit, render_split
 from dlsa_cli.flow.config import FilterConfig, FilterRun, SplitConfig
 
-FILTER_VAL = Annotated[Optional[str], typer.Option(
+FILTER_VAL = Annotated[str | None, typer.Option(
     "--val", help="Validation feature file with labels: each epoch's record gets its routed tail share and mean log p(x), "
     "and the val-* --select rules choose the epoch on it.", show_default=False)]
 PRESET_HELP = ("The paper's settings for imagenet-lt, places-lt or inat18 (imagenet-lt's are the defaults); "

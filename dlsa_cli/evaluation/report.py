@@ -36,12 +36,12 @@ from dlsa_cli.io.files import read_table_metadata, require_file
 __all__ = [
     "EvaluationReport",
     "Predictions",
-    "read_predictions",
-    "iter_predictions",
-    "read_train_counts",
-    "evaluate_predictions",
-    "evaluate_files",
     "check_groups",
+    "evaluate_files",
+    "evaluate_predictions",
+    "iter_predictions",
+    "read_predictions",
+    "read_train_counts",
 ]
 
 

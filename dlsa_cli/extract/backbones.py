@@ -140,7 +140,7 @@ def _torchscript(path: Path) -> Backbone:
         raise InputError("backbone file does not exist", path=path, hint=f"or choose {backbone_choices()}")
     try:
         module = torch.jit.load(str(path), map_location="cpu")
-    except Exception as e:  # noqa: BLE001 - whatever torch.jit.load raises, the file is not usable
+    except Exception as e:  # whatever torch.jit.load raises, the file is not usable
         raise InputError(
             f"not a TorchScript file ({(str(e).strip().splitlines() or ['?'])[0][:150]})",
             path=path,
@@ -225,7 +225,7 @@ def _load_weights(model: torch.nn.Module, path: str | Path, name: str) -> None:
             sd: Any = load_file(str(p))
         else:
             sd = torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any loader failure means the file is not a safe state dict
+    except Exception as e:  # any loader failure means the file is not a safe state dict
         raise InputError(
             f"cannot load weights safely ({(str(e).strip().splitlines() or ['?'])[0][:150]})",
             path=p,

@@ -92,7 +92,7 @@ class ImageDataset(torch.utils.data.Dataset):
                 warnings.simplefilter("ignore")  # PIL's EXIF chatter would break the one-line contract
                 img = self.preprocess.load(self.paths[i])  # (H, W, 3)
             return torch.from_numpy(img), i, ""
-        except Exception as e:  # noqa: BLE001 - any decoder failure becomes a per-image error the caller reports
+        except Exception as e:  # any decoder failure becomes a per-image error the caller reports
             c = self.preprocess.crop
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             return torch.zeros((c, c, 3), dtype=torch.uint8), i, f"{type(e).__name__}: {reason}"

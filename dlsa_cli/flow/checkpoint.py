@@ -30,7 +30,7 @@ from dlsa_cli.flow.config import FilterConfig
 from dlsa_cli.io.features import FeatureSet
 from dlsa_cli.io.files import read_safetensors, write_safetensors
 
-__all__ = ["checkpoint_path", "data_fingerprint", "save_checkpoint", "load_checkpoint"]
+__all__ = ["checkpoint_path", "data_fingerprint", "load_checkpoint", "save_checkpoint"]
 
 KIND = "filter-checkpoint"
 

@@ -40,7 +40,7 @@ from nflows.transforms import (
 )
 from torch import nn
 
-__all__ = ["MixtureFlow", "mixture_component_log_density", "REBUILT_SUFFIXES"]
+__all__ = ["REBUILT_SUFFIXES", "MixtureFlow", "mixture_component_log_density"]
 
 # State-dict entries rebuilt from the architecture itself (not stored in files).
 REBUILT_SUFFIXES = (".mask", ".degrees", "._permutation")

@@ -369,7 +369,7 @@ def split_summary(path: str | Path) -> dict[str, Any]:
     routed = table.column("routed").to_numpy(zero_copy_only=False).astype(bool)
     rep = SplitFileReport.from_json(meta["report"]) if "report" in meta else None
     fields_ = {
-        "rows": int(len(ll)),
+        "rows": len(ll),
         "routed": int(routed.sum()),
         "routed share": float(routed.mean()) if len(ll) else 0.0,
         "depth": meta.get("depth"),

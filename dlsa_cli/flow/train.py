@@ -278,7 +278,7 @@ def _train_epoch(st: TrainState, data: _Data, cfg: FilterConfig, epoch: int, on_
     w = class_weights(data.counts, cfg.q).to(data.x.device)  # (C,)
     use_neg = cfg.lambda_pure > 0
     sums = torch.zeros(4, device=data.x.device, dtype=torch.float64)  # loss, mle, bal, pure
-    mean = lambda v: ddp.ddp_mean(v, b)  # noqa: E731  the global batch's mean (the plain mean alone)
+    mean = lambda v: ddp.ddp_mean(v, b)  # the global batch's mean (the plain mean alone)
     for step in range(1, steps + 1):
         pos, neg = st.sampler.draw(b)
         noise = _input_noise(st, data, cfg, b, use_neg)  # (2, b, D) or (1, b, D) or None, for the global batch
