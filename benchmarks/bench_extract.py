@@ -37,9 +37,10 @@ def device_name(dev: torch.device) -> str:
         return torch.cuda.get_device_name(dev)
     model = platform.processor() or "cpu"
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
                 break
     except OSError:
         pass

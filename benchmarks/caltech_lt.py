@@ -162,7 +162,7 @@ class Seed:
 
 
 def fit(train, val, cfg, **kw):
-    clf, rep = fit_classifier(train, val, cfg, **kw)
+    clf, _ = fit_classifier(train, val, cfg, **kw)
     return clf
 
 
@@ -259,8 +259,8 @@ def table(title: str, rows: dict[str, list[dict]], split: str = "test", ref: str
         base = rows.get(ref or "") if ref else None
         d_over = d_few = ""
         if base is not None and name != ref:
-            d_over = f"{100 * np.mean([a[split]['overall'] - b[split]['overall'] for a, b in zip(runs, base)]):+.2f}"
-            fews = [a[split]["few"] - b[split]["few"] for a, b in zip(runs, base) if a[split]["few"] is not None]
+            d_over = f"{100 * np.mean([a[split]['overall'] - b[split]['overall'] for a, b in zip(runs, base, strict=False)]):+.2f}"
+            fews = [a[split]["few"] - b[split]["few"] for a, b in zip(runs, base, strict=False) if a[split]["few"] is not None]
             d_few = f"{100 * np.mean(fews):+.2f}" if fews else ""
         val = fmt(mean_std([r["val"]["balanced"] for r in runs]))
         lines.append(f"{name:28s}" + "".join(f"{c:>16s}" for c in cells) + f"{d_over:>10s}{d_few:>8s}{val:>16s}")

@@ -112,7 +112,7 @@ def one_seed(args, name: str, seed: int, chosen: dict) -> dict[str, dict]:
         res["ride"] = run(train, val, test, replace(ride, ride_diversity=float(chosen["ride"])))
     m2m = replace(base, **ROWS["m2m"], m2m_from=str(g_path))
     grid, extra = args.m2m_schedules.split(","), [s for s in args.m2m_measure.split(",") if s]
-    schedules = {s: dict(zip(("m2m_start", "m2m_every"), map(int, s.split(":")))) for s in grid + extra}
+    schedules = {s: dict(zip(("m2m_start", "m2m_every"), map(int, s.split(":")), strict=False)) for s in grid + extra}
     if "m2m" not in chosen:  # the schedule, on seed 0's validation; `extra` ones measured, not chosen
         trials = {s: run(train, val, test, replace(m2m, **kw)) for s, kw in schedules.items()}
         chosen["m2m"] = choose(f"{name} m2m schedule (start:every)", {s: trials[s] for s in grid})

@@ -66,7 +66,7 @@ def filter_at(out: Path, ds: dict, cfg: FilterConfig, epoch: int, full: list[dic
         return FlowFilter.load(path)
     t0 = time.perf_counter()
     f = fit_filter(ds["train"], val=ds["val"], config=replace(cfg, epochs=epoch, select="last"), depth=1)
-    for a, b in zip(f.history, full):
+    for a, b in zip(f.history, full, strict=False):
         assert a["val_separation_by"] == b["val_separation_by"] and a["good_clusters"] == b["good_clusters"], (a, b)
     f.save(path)
     log(f"  {path}: {time.perf_counter() - t0:.0f} s")
@@ -119,7 +119,7 @@ def table(data: str, runs: list[dict]) -> str:
         for routing in ROUTINGS:
             for rule in SELECTS:
                 cells = [r["rules"][f"{rule}/{routing}"] for r in rs]
-                by_seed = {r["seed"]: c for r, c in zip(rs, cells)}
+                by_seed = {r["seed"]: c for r, c in zip(rs, cells, strict=True)}
                 per_seed = "".join(f"{pct(by_seed[s]['val']['separation']):>9s}{pct(by_seed[s]['test']['separation']):>9s}"
                                    if s in by_seed else f"{'-':>9s}{'-':>9s}" for s in seeds)
                 lines.append(f"{noise:6g}{wd:8g}  {routing:13s}{rule:16s}{','.join(str(c['epoch']) for c in cells):>10s}"

@@ -170,7 +170,7 @@ def scores(ds: dict, model, split: str, posthoc: bool) -> dict:
             for m in (*model.classifiers, model.final):
                 m.meta["posthoc"] = {"kind": "none", "tau": 0.0}
         lg, route = model.logits(fs.features)
-        for m, s in zip((*model.classifiers, model.final), saved):
+        for m, s in zip((*model.classifiers, model.final), saved, strict=True):
             m.meta = s
     else:
         lg, route = model.logits(fs.features, posthoc=posthoc), None
@@ -258,8 +258,8 @@ def accuracy_table(data: str, runs: list[dict], split: str) -> str:
     for name in runs[0]["accuracy"]:
         rows = [r["accuracy"][name][split] for r in runs]
         ref = "baseline+la" if name.endswith("+la") else "baseline"
-        d_o = np.mean([a["overall"] - r["accuracy"][ref][split]["overall"] for a, r in zip(rows, runs)])
-        d_f = np.mean([a["few"] - r["accuracy"][ref][split]["few"] for a, r in zip(rows, runs)])
+        d_o = np.mean([a["overall"] - r["accuracy"][ref][split]["overall"] for a, r in zip(rows, runs, strict=True)])
+        d_f = np.mean([a["few"] - r["accuracy"][ref][split]["few"] for a, r in zip(rows, runs, strict=True)])
         lines.append(f"{name:18s}" + "".join(f"{ms([a[k] for a in rows]):>14s}" for k in METRICS)
                      + f"{100 * d_o:+10.2f}{100 * d_f:+8.2f}")
     return "\n".join(lines)

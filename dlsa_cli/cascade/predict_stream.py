@@ -56,7 +56,7 @@ def _predict_batch(model: Classifier | Cascade, b: Any, info: Any, *, topk: int,
     routes: dict[str, int] = {}
     if pred.route_depth is not None:
         names, cnt = np.unique(table.column("route").to_numpy(zero_copy_only=False), return_counts=True)
-        routes = {str(a): int(c) for a, c in zip(names, cnt)}
+        routes = {str(a): int(c) for a, c in zip(names, cnt, strict=True)}
     return table, correct, routes
 
 

@@ -228,7 +228,7 @@ def _render_metrics(names: list[str], res: list[TableMetrics], report: Evaluatio
 
 
 def _render_routes(names: list[str], res: list[TableMetrics]) -> None:
-    for n, r in zip(names, res):
+    for n, r in zip(names, res, strict=True):
         if not r.routes:
             continue
         rt = Table(title=f"Routes of {n} (in %; sep. = share of tail classes among the routed)", title_justify="left")

@@ -58,7 +58,7 @@ def plot_confusion(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], *
     n = len(panels)
     fig, axes = plt.subplots(1, n, figsize=(4.6 * n + 0.8, 4.4), squeeze=False)
     vmax = max(2, max(int(m.max()) for _, m in panels))
-    for ax, (title, m) in zip(axes[0], panels):
+    for ax, (title, m) in zip(axes[0], panels, strict=True):
         b = m.shape[0]
         shown = np.ma.masked_equal(m.T, 0)  # (pred bin, true bin); empty cells stay white
         im = ax.imshow(shown, cmap="viridis", norm=LogNorm(vmin=1, vmax=vmax), interpolation="nearest")
@@ -96,7 +96,7 @@ def plot_separation(path: str | Path, rows: Sequence[dict]) -> None:
         pts = sorted((r["depth"], r["separation"], r["chance"]) for r in rows if r["split"] == name and r["separation"] is not None)
         if not pts:
             continue
-        d, sep, chance = (np.array(v, dtype=float) for v in zip(*pts))
+        d, sep, chance = (np.array(v, dtype=float) for v in zip(*pts, strict=True))
         color = f"C{i}"
         ax.plot(d, 100 * sep, "o-", color=color, label=f"{name}: routed")
         ax.plot(d, 100 * chance, "x--", color=color, alpha=0.7, label=f"{name}: chance")

@@ -124,12 +124,10 @@ def iter_predictions(path: str | Path, *, labels_from: Any = None, batch_size: i
     for batch in iter_table(p, want, batch_size or PREDICTION_BATCH):
         pred = _int_column(batch, "prediction", p)
         labels = join.labels(batch) if join is not None else _int_column(batch, "label", p)
-
-        def text(name: str) -> np.ndarray | None:
-            return batch.column(name).to_numpy(zero_copy_only=False).astype(str) if name in names else None
-
+        routes, branches = (batch.column(c).to_numpy(zero_copy_only=False).astype(str) if c in names else None
+                            for c in ("route", "branch"))
         depths = batch.column("depth").to_numpy(zero_copy_only=False) if "depth" in names else None
-        yield Predictions(labels, pred, text("route"), depths, text("branch"), meta, p)
+        yield Predictions(labels, pred, routes, depths, branches, meta, p)
     if join is not None:
         join.finish()
 
@@ -139,7 +137,7 @@ def _open_predictions(path: str | Path, labels_from: Any) -> tuple[Path, list[st
     p = require_file(path, "predictions file")
     if p.suffix.lower() != ".parquet":
         raise InputError("a predictions file must be Parquet (.parquet)", path=p, hint="write it with `dlsa predict`")
-    schema, rows, kind, meta, _ = read_table_metadata(p)
+    schema, rows, _, meta, _ = read_table_metadata(p)
     names = schema.names
     if "prediction" not in names:
         raise InputError(

@@ -120,7 +120,7 @@ def _resolve(root: Path, written: str) -> str:
 
 def _check_unique(ids: list[str], lines: list[int], src: Path) -> None:
     seen: dict[str, int] = {}
-    for i, line in zip(ids, lines):
+    for i, line in zip(ids, lines, strict=True):
         if i in seen:
             raise InputError(
                 f"line {line} lists '{i}' again (first on line {seen[i]})", path=src, hint="each image once"

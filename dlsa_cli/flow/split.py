@@ -148,7 +148,7 @@ def split(
 
     stage = staging_dir(out) if dist.is_main() else None  # under torchrun rank 0 alone writes
     try:
-        for p, name in zip(inputs, names):
+        for p, name in zip(inputs, names, strict=True):
             file_rep = _split_file(filt, p, name, stage, filter_sha, batch_size=batch_size, device=device, latent=latent,
                                   prov=prov, allow_nonfinite=allow_nonfinite)
             if file_rep is None:

@@ -288,7 +288,7 @@ class SplitReport:
 
 def summary(path: str | Path) -> dict[str, Any]:
     """`dlsa inspect` summary of a filter file."""
-    header, kind, meta, prov = read_safetensors_header(path)
+    _, kind, meta, _ = read_safetensors_header(path)
     if kind != "filter":
         raise ModelMismatchError(f"is a '{kind}' file, not a filter", path=path)
     tensors, _, _, _ = read_safetensors(path, ["cluster_counts"])
@@ -362,7 +362,7 @@ def _history_table(hist: list[EpochRecord]) -> dict[str, Any]:
 
 def split_summary(path: str | Path) -> dict[str, Any]:
     """`dlsa inspect` summary of a split table (Parquet, kind "split")."""
-    table, kind, meta, prov = read_table(path)
+    table, kind, meta, _ = read_table(path)
     if kind != "split":
         raise InputError(f"is a '{kind}' file, not a split table", path=path)
     ll = table.column("log_likelihood").to_numpy()
@@ -383,7 +383,7 @@ def split_summary(path: str | Path) -> dict[str, Any]:
     if rep is not None and rep.groups is not None and rep.head_tail is not None and rep.tail_share is not None:
         rows = []
         for (p, gp), (_, ht), (_, ts), (_, mean) in zip(rep.groups.items(), rep.head_tail.items(), rep.tail_share.items(),
-                                                      rep.mean_log_likelihood.items()):
+                                                      rep.mean_log_likelihood.items(), strict=True):
             rows.append([p, gp.many, gp.medium, gp.few, ht.head, ht.tail, ts, mean])
         tables.append({"title": "make-up", "columns": ["part", "many", "medium", "few", "head", "tail", "tail share",
                                                         "mean log p(x)"], "rows": rows})

@@ -306,7 +306,7 @@ def _train_epoch(st: TrainState, data: _Data, cfg: FilterConfig, epoch: int, on_
             if not all(math.isfinite(v) for v in means):
                 raise _diverged(epoch, cfg.lr)
             if on_step is not None:
-                on_step(epoch, step, steps, dict(zip(("loss", "mle", "bal", "pure"), means)))
+                on_step(epoch, step, steps, dict(zip(("loss", "mle", "bal", "pure"), means, strict=True)))
     return sums
 
 
@@ -403,7 +403,7 @@ def _keep_best(st: TrainState, record: dict[str, Any], cfg: FilterConfig, epoch:
 
 
 def _n_route(cfg: FilterConfig, n: int) -> int:
-    return min(max(int(round(cfg.share * n)), 1), n)
+    return min(max(round(cfg.share * n), 1), n)
 
 
 def _finish(st: TrainState, data: _Data, cfg: FilterConfig, dev: torch.device, warn: Callable[[str], None]) -> FlowFilter:

@@ -75,7 +75,7 @@ def render(summary: dict[str, Any]) -> Any:
             bars.add_column(style="dim", no_wrap=True)
             bars.add_column(no_wrap=True)
             bars.add_column(justify="right")
-            for lab, x in zip(labels, values):
+            for lab, x in zip(labels, values, strict=False):
                 bars.add_row(escape(str(lab)), "█" * max(0, round(40 * abs(x) / top)), _fmt(x))
             parts.append(bars)
         else:

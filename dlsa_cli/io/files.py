@@ -266,7 +266,7 @@ def _expand_input(p: Path) -> list[Path]:
 def protect_inputs(writes: Sequence[str | Path], inputs: Sequence[str | Path | None], *, flag: str = "-o") -> None:
     """Raise OutputError when a path to be written or removed is an input, lies in an input
     folder, or is a folder holding an input."""
-    for q in [e for q in inputs if q is not None for e in _expand_input(Path(q))]:
+    for q in [e for i in inputs if i is not None for e in _expand_input(Path(i))]:
         if not q.exists():
             continue
         for w in writes:
@@ -526,7 +526,8 @@ def read_safetensors(path: str | Path, names: Sequence[str] | None = None) -> tu
     try:
         with safe_open(str(p), framework="pt") as f:
             keys = list(f.keys()) if names is None else list(names)
-            missing = [k for k in keys if k not in f.keys()]
+            present = set(f.keys())
+            missing = [k for k in keys if k not in present]
             if missing:
                 raise InputError(f"missing tensor(s) {', '.join(missing)}", path=p)
             tensors = {k: f.get_tensor(k) for k in keys}
