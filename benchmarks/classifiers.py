@@ -130,7 +130,8 @@ def _plain(r: dict) -> dict:
 
 
 def schedule_table(trials: dict[str, dict]) -> str:
-    lines = ["| M2M schedule (start:every) | rounds | acceptance | val bal. | test overall | test few | seconds |", "|---|---|---|---|---|---|---|"]
+    lines = ["| M2M schedule (start:every) | rounds | acceptance | val bal. | test overall | test few | seconds |",
+             "|---|---|---|---|---|---|---|"]
     for s, r in trials.items():
         lines.append(f"| {s} | {r['m2m_rounds']} | {100 * r['m2m_acceptance']:.1f}% | {100 * r['val_balanced']:.2f} | "
                      f"{100 * r['overall']:.2f} | {100 * r['few']:.2f} | {r['seconds']:.0f} |")
@@ -161,9 +162,11 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--ride-grid", default="0,0.05,0.2", help="RIDE diversity weights tried on seed 0's validation")
-    ap.add_argument("--m2m-schedules", default="1:100,6:100", help="M2M start:every pairs chosen from on seed 0's validation")
+    ap.add_argument("--m2m-schedules", default="1:100,6:100",
+                    help="M2M start:every pairs chosen from on seed 0's validation")
     ap.add_argument("--m2m-measure", default="1:5,1:2",
-                    help="further start:every pairs measured beside them (not chosen from: each round costs minutes on Tiny)")
+                    help="further start:every pairs measured beside them (not chosen from: each round costs "
+                         "minutes on Tiny)")
     ap.add_argument("--work", default="/tmp/dlsa-bench-classifiers")
     ap.add_argument("--out", default=None, help="write the raw results as JSON here")
     args = ap.parse_args()
@@ -173,14 +176,16 @@ def main() -> None:
     for name in args.data.split(","):
         runs = [one_seed(args, name, s, chosen) for s in range(args.seeds)]
         results[name] = {"runs": runs, "chosen": dict(chosen)}
-        print(f"\n{name}: {args.seeds} seeds, {args.epochs} epochs (test split)\n" + table(name, runs, chosen), flush=True)
+        print(f"\n{name}: {args.seeds} seeds, {args.epochs} epochs (test split)\n" + table(name, runs, chosen),
+              flush=True)
         for key, title in (("_ride_trials", "RIDE diversity weight"), ("_m2m_trials", "M2M schedule")):
             if key in runs[0]:
                 print(f"\n{name} seed 0, {title} (chosen on val: {chosen[key.split('_')[1]]})")
                 if key == "_m2m_trials":
                     print(schedule_table(runs[0][key]))
                 else:
-                    print("\n".join(f"- {k}: val bal. {100 * r['val_balanced']:.2f}, test overall {100 * r['overall']:.2f}, "
+                    print("\n".join(f"- {k}: val bal. {100 * r['val_balanced']:.2f}, test overall "
+                                    f"{100 * r['overall']:.2f}, "
                                     f"few {100 * r['few']:.2f}" for k, r in runs[0][key].items()))
     print(f"\ntotal {time.perf_counter() - t0:.0f} s", flush=True)
     if args.out:

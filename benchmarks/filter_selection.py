@@ -81,7 +81,8 @@ def run_setting(data: str, seed: int, noise: float, wd: float, args) -> dict:
         return json.loads(res_path.read_text())
     out.mkdir(parents=True, exist_ok=True)
     ds = load(data, seed, Path(args.data_root))
-    cfg = FilterConfig(**{**FILTERS[data], "epochs": args.filter_epochs, "seed": seed, "input_noise": noise, "weight_decay": wd})
+    cfg = FilterConfig(**{**FILTERS[data], "epochs": args.filter_epochs, "seed": seed, "input_noise": noise,
+                          "weight_decay": wd})
     full_path = out / f"e{cfg.epochs}.safetensors"
     if full_path.exists():
         full = FlowFilter.load(full_path)
@@ -122,7 +123,8 @@ def table(data: str, runs: list[dict]) -> str:
                 by_seed = {r["seed"]: c for r, c in zip(rs, cells, strict=True)}
                 per_seed = "".join(f"{pct(by_seed[s]['val']['separation']):>9s}{pct(by_seed[s]['test']['separation']):>9s}"
                                    if s in by_seed else f"{'-':>9s}{'-':>9s}" for s in seeds)
-                lines.append(f"{noise:6g}{wd:8g}  {routing:13s}{rule:16s}{','.join(str(c['epoch']) for c in cells):>10s}"
+                lines.append(f"{noise:6g}{wd:8g}  "
+                             f"{routing:13s}{rule:16s}{','.join(str(c['epoch']) for c in cells):>10s}"
                              f"{ms([c['val']['separation'] for c in cells]):>14s}{ms([c['test']['separation'] for c in cells]):>14s}"
                              + per_seed)
     chance = [ms([r["rules"]["last/likelihood"][s]["chance"] for r in runs]) for s in ("val", "test")]

@@ -308,7 +308,8 @@ def to_table(obj: Any) -> dict[str, Any]:
     for d in declared(type(obj)):
         value = getattr(obj, d.name)
         if value is not None:
-            table[d.name] = str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
+            table[d.name] = str(value) if isinstance(value,
+                                                     Path) else list(value) if isinstance(value, tuple) else value
     return table
 
 

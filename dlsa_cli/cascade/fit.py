@@ -169,7 +169,8 @@ def _start(out: Path, plan: CascadePlan, train: Path, val: Path | None, filters:
         require_file(val, "validation file")
     for d, f in filters.items():
         if not 1 <= int(d) <= plan.num_depths:
-            raise InputError(f"a filter is given for depth {d}, but the cascade has depths 1..{plan.num_depths}", path=f)
+            raise InputError(f"a filter is given for depth {d}, but the cascade has depths 1..{plan.num_depths}",
+                             path=f)
         require_file(f, f"depth-{d} filter")
         kind, meta = read_safetensors_header(f)[1:3]
         if kind != "filter" or int(meta.get("depth", 0)) != int(d):
@@ -190,14 +191,15 @@ def _start(out: Path, plan: CascadePlan, train: Path, val: Path | None, filters:
     progress = {"settings": settings, "stages": {}}
     if out.is_dir() and any(out.iterdir()):
         if not resume:
-            raise InputError("output folder is not empty", path=out, hint="pass --resume to continue its run, or pick another -o")
+            raise InputError("output folder is not empty", path=out,
+                             hint="pass --resume to continue its run, or pick another -o")
         progress = _earlier(out, settings)
     _on_main(lambda: None)  # every rank has looked at RUNDIR before rank 0 fills it
     _on_main(lambda: out.mkdir(exist_ok=True))
     links = _link_inputs(out, train, val)
     offset = None if train_offset is None else np.asarray(train_offset, dtype=np.float32)
-    return _Ctx(out, plan, None, links[0], links[1], {int(d): Path(f) for d, f in filters.items()}, offset, _quiet, _quiet,
-                progress)
+    return _Ctx(out, plan, None, links[0], links[1], {int(d): Path(f) for d, f in filters.items()}, offset,
+                _quiet, _quiet, progress)
 
 
 def _array_sha256(a: np.ndarray) -> str:
@@ -288,7 +290,8 @@ def _fit_depth(ctx: _Ctx, d: int, train: Path, val: Path | None) -> DepthStage:
     ctx.event(f"depth {d}: flow filter on {train.resolve().name}")
     filt = _filter(ctx, d, train, val, ddir / "filter.safetensors")
     split = _split(ctx, d, [p for p in (train, val) if p is not None], ddir)
-    files: dict[str, str | None] = {"filter": f"depth{d}/filter.safetensors", "classifier": f"depth{d}/cluster.safetensors"}
+    files: dict[str, str | None] = {"filter": f"depth{d}/filter.safetensors",
+                                    "classifier": f"depth{d}/cluster.safetensors"}
     for name in ("train", "val"):
         for part in ("routed", "rest"):
             fr = split.files.get(name)
@@ -303,9 +306,11 @@ def _fit_depth(ctx: _Ctx, d: int, train: Path, val: Path | None) -> DepthStage:
                             path=ddir / "filter.safetensors", hint="lower FilterConfig.share or CascadePlan.num_depths")
     ctx.event(f"depth {d}: cluster-aided classifier on the routed training samples")
     routed_val = None if files["val_routed"] is None else ctx.out / files["val_routed"]
-    clf = _fit_classifier(ctx, f"depth{d}/cluster", ctx.out / files["train_routed"], routed_val, ctx.plan.branch_config(),
+    clf = _fit_classifier(ctx, f"depth{d}/cluster", ctx.out / files["train_routed"], routed_val,
+                          ctx.plan.branch_config(),
                           init=_start_from(ctx), filter_path=ddir / "filter.safetensors", weigh=True)
-    return DepthStage(d, _routing(split, "train"), _routing(split, "val"), filt, clf, round(time.perf_counter() - t0, 2),
+    return DepthStage(d, _routing(split, "train"), _routing(split, "val"), filt, clf,
+                      round(time.perf_counter() - t0, 2),
                       files)
 
 
@@ -431,7 +436,8 @@ def _offset_rows(ctx: _Ctx, part_path: Path) -> np.ndarray:
 # ----------------------------------------------------------------------------- the report
 
 
-def _report(ctx: _Ctx, base: ClassifierStage, depths: list[DepthStage], final: ClassifierStage, seconds: float) -> CascadeReport:
+def _report(ctx: _Ctx, base: ClassifierStage, depths: list[DepthStage], final: ClassifierStage,
+            seconds: float) -> CascadeReport:
     """report.json: the settings, each stage's record, and whether DLSA changed anything."""
     branches = [r.classifier for r in depths] + [final.classifier]
     stages: list[ClassifierStage | DepthStage] = [base, *depths, final]

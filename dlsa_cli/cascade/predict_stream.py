@@ -98,13 +98,15 @@ def predict_file(
     has_route = isinstance(model, Cascade)
     correct = 0
     routes: dict[str, int] = {}
-    sink_ctx = stream_table(out, kind="predictions", meta=meta, prov=prov, parts=me.world_size) if me.is_main else contextlib.nullcontext()
+    sink_ctx = stream_table(out, kind="predictions", meta=meta, prov=prov,
+                            parts=me.world_size) if me.is_main else contextlib.nullcontext()
     with sink_ctx as sink:
         batches = iter_rows(p, batch_size, lo, hi)
 
         def step() -> Any:
             b = next(batches, None)
-            return None if b is None else _predict_batch(model, b, info, topk=topk, batch_size=batch_size, device=device, flt=flt)
+            return None if b is None else _predict_batch(model, b, info, topk=topk, batch_size=batch_size,
+                                                         device=device, flt=flt)
 
         for _ in range(max(rounds, 1)):
             item = dist.collective(step)

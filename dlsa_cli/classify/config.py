@@ -130,9 +130,11 @@ class TrainConfig:
         if self.model != "ride":
             for name, default in (("experts", 2), ("expert_hidden", 0), ("ride_diversity", None)):
                 if getattr(self, name) != default:
-                    raise InputError(f"{flag(name)} applies to {flag('model')} ride", hint=f"add {flag('model')} ride or drop it")
+                    raise InputError(f"{flag(name)} applies to {flag('model')} ride",
+                                     hint=f"add {flag('model')} ride or drop it")
         if self.sampler != "m2m" and self.m2m_from is not None:
-            raise InputError(f"{flag('m2m_from')} applies to {flag('sampler')} m2m", hint=f"add {flag('sampler')} m2m or drop it")
+            raise InputError(f"{flag('m2m_from')} applies to {flag('sampler')} m2m",
+                             hint=f"add {flag('sampler')} m2m or drop it")
         if self.model == "ride" and self.posthoc == "tau":
             raise InputError(f"{flag('posthoc')} tau applies to linear classifiers, not to {flag('model')} ride",
                              hint=f"use {flag('posthoc')} la")

@@ -118,7 +118,8 @@ def branch_inputs(
     return side, prior_table[cluster]
 
 
-def leave_one_out_prior(flt: Any, filter_path: str | Path | None, cluster: np.ndarray, labels: np.ndarray, plain: np.ndarray) -> np.ndarray:
+def leave_one_out_prior(flt: Any, filter_path: str | Path | None, cluster: np.ndarray, labels: np.ndarray,
+                        plain: np.ndarray) -> np.ndarray:
     """Prior rows for training samples without the sample's own vote."""
     counts = getattr(flt, "cluster_counts", None)
     if counts is None and filter_path is not None:

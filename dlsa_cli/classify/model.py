@@ -206,7 +206,8 @@ class Classifier:
             xb = float_tensor(x[s : s + batch_size], device)
             if self.kind == "cluster-aided":
                 if side is None or prior is None:
-                    raise ModelMismatchError("a cluster-aided classifier needs its filter's cluster prior", path=self.path)
+                    raise ModelMismatchError("a cluster-aided classifier needs its filter's cluster prior",
+                                             path=self.path)
                 sb = float_tensor(side[s : s + batch_size], device)
                 pb = float_tensor(prior[s : s + batch_size], device)
                 out_b = self._forward_scaled(xb, sb, pb, scale)

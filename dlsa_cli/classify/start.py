@@ -48,7 +48,8 @@ def starting_point(cfg: TrainConfig, init: str | Path | None, dim: int, num_clas
         kind = cfg.model or "linear"
         head = _scratch(kind, cfg, dim, num_classes, gen)
     if kind != "linear" and cfg.posthoc == "tau":
-        raise InputError(f"TrainConfig.posthoc tau applies to linear classifiers, not to a {kind} one", hint="use TrainConfig.posthoc la")
+        raise InputError(f"TrainConfig.posthoc tau applies to linear classifiers, not to a {kind} one",
+                         hint="use TrainConfig.posthoc la")
     info = {"source": "scratch"} if init is None else {"source": str(init), "sha256": file_sha256(init), "kind": kind}
     lr = cfg.lr if cfg.lr is not None else (DEFAULT_LR_FINETUNE if init is not None else DEFAULT_LR_SCRATCH)
     return Start(head=head, base_kind=kind, info=info, lr=lr, lr_side=cfg.lr_side if cfg.lr_side is not None else lr)
@@ -81,7 +82,8 @@ def _from_head(cfg: TrainConfig, init: str | Path, dim: int, c: int, gen: torch.
     if cfg.model == "ride":
         if init_kind != "linear" or cfg.expert_hidden:
             raise ModelMismatchError(
-                f"TrainConfig.model ride{' with TrainConfig.expert_hidden' if cfg.expert_hidden else ''} cannot start from a {init_kind} head",
+                f"TrainConfig.model ride{' with TrainConfig.expert_hidden' if cfg.expert_hidden else ''} cannot start "
+                f"from a {init_kind} head",
                 path=init, hint="start RIDE from a linear baseline without TrainConfig.expert_hidden, or from scratch")
         ride = RideHead(dim, c, cfg.experts)
         std = float(w0.std()) * cfg.ride_init_noise
@@ -121,13 +123,16 @@ def _ride_classifier(init: str | Path | None) -> Classifier | None:
 def _from_ride(cfg: TrainConfig, clf: Classifier, dim: int, c: int) -> RideHead:
     if (clf.dim, clf.num_classes) != (dim, c):
         raise ModelMismatchError(f"--init has D={clf.dim}, C={clf.num_classes} but the data have D={dim}, C={c}",
-                                 path=clf.path, hint="initialise from a classifier trained on these features and classes")
+                                 path=clf.path,
+                                 hint="initialise from a classifier trained on these features and classes")
     if cfg.model not in (None, "ride"):
         raise ModelMismatchError(f"--init is a ride classifier but TrainConfig.model is {cfg.model}", path=clf.path,
                                  hint="make them agree")
     have = (int(clf.meta.get("experts", 2)), int(clf.meta.get("expert_hidden", 0)))
     if cfg.model == "ride" and (cfg.experts, cfg.expert_hidden) != have:
-        raise ModelMismatchError(f"--init has {have[0]} experts (hidden {have[1]}), not TrainConfig.experts {cfg.experts} "
-                                 f"TrainConfig.expert_hidden {cfg.expert_hidden}", path=clf.path, hint="make them agree")
+        raise ModelMismatchError(f"--init has {have[0]} experts (hidden {have[1]}), not "
+                                 f"TrainConfig.experts {cfg.experts} "
+                                 f"TrainConfig.expert_hidden {cfg.expert_hidden}", path=clf.path,
+                                 hint="make them agree")
     assert isinstance(clf.module, RideHead)  # _ride_classifier passes regular RIDE classifiers only
     return copy.deepcopy(clf.module).train()

@@ -127,7 +127,8 @@ def fit_classifier(
     return clf, report
 
 
-def _fit_ride_search(train: FeatureSet, val: FeatureSet | None, cfg: TrainConfig, **kw: Any) -> tuple[Classifier, FitReport]:
+def _fit_ride_search(train: FeatureSet, val: FeatureSet | None, cfg: TrainConfig,
+                     **kw: Any) -> tuple[Classifier, FitReport]:
     """RIDE with its diversity weight chosen on validation from RIDE_GRID (the first best among ties)."""
     best: tuple[Classifier, FitReport] | None = None
     scores = {}
@@ -155,7 +156,8 @@ def check_fit_rules(
         )
     if flt is None and train.meta.get("part") == "rest" and init is None and not from_scratch:
         raise InputError(
-            "is the rest of a split: the final regular classifier starts from the classifier trained on all training data",
+            "is the rest of a split: the final regular classifier starts from the classifier trained on "
+            "all training data",
             path=train.path,
             hint="pass --init BASELINE (or --from-scratch)",
         )
@@ -193,7 +195,8 @@ def _fit(
     if train_offset is not None:
         data.correction = _correction(module, data, train_offset, device)
     run = _Run(module=module, opt=opt, data=data, cfg=cfg, device=device, weights=weights,
-               shift=_shift(cfg, counts_all, train, c, device), temps=ride_temperatures(counts_all, cfg.ride_temperature))
+               shift=_shift(cfg, counts_all, train, c, device),
+               temps=ride_temperatures(counts_all, cfg.ride_temperature))
     if cfg.sampler == "m2m":
         run.g, run.m2m = _m2m_classifier(cfg, fit_fs, val_fs, data, device)
     history = run.epochs(progress)
@@ -224,7 +227,8 @@ def _check_train(train: FeatureSet) -> tuple[int, np.ndarray]:
     return c, counts_all
 
 
-def _validation(train: FeatureSet, val: FeatureSet | None, cfg: TrainConfig, c: int) -> tuple[FeatureSet, FeatureSet, str]:
+def _validation(train: FeatureSet, val: FeatureSet | None, cfg: TrainConfig,
+                c: int) -> tuple[FeatureSet, FeatureSet, str]:
     """(the part trained on, the validation set, where it came from): `val`, or carved from `train`."""
     y_all = train.require_labels()
     if val is None:
@@ -281,7 +285,8 @@ class _Data:
         if flt.dim != fit_fs.dim:
             raise ModelMismatchError(f"filter has D={flt.dim} but the features have D={fit_fs.dim}", path=filter_path)
         if flt.num_classes != c:
-            raise ModelMismatchError(f"filter knows {flt.num_classes} classes but the features have {c}", path=filter_path)
+            raise ModelMismatchError(f"filter knows {flt.num_classes} classes but the features have {c}",
+                                     path=filter_path)
         cl, s_np, p_np = cluster_inputs(flt, fit_fs.features, side_input=cfg.side_input, device=device)
         if cfg.prior_train == "loo":
             p_np = leave_one_out_prior(flt, filter_path, cl, fit_fs.require_labels(), p_np)
@@ -362,7 +367,8 @@ def _correction(module: nn.Module, data: _Data, train_offset: np.ndarray, device
     return float_tensor(train_offset, data.dev) - init_logits  # (N, C)
 
 
-def _shift(cfg: TrainConfig, counts_all: np.ndarray, train: FeatureSet, c: int, device: torch.device) -> torch.Tensor | None:
+def _shift(cfg: TrainConfig, counts_all: np.ndarray, train: FeatureSet, c: int,
+           device: torch.device) -> torch.Tensor | None:
     """The (C,) training-only logit shift of BSM / LA, from the counts `loss_counts` names."""
     counts = counts_all if cfg.loss_counts == "all" else np.bincount(train.require_labels(), minlength=c)
     shift = loss_logit_shift(cfg.loss, counts, cfg.la_tau)
@@ -406,7 +412,8 @@ class _Run:
         cfg, d = self.cfg, self.data
         gen = torch.Generator(device=d.dev.type if d.dev.type != "cuda" else d.dev).manual_seed(cfg.seed)
         bal, acc = self.evaluate()
-        history: list[dict[str, float | None]] = [{"epoch": 0, "loss": None, "val_balanced": bal, "val_accuracy": acc}]  # strict JSON: no NaN
+        history: list[dict[str, float | None]] = [  # strict JSON: no NaN
+            {"epoch": 0, "loss": None, "val_balanced": bal, "val_accuracy": acc}]
         self._keep(0, bal, acc)
         pool = _Pool(d.x, d.y, d.side, d.prior, d.correction)
         self.module.train()
@@ -490,7 +497,8 @@ def _m2m_pool(run: _Run, epoch: int, gen: torch.Generator) -> _Pool:
         return run.module(xg, side, d.prior[rows].to(dev))
 
     linear = _linear_part(run.module, cfg, d.x.shape[1])
-    tr = m2m_fill(run.g, f if linear is None else linear, d.x.to(dev), d.y.to(dev), d.c, beta=cfg.m2m_beta, lam=cfg.m2m_lambda,
+    tr = m2m_fill(run.g, f if linear is None else linear, d.x.to(dev), d.y.to(dev), d.c, beta=cfg.m2m_beta,
+                  lam=cfg.m2m_lambda,
                   gamma=cfg.m2m_gamma, steps=cfg.m2m_steps, step=step, gen=gen)
     run.m2m["rounds"].append({"epoch": epoch, "added": len(tr.y), "accepted": int(tr.accepted.sum()),
                               "seconds": round(time.perf_counter() - t0, 3)})

@@ -33,9 +33,17 @@ FIT_CASCADE = (
 @command("fit-cascade", sections=FIT_CASCADE)
 def fit_cascade_cmd(
     train: Annotated[Path, typer.Argument(help="Training feature file with labels.", show_default=False)],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write (must be new or empty, unless --resume).", show_default=False)],
-    val: Annotated[Path | None, typer.Option("--val", help="Validation feature file: chooses every epoch (default: each classifier carves 20% of its training file).", show_default=False)] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in OUT from its last finished stage (same options and inputs).")] = False,
+    out: Annotated[Path,
+                   typer.Option("--out", "-o", help="Run folder to write (must be new or empty, unless --resume).",
+                                show_default=False)],
+    val: Annotated[Path | None,
+                   typer.Option("--val",
+                                help="Validation feature file: chooses every epoch (default: each classifier carves "
+                                     "20% of its training file).", show_default=False)] = None,
+    resume: Annotated[bool,
+                      typer.Option("--resume",
+                                   help="Continue an interrupted run in OUT from its last finished stage (same "
+                                        "options and inputs).")] = False,
     settings: Given = None,  # type: ignore[assignment]
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,

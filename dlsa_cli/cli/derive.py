@@ -198,7 +198,8 @@ def _typed(numbers: Mapping[str, str], pname: str, value: Any) -> Any:
         return value
     parsed = parse_numbers(value)
     if parsed is None:
-        raise InputError(f"{numbers[pname]} {value}: not numbers", hint=f"give numbers, e.g. {numbers[pname]} 0.485,0.456,0.406")
+        raise InputError(f"{numbers[pname]} {value}: not numbers",
+                         hint=f"give numbers, e.g. {numbers[pname]} 0.485,0.456,0.406")
     return parsed
 
 

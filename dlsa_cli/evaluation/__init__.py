@@ -11,4 +11,5 @@ from dlsa_cli.evaluation.report import (
 )
 from dlsa_cli.evaluation.tally import TableMetrics, Tally
 
-__all__ = ["EvaluationReport", "Predictions", "TableMetrics", "Tally", "evaluate_files", "evaluate_predictions", "iter_predictions", "read_predictions", "read_train_counts"]
+__all__ = ["EvaluationReport", "Predictions", "TableMetrics", "Tally", "evaluate_files", "evaluate_predictions",
+           "iter_predictions", "read_predictions", "read_train_counts"]

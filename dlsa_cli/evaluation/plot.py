@@ -31,7 +31,8 @@ def _pyplot():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise DlsaError("--plot needs matplotlib, which is not installed", hint="pip install 'dlsa-cli[plot]'") from None
+        raise DlsaError("--plot needs matplotlib, which is not installed",
+                        hint="pip install 'dlsa-cli[plot]'") from None
     return plt
 
 
@@ -39,7 +40,8 @@ def check_plot_target(path: str | Path) -> None:
     """Fail early (before any work) when the plot cannot be written."""
     p = Path(path)
     if p.suffix.lower() not in PLOT_FORMATS:
-        raise InputError(f"plot format '{p.suffix or '(none)'}' is not supported", path=p, hint=f"use {', '.join(PLOT_FORMATS)}")
+        raise InputError(f"plot format '{p.suffix or '(none)'}' is not supported", path=p,
+                         hint=f"use {', '.join(PLOT_FORMATS)}")
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         raise InputError("the plot's folder does not exist", path=parent, hint="create it first")
@@ -93,7 +95,8 @@ def plot_separation(path: str | Path, rows: Sequence[dict]) -> None:
     fig, ax = plt.subplots(figsize=(5.6, 4.0))
     splits = list(dict.fromkeys(r["split"] for r in rows))
     for i, name in enumerate(splits):
-        pts = sorted((r["depth"], r["separation"], r["chance"]) for r in rows if r["split"] == name and r["separation"] is not None)
+        pts = sorted((r["depth"], r["separation"], r["chance"])
+                     for r in rows if r["split"] == name and r["separation"] is not None)
         if not pts:
             continue
         d, sep, chance = (np.array(v, dtype=float) for v in zip(*pts, strict=True))
@@ -129,7 +132,8 @@ def plot_route_map(path: str | Path, xy: np.ndarray, routed: np.ndarray, tail: n
             if is_routed:
                 ax.scatter(xy[m, 0], xy[m, 1], s=7, c=color, alpha=0.7, linewidths=0, label=label)
             else:
-                ax.scatter(xy[m, 0], xy[m, 1], s=7, facecolors="none", edgecolors=color, alpha=0.35, linewidths=0.5, label=label)
+                ax.scatter(xy[m, 0], xy[m, 1], s=7, facecolors="none", edgecolors=color, alpha=0.35, linewidths=0.5,
+                           label=label)
     ax.set_xlabel("principal component 1")
     ax.set_ylabel("principal component 2")
     ax.set_title(title or "Routed and passed-on samples (PCA)", fontsize=10)

@@ -104,10 +104,12 @@ def read_predictions(path: str | Path, *, labels_from: Any = None) -> Prediction
     def whole(name: str) -> np.ndarray:  # a column every batch has
         return np.concatenate([getattr(q, name) for q in parts])
 
-    return Predictions(whole("labels"), whole("predictions"), cat("routes"), cat("depths"), cat("branches"), parts[0].meta, parts[0].path)
+    return Predictions(whole("labels"), whole("predictions"), cat("routes"), cat("depths"), cat("branches"),
+                       parts[0].meta, parts[0].path)
 
 
-def iter_predictions(path: str | Path, *, labels_from: Any = None, batch_size: int | None = None) -> Iterator[Predictions]:
+def iter_predictions(path: str | Path, *, labels_from: Any = None,
+                     batch_size: int | None = None) -> Iterator[Predictions]:
     """The columns evaluation needs from a predictions table, `batch_size` rows at a time.
 
     `labels_from` (a `LabelSet` or `FeatureSet` with labels), when given,
@@ -218,7 +220,8 @@ class _LabelJoin:
             )
         if self.absent:
             raise InputError(
-                f"{self.absent} of {self.rows} predicted ids are absent from the labels in {self.where} (first: {self.first_absent})",
+                f"{self.absent} of {self.rows} predicted ids are absent from the labels in {self.where} (first: "
+                f"{self.first_absent})",
                 path=self.p,
                 hint="evaluate against the feature file the predictions were made from",
             )
@@ -254,7 +257,8 @@ def read_train_counts(path: str | Path) -> np.ndarray:
             raise InputError(f"not readable JSON ({e})", path=p) from None
         if isinstance(obj, dict):
             obj = obj.get("train_counts")
-        ok = isinstance(obj, list) and obj and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in obj)
+        ok = isinstance(obj, list) and obj and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in obj)
         if not ok:
             raise InputError(
                 "a counts file must be a JSON list of per-class training counts (non-negative integers)",
@@ -373,7 +377,8 @@ def evaluate_files(
     return EvaluationReport(results, many_above, few_below, tail_at_most)
 
 
-def _tally_file(path: str, counts: np.ndarray, train_name: str, label_set: Any, tail_at_most: int, bins: int | None) -> Tally:
+def _tally_file(path: str, counts: np.ndarray, train_name: str, label_set: Any, tail_at_most: int,
+                bins: int | None) -> Tally:
     """A predictions table's counts, read batch by batch (memory: one batch and C x routes counts)."""
     tally = Tally(counts, tail_at_most, bins=bins)
     for pr in iter_predictions(path, labels_from=label_set):

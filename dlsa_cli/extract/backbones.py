@@ -84,7 +84,8 @@ def load_backbone(name: str, *, weights: str | Path | None = None) -> Backbone:
     p = Path(name)
     if p.is_file() or p.suffix.lower() in TORCHSCRIPT_SUFFIXES or "/" in name:
         if weights is not None:
-            raise DlsaError("--weights is not used with a TorchScript file: it holds its own weights", hint="drop --weights")
+            raise DlsaError("--weights is not used with a TorchScript file: it holds its own weights",
+                            hint="drop --weights")
         return _torchscript(p)
     if _has("torchvision"):
         import torchvision
@@ -176,7 +177,8 @@ def _drop_last_linear(model: torch.nn.Module, name: str) -> None:
         if isinstance(mod, torch.nn.Linear):
             last = qual
     if last is None:
-        raise ModelMismatchError(f"{name} has no linear classifier head to remove", hint="export it as TorchScript instead")
+        raise ModelMismatchError(f"{name} has no linear classifier head to remove",
+                                 hint="export it as TorchScript instead")
     parent_name, _, attr = last.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, attr, torch.nn.Identity())
@@ -206,7 +208,8 @@ def _timm(arch: str, weights: str | Path | None) -> Backbone:
             crop=crop,
             mean=tuple(float(v) for v in cfg.get("mean", IMAGENET_MEAN)),
             std=tuple(float(v) for v in cfg.get("std", IMAGENET_STD)),
-            interpolation=cfg.get("interpolation", "bilinear") if cfg.get("interpolation") in INTERPOLATIONS else "bilinear",
+            interpolation=(cfg.get("interpolation", "bilinear") if cfg.get("interpolation") in INTERPOLATIONS
+                           else "bilinear"),
         )
     except (KeyError, TypeError, ValueError, DlsaError):
         pass

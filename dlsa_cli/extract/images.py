@@ -192,7 +192,8 @@ def _read_list_file(src: Path, root: Path) -> ImageList:
                 try:
                     label = int(parts[1])
                 except ValueError:
-                    raise InputError(f"line {n}: label '{parts[1][:40]}' is not an integer", path=src, hint=hint) from None
+                    raise InputError(f"line {n}: label '{parts[1][:40]}' is not an integer", path=src,
+                                     hint=hint) from None
                 if label < 0:
                     raise InputError(f"line {n} has a negative label {label}", path=src, hint=hint)
                 ids.append(parts[0])

@@ -42,9 +42,11 @@ class Preprocess:
 
     def __post_init__(self) -> None:
         if self.resize < 1 or self.crop < 1:
-            raise DlsaError(f"ExtractConfig.resize {self.resize} / ExtractConfig.crop {self.crop}: both must be positive")
+            raise DlsaError(f"ExtractConfig.resize {self.resize} / ExtractConfig.crop {self.crop}: both "
+                            "must be positive")
         if self.interpolation not in INTERPOLATIONS:
-            raise DlsaError(f"ExtractConfig.interpolation {self.interpolation}: unknown", hint=f"use one of {', '.join(INTERPOLATIONS)}")
+            raise DlsaError(f"ExtractConfig.interpolation {self.interpolation}: unknown",
+                            hint=f"use one of {', '.join(INTERPOLATIONS)}")
         for what, v in (("mean", self.mean), ("std", self.std)):
             if len(v) != 3:
                 raise DlsaError(f"ExtractConfig.{what} needs 3 numbers (R,G,B), got {len(v)}")
@@ -52,7 +54,8 @@ class Preprocess:
             raise DlsaError("ExtractConfig.std values must be positive")
 
     def to_meta(self) -> dict[str, Any]:
-        return {**asdict(self), "mean": list(self.mean), "std": list(self.std), "resize_side": "shorter", "crop_at": "centre"}
+        return {**asdict(self), "mean": list(self.mean), "std": list(self.std), "resize_side": "shorter",
+                "crop_at": "centre"}
 
     def load(self, path: str) -> np.ndarray:
         """Decode one image and return the centre crop, (crop, crop, 3) uint8."""

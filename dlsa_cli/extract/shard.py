@@ -78,7 +78,8 @@ def write_extracted(out: str | Path, part: FeatureSet, *, prov: dict[str, Any], 
     if not me.active:
         write_features(out, part, prov=prov, dtype=dtype)
         return Extracted(part.n, part.dim, part.labels is not None, part.meta)
-    heads = dist.all_gather_object({"n": part.n, "dim": part.dim, "meta": part.meta, "labels": part.labels, "ids": part.ids})
+    heads = dist.all_gather_object({"n": part.n, "dim": part.dim, "meta": part.meta, "labels": part.labels,
+                                    "ids": part.ids})
     if me.is_main:
         written = _write_pieces(out, part, heads, prov=prov, dtype=dtype)
     else:
@@ -103,7 +104,8 @@ def _send_pieces(part: FeatureSet, heads: list[dict[str, Any]]) -> None:
         dist.gather_object(part.features[a:b] if r == me else None)
 
 
-def _write_pieces(out: str | Path, part: FeatureSet, heads: list[dict[str, Any]], *, prov: dict[str, Any], dtype: str) -> Extracted:
+def _write_pieces(out: str | Path, part: FeatureSet, heads: list[dict[str, Any]], *, prov: dict[str, Any],
+                  dtype: str) -> Extracted:
     """Rank 0: the file sized from every rank's head, filled with its own rows, then the others' pieces."""
     from dlsa_cli.io import stream
 

@@ -150,7 +150,10 @@ class FlowFilter:
         with torch.inference_mode():
             for s in range(0, n, batch_size):
                 xb = xt[s : s + batch_size]
-                xb = xb.to(dev, torch.float32) if isinstance(xb, torch.Tensor) else torch.tensor(xb, dtype=torch.float32, device=dev)  # (B, D)
+                if isinstance(xb, torch.Tensor):
+                    xb = xb.to(dev, torch.float32)  # (B, D)
+                else:
+                    xb = torch.tensor(xb, dtype=torch.float32, device=dev)
                 logp, comp, z = self.flow.log_prob(xb)
                 ll[s : s + len(xb)] = logp.double().cpu().numpy()
                 cl[s : s + len(xb)] = comp.argmax(1).cpu().numpy()
@@ -228,7 +231,8 @@ class FlowFilter:
         missing = [k for k in needed if k not in meta]
         if missing or "means" not in header or "cluster_counts" not in header:
             raise ModelMismatchError(
-                f"filter file lacks {', '.join(missing) or 'tensors'}", path=path, hint="re-create it with `dlsa fit-filter`"
+                f"filter file lacks {', '.join(missing) or 'tensors'}", path=path,
+                hint="re-create it with `dlsa fit-filter`"
             )
         tensors, _, _, _ = read_safetensors(path)
         cfg = FilterConfig.from_dict(meta.get("config", {}))
@@ -238,7 +242,8 @@ class FlowFilter:
         if "reference.means" in tensors:
             reference = _load_flow(meta, cfg, tensors, "reference.", path).to(as_device(device)).eval()
         elif routing == "ratio":
-            raise ModelMismatchError("filter routes by 'ratio' but holds no reference flow", path=path, hint="re-create it with FilterConfig.routing ratio")
+            raise ModelMismatchError("filter routes by 'ratio' but holds no reference flow", path=path,
+                                     hint="re-create it with FilterConfig.routing ratio")
         neighbours = _load_neighbours(tensors, cfg, routing, int(meta["dim"]), path)
         return cls(
             flow,
@@ -274,7 +279,8 @@ def _load_neighbours(tensors: dict[str, torch.Tensor], cfg: FilterConfig, routin
     return NeighbourBank(z.to(torch.float16), tail.bool(), cfg.neighbours)
 
 
-def _load_flow(meta: dict[str, Any], cfg: FilterConfig, tensors: dict[str, torch.Tensor], prefix: str, path: str | Path) -> MixtureFlow:
+def _load_flow(meta: dict[str, Any], cfg: FilterConfig, tensors: dict[str, torch.Tensor], prefix: str,
+               path: str | Path) -> MixtureFlow:
     """The flow stored under `prefix` ("" for the filter's own, "reference." for the reference flow)."""
     flow = MixtureFlow(
         int(meta["dim"]),

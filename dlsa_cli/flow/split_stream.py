@@ -88,9 +88,11 @@ def _score_batch(filt: FlowFilter, b: RowBatch, path: Path, n: int, *, device: t
                  allow_nonfinite: bool = False) -> dict[str, np.ndarray]:
     """The split table's columns (and latent) for one batch of rows (of a file of n); `finite` with `allow_nonfinite`."""
     if b.labels is not None and b.labels.size and b.labels.max() >= filt.num_classes:
-        raise InputError(f"label {int(b.labels.max())} is out of range for the filter's {filt.num_classes} classes", path=path)
+        raise InputError(f"label {int(b.labels.max())} is out of range for the filter's {filt.num_classes} classes",
+                         path=path)
     try:
-        sc = filt.score(b.features, batch_size=len(b.features) or 1, device=device, latent=latent, allow_nonfinite=allow_nonfinite)
+        sc = filt.score(b.features, batch_size=len(b.features) or 1, device=device, latent=latent,
+                        allow_nonfinite=allow_nonfinite)
     except NonFiniteError as e:  # rows of the file, not of the batch (those of the first such batch)
         raise NonFiniteError.build(e.what, [b.start + int(r) for r in e.rows], n, path=path, hint=e.hint) from None
     cols: dict[str, np.ndarray] = {"id": b.ids if b.ids is not None else np.arange(b.start, b.stop, dtype=np.int64)}
@@ -180,7 +182,8 @@ def split_file(
     store = _Columns(tmp, name, info.n, info.dim, latent) if tmp is not None else None
     counter = ReportCounter(filt, info.has_labels) if me.is_main else None
     try:
-        table_ctx = (stream_table(stage / f"{name}.parquet", kind="split", meta=table_meta, prov=prov, parts=me.world_size)
+        table_ctx = (stream_table(stage / f"{name}.parquet", kind="split", meta=table_meta, prov=prov,
+                                  parts=me.world_size)
                      if stage is not None else contextlib.nullcontext(None))
         with table_ctx as table:
             batches = iter_rows(p, batch_size, lo, hi)
@@ -262,7 +265,8 @@ def _write_parts(p: Path, info: Any, stage: Path, name: str, store: _Columns, re
                 m = routed if part == "routed" else ~routed
                 if not m.any():
                     continue
-                more = {"cluster": store.cluster[b.start : b.stop][m], "log_likelihood": store.log_likelihood[b.start : b.stop][m]}
+                more = {"cluster": store.cluster[b.start : b.stop][m],
+                        "log_likelihood": store.log_likelihood[b.start : b.stop][m]}
                 if store.latent is not None:
                     more["latent"] = store.latent[b.start : b.stop][m]
                 sink.append(b.features[m], None if b.labels is None else b.labels[m],

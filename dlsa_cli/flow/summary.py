@@ -333,9 +333,12 @@ def summary(path: str | Path) -> dict[str, Any]:
         "charts": [
             {"title": "good clusters per epoch", "values": [float(h.good_clusters) for h in hist],
              "labels": [str(h.epoch) for h in hist]},
-            {"title": "loss per epoch", "values": [float(h.loss or 0.0) for h in hist], "labels": [str(h.epoch) for h in hist]},
-            {"title": "cluster sizes (largest first)", "values": sorted(sizes.astype(float).tolist(), reverse=True), "labels": None},
-            {"title": "cluster purity (highest first)", "values": sorted(purity.astype(float).tolist(), reverse=True), "labels": None},
+            {"title": "loss per epoch", "values": [float(h.loss or 0.0) for h in hist],
+             "labels": [str(h.epoch) for h in hist]},
+            {"title": "cluster sizes (largest first)", "values": sorted(sizes.astype(float).tolist(), reverse=True),
+             "labels": None},
+            {"title": "cluster purity (highest first)", "values": sorted(purity.astype(float).tolist(), reverse=True),
+             "labels": None},
         ],
     }
 
@@ -355,7 +358,8 @@ def _history_table(hist: list[EpochRecord]) -> dict[str, Any]:
 
     rows = []
     for h in hist:
-        row = [h.epoch, num(h.loss), num(h.mle), num(h.bal), num(h.pure), h.good_clusters, num(h.largest_share), h.eligible]
+        row = [h.epoch, num(h.loss), num(h.mle), num(h.bal), num(h.pure), h.good_clusters, num(h.largest_share),
+               h.eligible]
         rows.append(row + ([num(h.val_separation), num(h.val_mean_log_likelihood)] if val else []))
     return {"title": "history", "columns": columns, "rows": rows}
 
@@ -382,7 +386,8 @@ def split_summary(path: str | Path) -> dict[str, Any]:
     tables = []
     if rep is not None and rep.groups is not None and rep.head_tail is not None and rep.tail_share is not None:
         rows = []
-        for (p, gp), (_, ht), (_, ts), (_, mean) in zip(rep.groups.items(), rep.head_tail.items(), rep.tail_share.items(),
+        for (p, gp), (_, ht), (_, ts), (_, mean) in zip(rep.groups.items(), rep.head_tail.items(),
+                                                        rep.tail_share.items(),
                                                       rep.mean_log_likelihood.items(), strict=True):
             rows.append([p, gp.many, gp.medium, gp.few, ht.head, ht.tail, ts, mean])
         tables.append({"title": "make-up", "columns": ["part", "many", "medium", "few", "head", "tail", "tail share",

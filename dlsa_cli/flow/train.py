@@ -184,7 +184,8 @@ def fit_filter(
             on_epoch(record)
     filt = _finish(st, data, cfg, dev, warn)
     if cfg.routing != "likelihood":  # flow/routing.py: re-threshold by another score
-        _route_by(filt, train, data.x, data.y_np, cfg, device=dev, allow_singletons=allow_singletons, on_warning=on_warning)
+        _route_by(filt, train, data.x, data.y_np, cfg, device=dev, allow_singletons=allow_singletons,
+                  on_warning=on_warning)
     return filt
 
 
@@ -218,7 +219,8 @@ def _prepare(
         raise InputError(
             f"has {n} training samples, fewer than the batch size {cfg.batch_size}",
             path=path,
-            hint=f"pass a smaller {setting_token(cfg, 'batch_size')}, e.g. {max(2, 2 ** int(math.log2(max(n // 2, 2))))}",
+            hint=f"pass a smaller {setting_token(cfg, 'batch_size')}, e.g. "
+                 f"{max(2, 2 ** int(math.log2(max(n // 2, 2))))}",
         )
     x = torch.as_tensor(train.features).to(dev, torch.float32)  # (N, D)
     y = torch.as_tensor(y_np).to(dev)  # (N,)
@@ -253,7 +255,8 @@ def _start(data: _Data, cfg: FilterConfig, dev: torch.device) -> TrainState:
     g_pairs = torch.Generator(device=dev).manual_seed(cfg.seed + 1)  # every rank draws the same global batch
     opt = torch.optim.SGD(flow.parameters(), lr=cfg.lr, momentum=0.0, weight_decay=cfg.weight_decay)
     flow.train()
-    balance = BalanceLoss(cfg.clusters, cfg.ema, cfg.lambda_bal, batch_mean=lambda v: ddp.global_mean(v, cfg.batch_size))
+    balance = BalanceLoss(cfg.clusters, cfg.ema, cfg.lambda_bal,
+                          batch_mean=lambda v: ddp.global_mean(v, cfg.batch_size))
     return TrainState(flow, opt, g_init, g_pairs, PairSampler(data.y, g_pairs), balance, model=model)
 
 
@@ -270,7 +273,8 @@ def _check_start(flow: MixtureFlow, data: _Data, cfg: FilterConfig) -> None:
         )
 
 
-def _train_epoch(st: TrainState, data: _Data, cfg: FilterConfig, epoch: int, on_step: StepCallback | None) -> torch.Tensor:
+def _train_epoch(st: TrainState, data: _Data, cfg: FilterConfig, epoch: int,
+                 on_step: StepCallback | None) -> torch.Tensor:
     """One epoch of SGD steps on class-uniform pairs; returns the summed (loss, mle, bal, pure) (4,)."""
     b, k = cfg.batch_size, cfg.clusters
     steps = data.n // b
@@ -318,7 +322,8 @@ def _input_noise(st: TrainState, data: _Data, cfg: FilterConfig, b: int, use_neg
     return e * (cfg.input_noise * data.std)  # (2 or 1, b, D)
 
 
-def _evaluate_epoch(st: TrainState, data: _Data, cfg: FilterConfig, epoch: int, sums: torch.Tensor, t0: float) -> dict[str, Any]:
+def _evaluate_epoch(st: TrainState, data: _Data, cfg: FilterConfig, epoch: int, sums: torch.Tensor,
+                    t0: float) -> dict[str, Any]:
     """Assign every training sample its cluster; the epoch's history record."""
     logp, cluster = ddp.sharded_rows(lambda a, e: _assign(st.flow, data.x[a:e], cfg.eval_batch_size), data.n)
     if not bool(torch.isfinite(logp).all()):
@@ -406,13 +411,15 @@ def _n_route(cfg: FilterConfig, n: int) -> int:
     return min(max(round(cfg.share * n), 1), n)
 
 
-def _finish(st: TrainState, data: _Data, cfg: FilterConfig, dev: torch.device, warn: Callable[[str], None]) -> FlowFilter:
+def _finish(st: TrainState, data: _Data, cfg: FilterConfig, dev: torch.device,
+            warn: Callable[[str], None]) -> FlowFilter:
     """The kept epoch as a filter: its threshold, cluster prior and statistics."""
     assert st.best_key is not None
     if cfg.select == "good-clusters" and not st.best_key[0]:
         warn(
             f"no epoch kept its largest cluster under {cfg.max_cluster_share:g} of the samples; "
-            f"kept epoch {st.best_epoch} (most good clusters); consider a larger {setting_token(FilterConfig, 'max_cluster_share')} "
+            f"kept epoch {st.best_epoch} (most good clusters); consider a larger "
+            f"{setting_token(FilterConfig, 'max_cluster_share')} "
             f"or more {setting_token(FilterConfig, 'clusters')}"
         )
     if st.best_state is not None:
@@ -447,12 +454,14 @@ def _finish(st: TrainState, data: _Data, cfg: FilterConfig, dev: torch.device, w
     return filt
 
 
-def _route_by(filt: FlowFilter, train: FeatureSet, x: torch.Tensor, y: np.ndarray, cfg: FilterConfig, **fit_kw: Any) -> None:
+def _route_by(filt: FlowFilter, train: FeatureSet, x: torch.Tensor, y: np.ndarray, cfg: FilterConfig,
+              **fit_kw: Any) -> None:
     """Set the filter's routing score; "ratio" trains the unweighted (q = 0) reference flow on the same samples."""
     from dlsa_cli.flow.routing import set_routing
 
     ref_cfg = replace(cfg, q=0.0, routing="likelihood")
-    set_routing(filt, x, y, routing=cfg.routing, fit_reference=lambda: fit_filter(train, config=ref_cfg, depth=filt.depth, **fit_kw).flow)
+    set_routing(filt, x, y, routing=cfg.routing,
+                fit_reference=lambda: fit_filter(train, config=ref_cfg, depth=filt.depth, **fit_kw).flow)
 
 
 def _scores(filt: FlowFilter, x: torch.Tensor, batch_size: int) -> FilterScores:

@@ -47,7 +47,8 @@ def render(summary: dict[str, Any]) -> Any:
     from rich.table import Table
     from rich.text import Text
 
-    parts: list[Any] = [Text.from_markup(f"[bold]{escape(str(summary.get('kind')))}[/] {escape(str(summary.get('path')))}")]
+    parts: list[Any] = [Text.from_markup(f"[bold]{escape(str(summary.get('kind')))}[/] "
+                                         f"{escape(str(summary.get('path')))}")]
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="dim", no_wrap=True)
     grid.add_column()

@@ -30,7 +30,8 @@ from dlsa_cli.io.files import require_file
 from dlsa_cli.io.formats import h5, npy, npz, parquet, pt, safetensors
 from dlsa_cli.io.formats.base import FeatureInfo, FeatureSet, RowBatch
 
-__all__ = ["FORMATS", "SUFFIXES", "Format", "find_format", "format_for", "open_feature_file", "strip_suffix", "writer_for"]
+__all__ = ["FORMATS", "SUFFIXES", "Format", "find_format", "format_for", "open_feature_file", "strip_suffix",
+           "writer_for"]
 
 
 class Format(Protocol):
