@@ -20,8 +20,9 @@ instead of carving 5% of the N rows),
 `predict` (the classifier's table), `inspect` (the feature file's summary),
 `evaluate` (the predict stage's table; list it after predict).
 
-    python benchmarks/bench_scale.py                          # CPU: N = 50,000 and 400,000 at D = 256, 1 and 2 processes
-    python benchmarks/bench_scale.py --sizes 437513 --dim 2048 --device cuda --procs 1 2 4 8   # iNat-2018's shape on GPUs
+    python benchmarks/bench_scale.py  # CPU: N = 50,000 and 400,000 at D = 256, 1 and 2 processes
+    # iNat-2018's shape on GPUs:
+    python benchmarks/bench_scale.py --sizes 437513 --dim 2048 --device cuda --procs 1 2 4 8
     bash benchmarks/bench_scale_gpu.sh                        # the prepared GPU run
 
 `--code DIR` runs another checkout's stages on the same files, e.g. the code
@@ -111,7 +112,8 @@ def _rss_anon_kb(pid: int) -> int:
 
 
 def run_measured(cmd: list[str], env: dict[str, str], cwd: Path = REPO) -> dict[str, float]:
-    """Run cmd in cwd (`-m dlsa_cli` imports from there first); wall seconds, peak RssAnon of its largest process and of its tree (MB)."""
+    """Run cmd in cwd (`-m dlsa_cli` imports from there first); wall seconds, peak RssAnon of its largest
+    process and of its tree (MB)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     peak = {"one": 0, "sum": 0}

@@ -261,7 +261,8 @@ def table(title: str, rows: dict[str, list[dict]], split: str = "test", ref: str
         base = rows.get(ref or "") if ref else None
         d_over = d_few = ""
         if base is not None and name != ref:
-            d_over = f"{100 * np.mean([a[split]['overall'] - b[split]['overall'] for a, b in zip(runs, base, strict=False)]):+.2f}"
+            overall = [a[split]["overall"] - b[split]["overall"] for a, b in zip(runs, base, strict=False)]
+            d_over = f"{100 * np.mean(overall):+.2f}"
             fews = [a[split]["few"] - b[split]["few"] for a, b in zip(runs, base, strict=False)
                     if a[split]["few"] is not None]
             d_few = f"{100 * np.mean(fews):+.2f}" if fews else ""
@@ -399,7 +400,8 @@ def main() -> None:
         print(table("branch-classifier designs on bsm, measured on VALIDATION (balanced accuracy; the "
                     "defaults follow it)",
                     des_rows, split="val", ref="bsm baseline"))
-        print("  (columns: validation metrics; 'val bal.' = validation balanced accuracy; test numbers are in the JSON)")
+        print("  (columns: validation metrics; 'val bal.' = validation balanced accuracy; "
+              "test numbers are in the JSON)")
     print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps({"main": main_rows, "ablations": abl_rows, "designs": des_rows,

@@ -116,7 +116,8 @@ def one_seed(args, name: str, seed: int, chosen: dict) -> dict[str, dict]:
     if "m2m" not in chosen:  # the schedule, on seed 0's validation; `extra` ones measured, not chosen
         trials = {s: run(train, val, test, replace(m2m, **kw)) for s, kw in schedules.items()}
         chosen["m2m"] = choose(f"{name} m2m schedule (start:every)", {s: trials[s] for s in grid})
-        log("  measured too: " + ", ".join(f"{s} val {trials[s]['val_balanced']:.4f} ({trials[s]['seconds']:.0f} s)" for s in trials))
+        log("  measured too: " + ", ".join(f"{s} val {trials[s]['val_balanced']:.4f} ({trials[s]['seconds']:.0f} s)"
+                                            for s in trials))
         res["m2m"] = trials[chosen["m2m"]]
         res["_m2m_trials"] = {k: _plain(v) for k, v in trials.items()}
     else:
@@ -158,7 +159,8 @@ def table(name: str, runs: list[dict], chosen: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="caltech,tiny",
-                    help="comma list of caltech, tiny; choices made on the first one's seed-0 validation serve the rest")
+                    help="comma list of caltech, tiny; choices made on the first one's seed-0 validation serve "
+                         "the rest")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--ride-grid", default="0,0.05,0.2", help="RIDE diversity weights tried on seed 0's validation")

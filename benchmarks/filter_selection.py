@@ -121,11 +121,13 @@ def table(data: str, runs: list[dict]) -> str:
             for rule in SELECTS:
                 cells = [r["rules"][f"{rule}/{routing}"] for r in rs]
                 by_seed = {r["seed"]: c for r, c in zip(rs, cells, strict=True)}
-                per_seed = "".join(f"{pct(by_seed[s]['val']['separation']):>9s}{pct(by_seed[s]['test']['separation']):>9s}"
+                per_seed = "".join(f"{pct(by_seed[s]['val']['separation']):>9s}"
+                                   f"{pct(by_seed[s]['test']['separation']):>9s}"
                                    if s in by_seed else f"{'-':>9s}{'-':>9s}" for s in seeds)
                 lines.append(f"{noise:6g}{wd:8g}  "
                              f"{routing:13s}{rule:16s}{','.join(str(c['epoch']) for c in cells):>10s}"
-                             f"{ms([c['val']['separation'] for c in cells]):>14s}{ms([c['test']['separation'] for c in cells]):>14s}"
+                             f"{ms([c['val']['separation'] for c in cells]):>14s}"
+                             f"{ms([c['test']['separation'] for c in cells]):>14s}"
                              + per_seed)
     chance = [ms([r["rules"]["last/likelihood"][s]["chance"] for r in runs]) for s in ("val", "test")]
     lines.append(f"{'chance (the split tail share)':59s}{chance[0]:>14s}{chance[1]:>14s}")
@@ -150,7 +152,8 @@ def main() -> None:
         for seed in args.seeds:
             for noise in args.noise:
                 for wd in args.weight_decay:
-                    res_path = Path(args.cache) / data / f"seed{seed}" / f"noise{noise:g}_wd{wd:g}_e{args.filter_epochs}" / "results.json"
+                    run_dir = f"noise{noise:g}_wd{wd:g}_e{args.filter_epochs}"
+                    res_path = Path(args.cache) / data / f"seed{seed}" / run_dir / "results.json"
                     if args.print_only and not res_path.exists():
                         continue
                     runs.append(run_setting(data, seed, noise, wd, args))

@@ -135,7 +135,8 @@ def routers(ds: dict, main: FlowFilter, ref: FlowFilter, base, seed: int, out: P
 
 
 def euclid_tail_share(bank: torch.Tensor, tail: np.ndarray, z: torch.Tensor, k: int) -> np.ndarray:
-    """Tail share of the k nearest bank rows by Euclidean distance, a row at (relative) distance < 1e-4 left out as itself."""
+    """Tail share of the k nearest bank rows by Euclidean distance, a row at (relative) distance < 1e-4
+    left out as itself."""
     flags = torch.as_tensor(tail)
     out = []
     for s in range(0, len(z), 1024):

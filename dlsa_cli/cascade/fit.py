@@ -137,7 +137,8 @@ def _quiet(_msg: str) -> None:
 
 
 def _on_main(write: Callable[[], Any]) -> None:
-    """Under torchrun rank 0 alone writes, and every rank goes on once it has (its error is every rank's); alone: write."""
+    """Under torchrun rank 0 alone writes, and every rank goes on once it has (its error is every rank's);
+    alone: write."""
     from dlsa_cli.runtime import distributed as dist
 
     dist.collective(lambda: write() if dist.is_main() else None)
@@ -174,7 +175,8 @@ def _start(out: Path, plan: CascadePlan, train: Path, val: Path | None, filters:
         require_file(f, f"depth-{d} filter")
         kind, meta = read_safetensors_header(f)[1:3]
         if kind != "filter" or int(meta.get("depth", 0)) != int(d):
-            what = f"was trained at depth {meta.get('depth')}" if kind == "filter" else f"is a '{kind}' file, not a filter"
+            what = (f"was trained at depth {meta.get('depth')}" if kind == "filter"
+                    else f"is a '{kind}' file, not a filter")
             raise InputError(f"{what}, but is given for depth {d}", path=f)
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():

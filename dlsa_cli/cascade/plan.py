@@ -93,7 +93,8 @@ class CascadePlan:
 
 
 class as_branch:
-    """Inside it, an error naming a classifier setting (`TrainConfig.lr`) names the branches' (`CascadePlan.branch.lr`)."""
+    """Inside it, an error naming a classifier setting (`TrainConfig.lr`) names the branches'
+    (`CascadePlan.branch.lr`)."""
 
     def __enter__(self) -> None:
         return None

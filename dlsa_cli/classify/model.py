@@ -1,4 +1,5 @@
-"""Classifier heads (linear, cosine, RIDE experts, cluster-aided), the Classifier object with its file, and init heads read from files."""
+"""Classifier heads (linear, cosine, RIDE experts, cluster-aided), the Classifier object with its file,
+and init heads read from files."""
 
 from __future__ import annotations
 
@@ -91,7 +92,8 @@ class RideHead(nn.Module):
 @torch.no_grad()
 def routed_logits(head: RideHead, x: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
     """RIDE's router in its confidence form (`router.py`): experts consulted one after another until the
-    ensemble so far is confident enough; (mean logits of the experts consulted (B, C), experts consulted per sample (B,))."""
+    ensemble so far is confident enough; (mean logits of the experts consulted (B, C),
+    experts consulted per sample (B,))."""
     total = head.experts[0](x)  # (B, C)
     used = torch.ones(x.shape[0], device=x.device)
     for expert in head.experts[1:]:

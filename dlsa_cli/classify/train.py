@@ -245,7 +245,8 @@ def _validation(train: FeatureSet, val: FeatureSet | None, cfg: TrainConfig,
     missing = np.setdiff1d(np.unique(y_all), np.unique(yv))
     if len(missing) and not cfg.allow_missing_val_classes:
         raise InputError(
-            f"validation set lacks {len(missing)} class(es) that training has (e.g. {', '.join(map(str, missing[:5]))})",
+            f"validation set lacks {len(missing)} class(es) that training has "
+            f"(e.g. {', '.join(map(str, missing[:5]))})",
             path=val.path,
             hint="give a validation file with every class, or pass TrainConfig.allow_missing_val_classes",
         )
@@ -403,7 +404,8 @@ class _Run:
     best_epoch: int = 0
     best_scores: tuple[float, float] = (float("-inf"), 0.0)
     best_state: dict[str, torch.Tensor] = field(default_factory=dict)  # the best epoch's, kept from epoch 0 on
-    net: nn.Module = field(init=False)  # the training forward; under torchrun wrapped in DDP (gradients averaged over ranks)
+    # the training forward; under torchrun wrapped in DDP (gradients averaged over ranks)
+    net: nn.Module = field(init=False)
 
     def __post_init__(self) -> None:
         self.net = ddp.wrap(_ExpertLogits(self.module), self.device)

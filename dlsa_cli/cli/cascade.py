@@ -62,7 +62,7 @@ def fit_cascade_cmd(
     with DDP and every split is sharded; rank 0 writes the run folder.
 
     Example: [bold]dlsa fit-cascade train.safetensors --val val.safetensors -o run/ --depth 2 --clusters 100 --filter-epochs 20[/]
-    """
+    """  # noqa: E501  the first line is the command's one-line summary, the example one command
     from dlsa_cli.cascade import fit_cascade
     from dlsa_cli.runtime.distributed import setup
 

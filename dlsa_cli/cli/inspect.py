@@ -26,7 +26,8 @@ def inspect_cmd(
     config: Annotated[bool,
                       typer.Option("--config",
                                    help="Print the settings that wrote FILE (a filter, a classifier, or a fit-cascade "
-                                        "folder) as a TOML file: pass it back with --config to repeat the run.")] = False,
+                                        "folder) as a TOML file: pass it back with --config to repeat the "
+                                        "run.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Summarise any file the tool reads or writes.

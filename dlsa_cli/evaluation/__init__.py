@@ -1,4 +1,5 @@
-"""Evaluation: the long-tail metrics (`metrics`), their counts batch by batch (`tally`), scoring predictions tables (`report`), and Fig. 1 (`plot`)."""
+"""Evaluation: the long-tail metrics (`metrics`), their counts batch by batch (`tally`), scoring
+predictions tables (`report`), and Fig. 1 (`plot`)."""
 
 from dlsa_cli.evaluation.report import (
     EvaluationReport,

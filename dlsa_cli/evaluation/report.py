@@ -174,7 +174,8 @@ class _LabelJoin:
         self.first_absent = self.first_repeat = None
 
     def _sorted(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The source ids sorted, as strings when the table's ids are strings and the source's are not (or the reverse)."""
+        """The source ids sorted, as strings when the table's ids are strings and the source's are not
+        (or the reverse)."""
         if self._index is None:
             src = self.src_ids
             if (ids.dtype.kind in "iu") != (src.dtype.kind in "iu"):  # int ids on one side, strings on the other

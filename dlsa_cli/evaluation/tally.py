@@ -178,7 +178,10 @@ class Tally:
         branches: np.ndarray | None,
     ) -> None:
         c = self.num_classes
-        is_cluster = (np.asarray(branches).astype(str) == "cluster") if branches is not None else np.char.startswith(routes, "cluster")
+        if branches is not None:
+            is_cluster = np.asarray(branches).astype(str) == "cluster"
+        else:
+            is_cluster = np.char.startswith(routes, "cluster")
         self.cluster_samples += int(is_cluster.sum())
         self.cluster_tail += int(self._tail[y[is_cluster]].sum())
         for r in np.unique(routes):

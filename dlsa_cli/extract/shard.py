@@ -71,7 +71,8 @@ def extract_sharded(images: ImageList, backbone: Backbone, **options: Any) -> Fe
 
 
 def write_extracted(out: str | Path, part: FeatureSet, *, prov: dict[str, Any], dtype: str) -> Extracted | None:
-    """Write every rank's `part` (this rank's FeatureSet) to `out` in rank order; what was written on rank 0, None elsewhere."""
+    """Write every rank's `part` (this rank's FeatureSet) to `out` in rank order; what was written on
+    rank 0, None elsewhere."""
     from dlsa_cli.io.features import write_features
 
     me = dist.current()

@@ -171,7 +171,8 @@ class FlowFilter:
 
     def route_score(self, ll: np.ndarray, cluster: np.ndarray, reference_ll: np.ndarray | None = None,
                     knn_tail: np.ndarray | None = None) -> np.ndarray:
-        """This filter's routing score (N,) from log p(x), clusters, the reference's log p(x) and the neighbours' tail share."""
+        """This filter's routing score (N,) from log p(x), clusters, the reference's log p(x) and the
+        neighbours' tail share."""
         from dlsa_cli.flow.routing import cluster_tail_share, routing_score
 
         tail = cluster_tail_share(self.cluster_counts, self.train_counts) if self.routing == "cluster-tail" else None

@@ -64,7 +64,8 @@ def split_report(
         threshold=filt.threshold,
         routing=filt.routing,
         depth=filt.depth,
-        mean_log_likelihood=ByPart(*(float(ll[m & finite].mean()) if (m & finite).any() else None for _, m in parts.items())),
+        mean_log_likelihood=ByPart(*(float(ll[m & finite].mean()) if (m & finite).any() else None
+                                     for _, m in parts.items())),
         nonfinite=int((~finite).sum()),
         has_labels=labels is not None,
         many_above=many_above,

@@ -86,7 +86,8 @@ class ReportCounter:
 
 def _score_batch(filt: FlowFilter, b: RowBatch, path: Path, n: int, *, device: torch.device | None, latent: bool,
                  allow_nonfinite: bool = False) -> dict[str, np.ndarray]:
-    """The split table's columns (and latent) for one batch of rows (of a file of n); `finite` with `allow_nonfinite`."""
+    """The split table's columns (and latent) for one batch of rows (of a file of n);
+    `finite` with `allow_nonfinite`."""
     if b.labels is not None and b.labels.size and b.labels.max() >= filt.num_classes:
         raise InputError(f"label {int(b.labels.max())} is out of range for the filter's {filt.num_classes} classes",
                          path=path)
@@ -196,7 +197,8 @@ def split_file(
         def write_parts() -> dict[str, str | None] | None:
             if stage is None:
                 return None
-            assert store is not None and counter is not None  # rank 0 holds the staging folder, the columns and the counts
+            # rank 0 holds the staging folder, the columns and the counts
+            assert store is not None and counter is not None
             return _write_parts(p, info, stage, name, store, counter.report(), batch_size, part_meta or {}, prov)
 
         outputs = dist.collective(write_parts)

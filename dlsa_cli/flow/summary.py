@@ -348,7 +348,8 @@ _CLUSTER_STATS = ("size_min", "size_q1", "size_median", "size_q3", "size_max", "
 
 
 def _history_table(hist: list[EpochRecord]) -> dict[str, Any]:
-    """Per-epoch losses and cluster counts; with validation (`fit-filter --val`), its separation and log-likelihood too."""
+    """Per-epoch losses and cluster counts; with validation (`fit-filter --val`), its separation and
+    log-likelihood too."""
     val = any(h.has_val for h in hist)
     columns = ["epoch", "loss", "mle", "bal", "pure", "good", "largest share", "eligible"]
     columns += ["val separation", "val mean log p"] if val else []

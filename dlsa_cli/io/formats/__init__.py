@@ -94,6 +94,7 @@ def writer_for(path: str | Path) -> Callable[..., None]:
 
 
 def strip_suffix(name: str) -> str:
-    """A feature file's name without its format suffix (`a.b.safetensors` -> `a.b`); other names lose their last suffix."""
+    """A feature file's name without its format suffix (`a.b.safetensors` -> `a.b`); other names lose
+    their last suffix."""
     p = Path(name)
     return p.name[: -len(p.suffix)] if find_format(p) is not None else p.stem

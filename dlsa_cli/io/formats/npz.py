@@ -101,8 +101,8 @@ def _headers(p: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
                     continue
                 with z.open(name) as f:
                     version = np.lib.format.read_magic(f)
-                    reader = np.lib.format.read_array_header_1_0 if version == (1,
-                                                                                0) else np.lib.format.read_array_header_2_0
+                    fmt = np.lib.format
+                    reader = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
                     shape, _, dtype = reader(f)
                 out[name[:-4]] = (shape, dtype)
     except Exception as e:
