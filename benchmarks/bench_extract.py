@@ -27,9 +27,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dlsa_cli.extract import ImageList, Preprocess, default_workers, extract_features, load_backbone, read_image_list  # noqa: E402
+from dlsa_cli.extract import ImageList, Preprocess, default_workers, extract_features, load_backbone, read_image_list
 
-SAMPLE = Path(os.environ.get("DLSA_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "caltech101-sample"
+SHARED = Path(os.environ.get("DLSA_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+SAMPLE = SHARED / "caltech101-sample"
 
 
 def device_name(dev: torch.device) -> str:
@@ -37,9 +38,10 @@ def device_name(dev: torch.device) -> str:
         return torch.cuda.get_device_name(dev)
     model = platform.processor() or "cpu"
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
                 break
     except OSError:
         pass
@@ -85,7 +87,8 @@ def bench_device(images: ImageList, dev: torch.device, batch_sizes: list[int], w
             t = time.perf_counter()
             extract_features(images, backbone, batch_size=b, workers=w, device=dev, half=half)
             sync(dev)
-            rows.append((f"extract: batch {b}, {w} workers" + (", half" if half else ""), n / (time.perf_counter() - t)))
+            rows.append((f"extract: batch {b}, {w} workers" + (", half" if half else ""),
+                         n / (time.perf_counter() - t)))
 
     print(f"\n{dev.type.upper()}: {device_name(dev)}; efficientnet-lite0, {n} Caltech-101 photos, 224x224")
     print(f"{'configuration':<46} {'images/s':>9} {'vs model only':>14}")
@@ -107,7 +110,8 @@ def main() -> None:
     k = min(args.images, len(full))
     step = max(1, len(full) // k)  # spread over the classes
     pick = list(range(0, len(full), step))[:k]
-    images = ImageList([full.ids[i] for i in pick], [full.paths[i] for i in pick], full.labels[pick], None, full.source, full.root)
+    images = ImageList([full.ids[i] for i in pick], [full.paths[i] for i in pick], full.labels[pick], None, full.source,
+                       full.root)
     batch_sizes = [int(v) for v in args.batch_sizes.split(",")]
     workers = [int(v) for v in (args.workers or f"0,{default_workers()}").split(",")]
     devices = []

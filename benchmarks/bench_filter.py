@@ -40,7 +40,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PROFILE = Path(os.environ.get("DLSA_SHARED_DATA", REPO.parent / "shared" / "data")) / "profiles" / "imagenet_lt_train_counts.json"
+SHARED = Path(os.environ.get("DLSA_SHARED_DATA", REPO.parent / "shared" / "data"))
+PROFILE = SHARED / "profiles" / "imagenet_lt_train_counts.json"
 
 
 def make_data(n: int, dim: int, seed: int = 0):
@@ -66,8 +67,7 @@ def naive_epoch(x, y, *, k: int, batch: int, device, seed: int = 0) -> float:
     import torch
     from torch.utils.data import DataLoader, Dataset
 
-    from dlsa_cli.flow import MixtureFlow
-    from dlsa_cli.flow import BalanceLoss, class_weights
+    from dlsa_cli.flow import BalanceLoss, MixtureFlow, class_weights
 
     c = int(y.max()) + 1
     counts = np.bincount(y, minlength=c)
@@ -164,7 +164,7 @@ def run_variant(args) -> dict:
         seconds = f.history[-1]["seconds"]
     else:
         seconds = naive_epoch(x, y, k=args.clusters, batch=args.batch_size, device=dev)
-    out = {"variant": args.variant, "seconds": seconds, "device": str(dev), "n": int(len(y)), "dim": args.dim}
+    out = {"variant": args.variant, "seconds": seconds, "device": str(dev), "n": len(y), "dim": args.dim}
     if dev.type == "cuda":
         out["peak_mib"] = torch.cuda.max_memory_allocated(dev) / 2**20
         out["device_name"] = torch.cuda.get_device_name(dev)
@@ -182,7 +182,8 @@ def main() -> None:
     ap.add_argument("--clusters", type=int, default=500, help="mixture components K")
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads per variant")
-    ap.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on CUDA (the reference figure's 1.25 s used TF32)")
+    ap.add_argument("--tf32", action="store_true",
+                    help="allow TF32 matmuls on CUDA (the reference figure's 1.25 s used TF32)")
     ap.add_argument("--only", choices=["fast", "naive"], help="run one variant only")
     ap.add_argument("--repeat", type=int, default=2, help="runs per variant, alternated; the fastest is shown")
     ap.add_argument("--variant", choices=["fast", "naive"], help=argparse.SUPPRESS)
@@ -234,7 +235,8 @@ def main() -> None:
     if len(rows) == 2:
         f, n = rows
         grow = "" if gpu else f" {(n['peak_mib'] - n['data_mib']) / (f['peak_mib'] - f['data_mib']):>14.1f}x"
-        print(f"{'ratio':<8} {n['seconds'] / f['seconds']:>9.1f}x {n['peak_mib'] / f['peak_mib']:>13.1f}x{grow}   (naive / fast)")
+        print(f"{'ratio':<8} {n['seconds'] / f['seconds']:>9.1f}x {n['peak_mib'] / f['peak_mib']:>13.1f}x{grow}  "
+              " (naive / fast)")
 
 if __name__ == "__main__":
     main()

@@ -20,8 +20,9 @@ instead of carving 5% of the N rows),
 `predict` (the classifier's table), `inspect` (the feature file's summary),
 `evaluate` (the predict stage's table; list it after predict).
 
-    python benchmarks/bench_scale.py                          # CPU: N = 50,000 and 400,000 at D = 256, 1 and 2 processes
-    python benchmarks/bench_scale.py --sizes 437513 --dim 2048 --device cuda --procs 1 2 4 8   # iNat-2018's shape on GPUs
+    python benchmarks/bench_scale.py  # CPU: N = 50,000 and 400,000 at D = 256, 1 and 2 processes
+    # iNat-2018's shape on GPUs:
+    python benchmarks/bench_scale.py --sizes 437513 --dim 2048 --device cuda --procs 1 2 4 8
     bash benchmarks/bench_scale_gpu.sh                        # the prepared GPU run
 
 `--code DIR` runs another checkout's stages on the same files, e.g. the code
@@ -45,7 +46,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PROFILE = Path(os.environ.get("DLSA_SHARED_DATA", REPO.parent / "shared" / "data")) / "profiles" / "imagenet_lt_train_counts.json"
+SHARED = Path(os.environ.get("DLSA_SHARED_DATA", REPO.parent / "shared" / "data"))
+PROFILE = SHARED / "profiles" / "imagenet_lt_train_counts.json"
 
 
 def make_file(path: Path, n: int, dim: int, seed: int = 0, chunk: int = 50_000) -> None:
@@ -73,7 +75,8 @@ def make_models(work: Path, dim: int, device: str) -> tuple[Path, Path]:
         make_file(small, 20_000, dim, seed=1)
     env = dict(os.environ, PYTHONPATH=str(REPO))
     if not flt.exists():
-        subprocess.run([sys.executable, "-m", "dlsa_cli", "fit-filter", str(small), "-o", str(flt), "-k", "50", "--epochs", "1",
+        subprocess.run([sys.executable, "-m", "dlsa_cli", "fit-filter", str(small), "-o", str(flt), "-k", "50",
+                        "--epochs", "1",
                         "--batch-size", "512", "--hidden", "64", "--max-cluster-share", "1", "--allow-singletons",
                         "--device", device, "--quiet"],
                        check=True, env=env)
@@ -109,7 +112,8 @@ def _rss_anon_kb(pid: int) -> int:
 
 
 def run_measured(cmd: list[str], env: dict[str, str], cwd: Path = REPO) -> dict[str, float]:
-    """Run cmd in cwd (`-m dlsa_cli` imports from there first); wall seconds, peak RssAnon of its largest process and of its tree (MB)."""
+    """Run cmd in cwd (`-m dlsa_cli` imports from there first); wall seconds, peak RssAnon of its largest
+    process and of its tree (MB)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     peak = {"one": 0, "sum": 0}
@@ -129,7 +133,8 @@ def run_measured(cmd: list[str], env: dict[str, str], cwd: Path = REPO) -> dict[
     th.join()
     if proc.returncode != 0:
         raise SystemExit(f"failed: {' '.join(cmd)}\n{err[-2000:]}")
-    return {"seconds": time.perf_counter() - t0, "rss_anon_mb": peak["one"] / 1024, "rss_anon_sum_mb": peak["sum"] / 1024}
+    return {"seconds": time.perf_counter() - t0, "rss_anon_mb": peak["one"] / 1024,
+            "rss_anon_sum_mb": peak["sum"] / 1024}
 
 
 def feature_dim(path: Path) -> int:
@@ -146,13 +151,17 @@ def stage_args(stage: str, data: Path, flt: Path, clf: Path, out: Path, device: 
     if stage == "inspect":
         return ["inspect", str(data), "--json"]
     if stage == "fit-filter":  # one epoch of the benchmark's small filter, on all N rows (read memory-mapped)
-        return ["fit-filter", str(data), "-o", str(out / "filter.safetensors"), "-k", "50", "--epochs", "1", "--batch-size", "512",
-                "--hidden", "64", "--max-cluster-share", "1", "--allow-singletons", "--checkpoint-every", "0", "--device", device, "--quiet"]
+        return ["fit-filter", str(data), "-o", str(out / "filter.safetensors"), "-k", "50", "--epochs", "1",
+                "--batch-size", "512",
+                "--hidden", "64", "--max-cluster-share", "1", "--allow-singletons", "--checkpoint-every", "0",
+                "--device", device, "--quiet"]
     if stage == "fit-classifier":  # one epoch of a linear classifier on all N rows, validated on 5% carved from them
-        return ["fit-classifier", str(data), "-o", str(out / "classifier.safetensors"), "--epochs", "1", "--device", device, "--quiet"]
+        return ["fit-classifier", str(data), "-o", str(out / "classifier.safetensors"), "--epochs", "1", "--device",
+                device, "--quiet"]
     if stage == "fit-classifier-val":  # the same with a validation file (make_models' 20,000 rows): nothing carved
         small = data.parent / f"train_small_d{feature_dim(data)}.safetensors"
-        return ["fit-classifier", str(data), "--val", str(small), "--allow-missing-val-classes", "-o", str(out / "classifier.safetensors"), "--epochs", "1",
+        return ["fit-classifier", str(data), "--val", str(small), "--allow-missing-val-classes", "-o",
+                str(out / "classifier.safetensors"), "--epochs", "1",
                 "--device", device, "--quiet"]
     if stage == "evaluate":  # the predict stage's one-process table, same N
         return ["evaluate", str(out.parent / out.name.replace("evaluate", "predict") / "pred.parquet"), "--json"]
@@ -169,7 +178,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="OMP threads per process (equal for every process)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/dlsa-bench-scale"))
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
-    ap.add_argument("--code", type=Path, default=REPO, help="the checkout whose dlsa_cli runs the stages (e.g. an older commit's `git archive`)")
+    ap.add_argument("--code", type=Path, default=REPO,
+                    help="the checkout whose dlsa_cli runs the stages (e.g. an older commit's `git archive`)")
     a = ap.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(REPO))
@@ -186,7 +196,8 @@ def main() -> None:
                 out.mkdir(exist_ok=True)
                 args = stage_args(stage, data, flt, clf, out, a.device)
                 launch = [sys.executable, "-m", "dlsa_cli"] if p == 1 else \
-                    [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={p}", "-m", "dlsa_cli"]
+                    [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={p}", "-m",
+                     "dlsa_cli"]
                 if stage in ("inspect", "evaluate") and p > 1:
                     continue  # they run in one process
                 r = run_measured(launch + args, env, cwd=a.code)
@@ -200,11 +211,13 @@ def main() -> None:
 def _table(rows: list[dict]) -> None:
     base_mem = {(r["stage"], r["procs"]): r["rss_anon_mb"] for r in sorted(rows, key=lambda r: -r["n"])}
     one_proc = {(r["stage"], r["n"]): r["seconds"] for r in rows if r["procs"] == 1}
-    print(f"{'stage':8} {'N':>8} {'D':>5} {'procs':>5} {'seconds':>8} {'RssAnon MB':>11} {'tree MB':>8} {'mem / smallest N':>17} {'time / 1 proc':>14}")
+    print(f"{'stage':8} {'N':>8} {'D':>5} {'procs':>5} {'seconds':>8} {'RssAnon MB':>11} {'tree MB':>8} "
+          f"{'mem / smallest N':>17} {'time / 1 proc':>14}")
     for r in rows:
         mem_ratio = r["rss_anon_mb"] / base_mem[(r["stage"], r["procs"])]
         t_ratio = r["seconds"] / one_proc[(r["stage"], r["n"])] if (r["stage"], r["n"]) in one_proc else float("nan")
-        print(f"{r['stage']:8} {r['n']:>8} {r['dim']:>5} {r['procs']:>5} {r['seconds']:>8.1f} {r['rss_anon_mb']:>11.0f} "
+        print(f"{r['stage']:8} {r['n']:>8} {r['dim']:>5} {r['procs']:>5} {r['seconds']:>8.1f} "
+              f"{r['rss_anon_mb']:>11.0f} "
               f"{r['rss_anon_sum_mb']:>8.0f} {mem_ratio:>17.2f} {t_ratio:>14.2f}")
 
 

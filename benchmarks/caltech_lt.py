@@ -53,8 +53,8 @@ from dlsa_cli.cascade import Cascade, CascadePlan, fit_cascade  # noqa: E402
 from dlsa_cli.classify import Classifier, TrainConfig, fit_classifier  # noqa: E402
 from dlsa_cli.datasets import caltech101_lt  # noqa: E402
 from dlsa_cli.evaluation import evaluate_predictions  # noqa: E402
-from dlsa_cli.io.features import FeatureSet, write_features  # noqa: E402
 from dlsa_cli.flow import FilterConfig, FlowFilter, fit_filter  # noqa: E402
+from dlsa_cli.io.features import FeatureSet, write_features  # noqa: E402
 
 C = 101
 METRICS = ("overall", "many", "medium", "few", "mcc", "nmi")
@@ -162,7 +162,7 @@ class Seed:
 
 
 def fit(train, val, cfg, **kw):
-    clf, rep = fit_classifier(train, val, cfg, **kw)
+    clf, _ = fit_classifier(train, val, cfg, **kw)
     return clf
 
 
@@ -232,7 +232,8 @@ def evaluate_model(sd: Seed, model, base_logits: dict | None = None) -> dict:
             for r in np.unique(route):
                 sel = route == r
                 name = f"cluster@{r}" if r > 0 else "regular"
-                gains[name] = {"samples": int(sel.sum()), "baseline": float(ok_b[sel].mean()), "dlsa": float(ok_d[sel].mean())}
+                gains[name] = {"samples": int(sel.sum()), "baseline": float(ok_b[sel].mean()),
+                               "dlsa": float(ok_d[sel].mean())}
             m["gains"] = gains
         res[split] = m
     return res
@@ -253,14 +254,17 @@ def fmt(ms: tuple[float, float] | None, scale: float = 100.0) -> str:
 
 def table(title: str, rows: dict[str, list[dict]], split: str = "test", ref: str | None = None) -> str:
     """rows: name -> list over seeds of evaluate_model() results."""
-    lines = [f"\n{title}", f"{'':28s}" + "".join(f"{k:>16s}" for k in METRICS) + f"{'Δoverall':>10s}{'Δfew':>8s}{'val bal.':>16s}"]
+    lines = [f"\n{title}",
+             f"{'':28s}" + "".join(f"{k:>16s}" for k in METRICS) + f"{'Δoverall':>10s}{'Δfew':>8s}{'val bal.':>16s}"]
     for name, runs in rows.items():
         cells = [fmt(mean_std([r[split][k] for r in runs])) for k in METRICS]
-        base = rows.get(ref or "", None) if ref else None
+        base = rows.get(ref or "") if ref else None
         d_over = d_few = ""
         if base is not None and name != ref:
-            d_over = f"{100 * np.mean([a[split]['overall'] - b[split]['overall'] for a, b in zip(runs, base)]):+.2f}"
-            fews = [a[split]["few"] - b[split]["few"] for a, b in zip(runs, base) if a[split]["few"] is not None]
+            overall = [a[split]["overall"] - b[split]["overall"] for a, b in zip(runs, base, strict=False)]
+            d_over = f"{100 * np.mean(overall):+.2f}"
+            fews = [a[split]["few"] - b[split]["few"] for a, b in zip(runs, base, strict=False)
+                    if a[split]["few"] is not None]
             d_few = f"{100 * np.mean(fews):+.2f}" if fews else ""
         val = fmt(mean_std([r["val"]["balanced"] for r in runs]))
         lines.append(f"{name:28s}" + "".join(f"{c:>16s}" for c in cells) + f"{d_over:>10s}{d_few:>8s}{val:>16s}")
@@ -273,7 +277,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (split and model seed)")
     ap.add_argument("--classifiers", default=",".join(CLASSIFIERS), help="comma list of " + ",".join(CLASSIFIERS))
     ap.add_argument("--depths", default="1,2,3")
-    ap.add_argument("--ablations", default=",".join(ABLATIONS), help="comma list of " + ",".join(ABLATIONS) + ", or none")
+    ap.add_argument("--ablations", default=",".join(ABLATIONS),
+                    help="comma list of " + ",".join(ABLATIONS) + ", or none")
     ap.add_argument("--ablation-classifier", default="bsm")
     ap.add_argument("--ablation-depth", type=int, default=1, help="cascade depth of the ablation runs")
     ap.add_argument("--designs", default=",".join(DESIGNS), help="comma list of " + ",".join(DESIGNS) + ", or none")
@@ -287,7 +292,8 @@ def main() -> None:
     ap.add_argument("--cache", default=str(REPO / "runs" / "bench_caltech_cache"))
     ap.add_argument("--json", default=None, help="also write every number here")
     ap.add_argument("--nested-val", action="store_true",
-                    help="split validation in halves: one chooses epochs, the other reports 'val' (for comparing designs)")
+                    help="split validation in halves: one chooses epochs, the other reports 'val' (for "
+                         "comparing designs)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 avoids contention on shared cores)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -367,7 +373,8 @@ def main() -> None:
 
     n = args.seeds
     print(f"Caltech-101-LT, {n} seed(s); test split (balanced, 15 per class); accuracies in %, mean ± std over seeds")
-    print(f"filters: K={args.clusters}, {args.filter_epochs} epochs, hidden {args.filter_hidden}, batch {args.filter_batch}, "
+    print(f"filters: K={args.clusters}, {args.filter_epochs} epochs, hidden {args.filter_hidden}, batch "
+          f"{args.filter_batch}, "
           f"select {args.filter_select}; classifiers: {args.epochs} epochs; every branch starts from the baseline")
     for name in clfs:
         sub = {k: v for k, v in main_rows.items() if k == name or k.startswith(name + " +")}
@@ -375,21 +382,26 @@ def main() -> None:
     print("\nhead-tail separation (share of tail classes, <= 50 training samples, among routed test samples) per depth")
     for d, rs in sep.items():
         print(f"  depth {d}: separation {fmt(mean_std([r['separation'] for r in rs]))}   routed share: "
-              f"test {fmt(mean_std([r['routed_test'] for r in rs]))}, train {fmt(mean_std([r['routed_train'] for r in rs]))}")
+              f"test {fmt(mean_std([r['routed_test'] for r in rs]))}, train "
+              f"{fmt(mean_std([r['routed_train'] for r in rs]))}")
     if gains:
-        print("\nwhere BSM + DLSA gains and loses against the BSM baseline, per route (test accuracy of the same samples)")
+        print("\nwhere BSM + DLSA gains and loses against the BSM baseline, per route (test accuracy of "
+              "the same samples)")
         for k, rs in gains.items():
             b = mean_std([r["baseline"] for r in rs])
             dl = mean_std([r["dlsa"] for r in rs])
-            print(f"  {k:22s} samples {np.mean([r['samples'] for r in rs]):7.1f}   baseline {fmt(b)}   dlsa {fmt(dl)}   "
+            print(f"  {k:22s} samples {np.mean([r['samples'] for r in rs]):7.1f}   baseline {fmt(b)}   "
+                  f"dlsa {fmt(dl)}   "
                   f"Δ {100 * (dl[0] - b[0]):+.2f}")
     if abl_rows:
         print(table(f"ablations on {args.ablation_classifier} (filters changed; depth {args.ablation_depth})", abl_rows,
                     ref=f"{args.ablation_classifier} baseline"))
     if des_rows:
-        print(table("branch-classifier designs on bsm, measured on VALIDATION (balanced accuracy; the defaults follow it)",
+        print(table("branch-classifier designs on bsm, measured on VALIDATION (balanced accuracy; the "
+                    "defaults follow it)",
                     des_rows, split="val", ref="bsm baseline"))
-        print("  (columns: validation metrics; 'val bal.' = validation balanced accuracy; test numbers are in the JSON)")
+        print("  (columns: validation metrics; 'val bal.' = validation balanced accuracy; "
+              "test numbers are in the JSON)")
     print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps({"main": main_rows, "ablations": abl_rows, "designs": des_rows,

@@ -112,11 +112,12 @@ def one_seed(args, name: str, seed: int, chosen: dict) -> dict[str, dict]:
         res["ride"] = run(train, val, test, replace(ride, ride_diversity=float(chosen["ride"])))
     m2m = replace(base, **ROWS["m2m"], m2m_from=str(g_path))
     grid, extra = args.m2m_schedules.split(","), [s for s in args.m2m_measure.split(",") if s]
-    schedules = {s: dict(zip(("m2m_start", "m2m_every"), map(int, s.split(":")))) for s in grid + extra}
+    schedules = {s: dict(zip(("m2m_start", "m2m_every"), map(int, s.split(":")), strict=False)) for s in grid + extra}
     if "m2m" not in chosen:  # the schedule, on seed 0's validation; `extra` ones measured, not chosen
         trials = {s: run(train, val, test, replace(m2m, **kw)) for s, kw in schedules.items()}
         chosen["m2m"] = choose(f"{name} m2m schedule (start:every)", {s: trials[s] for s in grid})
-        log("  measured too: " + ", ".join(f"{s} val {trials[s]['val_balanced']:.4f} ({trials[s]['seconds']:.0f} s)" for s in trials))
+        log("  measured too: " + ", ".join(f"{s} val {trials[s]['val_balanced']:.4f} ({trials[s]['seconds']:.0f} s)"
+                                            for s in trials))
         res["m2m"] = trials[chosen["m2m"]]
         res["_m2m_trials"] = {k: _plain(v) for k, v in trials.items()}
     else:
@@ -130,7 +131,8 @@ def _plain(r: dict) -> dict:
 
 
 def schedule_table(trials: dict[str, dict]) -> str:
-    lines = ["| M2M schedule (start:every) | rounds | acceptance | val bal. | test overall | test few | seconds |", "|---|---|---|---|---|---|---|"]
+    lines = ["| M2M schedule (start:every) | rounds | acceptance | val bal. | test overall | test few | seconds |",
+             "|---|---|---|---|---|---|---|"]
     for s, r in trials.items():
         lines.append(f"| {s} | {r['m2m_rounds']} | {100 * r['m2m_acceptance']:.1f}% | {100 * r['val_balanced']:.2f} | "
                      f"{100 * r['overall']:.2f} | {100 * r['few']:.2f} | {r['seconds']:.0f} |")
@@ -157,13 +159,16 @@ def table(name: str, runs: list[dict], chosen: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="caltech,tiny",
-                    help="comma list of caltech, tiny; choices made on the first one's seed-0 validation serve the rest")
+                    help="comma list of caltech, tiny; choices made on the first one's seed-0 validation serve "
+                         "the rest")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--ride-grid", default="0,0.05,0.2", help="RIDE diversity weights tried on seed 0's validation")
-    ap.add_argument("--m2m-schedules", default="1:100,6:100", help="M2M start:every pairs chosen from on seed 0's validation")
+    ap.add_argument("--m2m-schedules", default="1:100,6:100",
+                    help="M2M start:every pairs chosen from on seed 0's validation")
     ap.add_argument("--m2m-measure", default="1:5,1:2",
-                    help="further start:every pairs measured beside them (not chosen from: each round costs minutes on Tiny)")
+                    help="further start:every pairs measured beside them (not chosen from: each round costs "
+                         "minutes on Tiny)")
     ap.add_argument("--work", default="/tmp/dlsa-bench-classifiers")
     ap.add_argument("--out", default=None, help="write the raw results as JSON here")
     args = ap.parse_args()
@@ -173,14 +178,16 @@ def main() -> None:
     for name in args.data.split(","):
         runs = [one_seed(args, name, s, chosen) for s in range(args.seeds)]
         results[name] = {"runs": runs, "chosen": dict(chosen)}
-        print(f"\n{name}: {args.seeds} seeds, {args.epochs} epochs (test split)\n" + table(name, runs, chosen), flush=True)
+        print(f"\n{name}: {args.seeds} seeds, {args.epochs} epochs (test split)\n" + table(name, runs, chosen),
+              flush=True)
         for key, title in (("_ride_trials", "RIDE diversity weight"), ("_m2m_trials", "M2M schedule")):
             if key in runs[0]:
                 print(f"\n{name} seed 0, {title} (chosen on val: {chosen[key.split('_')[1]]})")
                 if key == "_m2m_trials":
                     print(schedule_table(runs[0][key]))
                 else:
-                    print("\n".join(f"- {k}: val bal. {100 * r['val_balanced']:.2f}, test overall {100 * r['overall']:.2f}, "
+                    print("\n".join(f"- {k}: val bal. {100 * r['val_balanced']:.2f}, test overall "
+                                    f"{100 * r['overall']:.2f}, "
                                     f"few {100 * r['few']:.2f}" for k, r in runs[0][key].items()))
     print(f"\ntotal {time.perf_counter() - t0:.0f} s", flush=True)
     if args.out:

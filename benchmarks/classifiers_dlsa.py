@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from classifiers import ROWS as ALONE_ROWS  # noqa: E402
+
 from dlsa_cli.cascade import Cascade, CascadePlan, fit_cascade, predict  # noqa: E402
 from dlsa_cli.classify import Classifier, TrainConfig  # noqa: E402
 from dlsa_cli.evaluation import evaluate_predictions  # noqa: E402
@@ -84,7 +85,8 @@ def table(results: list[dict[str, dict]]) -> str:
             continue
         for kind in ("alone", "dlsa"):
             vals = {m: [r[row][kind][m] for r in results] for m in METRICS}
-            line = f"{row + (' + DLSA' if kind == 'dlsa' else ''):<14}" + "".join(f"{cell(vals[m]):>16}" for m in METRICS)
+            label = row + (" + DLSA" if kind == "dlsa" else "")
+            line = f"{label:<14}" + "".join(f"{cell(vals[m]):>16}" for m in METRICS)
             if kind == "dlsa":
                 d = {m: np.mean([r[row]["dlsa"][m] - r[row]["alone"][m] for r in results]) for m in ("overall", "few")}
                 line += f"{100 * d['overall']:+10.2f}{100 * d['few']:+8.2f}"

@@ -33,7 +33,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -43,7 +42,7 @@ from tinyimagenet_lt import FILTERS, SHARED, load, log, ms  # noqa: E402
 from dlsa_cli.flow import FilterConfig, FlowFilter, fit_filter  # noqa: E402
 from dlsa_cli.flow.config import SELECTS  # noqa: E402
 from dlsa_cli.flow.routing import separation, set_routing  # noqa: E402
-from dlsa_cli.flow.train import _select_key  # noqa: E402
+from dlsa_cli.flow.train import select_key  # noqa: E402
 from dlsa_cli.io.files import write_json  # noqa: E402
 
 ROUTINGS = ("likelihood", "cluster-tail")
@@ -54,7 +53,7 @@ def chosen_epoch(history: list[dict], cfg: FilterConfig) -> int:
     own = "cluster-tail" if cfg.routing == "cluster-tail" else "likelihood"
     best, best_key = 0, None
     for h in history:
-        key = _select_key({**h, "val_separation": h["val_separation_by"][own]}, cfg)
+        key = select_key({**h, "val_separation": h["val_separation_by"][own]}, cfg)
         if best_key is None or key >= best_key:
             best, best_key = h["epoch"], key
     return best
@@ -67,7 +66,7 @@ def filter_at(out: Path, ds: dict, cfg: FilterConfig, epoch: int, full: list[dic
         return FlowFilter.load(path)
     t0 = time.perf_counter()
     f = fit_filter(ds["train"], val=ds["val"], config=replace(cfg, epochs=epoch, select="last"), depth=1)
-    for a, b in zip(f.history, full):
+    for a, b in zip(f.history, full, strict=False):
         assert a["val_separation_by"] == b["val_separation_by"] and a["good_clusters"] == b["good_clusters"], (a, b)
     f.save(path)
     log(f"  {path}: {time.perf_counter() - t0:.0f} s")
@@ -82,7 +81,8 @@ def run_setting(data: str, seed: int, noise: float, wd: float, args) -> dict:
         return json.loads(res_path.read_text())
     out.mkdir(parents=True, exist_ok=True)
     ds = load(data, seed, Path(args.data_root))
-    cfg = FilterConfig(**{**FILTERS[data], "epochs": args.filter_epochs, "seed": seed, "input_noise": noise, "weight_decay": wd})
+    cfg = FilterConfig(**{**FILTERS[data], "epochs": args.filter_epochs, "seed": seed, "input_noise": noise,
+                          "weight_decay": wd})
     full_path = out / f"e{cfg.epochs}.safetensors"
     if full_path.exists():
         full = FlowFilter.load(full_path)
@@ -120,11 +120,14 @@ def table(data: str, runs: list[dict]) -> str:
         for routing in ROUTINGS:
             for rule in SELECTS:
                 cells = [r["rules"][f"{rule}/{routing}"] for r in rs]
-                by_seed = {r["seed"]: c for r, c in zip(rs, cells)}
-                per_seed = "".join(f"{pct(by_seed[s]['val']['separation']):>9s}{pct(by_seed[s]['test']['separation']):>9s}"
+                by_seed = {r["seed"]: c for r, c in zip(rs, cells, strict=True)}
+                per_seed = "".join(f"{pct(by_seed[s]['val']['separation']):>9s}"
+                                   f"{pct(by_seed[s]['test']['separation']):>9s}"
                                    if s in by_seed else f"{'-':>9s}{'-':>9s}" for s in seeds)
-                lines.append(f"{noise:6g}{wd:8g}  {routing:13s}{rule:16s}{','.join(str(c['epoch']) for c in cells):>10s}"
-                             f"{ms([c['val']['separation'] for c in cells]):>14s}{ms([c['test']['separation'] for c in cells]):>14s}"
+                lines.append(f"{noise:6g}{wd:8g}  "
+                             f"{routing:13s}{rule:16s}{','.join(str(c['epoch']) for c in cells):>10s}"
+                             f"{ms([c['val']['separation'] for c in cells]):>14s}"
+                             f"{ms([c['test']['separation'] for c in cells]):>14s}"
                              + per_seed)
     chance = [ms([r["rules"]["last/likelihood"][s]["chance"] for r in runs]) for s in ("val", "test")]
     lines.append(f"{'chance (the split tail share)':59s}{chance[0]:>14s}{chance[1]:>14s}")
@@ -149,7 +152,8 @@ def main() -> None:
         for seed in args.seeds:
             for noise in args.noise:
                 for wd in args.weight_decay:
-                    res_path = Path(args.cache) / data / f"seed{seed}" / f"noise{noise:g}_wd{wd:g}_e{args.filter_epochs}" / "results.json"
+                    run_dir = f"noise{noise:g}_wd{wd:g}_e{args.filter_epochs}"
+                    res_path = Path(args.cache) / data / f"seed{seed}" / run_dir / "results.json"
                     if args.print_only and not res_path.exists():
                         continue
                     runs.append(run_setting(data, seed, noise, wd, args))

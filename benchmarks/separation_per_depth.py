@@ -89,7 +89,8 @@ def main() -> None:
     accs = [accuracy(r) for r in runs]
     for g in ("overall", "few"):
         delta = [a[f"dlsa {g}"] - a[f"baseline {g}"] for a in accs]
-        print(f"test {g}: baseline {ms([a[f'baseline {g}'] for a in accs])}, DLSA {ms([a[f'dlsa {g}'] for a in accs])}, "
+        print(f"test {g}: baseline {ms([a[f'baseline {g}'] for a in accs])}, DLSA "
+              f"{ms([a[f'dlsa {g}'] for a in accs])}, "
               f"delta {100 * np.mean(delta):+.2f} ± {100 * np.std(delta):.2f}")
 
 

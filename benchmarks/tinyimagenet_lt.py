@@ -49,6 +49,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from controls import RoutedBy, expected_class_weight, random_score  # noqa: E402
+
 from dlsa_cli.cascade import Cascade  # noqa: E402
 from dlsa_cli.classify import Classifier, TrainConfig, fit_classifier  # noqa: E402
 from dlsa_cli.datasets import caltech101_lt  # noqa: E402
@@ -66,7 +67,8 @@ FILTERS = {  # CPU-sized filters (reference notes: the paper's settings separate
     "caltech": dict(clusters=50, epochs=10, batch_size=256, hidden=256),
 }
 ROUTES = ("likelihood", "ratio", "cluster-tail", "knn-tail", "posterior", "random")
-SEPARATION_ONLY = ("knn-tail@10", "knn-tail@100", "knn-x", "knn-euclid")  # choosing k and the metric; latent vs raw features
+SEPARATION_ONLY = ("knn-tail@10", "knn-tail@100", "knn-x",
+                   "knn-euclid")  # choosing k and the metric; latent vs raw features
 SPLITS = ("train", "val", "test")
 METRICS = ("overall", "many", "medium", "few", "balanced")
 
@@ -133,7 +135,8 @@ def routers(ds: dict, main: FlowFilter, ref: FlowFilter, base, seed: int, out: P
 
 
 def euclid_tail_share(bank: torch.Tensor, tail: np.ndarray, z: torch.Tensor, k: int) -> np.ndarray:
-    """Tail share of the k nearest bank rows by Euclidean distance, a row at (relative) distance < 1e-4 left out as itself."""
+    """Tail share of the k nearest bank rows by Euclidean distance, a row at (relative) distance < 1e-4
+    left out as itself."""
     flags = torch.as_tensor(tail)
     out = []
     for s in range(0, len(z), 1024):
@@ -156,7 +159,8 @@ def cascade(ds: dict, flt, base_path: Path, filter_path: Path, cfg: TrainConfig)
         fs.meta.update(num_classes=ds["c"], train_counts=ds["counts"].tolist())
     vcc = np.bincount(ds["val"].labels, minlength=ds["c"])
     branch = replace(cfg, allow_missing_val_classes=True)
-    clu = fit(part["train", True], part["val", True], branch, init=base_path, flt=flt, filter_path=filter_path, val_class_counts=vcc)
+    clu = fit(part["train", True], part["val", True], branch, init=base_path, flt=flt, filter_path=filter_path,
+              val_class_counts=vcc)
     final = fit(part["train", False], part["val", False], branch, init=base_path, val_class_counts=vcc)
     return Cascade(None, [flt], [clu], final)
 
@@ -169,13 +173,14 @@ def scores(ds: dict, model, split: str, posthoc: bool) -> dict:
             for m in (*model.classifiers, model.final):
                 m.meta["posthoc"] = {"kind": "none", "tau": 0.0}
         lg, route = model.logits(fs.features)
-        for m, s in zip((*model.classifiers, model.final), saved):
+        for m, s in zip((*model.classifiers, model.final), saved, strict=True):
             m.meta = s
     else:
         lg, route = model.logits(fs.features, posthoc=posthoc), None
     pred = lg.argmax(1)
     m = evaluate_predictions(fs.labels, pred, ds["counts"]).to_json()
-    per = np.bincount(fs.labels, weights=(pred == fs.labels), minlength=ds["c"]) / np.maximum(np.bincount(fs.labels, minlength=ds["c"]), 1)
+    right = np.bincount(fs.labels, weights=(pred == fs.labels), minlength=ds["c"])
+    per = right / np.maximum(np.bincount(fs.labels, minlength=ds["c"]), 1)
     m["balanced"] = float(per[np.bincount(fs.labels, minlength=ds["c"]) > 0].mean())
     if route is not None:
         m["routed_share"] = float((route > 0).mean())
@@ -212,10 +217,12 @@ def run_seed(data: str, seed: int, args) -> dict:
     for name, flt in routers(ds, main, ref, base, seed, out).items():
         if name in res["separation"] and (args.separation_only or name in res["accuracy"] or name in SEPARATION_ONLY):
             continue
-        res["separation"][name] = {s: separation(flt.score(ds[s].features).routed, ds[s].labels, ds["counts"]) for s in SPLITS}
+        res["separation"][name] = {s: separation(flt.score(ds[s].features).routed, ds[s].labels, ds["counts"])
+                                   for s in SPLITS}
         if args.separation_only or name in SEPARATION_ONLY:
             continue
-        fpath = out / ("filter_q2.safetensors" if name in ("likelihood", "posterior", "random") else f"filter_{name}.safetensors")
+        shared_filter = name in ("likelihood", "posterior", "random")
+        fpath = out / ("filter_q2.safetensors" if shared_filter else f"filter_{name}.safetensors")
         casc = cascade(ds, flt, base_path, fpath, cfg)
         for split in ("val", "test"):
             res["accuracy"].setdefault(name, {})[split] = scores(ds, casc, split, False)
@@ -257,8 +264,8 @@ def accuracy_table(data: str, runs: list[dict], split: str) -> str:
     for name in runs[0]["accuracy"]:
         rows = [r["accuracy"][name][split] for r in runs]
         ref = "baseline+la" if name.endswith("+la") else "baseline"
-        d_o = np.mean([a["overall"] - r["accuracy"][ref][split]["overall"] for a, r in zip(rows, runs)])
-        d_f = np.mean([a["few"] - r["accuracy"][ref][split]["few"] for a, r in zip(rows, runs)])
+        d_o = np.mean([a["overall"] - r["accuracy"][ref][split]["overall"] for a, r in zip(rows, runs, strict=True)])
+        d_f = np.mean([a["few"] - r["accuracy"][ref][split]["few"] for a, r in zip(rows, runs, strict=True)])
         lines.append(f"{name:18s}" + "".join(f"{ms([a[k] for a in rows]):>14s}" for k in METRICS)
                      + f"{100 * d_o:+10.2f}{100 * d_f:+8.2f}")
     return "\n".join(lines)
@@ -272,7 +279,8 @@ def main() -> None:
     ap.add_argument("--data-root", default=str(SHARED))
     ap.add_argument("--cache", default="/tmp/dlsa-bench/routing", help="filters and per-seed results")
     ap.add_argument("--json", default=None, help="also write every result here")
-    ap.add_argument("--separation-only", action="store_true", help="routes and separation only, no classifiers but the baseline")
+    ap.add_argument("--separation-only", action="store_true",
+                    help="routes and separation only, no classifiers but the baseline")
     args = ap.parse_args()
     every = {}
     for data in args.data:

@@ -24,7 +24,7 @@ import numpy as np
 from dlsa_cli.errors import InputError
 from dlsa_cli.io.features import FeatureSet, read_features
 
-__all__ = ["LTSplits", "long_tail_splits", "caltech101_lt", "digits_lt"]
+__all__ = ["LTSplits", "caltech101_lt", "digits_lt", "long_tail_splits"]
 
 
 @dataclass

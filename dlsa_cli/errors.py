@@ -59,7 +59,7 @@ class NonFiniteError(InputError):
         self.what = what
 
     @classmethod
-    def build(cls, what: str, rows, total: int, *, path=None, hint: str | None = None) -> "NonFiniteError":
+    def build(cls, what: str, rows, total: int, *, path=None, hint: str | None = None) -> NonFiniteError:
         """The one-line error for `rows` (a sequence of 0-based row numbers) of `total` rows."""
         listed = ", ".join(str(int(r)) for r in list(rows)[:5]) + (", ..." if len(rows) > 5 else "")
         msg = f"{what} is NaN or infinite for {len(rows)} of {total} rows (0-based rows {listed})"

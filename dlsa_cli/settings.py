@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
@@ -31,8 +32,8 @@ __all__ = [
     "Table",
     "at_least",
     "check_settings",
-    "dump_toml",
     "declared",
+    "dump_toml",
     "finite_at_least",
     "from_table",
     "in_range",
@@ -253,9 +254,9 @@ def read_config(path: str | Path, schema: Mapping[str, Table]) -> dict[str, dict
 
 
 def _toml() -> Any:
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10
+    else:  # Python 3.10: the tomli dependency
         import tomli as tomllib
     return tomllib
 
@@ -307,7 +308,8 @@ def to_table(obj: Any) -> dict[str, Any]:
     for d in declared(type(obj)):
         value = getattr(obj, d.name)
         if value is not None:
-            table[d.name] = str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
+            table[d.name] = str(value) if isinstance(value,
+                                                     Path) else list(value) if isinstance(value, tuple) else value
     return table
 
 

@@ -33,8 +33,8 @@ def collectives() -> dict:
 
 
 def error() -> dict:
-    from dlsa_cli.runtime import distributed as d
     from dlsa_cli.errors import DlsaError, InputError
+    from dlsa_cli.runtime import distributed as d
 
     info, _ = d.setup("cpu")
 
@@ -71,10 +71,10 @@ def ddp_flow() -> dict:
     """Three SGD steps of the flow's losses: one process on the global batch vs DDP on shares of it."""
     import copy
 
-    from dlsa_cli.runtime import ddp
-    from dlsa_cli.runtime import distributed as d
     from dlsa_cli.flow.losses import class_weights
     from dlsa_cli.flow.model import MixtureFlow
+    from dlsa_cli.runtime import ddp
+    from dlsa_cli.runtime import distributed as d
 
     info, dev = d.setup("cpu")
     b, dim = 63, 8  # an odd global batch: unequal shares
@@ -110,8 +110,8 @@ def write_extracted() -> dict:
 
     import dlsa_cli.extract.shard as es
     import dlsa_cli.io.stream as stream
-    from dlsa_cli.runtime import distributed as d
     from dlsa_cli.io.features import FeatureSet
+    from dlsa_cli.runtime import distributed as d
 
     es.PIECE_BYTES, stream.IDS_IN_HEADER_MAX = 3 * 4 * 6, 64  # 3 rows of D = 6 a piece; ids past 64 bytes
     info, _ = d.setup("cpu")

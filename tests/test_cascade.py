@@ -8,14 +8,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-
 from conftest import assert_clean_failure, invoke
 
 from dlsa_cli.cascade import Cascade, read_manifest, write_manifest
 from dlsa_cli.datasets import digits_lt
+from dlsa_cli.flow import FlowFilter
 from dlsa_cli.io.features import read_features, write_features
 from dlsa_cli.io.files import read_table
-from dlsa_cli.flow import FlowFilter
 
 FILTER = ["-k", "8", "--epochs", "3", "--batch-size", "64", "--hidden", "32", "--lr", "0.01",
           "--max-cluster-share", "0.9", "--device", "cpu", "--quiet"]

@@ -7,9 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
-
 from conftest import assert_clean_failure, invoke
+from safetensors.torch import save_file
 
 from dlsa_cli.classify import (
     Classifier,

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-
-import numpy as np
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dlsa_cli.runtime import distributed as d

@@ -13,8 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CALTECH_NPZ, CALTECH_SAMPLE, assert_clean_failure, invoke, requires_caltech, requires_caltech_sample, run_cli
-
+from conftest import (
+    CALTECH_NPZ,
+    CALTECH_SAMPLE,
+    assert_clean_failure,
+    invoke,
+    requires_caltech,
+    requires_caltech_sample,
+    run_cli,
+)
 
 from dlsa_cli.errors import DlsaError, InputError
 from dlsa_cli.extract import Preprocess, load_backbone, read_image_list

@@ -8,12 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import assert_clean_failure, invoke
 
 from dlsa_cli.io.features import FeatureSet, read_features, write_features
 from dlsa_cli.io.files import read_safetensors, read_table
-
 
 FAST = ["-k", "8", "--epochs", "2", "--batch-size", "64", "--hidden", "32", "--max-cluster-share", "0.9", "--device", "cpu"]
 

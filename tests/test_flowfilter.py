@@ -9,8 +9,6 @@ import pytest
 import torch
 
 from dlsa_cli.errors import InputError, ModelMismatchError, TrainingError
-from dlsa_cli.io.features import FeatureSet, write_features
-from dlsa_cli.io.files import read_safetensors, write_safetensors
 from dlsa_cli.flow import (
     BalanceLoss,
     FilterConfig,
@@ -24,6 +22,8 @@ from dlsa_cli.flow import (
     purity_loss,
     split_report,
 )
+from dlsa_cli.io.features import FeatureSet, write_features
+from dlsa_cli.io.files import read_safetensors, write_safetensors
 
 COUNTS = [120, 80, 50, 30, 20, 12, 8, 5, 3, 2]
 

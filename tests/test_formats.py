@@ -126,7 +126,7 @@ def test_every_registered_format_is_written_here_and_has_its_own_suffixes():
     suffixes = [s for f in FORMATS.values() for s in f.SUFFIXES]
     assert sorted(suffixes) == sorted(SUFFIXES) and len(set(suffixes)) == len(suffixes)
     for name, fmt in FORMATS.items():
-        assert fmt.NAME == name
+        assert name == fmt.NAME
         for sfx in fmt.SUFFIXES:
             assert format_for(f"a/b.c{sfx.upper()}") is fmt
             assert strip_suffix(f"b.c{sfx}") == "b.c"

@@ -9,10 +9,10 @@ import pytest
 from conftest import PROFILES, invoke
 
 from dlsa_cli import inspect as inspection
+from dlsa_cli.evaluation.metrics import shot_groups
 from dlsa_cli.inspect import kinds
 from dlsa_cli.io.features import FeatureSet, write_features
 from dlsa_cli.io.files import write_safetensors, write_table
-from dlsa_cli.evaluation.metrics import shot_groups
 
 
 @pytest.fixture(scope="module")

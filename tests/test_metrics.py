@@ -9,7 +9,6 @@ import pytest
 
 from dlsa_cli.errors import InputError
 from dlsa_cli.evaluation import evaluate_predictions, read_train_counts
-from dlsa_cli.io.features import FeatureSet, write_features
 from dlsa_cli.evaluation.metrics import (
     binned_confusion,
     group_accuracies,
@@ -19,6 +18,7 @@ from dlsa_cli.evaluation.metrics import (
     separation_accuracy,
     shot_groups,
 )
+from dlsa_cli.io.features import FeatureSet, write_features
 
 
 def real_predictions(splits) -> dict[str, np.ndarray]:

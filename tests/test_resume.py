@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO, invoke
+
 from dlsa_cli.io.files import read_safetensors
 
 SETTINGS = ("-k", "8", "--epochs", "6", "--batch-size", "64", "--hidden", "32", "--device", "cpu", "--seed", "3")
@@ -158,7 +158,6 @@ main()
 def test_extract_sigkill_then_resume_gives_the_uninterrupted_features(tmp_path):
     pytest.importorskip("PIL")
     import torch
-
     from test_extract import TinyConv, make_images
 
     images = tmp_path / "images"

@@ -10,7 +10,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-
 from conftest import assert_clean_failure, invoke
 
 from dlsa_cli.cascade import Cascade, write_manifest
@@ -319,7 +318,7 @@ def test_branch_rules_hold_for_library_callers(digits):
 def test_m2m_schedule_rounds():
     from dlsa_cli.classify.train import _m2m_round
 
-    rounds = lambda start, every: [e for e in range(1, 11) if _m2m_round(e, start, every)]  # noqa: E731
+    rounds = lambda start, every: [e for e in range(1, 11) if _m2m_round(e, start, every)]
     assert rounds(1, 0) == [1] and rounds(6, 0) == [6]
     assert rounds(1, 5) == [1, 6] and rounds(3, 2) == [3, 5, 7, 9]
 

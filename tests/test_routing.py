@@ -8,7 +8,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, assert_clean_failure, invoke
 
 from dlsa_cli.errors import DlsaError, ModelMismatchError
@@ -19,7 +18,7 @@ from dlsa_cli.io.features import FeatureSet, read_features
 from dlsa_cli.io.files import read_safetensors, write_safetensors
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from controls import RoutedBy, expected_class_weight, random_score  # noqa: E402 - the benchmarks' routing controls
+from controls import RoutedBy, expected_class_weight, random_score  # the benchmarks' routing controls
 
 COUNTS = [120, 80, 60, 40, 20, 12, 8, 5]  # tail (<= 50): classes 3..7
 SMALL = dict(clusters=6, epochs=2, batch_size=32, hidden=12, max_cluster_share=0.9)
@@ -256,7 +255,7 @@ def test_random_score_ignores_the_class_and_repeats(data):
 
 
 def test_routed_by_keeps_clusters_and_routes_by_the_score(ratio_filter, data):
-    fn = lambda x: x[:, 0]  # noqa: E731
+    fn = lambda x: x[:, 0]
     thr = quantile_threshold(fn(data.features), 0.3)
     w = RoutedBy(ratio_filter, fn, thr)
     sc, own = w.score(data.features), ratio_filter.score(data.features)

@@ -21,8 +21,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import REPO, invoke, run_cli
+
 from dlsa_cli.io.features import FeatureSet, read_features, write_features
 from dlsa_cli.io.files import read_table
 

@@ -7,18 +7,18 @@ from pathlib import Path
 
 import pytest
 import typer.main
-
 from conftest import invoke
+
+from dlsa_cli.cascade.config import PredictConfig
 from dlsa_cli.cli.cascade import FIT_CASCADE
 from dlsa_cli.cli.classify import TrainConfig
 from dlsa_cli.cli.common import app
 from dlsa_cli.cli.derive import Section, flag_map
-from dlsa_cli.cascade.config import PredictConfig
 from dlsa_cli.cli.filter import FIT_FILTER
+from dlsa_cli.errors import InputError
 from dlsa_cli.evaluation.config import EvaluateConfig
 from dlsa_cli.extract.config import ExtractConfig
 from dlsa_cli.flow.config import SplitConfig
-from dlsa_cli.errors import InputError
 from dlsa_cli.settings import Declared, Table, declared, dump_toml, read_config
 
 COMMANDS: dict[str, tuple[Section, ...]] = {

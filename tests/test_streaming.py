@@ -110,9 +110,8 @@ def test_streamed_feature_file_reads_as_written(tmp_path, layout):
 
 def test_stream_features_rejects_a_short_file(tmp_path):
     out = tmp_path / "g.safetensors"
-    with pytest.raises(RuntimeError, match="rows written"):
-        with stream_features(out, N, D, labels=False) as sink:
-            sink.append(np.zeros((5, D), np.float32))
+    with pytest.raises(RuntimeError, match="rows written"), stream_features(out, N, D, labels=False) as sink:
+        sink.append(np.zeros((5, D), np.float32))
     assert not out.exists()
 
 
@@ -135,10 +134,9 @@ def test_table_parts_join_in_part_order_with_late_metadata(tmp_path):
 
 def test_table_failure_leaves_nothing(tmp_path):
     out = tmp_path / "u.parquet"
-    with pytest.raises(ZeroDivisionError):
-        with stream_table(out, kind="split") as sink:
-            sink.write({"id": np.arange(5)})
-            1 / 0
+    with pytest.raises(ZeroDivisionError), stream_table(out, kind="split") as sink:
+        sink.write({"id": np.arange(5)})
+        1 / 0
     assert not out.exists() and not _leftovers(tmp_path, out.name)
 
 
@@ -151,10 +149,9 @@ def test_streamed_writers_refuse_nan_metadata_as_every_writer_does(tmp_path):
         with stream_safetensors(out, {"features": (np.float32, (2, 2))}, kind="features", meta={"report": {"loss": float("nan")}}):
             pass
     table = tmp_path / "n.parquet"
-    with pytest.raises(DlsaError, match="separation is NaN"):
-        with stream_table(table, kind="split") as sink:
-            sink.write({"id": np.arange(3)})
-            sink.meta["separation"] = float("nan")  # completed late, as split's report is
+    with pytest.raises(DlsaError, match="separation is NaN"), stream_table(table, kind="split") as sink:
+        sink.write({"id": np.arange(3)})
+        sink.meta["separation"] = float("nan")  # completed late, as split's report is
     assert not out.exists() and not table.exists()
     assert not _leftovers(tmp_path, out.name) and not _leftovers(tmp_path, table.name)
 

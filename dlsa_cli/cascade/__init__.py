@@ -37,16 +37,16 @@ from dlsa_cli.cascade.summary import summary
 
 __all__ = [
     "MANIFEST",
-    "CascadeSpec",
     "Cascade",
     "CascadePlan",
     "CascadeRun",
-    "fit_cascade",
+    "CascadeSpec",
     "Prediction",
-    "read_manifest",
-    "write_manifest",
+    "fit_cascade",
     "load_model",
     "predict",
     "prediction_columns",
+    "read_manifest",
     "summary",
+    "write_manifest",
 ]

@@ -27,6 +27,7 @@ import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -44,7 +45,7 @@ from dlsa_cli.io.files import atomic_path, file_sha256, read_safetensors_header,
 if TYPE_CHECKING:
     from dlsa_cli.flow.summary import SplitReport
 
-__all__ = ["CascadePlan", "CascadeRun", "fit_cascade", "PROGRESS", "REPORT"]
+__all__ = ["PROGRESS", "REPORT", "CascadePlan", "CascadeRun", "fit_cascade"]
 
 PROGRESS = "progress.json"
 REPORT = "report.json"
@@ -115,9 +116,10 @@ def fit_cascade(
     ctx.device, ctx.event, ctx.warn = dev, on_event or _quiet, on_warning or _quiet
     t0 = time.perf_counter()
     base = _stage(ctx, "baseline", lambda: _fit_baseline(ctx), ClassifierStage)
-    cur_train, cur_val, depths = ctx.train, ctx.val, []
+    cur_train, cur_val = ctx.train, ctx.val
+    depths: list[DepthStage] = []
     for d in range(1, plan.num_depths + 1):
-        rep = _stage(ctx, f"depth{d}", lambda d=d, tr=cur_train, va=cur_val: _fit_depth(ctx, d, tr, va), DepthStage)
+        rep = _stage(ctx, f"depth{d}", partial(_fit_depth, ctx, d, cur_train, cur_val), DepthStage)
         depths.append(rep)
         cur_train = ctx.out / str(rep.files["train_rest"])
         val_rest = rep.files.get("val_rest")
@@ -135,7 +137,8 @@ def _quiet(_msg: str) -> None:
 
 
 def _on_main(write: Callable[[], Any]) -> None:
-    """Under torchrun rank 0 alone writes, and every rank goes on once it has (its error is every rank's); alone: write."""
+    """Under torchrun rank 0 alone writes, and every rank goes on once it has (its error is every rank's);
+    alone: write."""
     from dlsa_cli.runtime import distributed as dist
 
     dist.collective(lambda: write() if dist.is_main() else None)
@@ -159,7 +162,7 @@ def _stage(ctx: _Ctx, name: str, fit: Callable[[], S], kind: type[S]) -> S:
 # ----------------------------------------------------------------------------- the run folder
 
 
-def _start(out: Path, plan: CascadePlan, train: Path, val: Path | None, filters: dict[int, Path], resume: bool,
+def _start(out: Path, plan: CascadePlan, train: Path, val: Path | None, filters: Mapping[int, str | Path], resume: bool,
            train_offset: np.ndarray | None) -> _Ctx:
     """Check the inputs and RUNDIR; on resume, check that the earlier run had the same settings."""
     require_file(train, "training file")
@@ -167,11 +170,13 @@ def _start(out: Path, plan: CascadePlan, train: Path, val: Path | None, filters:
         require_file(val, "validation file")
     for d, f in filters.items():
         if not 1 <= int(d) <= plan.num_depths:
-            raise InputError(f"a filter is given for depth {d}, but the cascade has depths 1..{plan.num_depths}", path=f)
+            raise InputError(f"a filter is given for depth {d}, but the cascade has depths 1..{plan.num_depths}",
+                             path=f)
         require_file(f, f"depth-{d} filter")
         kind, meta = read_safetensors_header(f)[1:3]
         if kind != "filter" or int(meta.get("depth", 0)) != int(d):
-            what = f"was trained at depth {meta.get('depth')}" if kind == "filter" else f"is a '{kind}' file, not a filter"
+            what = (f"was trained at depth {meta.get('depth')}" if kind == "filter"
+                    else f"is a '{kind}' file, not a filter")
             raise InputError(f"{what}, but is given for depth {d}", path=f)
     parent = out.parent  # a bare name's parent is Path(".")
     if not parent.is_dir():
@@ -188,14 +193,15 @@ def _start(out: Path, plan: CascadePlan, train: Path, val: Path | None, filters:
     progress = {"settings": settings, "stages": {}}
     if out.is_dir() and any(out.iterdir()):
         if not resume:
-            raise InputError("output folder is not empty", path=out, hint="pass --resume to continue its run, or pick another -o")
+            raise InputError("output folder is not empty", path=out,
+                             hint="pass --resume to continue its run, or pick another -o")
         progress = _earlier(out, settings)
     _on_main(lambda: None)  # every rank has looked at RUNDIR before rank 0 fills it
     _on_main(lambda: out.mkdir(exist_ok=True))
     links = _link_inputs(out, train, val)
     offset = None if train_offset is None else np.asarray(train_offset, dtype=np.float32)
-    return _Ctx(out, plan, None, links[0], links[1], {int(d): Path(f) for d, f in filters.items()}, offset, _quiet, _quiet,
-                progress)
+    return _Ctx(out, plan, None, links[0], links[1], {int(d): Path(f) for d, f in filters.items()}, offset,
+                _quiet, _quiet, progress)
 
 
 def _array_sha256(a: np.ndarray) -> str:
@@ -245,8 +251,8 @@ def _link_inputs(out: Path, train: Path, val: Path | None) -> tuple[Path, Path |
 
     def make() -> None:
         (out / "inputs").mkdir(exist_ok=True)
-        for link, src in zip(links, (train, val)):
-            if link is not None:
+        for link, src in zip(links, (train, val), strict=True):
+            if link is not None and src is not None:  # one link per input given
                 _relink(link, src.resolve())
 
     _on_main(make)
@@ -286,7 +292,8 @@ def _fit_depth(ctx: _Ctx, d: int, train: Path, val: Path | None) -> DepthStage:
     ctx.event(f"depth {d}: flow filter on {train.resolve().name}")
     filt = _filter(ctx, d, train, val, ddir / "filter.safetensors")
     split = _split(ctx, d, [p for p in (train, val) if p is not None], ddir)
-    files: dict[str, str | None] = {"filter": f"depth{d}/filter.safetensors", "classifier": f"depth{d}/cluster.safetensors"}
+    files: dict[str, str | None] = {"filter": f"depth{d}/filter.safetensors",
+                                    "classifier": f"depth{d}/cluster.safetensors"}
     for name in ("train", "val"):
         for part in ("routed", "rest"):
             fr = split.files.get(name)
@@ -301,9 +308,11 @@ def _fit_depth(ctx: _Ctx, d: int, train: Path, val: Path | None) -> DepthStage:
                             path=ddir / "filter.safetensors", hint="lower FilterConfig.share or CascadePlan.num_depths")
     ctx.event(f"depth {d}: cluster-aided classifier on the routed training samples")
     routed_val = None if files["val_routed"] is None else ctx.out / files["val_routed"]
-    clf = _fit_classifier(ctx, f"depth{d}/cluster", ctx.out / files["train_routed"], routed_val, ctx.plan.branch_config(),
+    clf = _fit_classifier(ctx, f"depth{d}/cluster", ctx.out / files["train_routed"], routed_val,
+                          ctx.plan.branch_config(),
                           init=_start_from(ctx), filter_path=ddir / "filter.safetensors", weigh=True)
-    return DepthStage(d, _routing(split, "train"), _routing(split, "val"), filt, clf, round(time.perf_counter() - t0, 2),
+    return DepthStage(d, _routing(split, "train"), _routing(split, "val"), filt, clf,
+                      round(time.perf_counter() - t0, 2),
                       files)
 
 
@@ -322,8 +331,8 @@ def _depth_inputs(ctx: _Ctx, d: int, train: Path, val: Path | None) -> tuple[Pat
 
     def make() -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        for link, src in zip(links, (train, val)):
-            if link is not None:
+        for link, src in zip(links, (train, val), strict=True):
+            if link is not None and src is not None:  # one link per input given
                 _relink(link, Path(os.path.relpath(src, folder)))
 
     _on_main(make)
@@ -359,8 +368,10 @@ def _filter(ctx: _Ctx, d: int, train: Path, val: Path | None, path: Path) -> Fil
                             hint="lower CascadePlan.num_depths, or choose the filter epoch with good-clusters or last")
     flt = fit_filter_file(train, path, cfg, FilterRun(depth=d), val=use_val, device=ctx.device, checkpoint_every=0,
                           command="fit-cascade: fit-filter", on_warning=ctx.warn)
-    kept = flt.history[flt.chosen_epoch - 1]
-    return FilterFit(None, flt.chosen_epoch, cfg.epochs, round(time.perf_counter() - t0, 2),
+    epoch = flt.chosen_epoch
+    assert epoch is not None  # a filter just fitted records the epoch it kept
+    kept = flt.history[epoch - 1]
+    return FilterFit(None, epoch, cfg.epochs, round(time.perf_counter() - t0, 2),
                      good_clusters=flt.stats.get("good_clusters"), val_separation=kept.get("val_separation"))
 
 
@@ -391,7 +402,7 @@ def _fit_classifier(ctx: _Ctx, name: str, train: Path, val: Path | None, cfg: Tr
     counts = None
     if whole is not None:
         c = num_classes(read_labels(train, require_labels=True))
-        counts = np.bincount(read_labels(whole, require_labels=True).labels, minlength=c)
+        counts = np.bincount(read_labels(whole, require_labels=True).require_labels(), minlength=c)
     offset = None if (ctx.train_offset is None or name == "baseline") else _offset_rows(ctx, train)
     with as_branch() if name != "baseline" else contextlib.nullcontext():
         fit = fit_classifier_file(train, ctx.out / f"{name}.safetensors", cfg, val=val, init=init,
@@ -411,19 +422,24 @@ def _offset_rows(ctx: _Ctx, part_path: Path) -> np.ndarray:
     """The rows of `train_offset` for a routed / rest part, found by its ids (the row index when TRAIN has none)."""
     from dlsa_cli.io.features import read_labels
 
+    offset = ctx.train_offset
+    assert offset is not None  # asked for only when fit_cascade was given a train_offset
     part = read_labels(part_path)
     whole = read_labels(ctx.train)  # ids only: the matrix stays on disk
     ids = whole.ids if whole.ids is not None else np.arange(whole.n)
-    if ctx.train_offset.shape[0] != whole.n:
-        raise InputError(f"train_offset has {ctx.train_offset.shape[0]} rows for {whole.n} training samples", path=ctx.train)
+    if offset.shape[0] != whole.n:
+        raise InputError(f"train_offset has {offset.shape[0]} rows for {whole.n} training samples", path=ctx.train)
+    if part.ids is None:
+        raise InputError("has no ids to find its rows of train_offset by", path=part_path)
     row = {k: i for i, k in enumerate(ids.tolist())}
-    return ctx.train_offset[[row[k] for k in part.ids.tolist()]]
+    return offset[[row[k] for k in part.ids.tolist()]]
 
 
 # ----------------------------------------------------------------------------- the report
 
 
-def _report(ctx: _Ctx, base: ClassifierStage, depths: list[DepthStage], final: ClassifierStage, seconds: float) -> CascadeReport:
+def _report(ctx: _Ctx, base: ClassifierStage, depths: list[DepthStage], final: ClassifierStage,
+            seconds: float) -> CascadeReport:
     """report.json: the settings, each stage's record, and whether DLSA changed anything."""
     branches = [r.classifier for r in depths] + [final.classifier]
     stages: list[ClassifierStage | DepthStage] = [base, *depths, final]

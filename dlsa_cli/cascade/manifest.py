@@ -64,7 +64,8 @@ def read_manifest(path: str | Path, *, allow_outside: bool = False) -> CascadeSp
             raise InputError(
                 f"{what} '{value}' lies outside the cascade folder",
                 path=p,
-                hint="keep the cascade's files inside its folder, or pass --allow-outside-paths if you trust this manifest",
+                hint="keep the cascade's files inside its folder, or pass --allow-outside-paths if you "
+                     "trust this manifest",
             )
         return require_file(q, f"{what} (listed in {p})")
 

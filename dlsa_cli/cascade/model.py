@@ -67,7 +67,8 @@ class Cascade:
         if final.kind == "cluster-aided":
             raise bad(f"the final classifier {spec.final.name} is cluster-aided; it must be a regular one")
         counts = np.asarray(final.meta.get("train_counts", []), dtype=np.int64)
-        for i, (flt, clf, fp, cp) in enumerate(zip(filters, classifiers, spec.filters, spec.classifiers), start=1):
+        for i, (flt, clf, fp, cp) in enumerate(zip(filters, classifiers, spec.filters, spec.classifiers, strict=True),
+                                               start=1):
             if flt.dim != final.dim or clf.dim != final.dim:
                 raise bad(f"depth {i}: D is {flt.dim} (filter) / {clf.dim} (classifier) but {final.dim} (final)")
             if flt.num_classes != final.num_classes or clf.num_classes != final.num_classes:
@@ -101,7 +102,7 @@ class Cascade:
         for s in range(0, n, batch_size):
             xb = np.asarray(x[s : s + batch_size], dtype=np.float32)  # (B, D)
             left = np.arange(len(xb))  # rows of this batch still unrouted
-            for d, (flt, clf) in enumerate(zip(self.filters, self.classifiers), start=1):
+            for d, (flt, clf) in enumerate(zip(self.filters, self.classifiers, strict=False), start=1):
                 if len(left) == 0:
                     break
                 try:
@@ -111,7 +112,8 @@ class Cascade:
                 take = left[sc.routed]
                 if len(take):
                     latent = None if sc.latent is None else sc.latent[sc.routed]
-                    side, prior = branch_inputs(flt, xb[take], sc.cluster[sc.routed], latent, clf.side_input)
+                    side, prior = branch_inputs(flt, xb[take], sc.cluster[sc.routed], latent,
+                                                clf.side_input or "features")  # a file without it fed FC_b the features
                     out[s + take] = clf.logits(xb[take], side=side, prior=prior, device=device)
                     route[s + take] = d
                 left = left[~sc.routed]

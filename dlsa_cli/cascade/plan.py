@@ -9,7 +9,7 @@ own table's.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -93,19 +93,19 @@ class CascadePlan:
 
 
 class as_branch:
-    """Inside it, an error naming a classifier setting (`TrainConfig.lr`) names the branches' (`CascadePlan.branch.lr`)."""
+    """Inside it, an error naming a classifier setting (`TrainConfig.lr`) names the branches'
+    (`CascadePlan.branch.lr`)."""
 
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind: Any, err: Any, tb: Any) -> bool:
+    def __exit__(self, kind: Any, err: Any, tb: Any) -> None:  # the error (renamed) goes on
         if isinstance(err, DlsaError) and err.args:
             err.args = (str(err.args[0]).replace("TrainConfig.", f"{BRANCH_TOKEN}."), *err.args[1:])
-        return False
 
 
-def plan_from_layers(top: list[Mapping[str, Any]], filter_: list[Mapping[str, Any]],
-                     baseline: list[Mapping[str, Any]], branch: list[Mapping[str, Any]],
+def plan_from_layers(top: Sequence[Mapping[str, Any]], filter_: Sequence[Mapping[str, Any]],
+                     baseline: Sequence[Mapping[str, Any]], branch: Sequence[Mapping[str, Any]],
                      classifier_flags: Mapping[str, Any] | None = None) -> CascadePlan:
     """A checked plan from each table's layers (lowest first: a config file's table, then flags).
 

@@ -77,7 +77,8 @@ def _predict(model: Classifier | Cascade, fs: FeatureSet, *, batch_size: int, de
         rec = (model.meta.get("filter") or {}).get("sha256")
         if flt.path is not None and rec != file_sha256(flt.path):
             raise ModelMismatchError(
-                "the classifier was trained with another filter", path=flt.path, hint="pass the filter it was trained with"
+                "the classifier was trained with another filter", path=flt.path,
+                hint="pass the filter it was trained with"
             )
         from dlsa_cli.classify.data import cluster_inputs
 

@@ -56,7 +56,7 @@ def _predict_batch(model: Classifier | Cascade, b: Any, info: Any, *, topk: int,
     routes: dict[str, int] = {}
     if pred.route_depth is not None:
         names, cnt = np.unique(table.column("route").to_numpy(zero_copy_only=False), return_counts=True)
-        routes = {str(a): int(c) for a, c in zip(names, cnt)}
+        routes = {str(a): int(c) for a, c in zip(names, cnt, strict=True)}
     return table, correct, routes
 
 
@@ -96,14 +96,17 @@ def predict_file(
     prov = {**(prov or {}), **dist.provenance_fields(info.n)}
     meta = _meta(model, p, topk, model.num_classes)
     has_route = isinstance(model, Cascade)
-    correct, routes = 0, {}
-    sink_ctx = stream_table(out, kind="predictions", meta=meta, prov=prov, parts=me.world_size) if me.is_main else contextlib.nullcontext()
+    correct = 0
+    routes: dict[str, int] = {}
+    sink_ctx = stream_table(out, kind="predictions", meta=meta, prov=prov,
+                            parts=me.world_size) if me.is_main else contextlib.nullcontext()
     with sink_ctx as sink:
         batches = iter_rows(p, batch_size, lo, hi)
 
         def step() -> Any:
             b = next(batches, None)
-            return None if b is None else _predict_batch(model, b, info, topk=topk, batch_size=batch_size, device=device, flt=flt)
+            return None if b is None else _predict_batch(model, b, info, topk=topk, batch_size=batch_size,
+                                                         device=device, flt=flt)
 
         for _ in range(max(rounds, 1)):
             item = dist.collective(step)

@@ -57,7 +57,7 @@ class FilterFit:
     """A depth's filter: given, or fitted (its kept epoch, clusters and validation separation)."""
 
     given: str | None
-    chosen_epoch: int
+    chosen_epoch: int | None  # None for a given filter file that does not record it
     epochs: int
     seconds: float
     good_clusters: int | None = None
@@ -159,7 +159,7 @@ def summary(path: str | Path) -> dict[str, Any]:
     """Inspect summary of a cascade (folder or cascade.json)."""
     spec = read_manifest(path)
     rows = []
-    for i, (f, c) in enumerate(zip(spec.filters, spec.classifiers), start=1):
+    for i, (f, c) in enumerate(zip(spec.filters, spec.classifiers, strict=True), start=1):
         _, _, fm, _ = read_safetensors_header(f)
         clf = Classifier.load(c)
         rows.append(

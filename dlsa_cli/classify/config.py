@@ -11,15 +11,15 @@ from dlsa_cli.errors import InputError
 from dlsa_cli.settings import Rule, check_settings, setting
 
 __all__ = [
-    "MODELS",
     "LOSSES",
-    "SAMPLERS",
-    "POSTHOC",
-    "SIDE_INPUTS",
     "LOSS_COUNTS",
+    "MODELS",
+    "POSTHOC",
     "PRIOR_TRAIN",
-    "flag",
+    "SAMPLERS",
+    "SIDE_INPUTS",
     "TrainConfig",
+    "flag",
 ]
 
 MODELS = ("linear", "cosine", "ride", "ncm", "lws", "cluster-aided")
@@ -134,9 +134,11 @@ class TrainConfig:
         if self.model != "ride":
             for name, default in (("experts", 2), ("expert_hidden", 0), ("ride_diversity", None)):
                 if getattr(self, name) != default:
-                    raise InputError(f"{flag(name)} applies to {flag('model')} ride", hint=f"add {flag('model')} ride or drop it")
+                    raise InputError(f"{flag(name)} applies to {flag('model')} ride",
+                                     hint=f"add {flag('model')} ride or drop it")
         if self.sampler != "m2m" and self.m2m_from is not None:
-            raise InputError(f"{flag('m2m_from')} applies to {flag('sampler')} m2m", hint=f"add {flag('sampler')} m2m or drop it")
+            raise InputError(f"{flag('m2m_from')} applies to {flag('sampler')} m2m",
+                             hint=f"add {flag('sampler')} m2m or drop it")
         if self.model == "ride" and self.posthoc == "tau":
             raise InputError(f"{flag('posthoc')} tau applies to linear classifiers, not to {flag('model')} ride",
                              hint=f"use {flag('posthoc')} la")

@@ -30,7 +30,7 @@ def carve_validation(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     order = np.argsort(labels, kind="stable")
     _, starts, counts = np.unique(labels[order], return_index=True, return_counts=True)
     tr, va = [], []
-    for s, n in zip(starts, counts):  # one step per class, not per sample
+    for s, n in zip(starts, counts, strict=True):  # one step per class, not per sample
         rows = rng.permutation(order[s : s + n])
         k = 0 if n < 2 else int(min(max(1, round(fraction * n)), n - 1))
         va.append(rows[:k])
@@ -118,7 +118,8 @@ def branch_inputs(
     return side, prior_table[cluster]
 
 
-def leave_one_out_prior(flt: Any, filter_path: str | Path | None, cluster: np.ndarray, labels: np.ndarray, plain: np.ndarray) -> np.ndarray:
+def leave_one_out_prior(flt: Any, filter_path: str | Path | None, cluster: np.ndarray, labels: np.ndarray,
+                        plain: np.ndarray) -> np.ndarray:
     """Prior rows for training samples without the sample's own vote."""
     counts = getattr(flt, "cluster_counts", None)
     if counts is None and filter_path is not None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Translation", "source_probabilities", "fill_counts", "translate", "m2m_fill"]
+__all__ = ["Translation", "fill_counts", "m2m_fill", "source_probabilities", "translate"]
 
 LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x (G, D), source rows (G,)) -> (G, C)
 # f may instead be given as a (C, D) matrix A when it is linear in x (f(x) = A x + terms without x):

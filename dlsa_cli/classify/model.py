@@ -1,10 +1,11 @@
-"""Classifier heads (linear, cosine, RIDE experts, cluster-aided), the Classifier object with its file, and init heads read from files."""
+"""Classifier heads (linear, cosine, RIDE experts, cluster-aided), the Classifier object with its file,
+and init heads read from files."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 import numpy as np
 import torch
@@ -22,7 +23,9 @@ from dlsa_cli.io.files import (
 )
 
 __all__ = [
+    "BaseHead",
     "Classifier",
+    "ClassifierModule",
     "ClusterAidedHead",
     "Expert",
     "LinearHead",
@@ -76,6 +79,11 @@ class RideHead(nn.Module):
         super().__init__()
         self.experts = nn.ModuleList(Expert(dim, num_classes, hidden) for _ in range(experts))
 
+    @property
+    def expert_list(self) -> list[Expert]:
+        """The experts, typed (to a type checker a ModuleList holds plain Modules)."""
+        return [cast(Expert, e) for e in self.experts]
+
     def expert_logits(self, x: torch.Tensor) -> torch.Tensor:  # (B, D) -> (E, B, C)
         return torch.stack([e(x) for e in self.experts])
 
@@ -86,7 +94,8 @@ class RideHead(nn.Module):
 @torch.no_grad()
 def routed_logits(head: RideHead, x: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
     """RIDE's router in its confidence form (`router.py`): experts consulted one after another until the
-    ensemble so far is confident enough; (mean logits of the experts consulted (B, C), experts consulted per sample (B,))."""
+    ensemble so far is confident enough; (mean logits of the experts consulted (B, C),
+    experts consulted per sample (B,))."""
     total = head.experts[0](x)  # (B, C)
     used = torch.ones(x.shape[0], device=x.device)
     for expert in head.experts[1:]:
@@ -103,7 +112,7 @@ def routed_logits(head: RideHead, x: torch.Tensor, threshold: float) -> tuple[to
 class ClusterAidedHead(nn.Module):
     """`FC_a(x) + FC_b([side, prior])`; FC_b starts at zero so the head starts at FC_a."""
 
-    def __init__(self, base: LinearHead, side_dim: int, num_classes: int):
+    def __init__(self, base: BaseHead, side_dim: int, num_classes: int):
         super().__init__()
         self.a = base
         self.b = nn.Linear(side_dim + num_classes, num_classes)
@@ -115,18 +124,25 @@ class ClusterAidedHead(nn.Module):
         return self.a(x) + self.b(torch.cat([side, prior], dim=1))
 
 
-def fc_a(module: nn.Module) -> nn.Module:
+# a regular classifier's module, and FC_a of a cluster-aided one
+BaseHead: TypeAlias = LinearHead | RideHead | NcmHead | LwsHead
+ClassifierModule: TypeAlias = BaseHead | ClusterAidedHead  # the module of any classifier
+
+
+def fc_a(module: ClassifierModule) -> BaseHead:
     """The FC_a part of a cluster-aided head, or the head itself."""
     return module.a if isinstance(module, ClusterAidedHead) else module
 
 
-def expert_logits(module: nn.Module, x: torch.Tensor, side: torch.Tensor | None = None,
+def expert_logits(module: ClassifierModule, x: torch.Tensor, side: torch.Tensor | None = None,
                   prior: torch.Tensor | None = None) -> torch.Tensor:
     """(E, B, C) logits of each expert (E = 1 for a single head); a cluster-aided
     head adds the same FC_b([side, prior]) term to every expert."""
     head = fc_a(module)
     z = head.expert_logits(x) if isinstance(head, RideHead) else head(x)[None]  # (E, B, C)
     if isinstance(module, ClusterAidedHead):
+        if side is None or prior is None:
+            raise TypeError("a cluster-aided head needs its side inputs and cluster prior")
         z = z + module.b(torch.cat([side, prior], dim=1))[None]
     return z
 
@@ -141,7 +157,7 @@ class Classifier:
     kind: str  # linear | cosine | ride | ncm | lws | cluster-aided
     dim: int
     num_classes: int
-    module: nn.Module
+    module: ClassifierModule
     meta: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
 
@@ -195,7 +211,8 @@ class Classifier:
             xb = float_tensor(x[s : s + batch_size], device)
             if self.kind == "cluster-aided":
                 if side is None or prior is None:
-                    raise ModelMismatchError("a cluster-aided classifier needs its filter's cluster prior", path=self.path)
+                    raise ModelMismatchError("a cluster-aided classifier needs its filter's cluster prior",
+                                             path=self.path)
                 sb = float_tensor(side[s : s + batch_size], device)
                 pb = float_tensor(prior[s : s + batch_size], device)
                 out_b = self._forward_scaled(xb, sb, pb, scale)
@@ -206,15 +223,17 @@ class Classifier:
             out[s : s + len(xb)] = out_b.float().cpu().numpy()
         return out
 
-    def _forward_scaled(self, x, side, prior, scale):
+    def _forward_scaled(self, x: torch.Tensor, side: torch.Tensor | None, prior: torch.Tensor | None,
+                        scale: torch.Tensor | None) -> torch.Tensor:
         head = fc_a(self.module)
         threshold = (self.meta.get("router") or {}).get("threshold")
         if threshold is not None and side is None and isinstance(head, RideHead):
             return routed_logits(head, x, float(threshold))[0]
         if scale is None:
             return self.module(x, side, prior) if side is not None else self.module(x)
+        assert isinstance(head, LinearHead)  # _posthoc_scale scales linear heads only
         base = F.linear(x, head.weight * scale[:, None], head.bias * scale)  # tau-normalised FC(_a)
-        if side is not None:
+        if side is not None and prior is not None and isinstance(self.module, ClusterAidedHead):
             base = base + self.module.b(torch.cat([side, prior], dim=1))
         return base
 
@@ -230,6 +249,8 @@ class Classifier:
         if ph.get("kind") != "tau" or not ph.get("tau"):
             return None
         head = fc_a(self.module)
+        if not isinstance(head, LinearHead):
+            raise InputError("tau post-hoc scaling applies to linear classifiers only", path=self.path)
         norms = head.weight.detach().to(device).norm(dim=1).clamp_min(1e-12)  # (C,)
         return norms.pow(-float(ph["tau"]))
 
@@ -267,14 +288,14 @@ class Classifier:
             raise InputError(f"unknown classifier model '{model}'", path=p)
         scale = float(meta.get("hyper", {}).get("cosine_scale", 16.0))
         if base == "ride":
-            head: nn.Module = RideHead(dim, c, int(meta.get("experts", 2)), int(meta.get("expert_hidden", 0)))
+            head: BaseHead = RideHead(dim, c, int(meta.get("experts", 2)), int(meta.get("expert_hidden", 0)))
         elif base == "ncm":
             head = NcmHead(dim, c, scale=scale)
         elif base == "lws":
             head = LwsHead(dim, c)
         else:
             head = LinearHead(dim, c, cosine=base == "cosine", scale=scale)
-        module = head
+        module: ClassifierModule = head
         if model == "cluster-aided":
             side_dim = int(tensors["b.weight"].shape[1]) - c if "b.weight" in tensors else 0
             module = ClusterAidedHead(head, side_dim, c)
@@ -316,10 +337,10 @@ def load_init_head(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, str, d
             if clf.base_kind == "ncm":
                 raise InputError("is a nearest-class-mean classifier: it has no linear head to start from", path=p,
                                  hint="pass a linear or cosine classifier")
-            if clf.base_kind == "ride":
+            if isinstance(fc_a(clf.module), RideHead):
                 raise InputError("is a RIDE classifier: it has no single (C, D) head", path=p,
                                  hint="fit-classifier --init takes it as a whole")
-            if clf.kind == "cluster-aided":
+            if not isinstance(clf.module, LinearHead):  # cluster-aided
                 raise InputError(
                     "is a cluster-aided classifier; --init takes a regular (linear or cosine) one",
                     path=p,
@@ -337,7 +358,7 @@ def load_init_head(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, str, d
     elif p.suffix.lower() in (".pt", ".pth"):
         try:
             obj = torch.load(str(p), map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - whatever torch.load raises, the file is not a safe tensor dict
+        except Exception as e:  # whatever torch.load raises, the file is not a safe tensor dict
             from dlsa_cli.io.features import unsafe_torch_file
 
             raise unsafe_torch_file(p, e) from None

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["TEMPERATURE_MIX", "ride_temperatures", "ride_diversity"]
+__all__ = ["TEMPERATURE_MIX", "ride_diversity", "ride_temperatures"]
 
 TEMPERATURE_MIX = 0.5  # share of the temperature that follows the class count (not tuned)
 

@@ -8,22 +8,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from dlsa_cli.classify.config import DEFAULT_LR_FINETUNE, DEFAULT_LR_SCRATCH, TrainConfig
 from dlsa_cli.classify.lws import LwsHead
-from dlsa_cli.classify.model import Classifier, LinearHead, RideHead, load_init_head
+from dlsa_cli.classify.model import BaseHead, Classifier, LinearHead, RideHead, load_init_head
 from dlsa_cli.errors import InputError, ModelMismatchError
 from dlsa_cli.io.files import file_sha256, read_safetensors_header
 
-__all__ = ["Start", "starting_point", "is_ride_file"]
+__all__ = ["Start", "is_ride_file", "starting_point"]
 
 
 @dataclass
 class Start:
     """The head a fit starts from (FC_a when cluster-aided), its kind, provenance and learning rates."""
 
-    head: nn.Module
+    head: BaseHead
     base_kind: str  # linear | cosine | ride
     info: dict[str, Any]
     lr: float
@@ -42,7 +41,8 @@ def starting_point(cfg: TrainConfig, init: str | Path | None, dim: int, num_clas
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     if ride_init is not None:
-        head, kind = _from_ride(cfg, ride_init, dim, num_classes), "ride"
+        head: BaseHead = _from_ride(cfg, ride_init, dim, num_classes)
+        kind = "ride"
     elif cfg.model == "lws":
         head, kind = _lws(init, dim, num_classes), "lws"
     elif init is not None:
@@ -51,29 +51,30 @@ def starting_point(cfg: TrainConfig, init: str | Path | None, dim: int, num_clas
         kind = cfg.model or "linear"
         head = _scratch(kind, cfg, dim, num_classes, gen)
     if kind != "linear" and cfg.posthoc == "tau":
-        raise InputError(f"TrainConfig.posthoc tau applies to linear classifiers, not to a {kind} one", hint="use TrainConfig.posthoc la")
+        raise InputError(f"TrainConfig.posthoc tau applies to linear classifiers, not to a {kind} one",
+                         hint="use TrainConfig.posthoc la")
     info = {"source": "scratch"} if init is None else {"source": str(init), "sha256": file_sha256(init), "kind": kind}
     fine_tune = init is not None and kind != "lws"  # LWS's scales are new parameters, learned at the scratch rate
     lr = cfg.lr if cfg.lr is not None else (DEFAULT_LR_FINETUNE if fine_tune else DEFAULT_LR_SCRATCH)
     return Start(head=head, base_kind=kind, info=info, lr=lr, lr_side=cfg.lr_side if cfg.lr_side is not None else lr)
 
 
-def _scratch(kind: str, cfg: TrainConfig, dim: int, c: int, gen: torch.Generator) -> nn.Module:
+def _scratch(kind: str, cfg: TrainConfig, dim: int, c: int, gen: torch.Generator) -> BaseHead:
     if kind != "ride":
         head = LinearHead(dim, c, cosine=kind == "cosine", scale=cfg.cosine_scale)
         if kind == "cosine":
             head.weight.data.normal_(0.0, 0.01, generator=gen)
         return head
-    head = RideHead(dim, c, cfg.experts, cfg.expert_hidden)
-    for e in head.experts:  # each expert its own draws from the seeded generator
+    ride = RideHead(dim, c, cfg.experts, cfg.expert_hidden)
+    for e in ride.expert_list:  # each expert its own draws from the seeded generator
         if e.hidden is not None:
             e.hidden.weight.data.normal_(0.0, dim**-0.5, generator=gen)
             e.hidden.bias.data.zero_()
         e.out.weight.data.normal_(0.0, 0.01, generator=gen)
-    return head
+    return ride
 
 
-def _from_head(cfg: TrainConfig, init: str | Path, dim: int, c: int, gen: torch.Generator) -> tuple[nn.Module, str]:
+def _from_head(cfg: TrainConfig, init: str | Path, dim: int, c: int, gen: torch.Generator) -> tuple[BaseHead, str]:
     w0, b0, init_kind, init_meta = load_init_head(init)
     if w0.shape != (c, dim):
         raise ModelMismatchError(
@@ -85,14 +86,15 @@ def _from_head(cfg: TrainConfig, init: str | Path, dim: int, c: int, gen: torch.
     if cfg.model == "ride":
         if init_kind != "linear" or cfg.expert_hidden:
             raise ModelMismatchError(
-                f"TrainConfig.model ride{' with TrainConfig.expert_hidden' if cfg.expert_hidden else ''} cannot start from a {init_kind} head",
+                f"TrainConfig.model ride{' with TrainConfig.expert_hidden' if cfg.expert_hidden else ''} cannot start "
+                f"from a {init_kind} head",
                 path=init, hint="start RIDE from a linear baseline without TrainConfig.expert_hidden, or from scratch")
-        head = RideHead(dim, c, cfg.experts)
+        ride = RideHead(dim, c, cfg.experts)
         std = float(w0.std()) * cfg.ride_init_noise
-        for e in head.experts:
+        for e in ride.expert_list:
             e.out.weight.data.copy_(w0 + std * torch.randn(w0.shape, generator=gen))
             e.out.bias.data.copy_(b0)
-        return head, "ride"
+        return ride, "ride"
     if from_classifier and cfg.model is not None and cfg.model != init_kind:
         raise ModelMismatchError(f"--init is a {init_kind} classifier but TrainConfig.model is {cfg.model}", path=init,
                                  hint="make them agree")
@@ -136,15 +138,19 @@ def _ride_classifier(init: str | Path | None) -> Classifier | None:
     return clf
 
 
-def _from_ride(cfg: TrainConfig, clf: Classifier, dim: int, c: int) -> nn.Module:
+def _from_ride(cfg: TrainConfig, clf: Classifier, dim: int, c: int) -> RideHead:
     if (clf.dim, clf.num_classes) != (dim, c):
         raise ModelMismatchError(f"--init has D={clf.dim}, C={clf.num_classes} but the data have D={dim}, C={c}",
-                                 path=clf.path, hint="initialise from a classifier trained on these features and classes")
+                                 path=clf.path,
+                                 hint="initialise from a classifier trained on these features and classes")
     if cfg.model not in (None, "ride"):
         raise ModelMismatchError(f"--init is a ride classifier but TrainConfig.model is {cfg.model}", path=clf.path,
                                  hint="make them agree")
     have = (int(clf.meta.get("experts", 2)), int(clf.meta.get("expert_hidden", 0)))
     if cfg.model == "ride" and (cfg.experts, cfg.expert_hidden) != have:
-        raise ModelMismatchError(f"--init has {have[0]} experts (hidden {have[1]}), not TrainConfig.experts {cfg.experts} "
-                                 f"TrainConfig.expert_hidden {cfg.expert_hidden}", path=clf.path, hint="make them agree")
+        raise ModelMismatchError(f"--init has {have[0]} experts (hidden {have[1]}), not "
+                                 f"TrainConfig.experts {cfg.experts} "
+                                 f"TrainConfig.expert_hidden {cfg.expert_hidden}", path=clf.path,
+                                 hint="make them agree")
+    assert isinstance(clf.module, RideHead)  # _ride_classifier passes regular RIDE classifiers only
     return copy.deepcopy(clf.module).train()

@@ -59,7 +59,8 @@ class ClassifierFitReport:
     router: RouterSaving | None = None  # RIDE with a router
 
     @classmethod
-    def of(cls, clf: Classifier, fit: Any, out: str | Path, *, epochs: int, seconds: float, weighted: bool) -> ClassifierFitReport:
+    def of(cls, clf: Classifier, fit: Any, out: str | Path, *, epochs: int, seconds: float,
+           weighted: bool) -> ClassifierFitReport:
         """The report of `clf`, fitted as `fit` (a `FitReport`) says, written to `out`."""
         m = clf.meta
         router = m.get("router")
@@ -75,7 +76,8 @@ class ClassifierFitReport:
 
     def to_json(self) -> dict[str, Any]:
         """The fields; `experts`, `m2m_acceptance` and `router` only for the models that have them."""
-        return {k: v for k, v in asdict(self).items() if v is not None or k not in ("experts", "m2m_acceptance", "router")}
+        optional = ("experts", "m2m_acceptance", "router")
+        return {k: v for k, v in asdict(self).items() if v is not None or k not in optional}
 
 
 # ----------------------------------------------------------------------------- inspect
@@ -124,7 +126,8 @@ def summary(path: str | Path) -> dict[str, Any]:
     hist = m.get("history") or []
     charts = []
     if hist:
-        charts.append({"title": "validation balanced accuracy per epoch", "values": [h["val_balanced"] for h in hist], "labels": None})
+        charts.append({"title": "validation balanced accuracy per epoch", "values": [h["val_balanced"] for h in hist],
+                       "labels": None})
         charts.append({"title": "training loss per epoch", "values": [h["loss"] for h in hist[1:]], "labels": None})
     counts = m.get("train_counts") or []
     tables = []

@@ -28,14 +28,20 @@ from dlsa_cli.classify.data import (
     carve_validation,
     cluster_inputs,
     draw_batches,
+    leave_one_out_prior,
     loss_logit_shift,
 )
-from dlsa_cli.classify.data import (
-    leave_one_out_prior as _leave_one_out_prior,
-)
 from dlsa_cli.classify.m2m import m2m_fill
-from dlsa_cli.classify.model import Classifier, ClusterAidedHead, LinearHead, expert_logits, fc_a
-from dlsa_cli.classify.model import float_tensor as _as_tensor
+from dlsa_cli.classify.model import (
+    Classifier,
+    ClassifierModule,
+    ClusterAidedHead,
+    LinearHead,
+    RideHead,
+    expert_logits,
+    fc_a,
+    float_tensor,
+)
 from dlsa_cli.classify.ncm import NcmHead, class_means
 from dlsa_cli.classify.ride import ride_diversity, ride_temperatures
 from dlsa_cli.classify.router import choose_router
@@ -48,7 +54,7 @@ from dlsa_cli.io.files import file_sha256
 from dlsa_cli.runtime import ddp
 from dlsa_cli.runtime.distributed import current
 
-__all__ = ["FitReport", "ProgressFn", "fit_classifier", "check_fit_rules", "val_weights"]
+__all__ = ["FitReport", "ProgressFn", "check_fit_rules", "fit_classifier", "val_weights"]
 
 
 @dataclass
@@ -61,7 +67,7 @@ class FitReport:
     val_source: str
     val_samples: int
     posthoc: dict[str, Any]
-    history: list[dict[str, float]]
+    history: list[dict[str, float | None]]  # loss None at epoch 0
     train_samples: int
     lr: float
     warnings: list[str] = field(default_factory=list)
@@ -124,14 +130,17 @@ def fit_classifier(
     return clf, report
 
 
-def _fit_ride_search(train: FeatureSet, val: FeatureSet | None, cfg: TrainConfig, **kw: Any) -> tuple[Classifier, FitReport]:
+def _fit_ride_search(train: FeatureSet, val: FeatureSet | None, cfg: TrainConfig,
+                     **kw: Any) -> tuple[Classifier, FitReport]:
     """RIDE with its diversity weight chosen on validation from RIDE_GRID (the first best among ties)."""
-    best, scores = None, {}
+    best: tuple[Classifier, FitReport] | None = None
+    scores = {}
     for w in RIDE_GRID:
         clf, rep = _fit(train, val, replace(cfg, ride_diversity=w), **kw)
         scores[str(w)] = rep.val_balanced
         if best is None or rep.val_balanced > best[1].val_balanced:
             best = (clf, rep)
+    assert best is not None  # RIDE_GRID is not empty
     best[0].meta["ride_diversity_search"] = scores
     return best
 
@@ -159,7 +168,8 @@ def check_fit_rules(
     needs_init = cfg.model != "ncm" and init is None and not from_scratch
     if flt is None and train.meta.get("part") == "rest" and needs_init:
         raise InputError(
-            "is the rest of a split: the final regular classifier starts from the classifier trained on all training data",
+            "is the rest of a split: the final regular classifier starts from the classifier trained on "
+            "all training data",
             path=train.path,
             hint="pass --init BASELINE (or --from-scratch)",
         )
@@ -177,10 +187,10 @@ def check_fit_rules(
 
 def val_weights(path: str | Path, num_classes: int) -> np.ndarray:
     """(C,) per-class counts of the whole validation file `path` (--val-weights-from)."""
-    whole = read_labels(path, require_labels=True)
-    if whole.labels.size and int(whole.labels.max()) >= num_classes:
-        raise InputError(f"label {int(whole.labels.max())} is out of range for {num_classes} classes", path=path)
-    return np.bincount(whole.labels, minlength=num_classes)
+    y = read_labels(path, require_labels=True).require_labels()
+    if y.size and int(y.max()) >= num_classes:
+        raise InputError(f"label {int(y.max())} is out of range for {num_classes} classes", path=path)
+    return np.bincount(y, minlength=num_classes)
 
 
 def _fit(
@@ -197,13 +207,14 @@ def _fit(
     if train_offset is not None:
         data.correction = _correction(module, data, train_offset, device)
     run = _Run(module=module, opt=opt, data=data, cfg=cfg, device=device, weights=weights,
-               shift=_shift(cfg, counts_all, train, c, device), temps=ride_temperatures(counts_all, cfg.ride_temperature))
+               shift=_shift(cfg, counts_all, train, c, device),
+               temps=ride_temperatures(counts_all, cfg.ride_temperature))
     if cfg.sampler == "m2m":
         run.g, run.m2m = _m2m_classifier(cfg, fit_fs, val_fs, data, device)
     history = run.epochs(progress)
     meta = _meta(cfg, start, data, counts_all, run, history, val_source, train)
     clf = Classifier(kind=meta["model"], dim=train.dim, num_classes=c, module=module, meta=meta)
-    if start.base_kind == "ride" and not data.cluster_aided:
+    if isinstance(module, RideHead):  # a RIDE classifier, not cluster-aided
         router = choose_router(module, data.xv.cpu(), data.yv.cpu(), c, None if weights is None else weights.cpu())
         if router is not None:
             meta["router"] = router
@@ -220,7 +231,7 @@ def _fit_ncm(train: FeatureSet, val: FeatureSet | None, cfg: TrainConfig, *, dev
     c, counts_all = _check_train(train)
     fit_fs, val_fs, val_source = _validation(train, val, cfg, c)
     head = NcmHead(train.dim, c, scale=cfg.cosine_scale)
-    head.means.copy_(class_means(fit_fs.features, fit_fs.labels, c))
+    head.means.copy_(class_means(fit_fs.features, fit_fs.require_labels(), c))
     clf = Classifier(kind="ncm", dim=train.dim, num_classes=c, module=head.eval())
     pred = torch.from_numpy(clf.logits(val_fs.features, device=device).argmax(1))
     weights = None if val_class_counts is None else torch.as_tensor(np.asarray(val_class_counts))
@@ -255,9 +266,10 @@ def _check_train(train: FeatureSet) -> tuple[int, np.ndarray]:
     return c, counts_all
 
 
-def _validation(train: FeatureSet, val: FeatureSet | None, cfg: TrainConfig, c: int) -> tuple[FeatureSet, FeatureSet, str]:
+def _validation(train: FeatureSet, val: FeatureSet | None, cfg: TrainConfig,
+                c: int) -> tuple[FeatureSet, FeatureSet, str]:
     """(the part trained on, the validation set, where it came from): `val`, or carved from `train`."""
-    y_all = train.labels
+    y_all = train.require_labels()
     if val is None:
         tr_idx, va_idx = carve_validation(y_all, cfg.val_fraction, cfg.seed)
         if len(va_idx) == 0:
@@ -272,7 +284,8 @@ def _validation(train: FeatureSet, val: FeatureSet | None, cfg: TrainConfig, c: 
     missing = np.setdiff1d(np.unique(y_all), np.unique(yv))
     if len(missing) and not cfg.allow_missing_val_classes:
         raise InputError(
-            f"validation set lacks {len(missing)} class(es) that training has (e.g. {', '.join(map(str, missing[:5]))})",
+            f"validation set lacks {len(missing)} class(es) that training has "
+            f"(e.g. {', '.join(map(str, missing[:5]))})",
             path=val.path,
             hint="give a validation file with every class, or pass TrainConfig.allow_missing_val_classes",
         )
@@ -305,20 +318,21 @@ class _Data:
     def build(cls, fit_fs: FeatureSet, val_fs: FeatureSet, cfg: TrainConfig, *, flt: Any,
               filter_path: str | Path | None, device: torch.device, c: int) -> _Data:
         dev = _data_device(fit_fs, val_fs, device)
-        d = cls(x=_as_tensor(fit_fs.features, dev), y=torch.as_tensor(fit_fs.labels, device=dev),
-                xv=_as_tensor(val_fs.features, dev), yv=torch.as_tensor(val_fs.labels, device=dev), dev=dev, c=c)
+        d = cls(x=float_tensor(fit_fs.features, dev), y=torch.as_tensor(fit_fs.labels, device=dev),
+                xv=float_tensor(val_fs.features, dev), yv=torch.as_tensor(val_fs.labels, device=dev), dev=dev, c=c)
         if flt is None:
             return d
         if flt.dim != fit_fs.dim:
             raise ModelMismatchError(f"filter has D={flt.dim} but the features have D={fit_fs.dim}", path=filter_path)
         if flt.num_classes != c:
-            raise ModelMismatchError(f"filter knows {flt.num_classes} classes but the features have {c}", path=filter_path)
+            raise ModelMismatchError(f"filter knows {flt.num_classes} classes but the features have {c}",
+                                     path=filter_path)
         cl, s_np, p_np = cluster_inputs(flt, fit_fs.features, side_input=cfg.side_input, device=device)
         if cfg.prior_train == "loo":
-            p_np = _leave_one_out_prior(flt, filter_path, cl, fit_fs.labels, p_np)
+            p_np = leave_one_out_prior(flt, filter_path, cl, fit_fs.require_labels(), p_np)
         _, sv_np, pv_np = cluster_inputs(flt, val_fs.features, side_input=cfg.side_input, device=device)
-        d.side, d.prior = _as_tensor(s_np, dev), _as_tensor(p_np, dev)
-        d.sv, d.pv = _as_tensor(sv_np, dev), _as_tensor(pv_np, dev)
+        d.side, d.prior = float_tensor(s_np, dev), float_tensor(p_np, dev)
+        d.sv, d.pv = float_tensor(sv_np, dev), float_tensor(pv_np, dev)
         d.filter_info = {
             "sha256": file_sha256(filter_path) if filter_path else None,
             "path": str(filter_path) if filter_path else None,
@@ -338,17 +352,21 @@ class _Data:
         return full
 
 
-def _module_and_optimiser(start: Start, data: _Data, cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer]:
+def _module_and_optimiser(start: Start, data: _Data, cfg: TrainConfig,
+                          device: torch.device) -> tuple[ClassifierModule, torch.optim.Optimizer]:
     """The trained module (the head, or FC_a + FC_b when cluster-aided) and its SGD."""
     head = start.head
-    if data.cluster_aided:
-        module: nn.Module = ClusterAidedHead(head, data.side.shape[1], data.c)
-        groups = [{"params": list(module.a.parameters()), "lr": start.lr},
-                  {"params": list(module.b.parameters()), "lr": start.lr_side}]
+    module: ClassifierModule
+    groups: list[dict[str, Any]]
+    if data.side is not None:  # cluster-aided
+        aided = ClusterAidedHead(head, data.side.shape[1], data.c)
+        groups = [{"params": list(aided.a.parameters()), "lr": start.lr},
+                  {"params": list(aided.b.parameters()), "lr": start.lr_side}]
+        module = aided
     else:
         module = head
         groups = [{"params": list(module.parameters()), "lr": start.lr}]
-    if start.base_kind == "cosine":
+    if isinstance(head, LinearHead) and head.cosine:
         head.bias.requires_grad_(False)  # a cosine head has no bias
     for g in groups:
         g["params"] = [p for p in g["params"] if p.requires_grad]
@@ -359,7 +377,7 @@ def _module_and_optimiser(start: Start, data: _Data, cfg: TrainConfig, device: t
 class _ExpertLogits(nn.Module):
     """The training forward, (B, D) [+ side, prior] -> (E, B, C), as one module that DDP can wrap."""
 
-    def __init__(self, module: nn.Module):
+    def __init__(self, module: ClassifierModule):
         super().__init__()
         self.module = module
 
@@ -367,9 +385,10 @@ class _ExpertLogits(nn.Module):
         return expert_logits(self.module, x, side, prior)
 
 
-def _forward(module: nn.Module, idx: torch.Tensor | slice, x, side, prior, device: torch.device) -> torch.Tensor:
+def _forward(module: nn.Module, idx: torch.Tensor | slice, x: torch.Tensor, side: torch.Tensor | None,
+             prior: torch.Tensor | None, device: torch.device) -> torch.Tensor:
     xb = x[idx].to(device, non_blocking=True)
-    if side is None:
+    if side is None or prior is None:
         return module(xb)
     return module(xb, side[idx].to(device, non_blocking=True), prior[idx].to(device, non_blocking=True))
 
@@ -385,12 +404,13 @@ def _correction(module: nn.Module, data: _Data, train_offset: np.ndarray, device
     init_logits = torch.cat([_forward(module, slice(s, s + 4096), data.x, data.side, data.prior, device)
                              for s in range(0, n, 4096)]).to(data.dev)
     module.train()
-    return _as_tensor(train_offset, data.dev) - init_logits  # (N, C)
+    return float_tensor(train_offset, data.dev) - init_logits  # (N, C)
 
 
-def _shift(cfg: TrainConfig, counts_all: np.ndarray, train: FeatureSet, c: int, device: torch.device) -> torch.Tensor | None:
+def _shift(cfg: TrainConfig, counts_all: np.ndarray, train: FeatureSet, c: int,
+           device: torch.device) -> torch.Tensor | None:
     """The (C,) training-only logit shift of BSM / LA, from the counts `loss_counts` names."""
-    counts = counts_all if cfg.loss_counts == "all" else np.bincount(train.labels, minlength=c)
+    counts = counts_all if cfg.loss_counts == "all" else np.bincount(train.require_labels(), minlength=c)
     shift = loss_logit_shift(cfg.loss, counts, cfg.la_tau)
     return None if shift is None else torch.as_tensor(shift, device=device)
 
@@ -410,7 +430,7 @@ class _Pool:
 class _Run:
     """The epoch loop of one fit: batches, loss, validation, the best epoch so far, M2M rounds."""
 
-    module: nn.Module
+    module: ClassifierModule
     opt: torch.optim.Optimizer
     data: _Data
     cfg: TrainConfig
@@ -422,17 +442,19 @@ class _Run:
     m2m: dict[str, Any] | None = None
     best_epoch: int = 0
     best_scores: tuple[float, float] = (float("-inf"), 0.0)
-    best_state: dict[str, torch.Tensor] | None = None
-    net: nn.Module | None = None  # the training forward; under torchrun wrapped in DDP (gradients averaged over ranks)
+    best_state: dict[str, torch.Tensor] = field(default_factory=dict)  # the best epoch's, kept from epoch 0 on
+    # the training forward; under torchrun wrapped in DDP (gradients averaged over ranks)
+    net: nn.Module = field(init=False)
 
     def __post_init__(self) -> None:
         self.net = ddp.wrap(_ExpertLogits(self.module), self.device)
 
-    def epochs(self, progress: ProgressFn | None) -> list[dict[str, float]]:
+    def epochs(self, progress: ProgressFn | None) -> list[dict[str, float | None]]:
         cfg, d = self.cfg, self.data
         gen = torch.Generator(device=d.dev.type if d.dev.type != "cuda" else d.dev).manual_seed(cfg.seed)
         bal, acc = self.evaluate()
-        history = [{"epoch": 0, "loss": None, "val_balanced": bal, "val_accuracy": acc}]  # strict JSON: no NaN
+        history: list[dict[str, float | None]] = [  # strict JSON: no NaN
+            {"epoch": 0, "loss": None, "val_balanced": bal, "val_accuracy": acc}]
         self._keep(0, bal, acc)
         pool = _Pool(d.x, d.y, d.side, d.prior, d.correction)
         self.module.train()
@@ -505,19 +527,21 @@ def _m2m_round(epoch: int, start: int, every: int) -> bool:
 def _m2m_pool(run: _Run, epoch: int, gen: torch.Generator) -> _Pool:
     """The real samples plus a fresh round of M2M translations (recorded in `run.m2m`)."""
     cfg, d, dev = run.cfg, run.data, run.device
+    assert run.g is not None and run.m2m is not None  # M2M rounds run only with M2M's g
     t0 = time.perf_counter()
     step = cfg.m2m_step * float(d.x.norm(dim=1).mean())
 
     def f(xg: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:  # the classifier being trained, (G, C)
-        if d.side is None:
+        if d.side is None or d.prior is None:
             return run.module(xg)
         side = xg if cfg.side_input == "features" else d.side[rows].to(dev)
         return run.module(xg, side, d.prior[rows].to(dev))
 
     linear = _linear_part(run.module, cfg, d.x.shape[1])
-    tr = m2m_fill(run.g, f if linear is None else linear, d.x.to(dev), d.y.to(dev), d.c, beta=cfg.m2m_beta, lam=cfg.m2m_lambda,
+    tr = m2m_fill(run.g, f if linear is None else linear, d.x.to(dev), d.y.to(dev), d.c, beta=cfg.m2m_beta,
+                  lam=cfg.m2m_lambda,
                   gamma=cfg.m2m_gamma, steps=cfg.m2m_steps, step=step, gen=gen)
-    run.m2m["rounds"].append({"epoch": epoch, "added": int(len(tr.y)), "accepted": int(tr.accepted.sum()),
+    run.m2m["rounds"].append({"epoch": epoch, "added": len(tr.y), "accepted": int(tr.accepted.sum()),
                               "seconds": round(time.perf_counter() - t0, 3)})
     added, accepted = sum(r["added"] for r in run.m2m["rounds"]), sum(r["accepted"] for r in run.m2m["rounds"])
     run.m2m["acceptance"] = accepted / max(added, 1)
@@ -530,7 +554,7 @@ def _m2m_pool(run: _Run, epoch: int, gen: torch.Generator) -> _Pool:
 
 
 @torch.no_grad()
-def _linear_part(module: nn.Module, cfg: TrainConfig, dim: int) -> torch.Tensor | None:
+def _linear_part(module: ClassifierModule, cfg: TrainConfig, dim: int) -> torch.Tensor | None:
     """(C, D) A with f(x) = A x + (terms without x) when the trained classifier is linear in x, else None."""
     head = fc_a(module)
     if not isinstance(head, LinearHead) or head.cosine:
@@ -550,7 +574,7 @@ def _m2m_classifier(cfg: TrainConfig, fit_fs: FeatureSet, val_fs: FeatureSet, da
             raise ModelMismatchError("is cluster-aided; M2M's g must be a regular classifier", path=cfg.m2m_from,
                                      hint="pass the baseline trained on the imbalanced training data")
         g.check_features(fit_fs.dim, data.c, path=cfg.m2m_from)
-        info = {"from": str(cfg.m2m_from), "sha256": file_sha256(cfg.m2m_from)}
+        info: dict[str, Any] = {"from": str(cfg.m2m_from), "sha256": file_sha256(cfg.m2m_from)}
     else:
         warm = replace(cfg, model="linear", loss="ce", sampler="uniform", epochs=cfg.m2m_warmup, posthoc="none",
                        select="best", allow_missing_val_classes=True, lr=None, lr_side=None, m2m_from=None)
@@ -565,7 +589,7 @@ def _m2m_classifier(cfg: TrainConfig, fit_fs: FeatureSet, val_fs: FeatureSet, da
 
 
 def _meta(cfg: TrainConfig, start: Start, data: _Data, counts_all: np.ndarray, run: _Run,
-          history: list[dict[str, float]], val_source: str, train: FeatureSet) -> dict[str, Any]:
+          history: list[dict[str, float | None]], val_source: str, train: FeatureSet) -> dict[str, Any]:
     """The classifier file's metadata: what was trained, how, and what validation chose."""
     meta: dict[str, Any] = {
         "model": "cluster-aided" if data.cluster_aided else start.base_kind,
@@ -587,10 +611,10 @@ def _meta(cfg: TrainConfig, start: Start, data: _Data, counts_all: np.ndarray, r
         "history": history,
         "train_samples": int(data.x.shape[0]),
     }
-    if start.base_kind == "ride":
-        ride = fc_a(run.module)
-        meta["experts"] = len(ride.experts)
-        meta["expert_hidden"] = 0 if ride.experts[0].hidden is None else ride.experts[0].hidden.out_features
+    if isinstance(ride := fc_a(run.module), RideHead):
+        experts = ride.expert_list
+        meta["experts"] = len(experts)
+        meta["expert_hidden"] = 0 if experts[0].hidden is None else experts[0].hidden.out_features
     if class_names := train.meta.get("class_names"):
         meta["class_names"] = list(class_names)
     if data.cluster_aided:

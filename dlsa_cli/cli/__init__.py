@@ -8,7 +8,7 @@ from dlsa_cli.cli import (
     classify,  # noqa: F401
     datasets,  # noqa: F401
     evaluate,  # noqa: F401
-    extract,  # noqa: F401,I001
+    extract,  # noqa: F401
     filter,  # noqa: F401
     inspect,  # noqa: F401
 )

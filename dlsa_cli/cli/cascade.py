@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -33,9 +33,17 @@ FIT_CASCADE = (
 @command("fit-cascade", sections=FIT_CASCADE)
 def fit_cascade_cmd(
     train: Annotated[Path, typer.Argument(help="Training feature file with labels.", show_default=False)],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write (must be new or empty, unless --resume).", show_default=False)],
-    val: Annotated[Optional[Path], typer.Option("--val", help="Validation feature file: chooses every epoch (default: each classifier carves 20% of its training file).", show_default=False)] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in OUT from its last finished stage (same options and inputs).")] = False,
+    out: Annotated[Path,
+                   typer.Option("--out", "-o", help="Run folder to write (must be new or empty, unless --resume).",
+                                show_default=False)],
+    val: Annotated[Path | None,
+                   typer.Option("--val",
+                                help="Validation feature file: chooses every epoch (default: each classifier carves "
+                                     "20% of its training file).", show_default=False)] = None,
+    resume: Annotated[bool,
+                      typer.Option("--resume",
+                                   help="Continue an interrupted run in OUT from its last finished stage (same "
+                                        "options and inputs).")] = False,
     settings: Given = None,  # type: ignore[assignment]
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
@@ -54,7 +62,7 @@ def fit_cascade_cmd(
     with DDP and every split is sharded; rank 0 writes the run folder.
 
     Example: [bold]dlsa fit-cascade train.safetensors --val val.safetensors -o run/ --depth 2 --clusters 100 --filter-epochs 20[/]
-    """
+    """  # noqa: E501  the first line is the command's one-line summary, the example one command
     from dlsa_cli.cascade import fit_cascade
     from dlsa_cli.runtime.distributed import setup
 

@@ -23,23 +23,29 @@ from dlsa_cli.cli.render import render_classifier_fit, render_predict
 
 @command("fit-classifier", sections=(Section("", TrainConfig),))
 def fit_classifier_cmd(
-    train: Annotated[Path, typer.Argument(help="Training feature file with labels (for a branch: its routed or rest part).")],
+    train: Annotated[Path,
+                     typer.Argument(help="Training feature file with labels (for a branch: its routed or rest part).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Classifier file to write (.safetensors).")],
     settings: Given,
     val: Annotated[
         Path | None,
-        typer.Option("--val", help="Validation feature file that chooses the epoch (default: a stratified 20% carved from TRAIN)."),
+        typer.Option("--val",
+                     help="Validation feature file that chooses the epoch (default: a stratified 20% "
+                          "carved from TRAIN)."),
     ] = None,
     init: Annotated[
         Path | None,
         typer.Option(
             "--init",
             help="Start from a classifier trained on ALL training data (a classifier file, or a backbone head "
-            "with weight (C, D) and bias (C,) as .safetensors / .pt). Required for branch classifiers unless --from-scratch.",
+            "with weight (C, D) and bias (C,) as .safetensors / .pt). Required for branch classifiers unless "
+            "--from-scratch.",
         ),
     ] = None,
     from_scratch: Annotated[
-        bool, typer.Option("--from-scratch", help="Train a branch classifier from scratch on its subset (the authors' way; loses few-shot).")
+        bool,
+        typer.Option("--from-scratch",
+                     help="Train a branch classifier from scratch on its subset (the authors' way; loses few-shot).")
     ] = False,
     filter_path: Annotated[
         Path | None, typer.Option("--filter", help="The depth's filter: makes the classifier cluster-aided.")
@@ -79,7 +85,9 @@ def fit_classifier_cmd(
         fit = fit_classifier_file(
             train, out, cfg, val=val, init=init, filter_path=filter_path, val_weights_from=val_weights_from,
             from_scratch=from_scratch, device=dev,
-            progress=lambda e, n, s: update(1, text=f"loss {s['loss']:.3f}  val bal. acc {s['val_balanced']:.3f}  best epoch {s['best_epoch']}"),
+            progress=lambda e, n, s: update(1,
+                                            text=f"loss {s['loss']:.3f}  val bal. acc {s['val_balanced']:.3f}  best "
+                                                 f"epoch {s['best_epoch']}"),
         )
     for w in fit.report.warnings:
         rep.warn(w)
@@ -100,11 +108,13 @@ def _render_fit(clf, report, out: Path, *, epochs: int, seconds: float, weighted
 @command("predict", sections=(Section("", PredictConfig),))
 def predict_cmd(
     model: Annotated[Path, typer.Argument(help="A classifier file, or a cascade (its folder or cascade.json).")],
-    features: Annotated[Path, typer.Argument(help="Feature file to predict (labels, when present, are copied through).")],
+    features: Annotated[Path,
+                        typer.Argument(help="Feature file to predict (labels, when present, are copied through).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Predictions table to write (.parquet).")],
     settings: Given = None,  # type: ignore[assignment]
     filter_path: Annotated[
-        Path | None, typer.Option("--filter", help="For a cluster-aided classifier alone: the filter it was trained with.")
+        Path | None,
+        typer.Option("--filter", help="For a cluster-aided classifier alone: the filter it was trained with.")
     ] = None,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,

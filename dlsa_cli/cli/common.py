@@ -29,15 +29,15 @@ from dlsa_cli.cli.derive import Section, flag_map, name_flags, settings_params
 from dlsa_cli.errors import DlsaError
 
 __all__ = [
-    "app",
-    "command",
-    "Reporter",
-    "emit_json",
-    "stdout",
+    "DeviceOpt",
     "JsonOpt",
     "QuietOpt",
-    "DeviceOpt",
+    "Reporter",
     "SeedOpt",
+    "app",
+    "command",
+    "emit_json",
+    "stdout",
 ]
 
 app = typer.Typer(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -24,7 +24,9 @@ def make_dataset_cmd(
         Path | None,
         typer.Option("--source", help="caltech101-lt: the caltech101_lite0.npz file (default: ../shared/data/...)."),
     ] = None,
-    val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of each class's training part kept for validation.")] = 0.2,
+    val_fraction: Annotated[float,
+                            typer.Option("--val-fraction",
+                                         help="Share of each class's training part kept for validation.")] = 0.2,
     seed: SeedOpt = 0,
     json_out: JsonOpt = False,
 ) -> None:
@@ -56,13 +58,14 @@ def make_dataset_cmd(
     else:
         raise DlsaError(f"unknown data set '{name}'", hint=f"use one of {', '.join(DATASETS)}")
     prov = provenance("make-dataset", {"name": name, "val_fraction": val_fraction}, inputs, seed)
-    summary = {}
+    summary: dict[str, Any] = {}
     with atomic_dir(out) as tmp:
         for part in ("train", "val", "test"):
             fs = getattr(splits, part)
-            write_features(tmp / f"{part}.safetensors", fs, prov=prov, meta={"dataset": name, "split": part, "class_names": splits.class_names})
+            write_features(tmp / f"{part}.safetensors", fs, prov=prov,
+                           meta={"dataset": name, "split": part, "class_names": splits.class_names})
             summary[part] = {"samples": fs.n, "dim": fs.dim}
-    counts = class_counts(splits.train.labels, len(splits.class_names))
+    counts = class_counts(splits.train.require_labels(), len(splits.class_names))
     groups = shot_groups(counts)
     summary["classes"] = len(counts)
     summary["train_counts"] = {"max": int(counts.max()), "min": int(counts.min())}
@@ -73,6 +76,7 @@ def make_dataset_cmd(
         stdout.print(
             f"{name} -> {out}: train {summary['train']['samples']}, val {summary['val']['samples']}, "
             f"test {summary['test']['samples']} samples, D={summary['train']['dim']}, {len(counts)} classes "
-            f"({summary['groups']['many']} many / {summary['groups']['medium']} medium / {summary['groups']['few']} few), "
+            f"({summary['groups']['many']} many / {summary['groups']['medium']} medium / "
+            f"{summary['groups']['few']} few), "
             f"train counts {counts.max()}..{counts.min()}"
         )

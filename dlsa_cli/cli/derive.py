@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -140,17 +140,17 @@ def _option(s: Section, d: Declared, taken: set[str]) -> inspect.Parameter:
     typ = str if d.type in (Path, tuple) else d.type
     opt = typer.Option(*_names(s, d, taken), help=_help(d, s), show_default=_shown(d))
     return inspect.Parameter(s.param(d.name), inspect.Parameter.KEYWORD_ONLY, default=None,
-                             annotation=Annotated[Optional[typ], opt])
+                             annotation=Annotated[typ | None, opt])
 
 
 def _extra_option(s: Section, key: str, help_text: str, taken: set[str]) -> inspect.Parameter:
     names = ["--" + s.prefix + key] + (["--" + key] if s.aliases and s.prefix and "--" + key not in taken else [])
     opt = typer.Option(*names, help=help_text, show_default=False)
     return inspect.Parameter(s.param(key), inspect.Parameter.KEYWORD_ONLY, default=None,
-                             annotation=Annotated[Optional[str], opt])
+                             annotation=Annotated[str | None, opt])
 
 
-CONFIG_OPT = Annotated[Optional[Path], typer.Option(
+CONFIG_OPT = Annotated[Path | None, typer.Option(
     "--config", help="A TOML file of settings (keys: the settings' names; see `dlsa inspect FILE --config`); "
     "options given on the command line override it.", show_default=False)]
 
@@ -200,7 +200,8 @@ def _typed(numbers: Mapping[str, str], pname: str, value: Any) -> Any:
         return value
     parsed = parse_numbers(value)
     if parsed is None:
-        raise InputError(f"{numbers[pname]} {value}: not numbers", hint=f"give numbers, e.g. {numbers[pname]} 0.485,0.456,0.406")
+        raise InputError(f"{numbers[pname]} {value}: not numbers",
+                         hint=f"give numbers, e.g. {numbers[pname]} 0.485,0.456,0.406")
     return parsed
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -15,11 +15,22 @@ from dlsa_cli.evaluation.config import EvaluateConfig
 
 @command("evaluate", sections=(Section("", EvaluateConfig),))
 def evaluate_cmd(
-    predictions: Annotated[list[str], typer.Argument(help="Predictions tables (.parquet with label and prediction); the first is the reference for the differences.", show_default=False)],
-    train: Annotated[Optional[str], typer.Option("--train", help="Training labels: a feature file, or a JSON list of per-class training counts. Default: the first table's recorded train_counts.")] = None,
-    labels: Annotated[Optional[str], typer.Option("--labels", help="A feature file with ids and labels, joined on each table's 'id' (for tables without a 'label' column; used in place of one).")] = None,
+    predictions: Annotated[list[str],
+                           typer.Argument(help="Predictions tables (.parquet with label and prediction); the first is "
+                                               "the reference for the differences.", show_default=False)],
+    train: Annotated[str | None,
+                     typer.Option("--train",
+                                  help="Training labels: a feature file, or a JSON list of per-class training counts. "
+                                       "Default: the first table's recorded train_counts.")] = None,
+    labels: Annotated[str | None,
+                      typer.Option("--labels",
+                                   help="A feature file with ids and labels, joined on each table's 'id' (for tables "
+                                        "without a 'label' column; used in place of one).")] = None,
     settings: Given = None,  # type: ignore[assignment]
-    plot: Annotated[Optional[str], typer.Option("--plot", help="Write the paper's Fig. 1 view (mistakes, classes by frequency, binned) to this .png/.pdf/.svg.")] = None,
+    plot: Annotated[str | None,
+                    typer.Option("--plot",
+                                 help="Write the paper's Fig. 1 view (mistakes, classes by frequency, binned) to this "
+                                      ".png/.pdf/.svg.")] = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:

@@ -39,7 +39,8 @@ def extract_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Feature file to write (.safetensors).")],
     root: Annotated[
         Path | None,
-        typer.Option("--root", help="Folder that the paths in a CSV or list file start from (default: the list's folder)."),
+        typer.Option("--root",
+                     help="Folder that the paths in a CSV or list file start from (default: the list's folder)."),
     ] = None,
     settings: Given = None,  # type: ignore[assignment]
     json_out: JsonOpt = False,
@@ -77,7 +78,8 @@ class _Bar:
         self.done, self.start = 0, time.perf_counter()
 
     def begin(self, s: ExtractStart) -> None:
-        self.rep.log(f"{s.images} images from {self.images} -> {s.backbone} on {s.device}, batch {s.batch_size}, {s.workers} workers")
+        self.rep.log(f"{s.images} images from {self.images} -> {s.backbone} on {s.device}, batch {s.batch_size}, "
+                     f"{s.workers} workers")
         self.update = self.stack.enter_context(self.rep.progress("extract", total=s.images))
         self.start = time.perf_counter()
 
@@ -91,7 +93,8 @@ def _render(report: ExtractReport, rep: Reporter, json_out: bool) -> None:
     for s in report.skipped[:MAX_LISTED]:
         rep.warn(f"skipped {s['id']}: {s['reason']}")
     if len(report.skipped) > MAX_LISTED:
-        rep.warn(f"... and {len(report.skipped) - MAX_LISTED} more skipped (all are listed in {report.out}'s metadata 'skipped')")
+        rep.warn(f"... and {len(report.skipped) - MAX_LISTED} more skipped (all are listed in {report.out}'s "
+                 "metadata 'skipped')")
     if json_out:
         emit_json(report.to_dict())
         return

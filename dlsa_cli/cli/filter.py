@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -18,8 +18,9 @@ from dlsa_cli.cli.derive import Given, Section
 from dlsa_cli.cli.render import render_filter_fit, render_split
 from dlsa_cli.flow.config import FilterConfig, FilterRun, SplitConfig
 
-FILTER_VAL = Annotated[Optional[str], typer.Option(
-    "--val", help="Validation feature file with labels: each epoch's record gets its routed tail share and mean log p(x), "
+FILTER_VAL = Annotated[str | None, typer.Option(
+    "--val",
+    help="Validation feature file with labels: each epoch's record gets its routed tail share and mean log p(x), "
     "and the val-* --select rules choose the epoch on it.", show_default=False)]
 PRESET_HELP = ("The paper's settings for imagenet-lt, places-lt or inat18 (imagenet-lt's are the defaults); "
                "explicit settings override it.")
@@ -28,15 +29,24 @@ FIT_FILTER = (Section("", FilterConfig, extra={"preset": PRESET_HELP}), Section(
 
 @command("fit-filter", sections=FIT_FILTER)
 def fit_filter_cmd(
-    train: Annotated[str, typer.Argument(help="Training feature file with labels (or a split's rest file for the next depth).", show_default=False)],
+    train: Annotated[str,
+                     typer.Argument(help="Training feature file with labels (or a split's rest file for "
+                                         "the next depth).", show_default=False)],
     out: Annotated[str, typer.Option("--out", "-o", help="Filter file to write (.safetensors).", show_default=False)],
     settings: Given,
     val: FILTER_VAL = None,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last finished epoch (the checkpoint OUT.resume beside the output, written after every epoch and removed on success); the result equals an uninterrupted run's.")] = False,
-    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Write the resume checkpoint after every N epochs (it holds two copies of the flow: at D = 2048 about 0.3 GB); 0 writes none.")] = 1,
+    resume: Annotated[bool,
+                      typer.Option("--resume",
+                                   help="Continue an interrupted run from its last finished epoch (the checkpoint "
+                                        "OUT.resume beside the output, written after every epoch and removed on "
+                                        "success); the result equals an uninterrupted run's.")] = False,
+    checkpoint_every: Annotated[int,
+                                typer.Option("--checkpoint-every",
+                                             help="Write the resume checkpoint after every N epochs (it holds two "
+                                                  "copies of the flow: at D = 2048 about 0.3 GB); 0 writes none.")] = 1,
 ) -> None:
     """Train the Gaussian-mixture flow filter on a training feature file.
 
@@ -92,9 +102,14 @@ def fit_filter_cmd(
 
 @command("split", sections=(Section("", SplitConfig),))
 def split_cmd(
-    filter_path: Annotated[str, typer.Argument(metavar="FILTER", help="Filter file written by `dlsa fit-filter`.", show_default=False)],
+    filter_path: Annotated[str,
+                           typer.Argument(metavar="FILTER", help="Filter file written by `dlsa fit-filter`.",
+                                          show_default=False)],
     features: Annotated[list[str], typer.Argument(help="Feature files to score and route.", show_default=False)],
-    out: Annotated[str, typer.Option("--out", "-o", help="Output folder (created if missing; files of the same names are replaced).", show_default=False)],
+    out: Annotated[str,
+                   typer.Option("--out", "-o",
+                                help="Output folder (created if missing; files of the same names are replaced).",
+                                show_default=False)],
     settings: Given = None,  # type: ignore[assignment]
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
@@ -124,10 +139,12 @@ def split_cmd(
                              on_file=lambda name, _r: update(advance=1, text=name))
     for name, fr in report.files.items():
         if fr.nonfinite:
-            rep.warn(f"{name}: {fr.nonfinite} sample(s) have a NaN or infinite log p(x); sent to the rest, flagged in its table's 'finite' column")
+            rep.warn(f"{name}: {fr.nonfinite} sample(s) have a NaN or infinite log p(x); sent to the rest, flagged in "
+                     "its table's 'finite' column")
         for part in ("routed", "rest"):
             if fr.outputs is not None and getattr(fr.outputs, part) is None:
-                rep.warn(f"{name}: no sample was {'routed' if part == 'routed' else 'left for the rest'}; no {part} file written")
+                rep.warn(f"{name}: no sample was {'routed' if part == 'routed' else 'left for the rest'}; no "
+                         f"{part} file written")
     if json_out:
         emit_json(report.to_json())
         return

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -14,9 +14,20 @@ from dlsa_cli.inspect import render, summarize
 
 @command("inspect")
 def inspect_cmd(
-    file: Annotated[str, typer.Argument(help="Any file dlsa reads or writes: features (any format), filter, split, classifier, predictions, counts; or a cascade folder.", show_default=False)],
-    plot: Annotated[Optional[str], typer.Option("--plot", help="Also draw (.png/.pdf/.svg): for a `dlsa split` folder or a recipe's run folder, head-tail separation per depth against chance (paper Fig. 7); for a split table NAME.parquet, a PCA map of its routed and passed-on samples, head and tail coloured (Fig. 8 style).", show_default=False)] = None,
-    config: Annotated[bool, typer.Option("--config", help="Print the settings that wrote FILE (a filter, a classifier, or a fit-cascade folder) as a TOML file: pass it back with --config to repeat the run.")] = False,
+    file: Annotated[str,
+                    typer.Argument(help="Any file dlsa reads or writes: features (any format), filter, split, "
+                                        "classifier, predictions, counts; or a cascade folder.", show_default=False)],
+    plot: Annotated[str | None,
+                    typer.Option("--plot",
+                                 help="Also draw (.png/.pdf/.svg): for a `dlsa split` folder or a recipe's run folder, "
+                                      "head-tail separation per depth against chance (paper Fig. 7); for a split table "
+                                      "NAME.parquet, a PCA map of its routed and passed-on samples, head and tail "
+                                      "coloured (Fig. 8 style).", show_default=False)] = None,
+    config: Annotated[bool,
+                      typer.Option("--config",
+                                   help="Print the settings that wrote FILE (a filter, a classifier, or a fit-cascade "
+                                        "folder) as a TOML file: pass it back with --config to repeat the "
+                                        "run.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Summarise any file the tool reads or writes.

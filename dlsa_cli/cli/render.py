@@ -48,16 +48,22 @@ def render_filter_fit(r: FilterFitReport) -> None:
     t.add_column("", style="bold")
     t.add_column("")
     t.add_row("training samples", f"{st.train_samples} ({r.train}), depth {r.depth}")
-    t.add_row("chosen epoch", f"{r.chosen_epoch} of {len(r.history)}" + ("" if st.chosen_epoch_eligible else " (no epoch met --max-cluster-share)"))
-    t.add_row("cluster sizes", f"min {st.size_min}  q1 {_num(st.size_q1)}  median {_num(st.size_median)}  q3 {_num(st.size_q3)}  "
+    t.add_row("chosen epoch",
+              f"{r.chosen_epoch} of {len(r.history)}"
+              + ("" if st.chosen_epoch_eligible else " (no epoch met --max-cluster-share)"))
+    t.add_row("cluster sizes",
+              f"min {st.size_min}  q1 {_num(st.size_q1)}  median {_num(st.size_median)}  q3 {_num(st.size_q3)}  "
               f"max {st.size_max}  empty {st.empty}")
     t.add_row("purity", f"> 0.9: {st.purity_above_0_9}  > 0.7: {st.purity_above_0_7}  > 0.5: {st.purity_above_0_5}")
-    t.add_row("good clusters", f"{st.good_clusters} of {cfg['clusters']} (purity > {cfg['purity_threshold']:g}, size > {cfg['min_cluster_size']})")
+    t.add_row("good clusters",
+              f"{st.good_clusters} of {cfg['clusters']} (purity > {cfg['purity_threshold']:g}, size > "
+              f"{cfg['min_cluster_size']})")
     t.add_row("threshold", f"log p(x) >= {r.threshold:.6g} routes {st.routed} training samples ({r.share:g})")
     t.add_row("tail share (<= 50)", f"routed {_num(st.separation)}, all training samples {_num(st.tail_share)}")
     kept = r.kept
     if kept is not None and kept.has_val:
-        t.add_row("validation (kept epoch)", f"routed tail share {_num(kept.val_separation)} vs {_num(kept.val_tail_share)} "
+        t.add_row("validation (kept epoch)",
+                  f"routed tail share {_num(kept.val_separation)} vs {_num(kept.val_tail_share)} "
                   f"of all; routed {_num(kept.val_routed_share)}; mean log p(x) {_num(kept.val_mean_log_likelihood)}")
     t.add_row("time", f"{st.seconds_per_epoch or 0.0:.3g} s per epoch on {st.device}")
     stdout.print(t)
@@ -142,7 +148,8 @@ def render_cascade(r: CascadeReport) -> None:
     for col in ("stage", "train routed", "val routed", "separation", "filter epoch", "epoch", "val bal.", "s"):
         t.add_column(col, justify="left" if col == "stage" else "right")
     b = r.baseline.classifier
-    t.add_row("baseline", "", "", "", "", _kept(b), f"{b.val_balanced_accuracy:.4f}", _secs(b.seconds, r.baseline.reused))
+    t.add_row("baseline", "", "", "", "", _kept(b), f"{b.val_balanced_accuracy:.4f}",
+              _secs(b.seconds, r.baseline.reused))
     for d in r.depths:
         tr, va, fl, cl = d.train, d.val, d.filter, d.classifier
         fe = "given" if fl.given else f"{fl.chosen_epoch}/{fl.epochs}"
@@ -152,7 +159,8 @@ def render_cascade(r: CascadeReport) -> None:
         t.add_row(f"depth {d.depth}", train_cell, val_cell, sep, fe, _kept(cl), f"{cl.val_balanced_accuracy:.4f}",
                   _secs(d.seconds, d.reused))
     f = r.final.classifier
-    t.add_row("final", f"{f.train_samples} left", "", "", "", _kept(f), f"{f.val_balanced_accuracy:.4f}", _secs(f.seconds, r.final.reused))
+    t.add_row("final", f"{f.train_samples} left", "", "", "", _kept(f), f"{f.val_balanced_accuracy:.4f}",
+              _secs(f.seconds, r.final.reused))
     stdout.print(t)
     stdout.print("separation: tail share (classes with <= 50 training samples) of the routed validation samples vs "
                  "of all of them; epoch: the chosen classifier epoch ('kept': epoch 0, its starting point); "
@@ -192,7 +200,8 @@ def render_evaluation(report: EvaluationReport) -> None:
     if res[0].per_class is not None:
         _render_per_class(names, res)
     stdout.print(
-        f"[dim]Group accuracy = mean per-class accuracy; many > {report.many_above}, few < {report.few_below} training samples; "
+        f"[dim]Group accuracy = mean per-class accuracy; many > {report.many_above}, few < {report.few_below} "
+        "training samples; "
         "n/a = no class of the group among the evaluated samples.[/]"
     )
 
@@ -228,7 +237,7 @@ def _render_metrics(names: list[str], res: list[TableMetrics], report: Evaluatio
 
 
 def _render_routes(names: list[str], res: list[TableMetrics]) -> None:
-    for n, r in zip(names, res):
+    for n, r in zip(names, res, strict=True):
         if not r.routes:
             continue
         rt = Table(title=f"Routes of {n} (in %; sep. = share of tail classes among the routed)", title_justify="left")
@@ -251,5 +260,6 @@ def _render_per_class(names: list[str], res: list[TableMetrics]) -> None:
         pt.add_column(n, justify="right")
     for k in sorted(range(len(first)), key=lambda k: (-first[k].train_count, k)):
         e = first[k]
-        pt.add_row(str(k), str(e.train_count), e.group, str(e.samples), *[_acc((r.per_class or [])[k].accuracy) for r in res])
+        pt.add_row(str(k), str(e.train_count), e.group, str(e.samples),
+                   *[_acc((r.per_class or [])[k].accuracy) for r in res])
     stdout.print(pt)

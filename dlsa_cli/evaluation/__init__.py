@@ -1,4 +1,5 @@
-"""Evaluation: the long-tail metrics (`metrics`), their counts batch by batch (`tally`), scoring predictions tables (`report`), and Fig. 1 (`plot`)."""
+"""Evaluation: the long-tail metrics (`metrics`), their counts batch by batch (`tally`), scoring
+predictions tables (`report`), and Fig. 1 (`plot`)."""
 
 from dlsa_cli.evaluation.report import (
     EvaluationReport,
@@ -11,4 +12,5 @@ from dlsa_cli.evaluation.report import (
 )
 from dlsa_cli.evaluation.tally import TableMetrics, Tally
 
-__all__ = ["EvaluationReport", "TableMetrics", "Predictions", "read_predictions", "iter_predictions", "read_train_counts", "evaluate_predictions", "evaluate_files", "Tally"]
+__all__ = ["EvaluationReport", "Predictions", "TableMetrics", "Tally", "evaluate_files", "evaluate_predictions",
+           "iter_predictions", "read_predictions", "read_train_counts"]

@@ -39,7 +39,8 @@ def separation_rows(folder: str | Path) -> list[dict[str, Any]]:
     root = Path(folder)
     reports = sorted(root.glob("depth*/split.json")) or sorted(root.glob("split.json"))
     if not reports:
-        raise InputError("holds no split.json (nor depth*/split.json)", path=root, hint="pass a `dlsa split` output folder or a recipe's OUTDIR")
+        raise InputError("holds no split.json (nor depth*/split.json)", path=root,
+                         hint="pass a `dlsa split` output folder or a recipe's OUTDIR")
     rows = []
     for rp in reports:
         rep = json.loads(rp.read_text())
@@ -61,12 +62,14 @@ def route_map_inputs(table: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndar
 
     tab, kind, meta, _ = read_table(table)
     if kind != "split":
-        raise InputError(f"is a '{kind}' file, not a split table", path=table, hint="pass NAME.parquet from `dlsa split`")
+        raise InputError(f"is a '{kind}' file, not a split table", path=table,
+                         hint="pass NAME.parquet from `dlsa split`")
     if "label" not in tab.column_names:
         raise InputError("has no labels, so head and tail cannot be told apart", path=table)
     src = Path(str(meta.get("source", "")))
     if not src.is_file():
-        raise InputError(f"its source features {src} are not found", path=table, hint="run from the folder `dlsa split` ran in")
+        raise InputError(f"its source features {src} are not found", path=table,
+                         hint="run from the folder `dlsa split` ran in")
     fs = read_features(src)
     if fs.n != tab.num_rows:
         raise InputError(f"has {tab.num_rows} rows but its source {src} has {fs.n}", path=table)

@@ -20,22 +20,22 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
-    "MANY_ABOVE",
     "FEW_BELOW",
+    "MANY_ABOVE",
     "TAIL_AT_MOST",
+    "accuracy_from_counts",
+    "binned_confusion",
     "class_counts",
+    "group_accuracies",
+    "matthews_corrcoef",
+    "mcc_from_counts",
+    "nmi_from_cells",
+    "normalized_mutual_info",
+    "per_class_accuracy",
+    "separation_accuracy",
     "shot_groups",
     "tail_classes",
     "top1_accuracy",
-    "per_class_accuracy",
-    "accuracy_from_counts",
-    "group_accuracies",
-    "matthews_corrcoef",
-    "normalized_mutual_info",
-    "mcc_from_counts",
-    "nmi_from_cells",
-    "separation_accuracy",
-    "binned_confusion",
 ]
 
 MANY_ABOVE = 100

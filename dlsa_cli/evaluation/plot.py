@@ -31,7 +31,8 @@ def _pyplot():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise DlsaError("--plot needs matplotlib, which is not installed", hint="pip install 'dlsa-cli[plot]'") from None
+        raise DlsaError("--plot needs matplotlib, which is not installed",
+                        hint="pip install 'dlsa-cli[plot]'") from None
     return plt
 
 
@@ -39,7 +40,8 @@ def check_plot_target(path: str | Path) -> None:
     """Fail early (before any work) when the plot cannot be written."""
     p = Path(path)
     if p.suffix.lower() not in PLOT_FORMATS:
-        raise InputError(f"plot format '{p.suffix or '(none)'}' is not supported", path=p, hint=f"use {', '.join(PLOT_FORMATS)}")
+        raise InputError(f"plot format '{p.suffix or '(none)'}' is not supported", path=p,
+                         hint=f"use {', '.join(PLOT_FORMATS)}")
     parent = p.parent  # a bare name's parent is Path(".")
     if not parent.is_dir():
         raise InputError("the plot's folder does not exist", path=parent, hint="create it first")
@@ -58,7 +60,7 @@ def plot_confusion(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], *
     n = len(panels)
     fig, axes = plt.subplots(1, n, figsize=(4.6 * n + 0.8, 4.4), squeeze=False)
     vmax = max(2, max(int(m.max()) for _, m in panels))
-    for ax, (title, m) in zip(axes[0], panels):
+    for ax, (title, m) in zip(axes[0], panels, strict=True):
         b = m.shape[0]
         shown = np.ma.masked_equal(m.T, 0)  # (pred bin, true bin); empty cells stay white
         im = ax.imshow(shown, cmap="viridis", norm=LogNorm(vmin=1, vmax=vmax), interpolation="nearest")
@@ -93,10 +95,11 @@ def plot_separation(path: str | Path, rows: Sequence[dict]) -> None:
     fig, ax = plt.subplots(figsize=(5.6, 4.0))
     splits = list(dict.fromkeys(r["split"] for r in rows))
     for i, name in enumerate(splits):
-        pts = sorted((r["depth"], r["separation"], r["chance"]) for r in rows if r["split"] == name and r["separation"] is not None)
+        pts = sorted((r["depth"], r["separation"], r["chance"])
+                     for r in rows if r["split"] == name and r["separation"] is not None)
         if not pts:
             continue
-        d, sep, chance = (np.array(v, dtype=float) for v in zip(*pts))
+        d, sep, chance = (np.array(v, dtype=float) for v in zip(*pts, strict=True))
         color = f"C{i}"
         ax.plot(d, 100 * sep, "o-", color=color, label=f"{name}: routed")
         ax.plot(d, 100 * chance, "x--", color=color, alpha=0.7, label=f"{name}: chance")
@@ -129,7 +132,8 @@ def plot_route_map(path: str | Path, xy: np.ndarray, routed: np.ndarray, tail: n
             if is_routed:
                 ax.scatter(xy[m, 0], xy[m, 1], s=7, c=color, alpha=0.7, linewidths=0, label=label)
             else:
-                ax.scatter(xy[m, 0], xy[m, 1], s=7, facecolors="none", edgecolors=color, alpha=0.35, linewidths=0.5, label=label)
+                ax.scatter(xy[m, 0], xy[m, 1], s=7, facecolors="none", edgecolors=color, alpha=0.35, linewidths=0.5,
+                           label=label)
     ax.set_xlabel("principal component 1")
     ax.set_ylabel("principal component 2")
     ax.set_title(title or "Routed and passed-on samples (PCA)", fontsize=10)

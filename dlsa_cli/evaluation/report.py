@@ -36,12 +36,12 @@ from dlsa_cli.io.files import read_table_metadata, require_file
 __all__ = [
     "EvaluationReport",
     "Predictions",
-    "read_predictions",
-    "iter_predictions",
-    "read_train_counts",
-    "evaluate_predictions",
-    "evaluate_files",
     "check_groups",
+    "evaluate_files",
+    "evaluate_predictions",
+    "iter_predictions",
+    "read_predictions",
+    "read_train_counts",
 ]
 
 
@@ -101,10 +101,15 @@ def read_predictions(path: str | Path, *, labels_from: Any = None) -> Prediction
         cols = [getattr(q, name) for q in parts]
         return None if cols[0] is None else np.concatenate(cols)
 
-    return Predictions(cat("labels"), cat("predictions"), cat("routes"), cat("depths"), cat("branches"), parts[0].meta, parts[0].path)
+    def whole(name: str) -> np.ndarray:  # a column every batch has
+        return np.concatenate([getattr(q, name) for q in parts])
+
+    return Predictions(whole("labels"), whole("predictions"), cat("routes"), cat("depths"), cat("branches"),
+                       parts[0].meta, parts[0].path)
 
 
-def iter_predictions(path: str | Path, *, labels_from: Any = None, batch_size: int | None = None) -> Iterator[Predictions]:
+def iter_predictions(path: str | Path, *, labels_from: Any = None,
+                     batch_size: int | None = None) -> Iterator[Predictions]:
     """The columns evaluation needs from a predictions table, `batch_size` rows at a time.
 
     `labels_from` (a `LabelSet` or `FeatureSet` with labels), when given,
@@ -121,12 +126,10 @@ def iter_predictions(path: str | Path, *, labels_from: Any = None, batch_size: i
     for batch in iter_table(p, want, batch_size or PREDICTION_BATCH):
         pred = _int_column(batch, "prediction", p)
         labels = join.labels(batch) if join is not None else _int_column(batch, "label", p)
-
-        def text(name: str) -> np.ndarray | None:
-            return batch.column(name).to_numpy(zero_copy_only=False).astype(str) if name in names else None
-
+        routes, branches = (batch.column(c).to_numpy(zero_copy_only=False).astype(str) if c in names else None
+                            for c in ("route", "branch"))
         depths = batch.column("depth").to_numpy(zero_copy_only=False) if "depth" in names else None
-        yield Predictions(labels, pred, text("route"), depths, text("branch"), meta, p)
+        yield Predictions(labels, pred, routes, depths, branches, meta, p)
     if join is not None:
         join.finish()
 
@@ -136,7 +139,7 @@ def _open_predictions(path: str | Path, labels_from: Any) -> tuple[Path, list[st
     p = require_file(path, "predictions file")
     if p.suffix.lower() != ".parquet":
         raise InputError("a predictions file must be Parquet (.parquet)", path=p, hint="write it with `dlsa predict`")
-    schema, rows, kind, meta, _ = read_table_metadata(p)
+    schema, rows, _, meta, _ = read_table_metadata(p)
     names = schema.names
     if "prediction" not in names:
         raise InputError(
@@ -171,7 +174,8 @@ class _LabelJoin:
         self.first_absent = self.first_repeat = None
 
     def _sorted(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The source ids sorted, as strings when the table's ids are strings and the source's are not (or the reverse)."""
+        """The source ids sorted, as strings when the table's ids are strings and the source's are not
+        (or the reverse)."""
         if self._index is None:
             src = self.src_ids
             if (ids.dtype.kind in "iu") != (src.dtype.kind in "iu"):  # int ids on one side, strings on the other
@@ -217,7 +221,8 @@ class _LabelJoin:
             )
         if self.absent:
             raise InputError(
-                f"{self.absent} of {self.rows} predicted ids are absent from the labels in {self.where} (first: {self.first_absent})",
+                f"{self.absent} of {self.rows} predicted ids are absent from the labels in {self.where} (first: "
+                f"{self.first_absent})",
                 path=self.p,
                 hint="evaluate against the feature file the predictions were made from",
             )
@@ -253,7 +258,8 @@ def read_train_counts(path: str | Path) -> np.ndarray:
             raise InputError(f"not readable JSON ({e})", path=p) from None
         if isinstance(obj, dict):
             obj = obj.get("train_counts")
-        ok = isinstance(obj, list) and obj and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in obj)
+        ok = isinstance(obj, list) and obj and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in obj)
         if not ok:
             raise InputError(
                 "a counts file must be a JSON list of per-class training counts (non-negative integers)",
@@ -359,11 +365,11 @@ def evaluate_files(
     counts, train_name = _counts_for(paths[0], train)
     label_set = read_labels(labels, require_labels=True) if labels is not None else None
     results: dict[str, TableMetrics] = {}
-    panels = []
+    panels: list[tuple[str, np.ndarray]] = []
     for path in paths:
         tally = _tally_file(path, counts, train_name, label_set, tail_at_most, bins if plot is not None else None)
         results[str(path)] = tally.metrics(many_above, few_below, per_class)
-        if plot is not None:
+        if plot is not None and tally.confusion is not None:  # tallied with bins when plotting
             panels.append((str(path), tally.confusion))
     if plot is not None:
         from dlsa_cli.evaluation.plot import plot_confusion
@@ -372,7 +378,8 @@ def evaluate_files(
     return EvaluationReport(results, many_above, few_below, tail_at_most)
 
 
-def _tally_file(path: str, counts: np.ndarray, train_name: str, label_set: Any, tail_at_most: int, bins: int | None) -> Tally:
+def _tally_file(path: str, counts: np.ndarray, train_name: str, label_set: Any, tail_at_most: int,
+                bins: int | None) -> Tally:
     """A predictions table's counts, read batch by batch (memory: one batch and C x routes counts)."""
     tally = Tally(counts, tail_at_most, bins=bins)
     for pr in iter_predictions(path, labels_from=label_set):

@@ -156,7 +156,7 @@ class Tally:
         self.predicted += np.bincount(p, minlength=c)
         self._add_cells(y * c + p)
         if self.bins is not None:
-            self._add_confusion(y, p)
+            self._add_confusion(y, p, self.bins)
         if routes is not None:
             self.has_routes = True
             self._add_routes(y, right, np.asarray(routes).astype(str), depths, branches)
@@ -166,17 +166,22 @@ class Tally:
         new, k = np.unique(codes, return_counts=True)
         both = np.concatenate([self.cells, new])
         self.cells, inv = np.unique(both, return_inverse=True)
-        self.cell_counts = np.bincount(inv, weights=np.concatenate([self.cell_counts, k]), minlength=len(self.cells)).astype(np.int64)
+        self.cell_counts = np.bincount(inv, weights=np.concatenate([self.cell_counts, k]),
+                                       minlength=len(self.cells)).astype(np.int64)
 
-    def _add_confusion(self, y: np.ndarray, p: np.ndarray) -> None:
-        m = binned_confusion(y, p, self.counts, self.bins)
-        self.confusion = m if self.confusion.size == 0 else self.confusion + m
+    def _add_confusion(self, y: np.ndarray, p: np.ndarray, bins: int) -> None:
+        m = binned_confusion(y, p, self.counts, bins)
+        self.confusion = m if self.confusion is None or self.confusion.size == 0 else self.confusion + m
 
     def _add_routes(
-        self, y: np.ndarray, right: np.ndarray, routes: np.ndarray, depths: np.ndarray | None, branches: np.ndarray | None
+        self, y: np.ndarray, right: np.ndarray, routes: np.ndarray, depths: np.ndarray | None,
+        branches: np.ndarray | None,
     ) -> None:
         c = self.num_classes
-        is_cluster = (np.asarray(branches).astype(str) == "cluster") if branches is not None else np.char.startswith(routes, "cluster")
+        if branches is not None:
+            is_cluster = np.asarray(branches).astype(str) == "cluster"
+        else:
+            is_cluster = np.char.startswith(routes, "cluster")
         self.cluster_samples += int(is_cluster.sum())
         self.cluster_tail += int(self._tail[y[is_cluster]].sum())
         for r in np.unique(routes):
@@ -211,7 +216,8 @@ class Tally:
         )
         if self.has_routes:
             out.separation = self.cluster_tail / self.cluster_samples if self.cluster_samples else None
-            out.routes = {r: self._route_metrics(self.routes[r], many_above, few_below) for r in sorted(self.routes, key=_route_order)}
+            out.routes = {r: self._route_metrics(self.routes[r], many_above, few_below)
+                          for r in sorted(self.routes, key=_route_order)}
         if per_class:
             out.per_class = _per_class(self.counts, groups, acc, self.correct, self.support)
         return out
@@ -229,7 +235,8 @@ class Tally:
         )
 
 
-def _per_class(counts: np.ndarray, groups: np.ndarray, acc: np.ndarray, correct: np.ndarray, support: np.ndarray) -> list[ClassAccuracy]:
+def _per_class(counts: np.ndarray, groups: np.ndarray, acc: np.ndarray, correct: np.ndarray,
+               support: np.ndarray) -> list[ClassAccuracy]:
     return [
         ClassAccuracy(k, int(counts[k]), str(groups[k]), int(support[k]), int(correct[k]),
                       None if support[k] == 0 else float(acc[k]))

@@ -84,7 +84,8 @@ def load_backbone(name: str, *, weights: str | Path | None = None) -> Backbone:
     p = Path(name)
     if p.is_file() or p.suffix.lower() in TORCHSCRIPT_SUFFIXES or "/" in name:
         if weights is not None:
-            raise DlsaError("--weights is not used with a TorchScript file: it holds its own weights", hint="drop --weights")
+            raise DlsaError("--weights is not used with a TorchScript file: it holds its own weights",
+                            hint="drop --weights")
         return _torchscript(p)
     if _has("torchvision"):
         import torchvision
@@ -104,7 +105,7 @@ class _EfficientNetFeatures(torch.nn.Module):
 
     def __init__(self, net: torch.nn.Module):
         super().__init__()
-        self.net = net
+        self.net: Any = net  # an EfficientNet-Lite (an untyped package's class) with extract_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.adaptive_avg_pool2d(self.net.extract_features(x), 1).flatten(1)
@@ -140,7 +141,7 @@ def _torchscript(path: Path) -> Backbone:
         raise InputError("backbone file does not exist", path=path, hint=f"or choose {backbone_choices()}")
     try:
         module = torch.jit.load(str(path), map_location="cpu")
-    except Exception as e:  # noqa: BLE001 - whatever torch.jit.load raises, the file is not usable
+    except Exception as e:  # whatever torch.jit.load raises, the file is not usable
         raise InputError(
             f"not a TorchScript file ({(str(e).strip().splitlines() or ['?'])[0][:150]})",
             path=path,
@@ -176,7 +177,8 @@ def _drop_last_linear(model: torch.nn.Module, name: str) -> None:
         if isinstance(mod, torch.nn.Linear):
             last = qual
     if last is None:
-        raise ModelMismatchError(f"{name} has no linear classifier head to remove", hint="export it as TorchScript instead")
+        raise ModelMismatchError(f"{name} has no linear classifier head to remove",
+                                 hint="export it as TorchScript instead")
     parent_name, _, attr = last.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, attr, torch.nn.Identity())
@@ -206,7 +208,8 @@ def _timm(arch: str, weights: str | Path | None) -> Backbone:
             crop=crop,
             mean=tuple(float(v) for v in cfg.get("mean", IMAGENET_MEAN)),
             std=tuple(float(v) for v in cfg.get("std", IMAGENET_STD)),
-            interpolation=cfg.get("interpolation", "bilinear") if cfg.get("interpolation") in INTERPOLATIONS else "bilinear",
+            interpolation=(cfg.get("interpolation", "bilinear") if cfg.get("interpolation") in INTERPOLATIONS
+                           else "bilinear"),
         )
     except (KeyError, TypeError, ValueError, DlsaError):
         pass
@@ -225,7 +228,7 @@ def _load_weights(model: torch.nn.Module, path: str | Path, name: str) -> None:
             sd: Any = load_file(str(p))
         else:
             sd = torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any loader failure means the file is not a safe state dict
+    except Exception as e:  # any loader failure means the file is not a safe state dict
         raise InputError(
             f"cannot load weights safely ({(str(e).strip().splitlines() or ['?'])[0][:150]})",
             path=p,

@@ -26,7 +26,8 @@ __all__ = ["ChunkStore", "run_fingerprint", "save_chunk"]
 
 
 def run_fingerprint(
-    images: ImageList, backbone: Backbone, pre: Preprocess, batch_size: int, half: bool, dtype: str, skip_bad: bool, chunk_size: int
+    images: ImageList, backbone: Backbone, pre: Preprocess, batch_size: int, half: bool, dtype: str, skip_bad: bool,
+    chunk_size: int
 ) -> dict[str, Any]:
     """What a chunk depends on: the images (ids and paths), the model, preprocessing and batching."""
     h = hashlib.sha256(json.dumps([images.ids, images.paths]).encode())

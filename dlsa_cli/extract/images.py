@@ -120,7 +120,7 @@ def _resolve(root: Path, written: str) -> str:
 
 def _check_unique(ids: list[str], lines: list[int], src: Path) -> None:
     seen: dict[str, int] = {}
-    for i, line in zip(ids, lines):
+    for i, line in zip(ids, lines, strict=True):
         if i in seen:
             raise InputError(
                 f"line {line} lists '{i}' again (first on line {seen[i]})", path=src, hint="each image once"
@@ -192,7 +192,8 @@ def _read_list_file(src: Path, root: Path) -> ImageList:
                 try:
                     label = int(parts[1])
                 except ValueError:
-                    raise InputError(f"line {n}: label '{parts[1][:40]}' is not an integer", path=src, hint=hint) from None
+                    raise InputError(f"line {n}: label '{parts[1][:40]}' is not an integer", path=src,
+                                     hint=hint) from None
                 if label < 0:
                     raise InputError(f"line {n} has a negative label {label}", path=src, hint=hint)
                 ids.append(parts[0])

@@ -88,7 +88,8 @@ def extract_features(
         part = keep[start : start + size]
         done = store.load(c) if store is not None else None
         if done is None:
-            done = _extract_rows(part, images, model, backbone, pre, batch_size, workers, dev, half, skip_bad, dtype, progress)
+            done = _extract_rows(part, images, model, backbone, pre, batch_size, workers, dev, half, skip_bad, dtype,
+                                 progress)
             if store is not None:
                 chunk_files.save_chunk(store, c, *done)  # looked up here, so a test can stop the run after it
         else:
@@ -114,7 +115,8 @@ def extract_features(
     )
 
 
-def _check_extract_args(batch_size: int, dtype: str, half: bool, dev: torch.device, workers: int | None, chunk_size: int) -> int:
+def _check_extract_args(batch_size: int, dtype: str, half: bool, dev: torch.device, workers: int | None,
+                        chunk_size: int) -> int:
     if batch_size < 1:
         raise DlsaError(f"ExtractConfig.batch_size {batch_size}: must be at least 1")
     if chunk_size < 1:
@@ -153,7 +155,7 @@ def _existing_images(images: ImageList, skip_bad: bool) -> tuple[list[int], list
 def _ready_model(backbone: Backbone, dev: torch.device, half: bool) -> torch.nn.Module:
     model = backbone.module.to(dev).eval()
     if backbone.channels_last and not isinstance(model, torch.jit.ScriptModule):
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to takes it; the stubs omit it
     return model.half() if half else model.float()  # .to/.half act in place: undo an earlier half run
 
 
@@ -180,11 +182,13 @@ def _extract_rows(
                         row = keep[int(idx[j])]
                         if not skip_bad:
                             raise InputError(
-                                f"cannot read image ({e})", path=images.paths[row], hint="fix or remove it, or pass --skip-bad"
+                                f"cannot read image ({e})", path=images.paths[row],
+                                hint="fix or remove it, or pass --skip-bad"
                             )
                         skipped.append({"id": images.ids[row], "reason": e})
                 if good:
-                    x = (xb[good] if len(good) < len(errors) else xb).to(dev, non_blocking=True).permute(0, 3, 1, 2)  # (B, 3, H, W)
+                    x = xb[good] if len(good) < len(errors) else xb
+                    x = x.to(dev, non_blocking=True).permute(0, 3, 1, 2)  # (B, 3, H, W)
                     block = backbone.features(pre.normalise(x, compute_dtype)).float().cpu().numpy()  # (B, D)
                     if feats is None:
                         feats = np.empty((len(keep), block.shape[1]), dtype=np.dtype(dtype))

@@ -36,15 +36,17 @@ class Preprocess:
 
     resize: int = 256
     crop: int = 224
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[float, ...] = IMAGENET_MEAN  # R,G,B: three, checked below
+    std: tuple[float, ...] = IMAGENET_STD
     interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
         if self.resize < 1 or self.crop < 1:
-            raise DlsaError(f"ExtractConfig.resize {self.resize} / ExtractConfig.crop {self.crop}: both must be positive")
+            raise DlsaError(f"ExtractConfig.resize {self.resize} / ExtractConfig.crop {self.crop}: both "
+                            "must be positive")
         if self.interpolation not in INTERPOLATIONS:
-            raise DlsaError(f"ExtractConfig.interpolation {self.interpolation}: unknown", hint=f"use one of {', '.join(INTERPOLATIONS)}")
+            raise DlsaError(f"ExtractConfig.interpolation {self.interpolation}: unknown",
+                            hint=f"use one of {', '.join(INTERPOLATIONS)}")
         for what, v in (("mean", self.mean), ("std", self.std)):
             if len(v) != 3:
                 raise DlsaError(f"ExtractConfig.{what} needs 3 numbers (R,G,B), got {len(v)}")
@@ -52,13 +54,14 @@ class Preprocess:
             raise DlsaError("ExtractConfig.std values must be positive")
 
     def to_meta(self) -> dict[str, Any]:
-        return {**asdict(self), "mean": list(self.mean), "std": list(self.std), "resize_side": "shorter", "crop_at": "centre"}
+        return {**asdict(self), "mean": list(self.mean), "std": list(self.std), "resize_side": "shorter",
+                "crop_at": "centre"}
 
     def load(self, path: str) -> np.ndarray:
         """Decode one image and return the centre crop, (crop, crop, 3) uint8."""
         from PIL import Image
 
-        resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}[self.interpolation]
+        resample = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}[self.interpolation]
         with Image.open(path) as im:
             im = im.convert("RGB")
         w, h = im.size
@@ -92,7 +95,7 @@ class ImageDataset(torch.utils.data.Dataset):
                 warnings.simplefilter("ignore")  # PIL's EXIF chatter would break the one-line contract
                 img = self.preprocess.load(self.paths[i])  # (H, W, 3)
             return torch.from_numpy(img), i, ""
-        except Exception as e:  # noqa: BLE001 - any decoder failure becomes a per-image error the caller reports
+        except Exception as e:  # any decoder failure becomes a per-image error the caller reports
             c = self.preprocess.crop
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             return torch.zeros((c, c, 3), dtype=torch.uint8), i, f"{type(e).__name__}: {reason}"

@@ -71,14 +71,16 @@ def extract_sharded(images: ImageList, backbone: Backbone, **options: Any) -> Fe
 
 
 def write_extracted(out: str | Path, part: FeatureSet, *, prov: dict[str, Any], dtype: str) -> Extracted | None:
-    """Write every rank's `part` (this rank's FeatureSet) to `out` in rank order; what was written on rank 0, None elsewhere."""
+    """Write every rank's `part` (this rank's FeatureSet) to `out` in rank order; what was written on
+    rank 0, None elsewhere."""
     from dlsa_cli.io.features import write_features
 
     me = dist.current()
     if not me.active:
         write_features(out, part, prov=prov, dtype=dtype)
         return Extracted(part.n, part.dim, part.labels is not None, part.meta)
-    heads = dist.all_gather_object({"n": part.n, "dim": part.dim, "meta": part.meta, "labels": part.labels, "ids": part.ids})
+    heads = dist.all_gather_object({"n": part.n, "dim": part.dim, "meta": part.meta, "labels": part.labels,
+                                    "ids": part.ids})
     if me.is_main:
         written = _write_pieces(out, part, heads, prov=prov, dtype=dtype)
     else:
@@ -103,7 +105,8 @@ def _send_pieces(part: FeatureSet, heads: list[dict[str, Any]]) -> None:
         dist.gather_object(part.features[a:b] if r == me else None)
 
 
-def _write_pieces(out: str | Path, part: FeatureSet, heads: list[dict[str, Any]], *, prov: dict[str, Any], dtype: str) -> Extracted:
+def _write_pieces(out: str | Path, part: FeatureSet, heads: list[dict[str, Any]], *, prov: dict[str, Any],
+                  dtype: str) -> Extracted:
     """Rank 0: the file sized from every rank's head, filled with its own rows, then the others' pieces."""
     from dlsa_cli.io import stream
 
@@ -125,5 +128,7 @@ def _write_pieces(out: str | Path, part: FeatureSet, heads: list[dict[str, Any]]
 
         append(part.features)
         for _ in _pieces(heads):
-            append(next(x for x in dist.gather_object(None) if x is not None))
+            got = dist.gather_object(None)
+            assert got is not None  # rank 0 gathers
+            append(next(x for x in got if x is not None))
     return Extracted(n, dim, labelled, meta)

@@ -30,7 +30,7 @@ from dlsa_cli.flow.config import FilterConfig
 from dlsa_cli.io.features import FeatureSet
 from dlsa_cli.io.files import read_safetensors, write_safetensors
 
-__all__ = ["checkpoint_path", "data_fingerprint", "save_checkpoint", "load_checkpoint"]
+__all__ = ["checkpoint_path", "data_fingerprint", "load_checkpoint", "save_checkpoint"]
 
 KIND = "filter-checkpoint"
 
@@ -44,7 +44,8 @@ def checkpoint_path(out: str | Path) -> Path:
 def data_fingerprint(fs: FeatureSet, cfg: FilterConfig) -> dict[str, Any]:
     """SHA-256 of the training features and labels, and the settings: what a resume must match."""
     h = hashlib.sha256()
-    x, step = fs.features, max(1, 2**24 // max(fs.dim, 1))  # 64 MB of float32 rows at a time: a mapped file stays mapped
+    # 64 MB of float32 rows at a time: a mapped file stays mapped
+    x, step = fs.features, max(1, 2**24 // max(fs.dim, 1))
     for a in range(0, fs.n, step):
         h.update(np.ascontiguousarray(x[a : a + step], dtype=np.float32).tobytes())
     h.update(np.ascontiguousarray(fs.require_labels(), dtype=np.int64).tobytes())
@@ -127,8 +128,10 @@ def load_checkpoint(path: str | Path, st: Any, fingerprint: dict[str, Any] | Non
     st.best_key = None if meta["best_key"] is None else (bool(meta["best_key"][0]), int(meta["best_key"][1]))
     st.history = list(meta["history"])
     st.flow.train()
-    now = {"torch_threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__}
+    now = {"torch_threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+           "torch": torch.__version__}
     return [
-        f"the interrupted run had {k} {meta.get(k)}, this one {v}: the resumed filter may differ in the last bits from an uninterrupted run"
+        f"the interrupted run had {k} {meta.get(k)}, this one {v}: the resumed filter may differ in the last bits from "
+        "an uninterrupted run"
         for k, v in now.items() if meta.get(k) is not None and meta.get(k) != v
     ]

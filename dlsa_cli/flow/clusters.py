@@ -15,7 +15,8 @@ def cluster_table(cluster: torch.Tensor, labels: torch.Tensor, k: int, c: int) -
     return torch.bincount(cluster.long() * c + labels.long(), minlength=k * c).view(k, c)
 
 
-def cluster_stats(table: np.ndarray | torch.Tensor, purity_threshold: float = 0.7, min_size: int = 10) -> dict[str, Any]:
+def cluster_stats(table: np.ndarray | torch.Tensor, purity_threshold: float = 0.7,
+                  min_size: int = 10) -> dict[str, Any]:
     """Sizes, purities and the good-cluster count of a (K, C) count table."""
     t = torch.as_tensor(table).cpu().numpy() if isinstance(table, torch.Tensor) else np.asarray(table)
     sizes = t.sum(1)

@@ -18,7 +18,8 @@ ROUTINGS = ("likelihood", "ratio", "cluster-tail", "knn-tail")
 SELECTS = ("good-clusters", "last", "val-separation", "val-likelihood")
 VAL_SELECTS = ("val-separation", "val-likelihood")
 
-__all__ = ["PRESETS", "ROUTINGS", "SELECTS", "VAL_SELECTS", "FilterConfig", "FilterRun", "SplitConfig", "check_select", "preset_settings"]
+__all__ = ["PRESETS", "ROUTINGS", "SELECTS", "VAL_SELECTS", "FilterConfig", "FilterRun", "SplitConfig", "check_select",
+           "preset_settings"]
 
 _NONNEG = finite_at_least(0)
 
@@ -32,13 +33,15 @@ class FilterConfig:
     batch_size: int = setting(1024, "Flow filter pairs per step.",
                               rule=Rule(lambda v: v >= 2, "batch norm needs at least 2 samples per batch"))
     lr: float = setting(0.2, "Flow filter SGD learning rate, no momentum, no schedule.",
-                        rule=Rule(lambda v: v > 0 and math.isfinite(v), "the learning rate must be a finite number > 0"))
+                        rule=Rule(lambda v: v > 0 and math.isfinite(v),
+                                  "the learning rate must be a finite number > 0"))
     lambda_lh: float = setting(2.0, "Weight of the class-weighted likelihood loss; 0 turns it off.", rule=_NONNEG)
     lambda_bal: float = setting(1.0, "Weight of the cluster-balance loss; 0 turns it off.", rule=_NONNEG)
     lambda_pure: float = setting(0.02, "Weight of the purity loss; 0 turns it off.", rule=_NONNEG)
     q: float = setting(2.0, "Class weight exponent: w_c ~ (n_max / n_c)^q.", rule=_NONNEG)
     center_std: float = setting(0.05, "The fixed means are drawn from N(0, std^2 I).", rule=_NONNEG)
-    ema: float = setting(0.7, "Decay of the balance loss's moving estimate.", rule=Rule(lambda v: 0 <= v < 1, "the decay must be in [0, 1)"))
+    ema: float = setting(0.7, "Decay of the balance loss's moving estimate.",
+                         rule=Rule(lambda v: 0 <= v < 1, "the decay must be in [0, 1)"))
     share: float = setting(0.3, "Share of the training samples routed to the cluster-aided classifier.",
                            rule=Rule(lambda v: 0 < v < 1, "the routed share must be in (0, 1)"))
     hidden: int | None = setting(None, "Hidden units of each MADE.", rule=at_least(1, "need at least 1 hidden unit"),
@@ -47,7 +50,8 @@ class FilterConfig:
     made_blocks: int = setting(1, "Extra masked hidden layers inside each MADE.", rule=at_least(0, "must be >= 0"))
     purity_threshold: float = setting(0.7, "A good cluster's share of its largest class must exceed this.",
                                       rule=in_range(0, 1))
-    min_cluster_size: int = setting(10, "A good cluster must hold more samples than this.", rule=at_least(0, "must be >= 0"))
+    min_cluster_size: int = setting(10, "A good cluster must hold more samples than this.",
+                                    rule=at_least(0, "must be >= 0"))
     max_cluster_share: float = setting(
         0.05, "Filter epochs whose largest cluster holds this share of the samples or more are not kept "
         "(the paper's 5000 of 115,846 is 0.043).", rule=in_range(0, 1, lo_open=True))
@@ -66,7 +70,8 @@ class FilterConfig:
         "share of the sample's training cluster) or knn-tail (the tail share of its `neighbours` nearest training "
         "samples in the flow's latent space; the filter file keeps the training latents, N x D float16).",
         rule=Rule(lambda v: v in ROUTINGS, f"unknown routing score (use {', '.join(ROUTINGS)})"))
-    neighbours: int = setting(30, "Routing knn-tail: how many nearest training samples vote.", rule=Rule(lambda v: v >= 1, "knn-tail needs at least 1 neighbour"))
+    neighbours: int = setting(30, "Routing knn-tail: how many nearest training samples vote.",
+                              rule=Rule(lambda v: v >= 1, "knn-tail needs at least 1 neighbour"))
     input_noise: float = setting(
         0.0, "Gaussian noise added to the flow's training inputs, std times each feature's std over the training "
         "samples (0: none).",
@@ -101,7 +106,8 @@ def check_select(cfg: FilterConfig, has_val: bool) -> None:
 
 # The paper's configurations (reference notes, from the authors' config files).
 PRESETS: dict[str, dict[str, Any]] = {
-    "imagenet-lt": dict(clusters=500, epochs=50, batch_size=1024, lambda_lh=2.0, lambda_bal=1.0, lambda_pure=0.02, q=2.0),
+    "imagenet-lt": dict(clusters=500, epochs=50, batch_size=1024, lambda_lh=2.0, lambda_bal=1.0, lambda_pure=0.02,
+                        q=2.0),
     "places-lt": dict(clusters=500, epochs=60, batch_size=512, lambda_lh=1.0, lambda_bal=2.0, lambda_pure=0.03, q=2.0),
     "inat18": dict(clusters=500, epochs=30, batch_size=1024, lambda_lh=1.0, lambda_bal=1.0, lambda_pure=0.02, q=2.0),
 }

@@ -19,6 +19,8 @@ from dlsa_cli.io.files import (
     write_safetensors,
 )
 
+__all__ = ["FilterScores", "FlowFilter", "as_device"]
+
 # ----------------------------------------------------------------------------- the filter
 
 
@@ -92,11 +94,11 @@ class FlowFilter:
         return self.flow.means.device
 
     def to(self, device: str | torch.device) -> FlowFilter:
-        self.flow.to(_device(device))
+        self.flow.to(as_device(device))
         if self.reference is not None:
-            self.reference.to(_device(device))
+            self.reference.to(as_device(device))
         if self.neighbours is not None:
-            self.neighbours.to(_device(device))
+            self.neighbours.to(as_device(device))
         return self
 
     # --- scoring
@@ -148,15 +150,18 @@ class FlowFilter:
         with torch.inference_mode():
             for s in range(0, n, batch_size):
                 xb = xt[s : s + batch_size]
-                xb = xb.to(dev, torch.float32) if isinstance(xb, torch.Tensor) else torch.tensor(xb, dtype=torch.float32, device=dev)  # (B, D)
+                if isinstance(xb, torch.Tensor):
+                    xb = xb.to(dev, torch.float32)  # (B, D)
+                else:
+                    xb = torch.tensor(xb, dtype=torch.float32, device=dev)
                 logp, comp, z = self.flow.log_prob(xb)
                 ll[s : s + len(xb)] = logp.double().cpu().numpy()
                 cl[s : s + len(xb)] = comp.argmax(1).cpu().numpy()
-                if ref is not None:
+                if ref is not None and self.reference is not None:
                     ref[s : s + len(xb)] = self.reference.log_prob(xb)[0].double().cpu().numpy()
                 if zs is not None:
                     zs[s : s + len(xb)] = z.float().cpu().numpy()
-                if knn is not None:
+                if knn is not None and self.neighbours is not None:
                     knn[s : s + len(xb)] = self.neighbours.tail_share(z).cpu().numpy()
         finite = np.isfinite(ll)
         if not allow_nonfinite:
@@ -166,7 +171,8 @@ class FlowFilter:
 
     def route_score(self, ll: np.ndarray, cluster: np.ndarray, reference_ll: np.ndarray | None = None,
                     knn_tail: np.ndarray | None = None) -> np.ndarray:
-        """This filter's routing score (N,) from log p(x), clusters, the reference's log p(x) and the neighbours' tail share."""
+        """This filter's routing score (N,) from log p(x), clusters, the reference's log p(x) and the
+        neighbours' tail share."""
         from dlsa_cli.flow.routing import cluster_tail_share, routing_score
 
         tail = cluster_tail_share(self.cluster_counts, self.train_counts) if self.routing == "cluster-tail" else None
@@ -226,17 +232,19 @@ class FlowFilter:
         missing = [k for k in needed if k not in meta]
         if missing or "means" not in header or "cluster_counts" not in header:
             raise ModelMismatchError(
-                f"filter file lacks {', '.join(missing) or 'tensors'}", path=path, hint="re-create it with `dlsa fit-filter`"
+                f"filter file lacks {', '.join(missing) or 'tensors'}", path=path,
+                hint="re-create it with `dlsa fit-filter`"
             )
         tensors, _, _, _ = read_safetensors(path)
         cfg = FilterConfig.from_dict(meta.get("config", {}))
-        flow = _load_flow(meta, cfg, tensors, "", path).to(_device(device)).eval()
+        flow = _load_flow(meta, cfg, tensors, "", path).to(as_device(device)).eval()
         routing = str(meta.get("routing", "likelihood"))
         reference = None
         if "reference.means" in tensors:
-            reference = _load_flow(meta, cfg, tensors, "reference.", path).to(_device(device)).eval()
+            reference = _load_flow(meta, cfg, tensors, "reference.", path).to(as_device(device)).eval()
         elif routing == "ratio":
-            raise ModelMismatchError("filter routes by 'ratio' but holds no reference flow", path=path, hint="re-create it with FilterConfig.routing ratio")
+            raise ModelMismatchError("filter routes by 'ratio' but holds no reference flow", path=path,
+                                     hint="re-create it with FilterConfig.routing ratio")
         neighbours = _load_neighbours(tensors, cfg, routing, int(meta["dim"]), path)
         return cls(
             flow,
@@ -253,7 +261,7 @@ class FlowFilter:
             path=Path(path),
             routing=routing,
             reference=reference,
-            neighbours=neighbours.to(_device(device)) if neighbours is not None else None,
+            neighbours=neighbours.to(as_device(device)) if neighbours is not None else None,
         )
 
 
@@ -272,7 +280,8 @@ def _load_neighbours(tensors: dict[str, torch.Tensor], cfg: FilterConfig, routin
     return NeighbourBank(z.to(torch.float16), tail.bool(), cfg.neighbours)
 
 
-def _load_flow(meta: dict[str, Any], cfg: FilterConfig, tensors: dict[str, torch.Tensor], prefix: str, path: str | Path) -> MixtureFlow:
+def _load_flow(meta: dict[str, Any], cfg: FilterConfig, tensors: dict[str, torch.Tensor], prefix: str,
+               path: str | Path) -> MixtureFlow:
     """The flow stored under `prefix` ("" for the filter's own, "reference." for the reference flow)."""
     flow = MixtureFlow(
         int(meta["dim"]),
@@ -311,7 +320,8 @@ def _check_scores(ll: np.ndarray, x: np.ndarray | torch.Tensor) -> None:
     )
 
 
-def _device(device: str | torch.device | None) -> torch.device:
+def as_device(device: str | torch.device | None) -> torch.device:
+    """`device` as a torch.device: a name resolved (auto, cpu, cuda, cuda:N), None meaning the CPU."""
     if isinstance(device, torch.device):
         return device
     from dlsa_cli.runtime.device import resolve_device

@@ -26,7 +26,8 @@ def _mean(v: torch.Tensor) -> torch.Tensor:
     return v.mean()
 
 
-def mle_loss(log_p: torch.Tensor, weights: torch.Tensor, lam: float, mean: Callable[[torch.Tensor], torch.Tensor] = _mean) -> torch.Tensor:
+def mle_loss(log_p: torch.Tensor, weights: torch.Tensor, lam: float,
+             mean: Callable[[torch.Tensor], torch.Tensor] = _mean) -> torch.Tensor:
     """-lam * mean(w * log p): log_p (B,), weights (B,) (already indexed by label).
 
     `mean` is the batch mean; under DDP `dlsa_cli.runtime.ddp.ddp_mean` over the global batch.
@@ -34,7 +35,8 @@ def mle_loss(log_p: torch.Tensor, weights: torch.Tensor, lam: float, mean: Calla
     return -lam * mean(weights * log_p)
 
 
-def purity_loss(l_pos: torch.Tensor, l_neg: torch.Tensor, lam: float, mean: Callable[[torch.Tensor], torch.Tensor] = _mean) -> torch.Tensor:
+def purity_loss(l_pos: torch.Tensor, l_neg: torch.Tensor, lam: float,
+                mean: Callable[[torch.Tensor], torch.Tensor] = _mean) -> torch.Tensor:
     """lam * mean_batch sum_k softmax(l_pos)_k log_softmax(l_neg)_k, l_pos detached. (B, K) each."""
     p_pos = torch.softmax(l_pos.detach(), dim=1)  # (B, K)
     return lam * mean((p_pos * torch.log_softmax(l_neg, dim=1)).sum(1))

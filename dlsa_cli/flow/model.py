@@ -40,7 +40,7 @@ from nflows.transforms import (
 )
 from torch import nn
 
-__all__ = ["MixtureFlow", "mixture_component_log_density", "REBUILT_SUFFIXES"]
+__all__ = ["REBUILT_SUFFIXES", "MixtureFlow", "mixture_component_log_density"]
 
 # State-dict entries rebuilt from the architecture itself (not stored in files).
 REBUILT_SUFFIXES = (".mask", ".degrees", "._permutation")
@@ -72,6 +72,8 @@ class MixtureFlow(nn.Module):
         center_std: the means are drawn once from N(0, center_std^2 I).
         generator: CPU generator for the means and the initial weights.
     """
+
+    means: torch.Tensor  # (K, D), a buffer (registered in __init__)
 
     def __init__(
         self,

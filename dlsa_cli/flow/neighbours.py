@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["NeighbourBank", "SELF_SIMILARITY"]
+__all__ = ["SELF_SIMILARITY", "NeighbourBank"]
 
 SELF_SIMILARITY = 0.999  # float16 storage puts a sample's similarity to itself within 1e-3 of 1
 BANK_CHUNK = 16384

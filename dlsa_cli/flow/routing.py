@@ -150,7 +150,8 @@ def set_routing(
 
 
 def _training_route_scores(filt: Any, x: np.ndarray | torch.Tensor) -> np.ndarray:
-    """The routing score (N,) of every training row; under torchrun each rank scores its share (knn-tail's N x N search included)."""
+    """The routing score (N,) of every training row; under torchrun each rank scores its share
+    (knn-tail's N x N search included)."""
     from dlsa_cli.runtime import ddp
 
     def part(a: int, e: int) -> tuple[torch.Tensor]:

@@ -64,7 +64,8 @@ def split_report(
         threshold=filt.threshold,
         routing=filt.routing,
         depth=filt.depth,
-        mean_log_likelihood=ByPart(*(float(ll[m & finite].mean()) if (m & finite).any() else None for _, m in parts.items())),
+        mean_log_likelihood=ByPart(*(float(ll[m & finite].mean()) if (m & finite).any() else None
+                                     for _, m in parts.items())),
         nonfinite=int((~finite).sum()),
         has_labels=labels is not None,
         many_above=many_above,
@@ -148,8 +149,9 @@ def split(
 
     stage = staging_dir(out) if dist.is_main() else None  # under torchrun rank 0 alone writes
     try:
-        for p, name in zip(inputs, names):
-            file_rep = _split_file(filt, p, name, stage, filter_sha, batch_size=batch_size, device=device, latent=latent,
+        for p, name in zip(inputs, names, strict=True):
+            file_rep = _split_file(filt, p, name, stage, filter_sha, batch_size=batch_size, device=device,
+                                   latent=latent,
                                   prov=prov, allow_nonfinite=allow_nonfinite)
             if file_rep is None:
                 continue
@@ -167,7 +169,8 @@ def split(
 
 
 def _split_file(filt: FlowFilter, p: str | Path, name: str, stage: Path | None, filter_sha: str | None, *,
-               batch_size: int, device: Any, latent: bool, prov: dict | None, allow_nonfinite: bool) -> SplitFileReport | None:
+               batch_size: int, device: Any, latent: bool, prov: dict | None,
+                allow_nonfinite: bool) -> SplitFileReport | None:
     """One input, streamed in batches and sharded over torchrun's ranks; its report entry on rank 0 (None elsewhere)."""
     from dlsa_cli.flow.split_stream import split_file
 

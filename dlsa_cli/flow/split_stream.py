@@ -84,13 +84,16 @@ class ReportCounter:
         return rep
 
 
-def _score_batch(filt: FlowFilter, b: RowBatch, path: Path, n: int, *, device: torch.device, latent: bool,
+def _score_batch(filt: FlowFilter, b: RowBatch, path: Path, n: int, *, device: torch.device | None, latent: bool,
                  allow_nonfinite: bool = False) -> dict[str, np.ndarray]:
-    """The split table's columns (and latent) for one batch of rows (of a file of n); `finite` with `allow_nonfinite`."""
+    """The split table's columns (and latent) for one batch of rows (of a file of n);
+    `finite` with `allow_nonfinite`."""
     if b.labels is not None and b.labels.size and b.labels.max() >= filt.num_classes:
-        raise InputError(f"label {int(b.labels.max())} is out of range for the filter's {filt.num_classes} classes", path=path)
+        raise InputError(f"label {int(b.labels.max())} is out of range for the filter's {filt.num_classes} classes",
+                         path=path)
     try:
-        sc = filt.score(b.features, batch_size=len(b.features) or 1, device=device, latent=latent, allow_nonfinite=allow_nonfinite)
+        sc = filt.score(b.features, batch_size=len(b.features) or 1, device=device, latent=latent,
+                        allow_nonfinite=allow_nonfinite)
     except NonFiniteError as e:  # rows of the file, not of the batch (those of the first such batch)
         raise NonFiniteError.build(e.what, [b.start + int(r) for r in e.rows], n, path=path, hint=e.hint) from None
     cols: dict[str, np.ndarray] = {"id": b.ids if b.ids is not None else np.arange(b.start, b.stop, dtype=np.int64)}
@@ -100,7 +103,7 @@ def _score_batch(filt: FlowFilter, b: RowBatch, path: Path, n: int, *, device: t
                 depth=np.full(len(sc.routed), filt.depth, dtype=np.int32))
     if allow_nonfinite:
         cols["finite"] = np.isfinite(sc.log_likelihood)
-    if latent:
+    if latent and sc.latent is not None:  # score gives latents when asked
         cols["latent"] = sc.latent
     return cols
 
@@ -180,19 +183,25 @@ def split_file(
     store = _Columns(tmp, name, info.n, info.dim, latent) if tmp is not None else None
     counter = ReportCounter(filt, info.has_labels) if me.is_main else None
     try:
-        table_ctx = (stream_table(stage / f"{name}.parquet", kind="split", meta=table_meta, prov=prov, parts=me.world_size)
+        table_ctx = (stream_table(stage / f"{name}.parquet", kind="split", meta=table_meta, prov=prov,
+                                  parts=me.world_size)
                      if stage is not None else contextlib.nullcontext(None))
         with table_ctx as table:
             batches = iter_rows(p, batch_size, lo, hi)
             for _ in range(rounds):
                 item = dist.collective(lambda: _next_scored(filt, batches, p, info.n, device, latent, allow_nonfinite))
                 _receive(dist.gather_object(item), table, store, counter)
-            if table is not None:
+            if table is not None and counter is not None:  # both rank 0's
                 table.meta["report"] = counter.report().to_json()
-        outputs = dist.collective(
-            lambda: _write_parts(p, info, stage, name, store, counter.report(), batch_size, part_meta or {}, prov)
-            if stage is not None else None
-        )
+
+        def write_parts() -> dict[str, str | None] | None:
+            if stage is None:
+                return None
+            # rank 0 holds the staging folder, the columns and the counts
+            assert store is not None and counter is not None
+            return _write_parts(p, info, stage, name, store, counter.report(), batch_size, part_meta or {}, prov)
+
+        outputs = dist.collective(write_parts)
     finally:
         if tmp is not None:
             import shutil
@@ -210,7 +219,7 @@ def split_file(
 def _receive(gathered: list | None, table: Any, store: _Columns | None, counter: ReportCounter | None) -> None:
     """Rank 0: one round's (start, columns) of every rank into the table's rank part, the columns and the counts."""
     for r, got in enumerate(gathered or []):
-        if got is None or table is None:
+        if got is None or table is None or store is None or counter is None:  # all four rank 0's
             continue
         start, cols = got
         table.write({k: v for k, v in cols.items() if k != "latent"}, part=r)
@@ -258,7 +267,8 @@ def _write_parts(p: Path, info: Any, stage: Path, name: str, store: _Columns, re
                 m = routed if part == "routed" else ~routed
                 if not m.any():
                     continue
-                more = {"cluster": store.cluster[b.start : b.stop][m], "log_likelihood": store.log_likelihood[b.start : b.stop][m]}
+                more = {"cluster": store.cluster[b.start : b.stop][m],
+                        "log_likelihood": store.log_likelihood[b.start : b.stop][m]}
                 if store.latent is not None:
                     more["latent"] = store.latent[b.start : b.stop][m]
                 sink.append(b.features[m], None if b.labels is None else b.labels[m],

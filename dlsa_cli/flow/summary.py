@@ -288,7 +288,7 @@ class SplitReport:
 
 def summary(path: str | Path) -> dict[str, Any]:
     """`dlsa inspect` summary of a filter file."""
-    header, kind, meta, prov = read_safetensors_header(path)
+    _, kind, meta, _ = read_safetensors_header(path)
     if kind != "filter":
         raise ModelMismatchError(f"is a '{kind}' file, not a filter", path=path)
     tensors, _, _, _ = read_safetensors(path, ["cluster_counts"])
@@ -333,9 +333,12 @@ def summary(path: str | Path) -> dict[str, Any]:
         "charts": [
             {"title": "good clusters per epoch", "values": [float(h.good_clusters) for h in hist],
              "labels": [str(h.epoch) for h in hist]},
-            {"title": "loss per epoch", "values": [float(h.loss or 0.0) for h in hist], "labels": [str(h.epoch) for h in hist]},
-            {"title": "cluster sizes (largest first)", "values": sorted(sizes.astype(float).tolist(), reverse=True), "labels": None},
-            {"title": "cluster purity (highest first)", "values": sorted(purity.astype(float).tolist(), reverse=True), "labels": None},
+            {"title": "loss per epoch", "values": [float(h.loss or 0.0) for h in hist],
+             "labels": [str(h.epoch) for h in hist]},
+            {"title": "cluster sizes (largest first)", "values": sorted(sizes.astype(float).tolist(), reverse=True),
+             "labels": None},
+            {"title": "cluster purity (highest first)", "values": sorted(purity.astype(float).tolist(), reverse=True),
+             "labels": None},
         ],
     }
 
@@ -345,7 +348,8 @@ _CLUSTER_STATS = ("size_min", "size_q1", "size_median", "size_q3", "size_max", "
 
 
 def _history_table(hist: list[EpochRecord]) -> dict[str, Any]:
-    """Per-epoch losses and cluster counts; with validation (`fit-filter --val`), its separation and log-likelihood too."""
+    """Per-epoch losses and cluster counts; with validation (`fit-filter --val`), its separation and
+    log-likelihood too."""
     val = any(h.has_val for h in hist)
     columns = ["epoch", "loss", "mle", "bal", "pure", "good", "largest share", "eligible"]
     columns += ["val separation", "val mean log p"] if val else []
@@ -355,21 +359,22 @@ def _history_table(hist: list[EpochRecord]) -> dict[str, Any]:
 
     rows = []
     for h in hist:
-        row = [h.epoch, num(h.loss), num(h.mle), num(h.bal), num(h.pure), h.good_clusters, num(h.largest_share), h.eligible]
+        row = [h.epoch, num(h.loss), num(h.mle), num(h.bal), num(h.pure), h.good_clusters, num(h.largest_share),
+               h.eligible]
         rows.append(row + ([num(h.val_separation), num(h.val_mean_log_likelihood)] if val else []))
     return {"title": "history", "columns": columns, "rows": rows}
 
 
 def split_summary(path: str | Path) -> dict[str, Any]:
     """`dlsa inspect` summary of a split table (Parquet, kind "split")."""
-    table, kind, meta, prov = read_table(path)
+    table, kind, meta, _ = read_table(path)
     if kind != "split":
         raise InputError(f"is a '{kind}' file, not a split table", path=path)
     ll = table.column("log_likelihood").to_numpy()
     routed = table.column("routed").to_numpy(zero_copy_only=False).astype(bool)
     rep = SplitFileReport.from_json(meta["report"]) if "report" in meta else None
     fields_ = {
-        "rows": int(len(ll)),
+        "rows": len(ll),
         "routed": int(routed.sum()),
         "routed share": float(routed.mean()) if len(ll) else 0.0,
         "depth": meta.get("depth"),
@@ -382,8 +387,9 @@ def split_summary(path: str | Path) -> dict[str, Any]:
     tables = []
     if rep is not None and rep.groups is not None and rep.head_tail is not None and rep.tail_share is not None:
         rows = []
-        for (p, gp), (_, ht), (_, ts), (_, mean) in zip(rep.groups.items(), rep.head_tail.items(), rep.tail_share.items(),
-                                                      rep.mean_log_likelihood.items()):
+        for (p, gp), (_, ht), (_, ts), (_, mean) in zip(rep.groups.items(), rep.head_tail.items(),
+                                                        rep.tail_share.items(),
+                                                      rep.mean_log_likelihood.items(), strict=True):
             rows.append([p, gp.many, gp.medium, gp.few, ht.head, ht.tail, ts, mean])
         tables.append({"title": "make-up", "columns": ["part", "many", "medium", "few", "head", "tail", "tail share",
                                                         "mean log p(x)"], "rows": rows})

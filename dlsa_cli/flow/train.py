@@ -26,7 +26,7 @@ from dlsa_cli.errors import InputError, NonFiniteError, TrainingError
 from dlsa_cli.evaluation.metrics import tail_classes
 from dlsa_cli.flow.clusters import cluster_stats, cluster_table
 from dlsa_cli.flow.config import VAL_SELECTS, FilterConfig, check_select
-from dlsa_cli.flow.filter import FilterScores, FlowFilter, _device
+from dlsa_cli.flow.filter import FilterScores, FlowFilter, as_device
 from dlsa_cli.flow.losses import BalanceLoss, PairSampler, class_weights, mle_loss, purity_loss
 from dlsa_cli.flow.model import MixtureFlow
 from dlsa_cli.io.features import FeatureSet
@@ -35,7 +35,7 @@ from dlsa_cli.io.features import train_counts as _train_counts
 from dlsa_cli.runtime import ddp
 from dlsa_cli.settings import setting_token
 
-__all__ = ["fit_filter", "TrainState", "StepCallback", "EpochCallback"]
+__all__ = ["EpochCallback", "StepCallback", "TrainState", "fit_filter", "select_key"]
 
 StepCallback = Callable[[int, int, int, dict[str, float]], None]  # (epoch, step, steps, losses)
 EpochCallback = Callable[[dict[str, Any]], None]
@@ -152,7 +152,7 @@ def fit_filter(
     cfg.check()
     check_select(cfg, val is not None)
     warn = on_warning or (lambda _msg: None)
-    dev = _device(device)
+    dev = as_device(device)
     data = _prepare(train, cfg, depth, allow_singletons, warn, dev)
     data.val = None if val is None else _prepare_val(val, train, data, dev)
     st = _start(data, cfg, dev)
@@ -167,7 +167,7 @@ def fit_filter(
             for note in load_checkpoint(checkpoint, st, fingerprint, dev):
                 warn(note)
             if st.best_key is not None:  # the checkpoint stores the key as integers; rebuild it from the record
-                st.best_key = _select_key(st.history[st.best_epoch - 1], cfg)
+                st.best_key = select_key(st.history[st.best_epoch - 1], cfg)
     if st.epoch == 0:
         _check_start(st.flow, data, cfg)
     for epoch in range(st.epoch + 1, cfg.epochs + 1):
@@ -184,7 +184,8 @@ def fit_filter(
             on_epoch(record)
     filt = _finish(st, data, cfg, dev, warn)
     if cfg.routing != "likelihood":  # flow/routing.py: re-threshold by another score
-        _route_by(filt, train, data.x, data.y_np, cfg, device=dev, allow_singletons=allow_singletons, on_warning=on_warning)
+        _route_by(filt, train, data.x, data.y_np, cfg, device=dev, allow_singletons=allow_singletons,
+                  on_warning=on_warning)
     return filt
 
 
@@ -218,7 +219,8 @@ def _prepare(
         raise InputError(
             f"has {n} training samples, fewer than the batch size {cfg.batch_size}",
             path=path,
-            hint=f"pass a smaller {setting_token(cfg, 'batch_size')}, e.g. {max(2, 2 ** int(math.log2(max(n // 2, 2))))}",
+            hint=f"pass a smaller {setting_token(cfg, 'batch_size')}, e.g. "
+                 f"{max(2, 2 ** int(math.log2(max(n // 2, 2))))}",
         )
     x = torch.as_tensor(train.features).to(dev, torch.float32)  # (N, D)
     y = torch.as_tensor(y_np).to(dev)  # (N,)
@@ -253,7 +255,8 @@ def _start(data: _Data, cfg: FilterConfig, dev: torch.device) -> TrainState:
     g_pairs = torch.Generator(device=dev).manual_seed(cfg.seed + 1)  # every rank draws the same global batch
     opt = torch.optim.SGD(flow.parameters(), lr=cfg.lr, momentum=0.0, weight_decay=cfg.weight_decay)
     flow.train()
-    balance = BalanceLoss(cfg.clusters, cfg.ema, cfg.lambda_bal, batch_mean=lambda v: ddp.global_mean(v, cfg.batch_size))
+    balance = BalanceLoss(cfg.clusters, cfg.ema, cfg.lambda_bal,
+                          batch_mean=lambda v: ddp.global_mean(v, cfg.batch_size))
     return TrainState(flow, opt, g_init, g_pairs, PairSampler(data.y, g_pairs), balance, model=model)
 
 
@@ -270,7 +273,8 @@ def _check_start(flow: MixtureFlow, data: _Data, cfg: FilterConfig) -> None:
         )
 
 
-def _train_epoch(st: TrainState, data: _Data, cfg: FilterConfig, epoch: int, on_step: StepCallback | None) -> torch.Tensor:
+def _train_epoch(st: TrainState, data: _Data, cfg: FilterConfig, epoch: int,
+                 on_step: StepCallback | None) -> torch.Tensor:
     """One epoch of SGD steps on class-uniform pairs; returns the summed (loss, mle, bal, pure) (4,)."""
     b, k = cfg.batch_size, cfg.clusters
     steps = data.n // b
@@ -278,7 +282,7 @@ def _train_epoch(st: TrainState, data: _Data, cfg: FilterConfig, epoch: int, on_
     w = class_weights(data.counts, cfg.q).to(data.x.device)  # (C,)
     use_neg = cfg.lambda_pure > 0
     sums = torch.zeros(4, device=data.x.device, dtype=torch.float64)  # loss, mle, bal, pure
-    mean = lambda v: ddp.ddp_mean(v, b)  # noqa: E731  the global batch's mean (the plain mean alone)
+    mean = lambda v: ddp.ddp_mean(v, b)  # the global batch's mean (the plain mean alone)
     for step in range(1, steps + 1):
         pos, neg = st.sampler.draw(b)
         noise = _input_noise(st, data, cfg, b, use_neg)  # (2, b, D) or (1, b, D) or None, for the global batch
@@ -306,19 +310,20 @@ def _train_epoch(st: TrainState, data: _Data, cfg: FilterConfig, epoch: int, on_
             if not all(math.isfinite(v) for v in means):
                 raise _diverged(epoch, cfg.lr)
             if on_step is not None:
-                on_step(epoch, step, steps, dict(zip(("loss", "mle", "bal", "pure"), means)))
+                on_step(epoch, step, steps, dict(zip(("loss", "mle", "bal", "pure"), means, strict=True)))
     return sums
 
 
 def _input_noise(st: TrainState, data: _Data, cfg: FilterConfig, b: int, use_neg: bool) -> torch.Tensor | None:
     """Gaussian noise of std `input_noise` x each feature's std for the global batch's rows, from the pair stream."""
-    if cfg.input_noise <= 0:
+    if cfg.input_noise <= 0 or data.std is None:  # std is made exactly when input_noise > 0
         return None
     e = torch.randn((2 if use_neg else 1, b, data.x.shape[1]), generator=st.g_pairs, device=data.x.device)
     return e * (cfg.input_noise * data.std)  # (2 or 1, b, D)
 
 
-def _evaluate_epoch(st: TrainState, data: _Data, cfg: FilterConfig, epoch: int, sums: torch.Tensor, t0: float) -> dict[str, Any]:
+def _evaluate_epoch(st: TrainState, data: _Data, cfg: FilterConfig, epoch: int, sums: torch.Tensor,
+                    t0: float) -> dict[str, Any]:
     """Assign every training sample its cluster; the epoch's history record."""
     logp, cluster = ddp.sharded_rows(lambda a, e: _assign(st.flow, data.x[a:e], cfg.eval_batch_size), data.n)
     if not bool(torch.isfinite(logp).all()):
@@ -340,13 +345,13 @@ def _evaluate_epoch(st: TrainState, data: _Data, cfg: FilterConfig, epoch: int, 
         "mean_log_likelihood": float(logp.double().mean()),
         "separation": float(data.is_tail[torch.topk(logp, n_route).indices].double().mean()),
         "eligible": bool(stats["largest_share"] < cfg.max_cluster_share),
-        **(_evaluate_val(st, data, cfg, logp, cluster, table) if data.val is not None else {}),
+        **(_evaluate_val(st, data, data.val, cfg, logp, cluster, table) if data.val is not None else {}),
         "seconds": time.perf_counter() - t0,
     }
 
 
-def _evaluate_val(st: TrainState, data: _Data, cfg: FilterConfig, logp: torch.Tensor, cluster: torch.Tensor,
-                  table: torch.Tensor) -> dict[str, Any]:
+def _evaluate_val(st: TrainState, data: _Data, v: _Val, cfg: FilterConfig, logp: torch.Tensor,
+                  cluster: torch.Tensor, table: torch.Tensor) -> dict[str, Any]:
     """The validation samples this epoch would route: their tail share, the base rate, their mean log p(x).
 
     The route is the filter's: score >= the (1 - share) quantile of the training
@@ -359,7 +364,6 @@ def _evaluate_val(st: TrainState, data: _Data, cfg: FilterConfig, logp: torch.Te
     """
     from dlsa_cli.flow.routing import epoch_route_score, quantile_threshold
 
-    v = data.val
     vlogp, vcluster = _assign(st.flow, v.x, cfg.eval_batch_size)  # (M,), (M,)
     table = table.cpu()
     counts = _train_counts(data.fs)
@@ -381,7 +385,7 @@ def _evaluate_val(st: TrainState, data: _Data, cfg: FilterConfig, logp: torch.Te
     }
 
 
-def _select_key(record: dict[str, Any], cfg: FilterConfig) -> tuple[bool, float]:
+def select_key(record: dict[str, Any], cfg: FilterConfig) -> tuple[bool, float]:
     """How `select` ranks an epoch record (higher is better); None (nothing routed, a non-finite log p) ranks last."""
     if cfg.select == "last":
         return (True, float(record["epoch"]))
@@ -394,7 +398,7 @@ def _select_key(record: dict[str, Any], cfg: FilterConfig) -> tuple[bool, float]
 def _keep_best(st: TrainState, record: dict[str, Any], cfg: FilterConfig, epoch: int) -> None:
     """Keep this epoch's weights when it beats the best so far (ties: the later epoch)."""
     st.history.append(record)
-    key = _select_key(record, cfg)
+    key = select_key(record, cfg)
     if st.best_key is None or key >= st.best_key:
         st.best_key, st.best_epoch = key, epoch
         if epoch < cfg.epochs:  # the last epoch's state is the flow itself
@@ -404,16 +408,18 @@ def _keep_best(st: TrainState, record: dict[str, Any], cfg: FilterConfig, epoch:
 
 
 def _n_route(cfg: FilterConfig, n: int) -> int:
-    return min(max(int(round(cfg.share * n)), 1), n)
+    return min(max(round(cfg.share * n), 1), n)
 
 
-def _finish(st: TrainState, data: _Data, cfg: FilterConfig, dev: torch.device, warn: Callable[[str], None]) -> FlowFilter:
+def _finish(st: TrainState, data: _Data, cfg: FilterConfig, dev: torch.device,
+            warn: Callable[[str], None]) -> FlowFilter:
     """The kept epoch as a filter: its threshold, cluster prior and statistics."""
     assert st.best_key is not None
     if cfg.select == "good-clusters" and not st.best_key[0]:
         warn(
             f"no epoch kept its largest cluster under {cfg.max_cluster_share:g} of the samples; "
-            f"kept epoch {st.best_epoch} (most good clusters); consider a larger {setting_token(FilterConfig, 'max_cluster_share')} "
+            f"kept epoch {st.best_epoch} (most good clusters); consider a larger "
+            f"{setting_token(FilterConfig, 'max_cluster_share')} "
             f"or more {setting_token(FilterConfig, 'clusters')}"
         )
     if st.best_state is not None:
@@ -448,12 +454,14 @@ def _finish(st: TrainState, data: _Data, cfg: FilterConfig, dev: torch.device, w
     return filt
 
 
-def _route_by(filt: FlowFilter, train: FeatureSet, x: torch.Tensor, y: np.ndarray, cfg: FilterConfig, **fit_kw: Any) -> None:
+def _route_by(filt: FlowFilter, train: FeatureSet, x: torch.Tensor, y: np.ndarray, cfg: FilterConfig,
+              **fit_kw: Any) -> None:
     """Set the filter's routing score; "ratio" trains the unweighted (q = 0) reference flow on the same samples."""
     from dlsa_cli.flow.routing import set_routing
 
     ref_cfg = replace(cfg, q=0.0, routing="likelihood")
-    set_routing(filt, x, y, routing=cfg.routing, fit_reference=lambda: fit_filter(train, config=ref_cfg, depth=filt.depth, **fit_kw).flow)
+    set_routing(filt, x, y, routing=cfg.routing,
+                fit_reference=lambda: fit_filter(train, config=ref_cfg, depth=filt.depth, **fit_kw).flow)
 
 
 def _scores(filt: FlowFilter, x: torch.Tensor, batch_size: int) -> FilterScores:

@@ -12,7 +12,8 @@ from dlsa_cli.evaluation.metrics import FEW_BELOW, MANY_ABOVE, shot_groups
 __all__ = ["class_profile", "counts_summary"]
 
 
-def class_profile(counts: np.ndarray, many_above: int, few_below: int, class_names: list[str] | None = None) -> tuple[dict, list, list]:
+def class_profile(counts: np.ndarray, many_above: int, few_below: int,
+                  class_names: list[str] | None = None) -> tuple[dict, list, list]:
     """Fields, tables and charts that picture a class-count profile."""
     counts = np.asarray(counts, dtype=np.int64)
     groups = shot_groups(counts, many_above, few_below)
@@ -48,7 +49,8 @@ def class_profile(counts: np.ndarray, many_above: int, few_below: int, class_nam
             "rows": [[int(k)] + ([names[k]] if names else []) + [int(counts[k]), str(groups[k])] for k in pick],
         }
     )
-    charts = [{"title": "samples per class, largest first", "values": counts[order].astype(float).tolist(), "labels": None}]
+    charts = [{"title": "samples per class, largest first", "values": counts[order].astype(float).tolist(),
+               "labels": None}]
     return fields, tables, charts
 
 

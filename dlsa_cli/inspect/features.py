@@ -58,7 +58,8 @@ def features_summary(path: str | Path, *, many_above: int = MANY_ABOVE, few_belo
         tables += pt
         charts += pc
     if "train_counts" in meta:
-        fields["recorded train_counts"] = f"{len(meta['train_counts'])} classes, {int(np.sum(meta['train_counts']))} samples"
+        recorded = meta["train_counts"]
+        fields["recorded train_counts"] = f"{len(recorded)} classes, {int(np.sum(recorded))} samples"
     fields.update(provenance_fields(info.provenance))
     for key in ("depth", "num_classes", "source"):
         if key in meta and isinstance(meta[key], (str, int, float)):

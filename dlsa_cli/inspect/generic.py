@@ -28,7 +28,8 @@ def generic_summary(path: str | Path, *, kind: str | None = None) -> dict[str, A
     elif suffix == ".parquet":
         schema, rows, _, meta, prov = read_table_metadata(p)
         fields["rows"] = rows
-        tables.append({"title": "columns", "columns": ["name", "type"], "rows": [[f.name, str(f.type)] for f in schema]})
+        tables.append({"title": "columns", "columns": ["name", "type"],
+                       "rows": [[f.name, str(f.type)] for f in schema]})
         fields.update(scalar_fields(meta, "meta: "))
         fields.update(provenance_fields(prov))
     elif suffix == ".json":

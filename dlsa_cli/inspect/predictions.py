@@ -42,10 +42,12 @@ def predictions_summary(path: str | Path) -> dict[str, Any]:
             r_rows.append(row)
         cols = ["route", "samples", "share"] + (["accuracy"] if "accuracy" in fields else [])
         tables.append({"title": "routes", "columns": cols, "rows": r_rows})
-        charts.append({"title": "samples per route", "values": [float(r[1]) for r in r_rows], "labels": [r[0] for r in r_rows]})
+        charts.append({"title": "samples per route", "values": [float(r[1]) for r in r_rows],
+                       "labels": [r[0] for r in r_rows]})
     if "prediction" in names and rows:
         c = int(meta.get("num_classes") or int(table.column("prediction").to_numpy().max()) + 1)
         per_class = np.bincount(table.column("prediction").to_numpy().astype(np.int64), minlength=c)
-        charts.append({"title": "predictions per class, most predicted first", "values": np.sort(per_class)[::-1].astype(float).tolist(), "labels": None})
+        charts.append({"title": "predictions per class, most predicted first",
+                       "values": np.sort(per_class)[::-1].astype(float).tolist(), "labels": None})
     fields.update(provenance_fields(prov))
     return {"kind": kind or "predictions", "path": str(p), "fields": fields, "tables": tables, "charts": charts}

@@ -47,7 +47,8 @@ def render(summary: dict[str, Any]) -> Any:
     from rich.table import Table
     from rich.text import Text
 
-    parts: list[Any] = [Text.from_markup(f"[bold]{escape(str(summary.get('kind')))}[/] {escape(str(summary.get('path')))}")]
+    parts: list[Any] = [Text.from_markup(f"[bold]{escape(str(summary.get('kind')))}[/] "
+                                         f"{escape(str(summary.get('path')))}")]
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="dim", no_wrap=True)
     grid.add_column()
@@ -75,7 +76,7 @@ def render(summary: dict[str, Any]) -> Any:
             bars.add_column(style="dim", no_wrap=True)
             bars.add_column(no_wrap=True)
             bars.add_column(justify="right")
-            for lab, x in zip(labels, values):
+            for lab, x in zip(labels, values, strict=False):
                 bars.add_row(escape(str(lab)), "█" * max(0, round(40 * abs(x) / top)), _fmt(x))
             parts.append(bars)
         else:

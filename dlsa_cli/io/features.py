@@ -64,7 +64,8 @@ __all__ = [
 FEATURE_EXTENSIONS = SUFFIXES
 
 
-def read_features(path: str | Path, *, require_labels: bool = False, check_finite: bool = True, mmap: bool = False) -> FeatureSet:
+def read_features(path: str | Path, *, require_labels: bool = False, check_finite: bool = True,
+                  mmap: bool = False) -> FeatureSet:
     """Read a feature file of any supported format and validate it.
 
     `mmap`: a safetensors float16/float32 matrix is memory-mapped
@@ -186,7 +187,8 @@ class LabelSet:
     def require_labels(self) -> np.ndarray:
         """Return the labels, or raise a one-line error naming the file."""
         if self.labels is None:
-            raise InputError("has no labels, which this step needs", path=self.path, hint="store them as 'labels' beside 'features'")
+            raise InputError("has no labels, which this step needs", path=self.path,
+                             hint="store them as 'labels' beside 'features'")
         return self.labels
 
 
@@ -199,7 +201,8 @@ def read_labels(path: str | Path, *, require_labels: bool = False) -> LabelSet:
     info = fmt.info(p)
     y, ids = fmt.labels(p)
     meta: dict[str, Any] = {"provenance": info.provenance, **info.meta}
-    ls = LabelSet(info.n, None if y is None else check_labels(y, info.n, p), None if ids is None else check_ids(ids, info.n, p), meta, p)
+    ls = LabelSet(info.n, None if y is None else check_labels(y, info.n, p),
+                  None if ids is None else check_ids(ids, info.n, p), meta, p)
     if require_labels:
         ls.require_labels()
     return ls

@@ -110,7 +110,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 def _write_error(e: OSError, target: Path) -> OutputError:
     why = e.strerror or str(e)
-    return OutputError(f"cannot write ({why})", path=target, hint="free space, raise the file-size limit or pick another -o")
+    return OutputError(f"cannot write ({why})", path=target,
+                       hint="free space, raise the file-size limit or pick another -o")
 
 
 @contextlib.contextmanager
@@ -266,7 +267,7 @@ def _expand_input(p: Path) -> list[Path]:
 def protect_inputs(writes: Sequence[str | Path], inputs: Sequence[str | Path | None], *, flag: str = "-o") -> None:
     """Raise OutputError when a path to be written or removed is an input, lies in an input
     folder, or is a folder holding an input."""
-    for q in [e for q in inputs if q is not None for e in _expand_input(Path(q))]:
+    for q in [e for i in inputs if i is not None for e in _expand_input(Path(i))]:
         if not q.exists():
             continue
         for w in writes:
@@ -301,7 +302,8 @@ def check_output_file(
     folder, its folder exists and is writable, and it is none of `inputs`."""
     p = Path(path)
     if p.is_dir():
-        raise OutputError(f"{flag} {p} is a folder; give a file name", hint=f"e.g. {flag} {p / ('out' + (suffixes or ('',))[0])}")
+        raise OutputError(f"{flag} {p} is a folder; give a file name",
+                          hint=f"e.g. {flag} {p / ('out' + (suffixes or ('',))[0])}")
     if suffixes and not any(p.name.lower().endswith(sfx) for sfx in suffixes):
         raise OutputError(
             f"{flag} {p}: this output is written as {' or '.join(suffixes)}, so its name must end so",
@@ -313,7 +315,8 @@ def check_output_file(
 
 
 def check_output_dir(
-    path: str | Path, *, writes: Sequence[str] = (), inputs: Sequence[str | Path | None] = (), whole: bool = False, flag: str = "-o"
+    path: str | Path, *, writes: Sequence[str] = (), inputs: Sequence[str | Path | None] = (), whole: bool = False,
+    flag: str = "-o"
 ) -> Path:
     """Check an output folder before any work: it is a writable folder (or can be made in a
     writable one); none of the files `writes` (names inside it) is an input; with `whole`
@@ -332,7 +335,8 @@ def check_output_dir(
 # ----------------------------------------------------------------------------- strict JSON
 
 
-def strict_json(obj: Any, *, indent: int | None = None, where: str | Path | None = None, nonfinite_as_null: bool = False) -> str:
+def strict_json(obj: Any, *, indent: int | None = None, where: str | Path | None = None,
+                nonfinite_as_null: bool = False) -> str:
     """JSON text with NaN and infinity refused (they are not JSON); DlsaError naming the field.
 
     `nonfinite_as_null` writes them as null instead: for showing what another
@@ -458,7 +462,8 @@ def encode_meta(
     The one metadata encoder: every writer (whole or streamed) calls it, so NaN
     or infinity in settings or reports is refused the same way everywhere.
     """
-    return {KIND_KEY: kind, META_KEY: strict_json(dict(meta or {}), where=where), PROV_KEY: strict_json(dict(prov or {}), where=where)}
+    return {KIND_KEY: kind, META_KEY: strict_json(dict(meta or {}), where=where),
+            PROV_KEY: strict_json(dict(prov or {}), where=where)}
 
 
 def _decode_meta(raw: Mapping[str, str] | None) -> tuple[str | None, dict[str, Any], dict[str, Any]]:
@@ -493,7 +498,8 @@ def write_safetensors(
         except Exception as e:  # safetensors reports OS errors as its own type
             if isinstance(e, OSError):
                 raise
-            raise OutputError(f"cannot write ({_short(e)})", path=path, hint="free space, raise the file-size limit or pick another -o") from None
+            raise OutputError(f"cannot write ({_short(e)})", path=path,
+                              hint="free space, raise the file-size limit or pick another -o") from None
 
 
 def _short(e: Exception) -> str:
@@ -518,7 +524,8 @@ def read_safetensors_header(path: str | Path) -> tuple[dict[str, tuple[str, list
     return tensors, kind, meta, prov
 
 
-def read_safetensors(path: str | Path, names: Sequence[str] | None = None) -> tuple[dict[str, Any], str | None, dict, dict]:
+def read_safetensors(path: str | Path,
+                     names: Sequence[str] | None = None) -> tuple[dict[str, Any], str | None, dict, dict]:
     """Read tensors (torch, CPU) and metadata from a safetensors file."""
     from safetensors import safe_open
 
@@ -526,7 +533,8 @@ def read_safetensors(path: str | Path, names: Sequence[str] | None = None) -> tu
     try:
         with safe_open(str(p), framework="pt") as f:
             keys = list(f.keys()) if names is None else list(names)
-            missing = [k for k in keys if k not in f.keys()]
+            present = set(f.keys())
+            missing = [k for k in keys if k not in present]
             if missing:
                 raise InputError(f"missing tensor(s) {', '.join(missing)}", path=p)
             tensors = {k: f.get_tensor(k) for k in keys}

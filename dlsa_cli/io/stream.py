@@ -206,7 +206,7 @@ def stream_features(
     labels: bool = True,
     ids: str | None = None,
     ids_bytes: int = 0,
-    header_ids: Sequence[str] | None = None,
+    header_ids: Sequence[str] | np.ndarray | None = None,
     extra: Mapping[str, tuple[Any, Sequence[int]]] | None = None,
     meta: Mapping[str, Any] | None = None,
     prov: Mapping[str, Any] | None = None,

@@ -25,6 +25,7 @@ Without torchrun every helper is the one-process identity.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from nflows.transforms import BatchNorm
@@ -57,12 +58,14 @@ def batch_share(b: int) -> slice:
 
 
 def ddp_mean(values: torch.Tensor, global_batch: int) -> torch.Tensor:
-    """The rank's term of a batch-mean loss: sum(values) / B * W, so that DDP's gradient average is the global mean's."""
+    """The rank's term of a batch-mean loss: sum(values) / B * W, so that DDP's gradient average is the
+    global mean's."""
     return values.sum() * (current().world_size / global_batch)
 
 
 def global_mean(values: torch.Tensor, global_batch: int) -> torch.Tensor:
-    """Mean over the global batch of per-sample rows values (b, ...) -> (...), differentiable, the same on every rank."""
+    """Mean over the global batch of per-sample rows values (b, ...) -> (...), differentiable, the same on
+    every rank."""
     return all_reduce_sum(values.sum(0)) / global_batch
 
 
@@ -78,7 +81,8 @@ class _GlobalBatchNorm(BatchNorm):
         self.running_mean.mul_(1 - self.momentum).add_(mean.detach() * self.momentum)
         self.running_var.mul_(1 - self.momentum).add_(var.detach() * self.momentum)
         outputs = self.weight * ((inputs - mean) / torch.sqrt(var + self.eps)) + self.bias  # (b, D)
-        logabsdet = torch.sum(torch.log(self.weight) - 0.5 * torch.log(var + self.eps)) * inputs.new_ones(inputs.shape[0])
+        logabsdet = torch.sum(torch.log(self.weight) - 0.5 * torch.log(var + self.eps))
+        logabsdet = logabsdet * inputs.new_ones(inputs.shape[0])
         return outputs, logabsdet
 
 
@@ -99,7 +103,8 @@ def unsync_flow_batchnorm(module: nn.Module) -> nn.Module:
 
 
 def wrap(module: nn.Module, device: torch.device) -> nn.Module:
-    """DistributedDataParallel around `module` under torchrun (gradients averaged over ranks); the module alone otherwise.
+    """DistributedDataParallel around `module` under torchrun (gradients averaged over ranks); the module
+    alone otherwise.
 
     Buffers are not re-broadcast from rank 0 each step: the synced batch
     norm keeps them equal on every rank by construction.
@@ -112,7 +117,7 @@ def wrap(module: nn.Module, device: torch.device) -> nn.Module:
 
     ids = [device.index] if device.type == "cuda" else None
     newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters  # torch >= 2.13
-    no_sync = {"forward_sync_buffers": False} if newer else {"broadcast_buffers": False}
+    no_sync: dict[str, Any] = {"forward_sync_buffers": False} if newer else {"broadcast_buffers": False}
     return DistributedDataParallel(module, device_ids=ids, **no_sync)
 
 

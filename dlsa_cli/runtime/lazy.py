@@ -58,7 +58,8 @@ def lazy_exports(package: str) -> Callable[[str], Any]:
     module_of = typing_imports(str(pkg.__file__))
     if sorted(getattr(pkg, "__all__", [])) != sorted(module_of):
         raise ImportError(f"{package}.__all__ is not the names its `if TYPE_CHECKING:` block imports")
-    shadowing = {name for name, module in module_of.items() if module == f"{package}.{name}"}  # a function named as its module
+    # the names of functions named as their module
+    shadowing = {name for name, module in module_of.items() if module == f"{package}.{name}"}
 
     class _Package(types.ModuleType):
         def __setattr__(self, name: str, value: Any) -> None:

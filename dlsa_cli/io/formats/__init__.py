@@ -30,7 +30,8 @@ from dlsa_cli.io.files import require_file
 from dlsa_cli.io.formats import h5, npy, npz, parquet, pt, safetensors
 from dlsa_cli.io.formats.base import FeatureInfo, FeatureSet, RowBatch
 
-__all__ = ["FORMATS", "SUFFIXES", "Format", "find_format", "format_for", "open_feature_file", "strip_suffix", "writer_for"]
+__all__ = ["FORMATS", "SUFFIXES", "Format", "find_format", "format_for", "open_feature_file", "strip_suffix",
+           "writer_for"]
 
 
 class Format(Protocol):
@@ -93,6 +94,7 @@ def writer_for(path: str | Path) -> Callable[..., None]:
 
 
 def strip_suffix(name: str) -> str:
-    """A feature file's name without its format suffix (`a.b.safetensors` -> `a.b`); other names lose their last suffix."""
+    """A feature file's name without its format suffix (`a.b.safetensors` -> `a.b`); other names lose
+    their last suffix."""
     p = Path(name)
     return p.name[: -len(p.suffix)] if find_format(p) is not None else p.stem

@@ -45,7 +45,8 @@ def h5py_module(p: Path) -> Any:
 
 @contextmanager
 def _open(p: Path) -> Iterator[tuple[Any, str | None, str | None, str]]:
-    """(the open file, its labels key, ids key, features key); any failure but ours is one "not a readable HDF5 file" line."""
+    """(the open file, its labels key, ids key, features key); any failure but ours is one
+    "not a readable HDF5 file" line."""
     h5py = h5py_module(p)
     try:
         with h5py.File(p, "r") as f:

@@ -34,7 +34,8 @@ def _open(p: Path, mode: MapMode = "r") -> np.ndarray:
         raise InputError(f"not a readable .npy matrix ({e})", path=p) from None
     if not isinstance(x, np.ndarray):  # np.load opens an .npz archive whatever its name
         x.close()
-        raise InputError("not a .npy matrix: it is a zip archive, as .npz and .pt files are", path=p, hint="name it by its format")
+        raise InputError("not a .npy matrix: it is a zip archive, as .npz and .pt files are", path=p,
+                         hint="name it by its format")
     return x
 
 

@@ -75,7 +75,8 @@ def rows(p: Path, batch_size: int, start: int, stop: int) -> Iterator[RowBatch]:
     fs = read(p)
     validate_features(fs, check_finite=False)
     for a, b in ranges(start, stop, batch_size):
-        yield RowBatch(a, fs.features[a:b], None if fs.labels is None else fs.labels[a:b], None if fs.ids is None else fs.ids[a:b])
+        yield RowBatch(a, fs.features[a:b], None if fs.labels is None else fs.labels[a:b],
+                       None if fs.ids is None else fs.ids[a:b])
 
 
 def labels(p: Path) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -100,7 +101,8 @@ def _headers(p: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
                     continue
                 with z.open(name) as f:
                     version = np.lib.format.read_magic(f)
-                    reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                    fmt = np.lib.format
+                    reader = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
                     shape, _, dtype = reader(f)
                 out[name[:-4]] = (shape, dtype)
     except Exception as e:

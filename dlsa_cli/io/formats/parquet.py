@@ -41,7 +41,8 @@ def _columns(schema: Any) -> tuple[str | None, str | None, str | None, list[str]
 
 
 def _no_features(p: Path) -> InputError:
-    return InputError("no feature columns: expected a list column 'features' or one numeric column per dimension", path=p)
+    return InputError("no feature columns: expected a list column 'features' or one numeric column per dimension",
+                      path=p)
 
 
 def info(p: Path) -> FeatureInfo:

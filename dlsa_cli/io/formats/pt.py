@@ -64,7 +64,8 @@ def read(p: Path, *, mmap: bool = False) -> FeatureSet:
     if isinstance(obj, dict):
         fkey = pick(obj, FEATURE_KEYS)
         if fkey is None:
-            raise InputError(f"no features entry (it has {', '.join(map(str, obj))})", path=p, hint="name it 'features'")
+            raise InputError(f"no features entry (it has {', '.join(map(str, obj))})", path=p,
+                             hint="name it 'features'")
         lkey, ikey = pick(obj, LABEL_KEYS), pick(obj, ID_KEYS)
         return FeatureSet(arr(obj[fkey]), arr(obj[lkey]) if lkey else None, arr(obj[ikey]) if ikey else None, path=p)
     raise InputError(f"holds a {type(obj).__name__}, expected a tensor or a dict of tensors", path=p)
@@ -87,7 +88,8 @@ def rows(p: Path, batch_size: int, start: int, stop: int) -> Iterator[RowBatch]:
     """Rows start..stop of the file, loaded (and checked) whole once."""
     fs = _checked(p)
     for a, b in ranges(start, stop, batch_size):
-        yield RowBatch(a, fs.features[a:b], None if fs.labels is None else fs.labels[a:b], None if fs.ids is None else fs.ids[a:b])
+        yield RowBatch(a, fs.features[a:b], None if fs.labels is None else fs.labels[a:b],
+                       None if fs.ids is None else fs.ids[a:b])
 
 
 def labels(p: Path) -> tuple[np.ndarray | None, np.ndarray | None]:

@@ -173,7 +173,8 @@ def memmap(p: Path, mode: MapMode = "r") -> np.ndarray | None:
         n = int.from_bytes(f.read(8), "little")
         head = json.loads(f.read(n))
     fkey = pick(head, FEATURE_KEYS)
-    if fkey is None or head[fkey]["dtype"] not in ("F16", "F32") or len(head[fkey]["shape"]) != 2 or 0 in head[fkey]["shape"]:
+    if fkey is None or head[fkey]["dtype"] not in ("F16",
+                                                   "F32") or len(head[fkey]["shape"]) != 2 or 0 in head[fkey]["shape"]:
         return None
     begin, _ = head[fkey]["data_offsets"]
     dtype = np.dtype("float16" if head[fkey]["dtype"] == "F16" else "float32")
