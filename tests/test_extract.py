@@ -424,7 +424,7 @@ def test_extract_file_writes_the_file_the_command_writes(tmp_path, image_dir, ti
 def test_library_errors_are_dlsa_errors():
     with pytest.raises(DlsaError, match="unknown backbone"):
         load_backbone("no-such-net")
-    with pytest.raises(DlsaError, match="--interpolation"):
+    with pytest.raises(DlsaError, match="ExtractConfig.interpolation"):  # the library names the setting
         Preprocess(interpolation="nearest-ish")
 
 

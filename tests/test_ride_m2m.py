@@ -263,7 +263,7 @@ def test_m2m_through_the_cli_with_a_given_g(digits, tmp_path):
         (["--model", "ride", "--ride-diversity", "-1"], "--ride-diversity -1.0: must be zero or more"),
         (["--ride-diversity", "0.1"], "--ride-diversity applies to --model ride"),
         (["--sampler", "m2m", "--m2m-from", "missing.safetensors"], "missing.safetensors"),
-        (["--model", "ridge"], "--model ridge: use linear, cosine or ride"),
+        (["--model", "ridge"], "--model ridge: use one of linear, cosine, ride, ncm, lws"),
         (["--input", "zz"], "--input zz: use one of features, latent, none"),
         (["--loss-counts", "zz"], "--loss-counts zz: use one of all, subset"),
     ],

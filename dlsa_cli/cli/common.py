@@ -7,10 +7,12 @@ terminal and `--quiet` is not given; warnings appear unless `--quiet`.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import sys
 from collections.abc import Callable, Mapping
 from contextlib import contextmanager
+from types import MappingProxyType
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -82,6 +84,9 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; the same seed
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# The running command's map from setting tokens to its flags (set by `guarded`, read by `Reporter`).
+_FLAGS: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar("dlsa_flags", default=MappingProxyType({}))
+
 
 def _error_console() -> Console:
     return Console(stderr=True, highlight=False, soft_wrap=True)
@@ -93,6 +98,7 @@ def guarded(fn: F, flags: Mapping[str, str] | None = None) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        token = _FLAGS.set(flags or {})  # warnings name settings by this command's flags too (Reporter)
         try:
             with _rank_zero_stdout():
                 return fn(*args, **kwargs)
@@ -108,6 +114,8 @@ def guarded(fn: F, flags: Mapping[str, str] | None = None) -> F:
         except KeyboardInterrupt:
             _error_console().print("[bold red]interrupted[/]: no output was written")
             raise typer.Exit(130) from None
+        finally:
+            _FLAGS.reset(token)
 
     return wrapper  # type: ignore[return-value]
 
@@ -179,16 +187,17 @@ class Reporter:
 
     def log(self, message: str) -> None:
         if self.interactive:
-            self.console.print(message)
+            self.console.print(name_flags(message, _FLAGS.get()))
 
     def note(self, message: str) -> None:
         """A line the user should see (where an output went), unless --quiet; also when stderr is not a terminal."""
         if not self.quiet:
-            self.console.print(escape(message))
+            self.console.print(escape(name_flags(message, _FLAGS.get())))
 
     def warn(self, message: str) -> None:
+        """A warning line; the settings it names are written as the running command's flags."""
         if not self.quiet:
-            self.console.print(f"[yellow]warning:[/] {escape(message)}")
+            self.console.print(f"[yellow]warning:[/] {escape(name_flags(message, _FLAGS.get()))}")
 
     @contextmanager
     def progress(self, description: str, total: float | None):

@@ -45,10 +45,11 @@ def separation_rows(folder: str | Path) -> list[dict[str, Any]]:
     for rp in reports:
         rep = json.loads(rp.read_text())
         for name, f in rep.get("files", {}).items():
-            if f.get("separation_accuracy") is None and "tail_share" not in f:
+            f.setdefault("separation", f.get("separation_accuracy"))  # the name split.json used before
+            if f.get("separation") is None and "tail_share" not in f:
                 continue  # no labels
             split = name.split(".")[0]
-            rows.append({"depth": int(rep["depth"]), "split": split, "separation": f.get("separation_accuracy"),
+            rows.append({"depth": int(rep["depth"]), "split": split, "separation": f.get("separation"),
                          "chance": (f.get("tail_share") or {}).get("all"), "routed_share": f.get("routed_share")})
     if not rows:
         raise InputError("its split reports hold no labelled file", path=root, hint="split files with labels")
