@@ -1,4 +1,4 @@
-"""`dlsa compare`'s own settings (`CompareConfig`), declared once and without torch.
+"""`dlsa compare`'s own settings (`CompareConfig`), declared once and without torch, and its run names.
 
 The classifier, filter and cascade settings compare fits with are a `CascadePlan`
 (`dlsa_cli.cascade.plan`), taken through the same tables and flags as fit-cascade.
@@ -11,7 +11,11 @@ from dataclasses import dataclass
 from dlsa_cli.evaluation.metrics import TAIL_AT_MOST
 from dlsa_cli.settings import Rule, SettingError, at_least, check_settings, setting, setting_token
 
-__all__ = ["OPTIMISTIC", "SELECT_ON", "CompareConfig", "parse_seeds"]
+__all__ = ["BASELINES", "CONTROLS", "OPTIMISTIC", "RUNS", "SELECT_ON", "CompareConfig", "parse_seeds"]
+
+BASELINES = ("baseline", "la-loss", "posthoc-la", "posthoc-tau", "crt", "lws", "ncm")
+CONTROLS = ("random-routes", "posterior-routes", "ensemble")
+RUNS = (*BASELINES, "dlsa", *CONTROLS)  # compare.json's run names, in its order
 
 SELECT_ON = ("val", "test")
 OPTIMISTIC = "selected on the test set: optimistic"  # every output of `--select-on test` says it

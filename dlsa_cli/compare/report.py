@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from dlsa_cli.compare.config import OPTIMISTIC, CompareConfig
+from dlsa_cli.compare.config import BASELINES, OPTIMISTIC, RUNS, CompareConfig
 from dlsa_cli.compare.stats import paired_bootstrap, paired_difference
 
 __all__ = ["METRICS", "CompareReport", "build_report", "plot_ceiling", "verdict"]
@@ -53,8 +53,6 @@ def build_report(recorded: Mapping[str, Mapping[str, dict[str, Any]]], seeds: tu
     `correct` ({run: per-sample TEST correctness}) is given with one seed: the overall
     difference then gets a paired bootstrap interval over test samples.
     """
-    from dlsa_cli.compare.run import BASELINES, RUNS
-
     runs = {name: [dict(recorded[str(s)][name]) for s in seeds] for name in RUNS}
     summary = {name: {m: _mean_sd([r.get(m) for r in rows]) for m in (*METRICS, "select_balanced")
                       if any(m in r for r in rows)} for name, rows in runs.items()}

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from dlsa_cli.cascade.plan import CascadePlan
-from dlsa_cli.compare.config import OPTIMISTIC, CompareConfig
+from dlsa_cli.compare.config import BASELINES, CONTROLS, OPTIMISTIC, RUNS, CompareConfig
 from dlsa_cli.compare.report import CompareReport, build_report
 from dlsa_cli.errors import InputError, ModelMismatchError
 from dlsa_cli.io.features import FeatureSet
@@ -42,9 +42,6 @@ from dlsa_cli.settings import to_table
 
 __all__ = ["BASELINES", "COMPARE", "CONTROLS", "LA_TAUS", "PROGRESS", "RUNS", "balanced", "choose_posthoc", "compare"]
 
-BASELINES = ("baseline", "la-loss", "posthoc-la", "posthoc-tau", "crt", "lws", "ncm")
-CONTROLS = ("random-routes", "posterior-routes", "ensemble")
-RUNS = (*BASELINES, "dlsa", *CONTROLS)
 LA_TAUS = (0.5, 1.0, 1.5, 2.0)  # the logit-adjusted loss's strengths tried (Menon et al.: 1)
 PROGRESS = "progress.json"
 COMPARE = "compare.json"
@@ -161,8 +158,9 @@ def _read_inputs(train: str | Path, val: str | Path | None, test: str | Path, co
     for fs in (va, te):
         if fs.dim != tr.dim:
             raise ModelMismatchError(f"features have D={fs.dim}, the training file D={tr.dim}", path=fs.path)
-        if fs.labels.size and int(fs.labels.max()) >= c:
-            raise InputError(f"label {int(fs.labels.max())} is out of range for TRAIN's {c} classes", path=fs.path)
+        y = fs.require_labels()
+        if y.size and int(y.max()) >= c:
+            raise InputError(f"label {int(y.max())} is out of range for TRAIN's {c} classes", path=fs.path)
     for fs in (tr, va, te):
         fs.meta.update(num_classes=c, train_counts=counts.tolist())
     paths = {"train": Path(train), "val": Path(val), "test": Path(test)}
@@ -299,7 +297,7 @@ def _run_la_loss(s: _Seed) -> _Preds:
     for tau in LA_TAUS:
         reuse = tau == 1.0 and base.loss == "bsm" and base.posthoc == "none"
         clf = s.baseline() if reuse else s.fit(replace(base, loss="la", la_tau=tau, posthoc="none"))
-        score = balanced(s.ctx.data.sel.labels, _scores(clf, s.ctx.data.sel).argmax(1))
+        score = balanced(s.ctx.data.sel.require_labels(), _scores(clf, s.ctx.data.sel).argmax(1))
         if score > best_score:
             best, best_score = clf, score
     return _plain(s, best)
@@ -323,7 +321,7 @@ def choose_posthoc(clf: Any, sel: FeatureSet, kind: str) -> float:
     scores = []
     for tau in grid:
         clf.meta["posthoc"] = {"kind": kind, "tau": float(tau)}
-        scores.append(balanced(sel.labels, _scores(clf, sel).argmax(1)))
+        scores.append(balanced(sel.require_labels(), _scores(clf, sel).argmax(1)))
     best = float(grid[int(np.argmax(scores))])
     clf.meta["posthoc"] = {"kind": kind, "tau": best, "grid": list(grid), "val_balanced": scores}
     return best
@@ -396,7 +394,7 @@ def _branch_start(s: _Seed) -> dict[str, Any]:
 
 def _whole_counts(s: _Seed) -> np.ndarray | None:
     d = s.ctx.data
-    return np.bincount(d.sel.labels, minlength=len(d.counts)) if s.plan.val_weights else None
+    return np.bincount(d.sel.require_labels(), minlength=len(d.counts)) if s.plan.val_weights else None
 
 
 def _routed_control(score: Callable[[_Seed], Callable[[np.ndarray], np.ndarray]]) -> Callable[[_Seed], _Preds]:
@@ -491,13 +489,13 @@ def _metrics(ctx: _Ctx, p: _Preds) -> dict[str, Any]:
     from dlsa_cli.evaluation.report import evaluate_predictions
 
     d = ctx.data
-    m = evaluate_predictions(d.test.labels, p.test, d.counts, routes=p.test_route,
+    m = evaluate_predictions(d.test.require_labels(), p.test, d.counts, routes=p.test_route,
                              tail_at_most=ctx.config.tail_at_most).to_json()
     out = {k: m[k] for k in ("overall", "many", "medium", "few", "mcc", "nmi")}
     if p.test_route is not None:
         out["separation"] = m["separation"]
         out["routed_share"] = float(np.mean(p.test_route != "regular"))
-    out["select_balanced"] = balanced(d.sel.labels, p.sel)
+    out["select_balanced"] = balanced(d.sel.require_labels(), p.sel)
     return out
 
 
@@ -507,7 +505,7 @@ def _write_predictions(ctx: _Ctx, path: Path, name: str, p: _Preds) -> None:
 
     d = ctx.data
     cols: dict[str, Any] = {} if d.test.ids is None else {"id": d.test.ids}
-    cols |= {"label": d.test.labels.astype(np.int64), "prediction": np.asarray(p.test, dtype=np.int64)}
+    cols |= {"label": d.test.require_labels().astype(np.int64), "prediction": np.asarray(p.test, dtype=np.int64)}
     if p.test_route is not None:
         cols["route"] = p.test_route
     meta = {"num_classes": len(d.counts), "train_counts": d.counts.tolist(), "model": f"compare: {name}",
