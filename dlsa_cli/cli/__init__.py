@@ -6,6 +6,7 @@ from __future__ import annotations
 from dlsa_cli.cli import (
     cascade,  # noqa: F401
     classify,  # noqa: F401
+    compare,  # noqa: F401
     datasets,  # noqa: F401
     evaluate,  # noqa: F401
     extract,  # noqa: F401

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from dlsa_cli.cascade.predict_stream import PredictReport
     from dlsa_cli.cascade.summary import CascadeReport, ClassifierFit
     from dlsa_cli.classify.summary import ClassifierFitReport
+    from dlsa_cli.compare.report import CompareReport
     from dlsa_cli.evaluation.report import EvaluationReport
     from dlsa_cli.evaluation.tally import TableMetrics
     from dlsa_cli.flow.summary import FilterFitReport, SplitFileReport, SplitReport
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "render_cascade",
     "render_classifier_fit",
+    "render_compare",
     "render_evaluation",
     "render_filter_fit",
     "render_predict",
@@ -263,3 +265,48 @@ def _render_per_class(names: list[str], res: list[TableMetrics]) -> None:
         pt.add_row(str(k), str(e.train_count), e.group, str(e.samples),
                    *[_acc((r.per_class or [])[k].accuracy) for r in res])
     stdout.print(pt)
+
+
+# ----------------------------------------------------------------------------- compare
+
+
+def _mean_sd(cell: dict[str, float | None] | None, scale: float) -> str:
+    if cell is None or cell["mean"] is None:
+        return "n/a"
+    sd = "" if cell["sd"] is None else f" ± {scale * cell['sd']:.2f}"
+    return f"{scale * cell['mean']:.2f}{sd}"
+
+
+def _interval(d: dict | None) -> str:
+    if d is None:
+        return "n/a"
+    span = "" if d.get("low") is None else f" [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
+    return f"{100 * d['mean']:+.2f}{span}"
+
+
+def render_compare(r: CompareReport) -> None:
+    """Mean ± sd over seeds of every run, DLSA minus each run with its interval, and the verdict."""
+    note = f" [bold red]({r.note})[/]" if r.note else ""
+    seeds = ",".join(map(str, r.seeds))
+    t = Table(title=f"compare -> {r.out_dir}: TEST, %, mean ± sd over seeds {seeds}; chosen on {r.selected_on}{note}",
+              title_justify="left")
+    for col in ("run", "overall", "many", "medium", "few", "MCC", "NMI", "sep.", "Δ overall", "Δ few"):
+        t.add_column(col, justify="left" if col == "run" else "right", no_wrap=col == "run")
+    for name, s in r.summary.items():
+        diff = r.differences.get(name, {})
+        cells = [_mean_sd(s.get(m), 100) for m in ("overall", "many", "medium", "few")]
+        cells += [_mean_sd(s.get(m), 1) for m in ("mcc", "nmi")] + [_mean_sd(s.get("separation"), 100)]
+        best = " (best)" if name == r.best_baseline else ""
+        t.add_row(name + best, *cells, *(("", "") if name == "dlsa" else (_interval(diff.get("overall")),
+                                                                          _interval(diff.get("few")))))
+    stdout.print(t)
+    stdout.print("[dim]Δ: DLSA minus the run, paired, in points, with its 95% interval (t over seeds; a paired "
+                 "bootstrap over test samples with one seed); best: the best baseline on "
+                 f"{r.selected_on}; sep.: tail share of the routed samples; MCC and NMI unscaled.[/]")
+    stdout.print(r.verdict)
+    if r.ceiling is not None:
+        for key, p in r.ceiling["placements"].items():
+            stdout.print(f"ceiling {key}: routing at group accuracy {p['group_accuracy']:.3f} (curve: "
+                         f"{_acc(p['soft_overall_at'])}), the baseline's tail mass at the same share "
+                         f"{p['baseline_group_accuracy']:.3f} (curve: {_acc(p['baseline_soft_overall_at'])})")
+    stdout.print(f"compare.json -> {r.out_dir}/compare.json")

@@ -1,5 +1,7 @@
 """Pieces of `dlsa compare`: does DLSA help on these features, and can the answer be trusted?
 
+- `config`: `CompareConfig` and the run names; `run`: `compare` itself; `report`: compare.json and its
+  verdict; `controls`: the routing controls;
 - `stats`: paired differences over seeds (mean, sd, t-interval) and a paired
   bootstrap over test samples for one seed;
 - `ceiling`: the paper's Fig. 2 probe (accuracy against separation accuracy,

@@ -1,0 +1,49 @@
+"""Routing controls: scores that are not a filter's, and a filter that routes by one of them.
+
+- `random_score`: a route that ignores the class (a seeded hash of the sample's row);
+- `tail_mass`: the baseline classifier's own tail signal, its softmax mass on tail classes;
+- `RoutedBy`: a filter whose route is decided by such a score, keeping the filter's
+  clusters and prior, so a cascade built on it differs from the filter's own only in
+  which samples take the cluster-aided branch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+__all__ = ["RoutedBy", "random_score", "tail_mass"]
+
+
+def random_score(x: np.ndarray, seed: int = 0) -> np.ndarray:
+    """A route score (N,) in [0, 1) that ignores the class: a hash of each row, so it repeats for a row."""
+    r = np.random.default_rng(seed).standard_normal(x.shape[1])  # (D,)
+    proj = np.asarray(x, dtype=np.float64) @ r  # (N,)
+    return np.modf(np.abs(proj) * 1e4)[0]
+
+
+def tail_mass(logits: np.ndarray, is_tail: np.ndarray) -> np.ndarray:
+    """Softmax mass (N,) of logits (N, C) on the classes `is_tail` (C,) marks."""
+    z = np.asarray(logits, dtype=np.float64)
+    p = np.exp(z - z.max(1, keepdims=True))  # (N, C)
+    return p[:, is_tail].sum(1) / p.sum(1)
+
+
+class RoutedBy:
+    """A filter whose route is `score_fn(x) >= threshold` instead of its own; all else is the wrapped filter's."""
+
+    def __init__(self, filt: Any, score_fn: Callable[[np.ndarray], np.ndarray], threshold: float):
+        self.filt = filt
+        self.score_fn = score_fn
+        self.threshold = float(threshold)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.filt, name)
+
+    def score(self, x: Any, **kw: Any) -> Any:
+        sc = self.filt.score(x, **kw)
+        s = self.score_fn(np.asarray(x))
+        return replace(sc, routed=s >= self.threshold, route_score=s)
