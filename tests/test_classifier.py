@@ -307,7 +307,7 @@ def test_cluster_aided_starts_exactly_at_its_init(digits, small_filter, baseline
     flt = FlowFilter.load(small_filter)
     train = read_features(digits / "train.safetensors", require_labels=True)
     val = read_features(digits / "val.safetensors", require_labels=True)
-    clf, report = fit_classifier(train, val, TrainConfig(epochs=1), init=baseline, flt=flt, filter_path=small_filter)
+    _clf, report = fit_classifier(train, val, TrainConfig(epochs=1), init=baseline, flt=flt, filter_path=small_filter)
     base = Classifier.load(baseline)
     assert report.history[0]["val_balanced"] == pytest.approx(base.meta["val"]["balanced_accuracy"])
 

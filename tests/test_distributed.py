@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -40,7 +41,7 @@ def _worker(scenario: str, out: Path) -> list[dict]:
 def test_shard_ranges_are_contiguous_disjoint_covering_and_balanced(n, w):
     ranges = d.shard_ranges(n, w)
     assert ranges[0][0] == 0 and ranges[-1][1] == n
-    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))  # contiguous, hence disjoint and covering
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))  # contiguous, hence disjoint and covering
     sizes = [b - a for a, b in ranges]
     assert min(sizes) >= 0 and max(sizes) - min(sizes) <= 1
     assert [d.shard_range(n, r, w) for r in range(w)] == ranges
@@ -370,7 +371,7 @@ def test_fit_cascade_under_torchrun_builds_the_cascade_one_process_builds(digits
     assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
     assert len(two.stdout.splitlines()) == 1
     r1, r2 = json.loads(one.stdout), json.loads(two.stdout)
-    for d1, d2 in zip(r1["depths"], r2["depths"]):
+    for d1, d2 in zip(r1["depths"], r2["depths"], strict=False):
         assert d1["train"] == d2["train"]  # the same routed / rest training counts at every depth
         # DDP sums each step's gradient over the ranks in another order than one process does, so the filters
         # differ in their last bits: a validation sample at the threshold may fall on the other side, no more.

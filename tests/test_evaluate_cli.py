@@ -79,7 +79,7 @@ def test_json_two_files_side_by_side(files):
 
 
 def test_table_shows_differences_and_routes(files):
-    d, y, preds, counts, route = files
+    d, y, preds, _counts, _route = files
     r = invoke("evaluate", str(d / "ncm.parquet"), str(d / "nn1.parquet"), "--train", str(d / "train.safetensors"))
     assert r.returncode == 0, r.stderr
     diff = 100 * (np.mean(preds["1nn"] == y) - np.mean(preds["ncm"] == y))
@@ -89,7 +89,7 @@ def test_table_shows_differences_and_routes(files):
 
 
 def test_counts_file_and_recorded_counts_give_the_same_numbers(files, tmp_path):
-    d, y, preds, counts, route = files
+    d, _y, _preds, counts, _route = files
     counts_json = tmp_path / "counts.json"
     counts_json.write_text(json.dumps(counts.tolist()))
     p = str(d / "nn1.parquet")
@@ -112,7 +112,7 @@ def test_empty_group_is_null_and_na(files):
 
 
 def test_per_class_and_labels_join(files):
-    d, y, preds, counts, route = files
+    d, y, preds, _counts, _route = files
     p = str(d / "nolabel.parquet")
     r = invoke("evaluate", p, "--train", str(d / "train.safetensors"), "--labels", str(d / "test.safetensors"), "--json", "--per-class")
     assert r.returncode == 0, r.stderr
@@ -245,7 +245,7 @@ def test_evaluate_finds_a_repeated_id_across_batches(files, tmp_path, monkeypatc
     """With --labels, an id repeated 100 rows later (another batch) is found and counted."""
     from dlsa_cli.evaluation import report
 
-    d, y, preds, _, _ = files
+    d, _y, preds, _, _ = files
     from dlsa_cli.io.features import read_features
 
     ids = read_features(d / "test.safetensors").ids.astype(str).copy()

@@ -278,7 +278,7 @@ def test_csv_and_list_reading_rules(tmp_path):
 
     dup = tmp_path / "dup.txt"
     dup.write_text("a.jpg 0\nb.jpg 1\na.jpg 2\n")
-    with pytest.raises(InputError, match="line 3 lists 'a.jpg' again"):
+    with pytest.raises(InputError, match=r"line 3 lists 'a.jpg' again"):
         read_image_list(dup)
     bad = tmp_path / "bad.csv"
     bad.write_text("cat/a.jpg,0\n")
@@ -424,7 +424,7 @@ def test_extract_file_writes_the_file_the_command_writes(tmp_path, image_dir, ti
 def test_library_errors_are_dlsa_errors():
     with pytest.raises(DlsaError, match="unknown backbone"):
         load_backbone("no-such-net")
-    with pytest.raises(DlsaError, match="ExtractConfig.interpolation"):  # the library names the setting
+    with pytest.raises(DlsaError, match=r"ExtractConfig\.interpolation"):  # the library names the setting
         Preprocess(interpolation="nearest-ish")
 
 

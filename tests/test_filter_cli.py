@@ -62,7 +62,7 @@ def test_split_end_to_end_and_chaining(fitted, digits, tmp_path):
         ["split.json"] + [f"{n}{s}" for n in ("train", "test") for s in (".parquet", ".routed.safetensors", ".rest.safetensors")]
     )
     train = read_features(digits / "train.safetensors")
-    table, kind, meta, _ = read_table(out / "train.parquet")
+    table, kind, _meta, _ = read_table(out / "train.parquet")
     assert kind == "split" and table.num_rows == train.n
     assert table.column_names == ["id", "label", "cluster", "log_likelihood", "routed", "depth"]
     assert table.column("id").to_pylist() == list(train.ids)

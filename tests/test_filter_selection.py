@@ -133,7 +133,7 @@ def test_resume_keeps_the_val_choice_and_checks_the_val_file(digits, tmp_path):
     plain = fit_filter(fs, val=val, **opts)
     assert resumed.resumed_from == 2
     assert resumed.chosen_epoch == plain.chosen_epoch and resumed.history == [
-        {**h, "seconds": r["seconds"]} for h, r in zip(plain.history, resumed.history)
+        {**h, "seconds": r["seconds"]} for h, r in zip(plain.history, resumed.history, strict=False)
     ]
     assert resumed.threshold == plain.threshold
 

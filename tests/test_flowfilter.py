@@ -86,11 +86,11 @@ def test_balance_loss_by_hand_with_ema_and_bias_correction():
     bal = BalanceLoss(k, eta, lam)
     p_tilde = np.zeros(k)
     leaves = []
-    for t, l in enumerate(batches, start=1):
-        lt = torch.tensor(l, requires_grad=True)
+    for t, logits_t in enumerate(batches, start=1):
+        lt = torch.tensor(logits_t, requires_grad=True)
         leaves.append(lt)
         got = bal(lt)
-        soft = np.exp(l) / np.exp(l).sum(1, keepdims=True)
+        soft = np.exp(logits_t) / np.exp(logits_t).sum(1, keepdims=True)
         p_t = soft.mean(0) + 1e-7
         p_tilde = eta * p_tilde + (1 - eta) * p_t
         p_hat = p_tilde / (1 - eta**t)
@@ -149,7 +149,7 @@ def test_cluster_table_and_stats_by_hand():
     labels = torch.tensor([0, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 0, 1])
     t = cluster_table(cluster, labels, 4, 3)
     want = np.zeros((4, 3), dtype=np.int64)
-    for c, y in zip(cluster.tolist(), labels.tolist()):
+    for c, y in zip(cluster.tolist(), labels.tolist(), strict=False):
         want[c, y] += 1
     assert np.array_equal(t.numpy(), want)
     st = cluster_stats(t, purity_threshold=0.7, min_size=10)

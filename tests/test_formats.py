@@ -232,7 +232,7 @@ def test_an_unknown_suffix_is_refused_with_one_line_everywhere(tmp_path, name):
             read(p)
         text = _one_line(e, p)
         assert "unknown feature file extension '.csv'" in text and ", ".join(SUFFIXES) in text
-    with pytest.raises(InputError, match="unknown feature file extension '.csv'"):
+    with pytest.raises(InputError, match=r"unknown feature file extension '\.csv'"):
         write_features(tmp_path / "out.csv", FeatureSet(x, y, ids))
     assert not (tmp_path / "out.csv").exists()
 

@@ -52,7 +52,7 @@ def test_mcc_and_nmi_equal_sklearn_on_real_labels(real):
     from sklearn.metrics import matthews_corrcoef as sk_mcc
     from sklearn.metrics import normalized_mutual_info_score as sk_nmi
 
-    y, preds, counts = real
+    y, preds, _counts = real
     for name, p in preds.items():
         assert 0.6 < np.mean(p == y) < 0.99, name  # real, imperfect classifiers
         assert matthews_corrcoef(y, p) == pytest.approx(sk_mcc(y, p), abs=1e-12)
@@ -118,7 +118,7 @@ def test_a_class_absent_from_training_is_few_shot():
 
 def test_classes_without_test_samples_are_left_out_of_their_group():
     counts = np.array([150, 150, 5])
-    acc, correct, support = per_class_accuracy(np.array([0, 0]), np.array([0, 1]), 3)
+    acc, _correct, support = per_class_accuracy(np.array([0, 0]), np.array([0, 1]), 3)
     assert list(support) == [2, 0, 0] and np.isnan(acc[1]) and np.isnan(acc[2])
     g = group_accuracies(acc, counts)
     assert g == {"many": 0.5, "medium": None, "few": None}

@@ -62,15 +62,13 @@ def test_safetensors_filled_out_of_order_reads_back_bit_for_bit(tmp_path):
 
 def test_safetensors_left_unfinished_or_failing_writes_nothing(tmp_path):
     out = tmp_path / "b.safetensors"
-    with pytest.raises(RuntimeError, match="not filled"):
-        with stream_safetensors(out, {"features": (np.float32, (N, D))}, kind="features") as sink:
-            sink.write("features", 0, np.zeros((N - 1, D)))
-    with pytest.raises(KeyError):
-        with stream_safetensors(out, {"features": (np.float32, (N, D))}, kind="features") as sink:
-            raise KeyError("boom")
-    with pytest.raises(ValueError, match="do not fit"):
-        with stream_safetensors(out, {"features": (np.float32, (N, D))}, kind="features") as sink:
-            sink.write("features", N - 1, np.zeros((2, D)))
+    spec = {"features": (np.float32, (N, D))}
+    with pytest.raises(RuntimeError, match="not filled"), stream_safetensors(out, spec, kind="features") as sink:
+        sink.write("features", 0, np.zeros((N - 1, D)))
+    with pytest.raises(KeyError), stream_safetensors(out, spec, kind="features") as sink:
+        raise KeyError("boom")
+    with pytest.raises(ValueError, match="do not fit"), stream_safetensors(out, spec, kind="features") as sink:
+        sink.write("features", N - 1, np.zeros((2, D)))
     assert not out.exists() and not _leftovers(tmp_path, out.name)
 
 
@@ -136,7 +134,7 @@ def test_table_failure_leaves_nothing(tmp_path):
     out = tmp_path / "u.parquet"
     with pytest.raises(ZeroDivisionError), stream_table(out, kind="split") as sink:
         sink.write({"id": np.arange(5)})
-        1 / 0
+        raise ZeroDivisionError("a writer that fails half way")
     assert not out.exists() and not _leftovers(tmp_path, out.name)
 
 
@@ -145,9 +143,10 @@ def test_streamed_writers_refuse_nan_metadata_as_every_writer_does(tmp_path):
     from dlsa_cli.errors import DlsaError
 
     out = tmp_path / "n.safetensors"
-    with pytest.raises(DlsaError, match="report.loss is NaN"):
-        with stream_safetensors(out, {"features": (np.float32, (2, 2))}, kind="features", meta={"report": {"loss": float("nan")}}):
-            pass
+    nan_meta = {"report": {"loss": float("nan")}}
+    with pytest.raises(DlsaError, match=r"report\.loss is NaN"), \
+            stream_safetensors(out, {"features": (np.float32, (2, 2))}, kind="features", meta=nan_meta):
+        pass
     table = tmp_path / "n.parquet"
     with pytest.raises(DlsaError, match="separation is NaN"), stream_table(table, kind="split") as sink:
         sink.write({"id": np.arange(3)})
