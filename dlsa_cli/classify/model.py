@@ -340,14 +340,15 @@ def load_init_head(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, str, d
             if isinstance(fc_a(clf.module), RideHead):
                 raise InputError("is a RIDE classifier: it has no single (C, D) head", path=p,
                                  hint="fit-classifier --init takes it as a whole")
-            if not isinstance(clf.module, LinearHead):  # cluster-aided
+            head = clf.module
+            if not isinstance(head, (LinearHead, LwsHead)):  # cluster-aided
                 raise InputError(
                     "is a cluster-aided classifier; --init takes a regular (linear or cosine) one",
                     path=p,
                     hint="pass the baseline classifier trained on all training data",
                 )
             kind = "linear" if clf.kind == "lws" else clf.kind  # an LWS head is linear with rescaled rows
-            return clf.module.weight.detach().clone(), clf.module.bias.detach().clone(), kind, clf.meta
+            return head.weight.detach().clone(), head.bias.detach().clone(), kind, clf.meta
         if kind is not None:
             raise InputError(
                 f"is a dlsa '{kind}' file, not a classifier; --init takes the classifier trained on all training data "
