@@ -309,4 +309,27 @@ def render_compare(r: CompareReport) -> None:
             stdout.print(f"ceiling {key}: routing at group accuracy {p['group_accuracy']:.3f} (curve: "
                          f"{_acc(p['soft_overall_at'])}), the baseline's tail mass at the same share "
                          f"{p['baseline_group_accuracy']:.3f} (curve: {_acc(p['baseline_soft_overall_at'])})")
+        room = _room(r)
+        if room:
+            stdout.print(room)
     stdout.print(f"compare.json -> {r.out_dir}/compare.json")
+
+
+def _room(r: CompareReport) -> str | None:
+    """How much room the head/tail split leaves on TEST (the ceiling at perfect routing), how much of it
+    DLSA's own routing could reach (the curve at its group accuracy), and what DLSA gained over its baseline."""
+    assert r.ceiling is not None
+    test, place = r.ceiling.get("test"), r.ceiling["placements"].get("dlsa/test")
+    gain = (r.differences.get("baseline") or {}).get("overall")
+    if not test or place is None or gain is None:
+        return None
+    base = test["baseline_overall"]
+    top = max((pt for pt in test["points"] if pt["group_accuracy"] == 1.0), key=lambda pt: pt["soft_overall"],
+              default=None)
+    if top is None:
+        return None
+    return (f"Room: sent to its true head/tail group every time, a group prior would lift the baseline from "
+            f"{_acc(base)} to {_acc(top['soft_overall'])} ({100 * (top['soft_overall'] - base):+.2f} points) on "
+            f"TEST; DLSA's routes reach group accuracy {100 * place['group_accuracy']:.1f}%, where that curve "
+            f"gives {100 * (place['soft_overall_at'] - base):+.2f}; DLSA gained {100 * gain['mean']:+.2f} over "
+            f"its baseline (seed {r.seeds[0]}'s curve).")
