@@ -110,9 +110,14 @@ def fit_cascade(
     plan.check()
     check_select(plan.filter_config(), val is not None)
     dev = resolve_device(device) if isinstance(device, str) else device
+    _check_sizes(plan, Path(train), dev)
+    out_p = Path(out_dir)
+    fresh = not (out_p.is_dir() and any(out_p.iterdir()))
     ctx = _start(Path(out_dir), plan, Path(train), None if val is None else Path(val), dict(filters or {}), resume,
                  train_offset)
     ctx.device, ctx.event, ctx.warn = dev, on_event or _quiet, on_warning or _quiet
+    if resume and fresh:  # the recipes always pass --resume: a first run is not an error
+        ctx.warn(f"{out_p} holds no run to resume; starting a new one")
     t0 = time.perf_counter()
     base = _stage(ctx, "baseline", lambda: _fit_baseline(ctx), ClassifierStage)
     cur_train, cur_val, depths = ctx.train, ctx.val, []
@@ -128,6 +133,18 @@ def fit_cascade(
     report = _report(ctx, base, depths, final, time.perf_counter() - t0)
     _on_main(lambda: write_json(ctx.out / REPORT, report.to_json()))
     return CascadeRun(Cascade.load(ctx.out), report, ctx.out)
+
+
+def _check_sizes(plan: CascadePlan, train: Path, device: Any) -> None:
+    """Before any work: the filters and classifiers the plan asks for fit in memory (depth 1's sizes)."""
+    from dlsa_cli.classify.stage import check_classifier_sizes
+    from dlsa_cli.flow.stage import check_filter_sizes
+
+    require_file(train, "training file")
+    check_filter_sizes(plan.filter_config(), train, device)
+    check_classifier_sizes(plan.baseline_config(), train, device)
+    with as_branch():
+        check_classifier_sizes(plan.branch_config(), train, device)
 
 
 def _quiet(_msg: str) -> None:

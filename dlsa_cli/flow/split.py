@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dlsa_cli.errors import InputError
+from dlsa_cli.errors import InputError, OutputError
 from dlsa_cli.evaluation.metrics import (
     FEW_BELOW,
     MANY_ABOVE,
@@ -141,6 +141,7 @@ def split(
     previous = previous_split_outputs(out)
     planned = [f"{nm}{sfx}" for nm in names for sfx in (".parquet", ".routed.safetensors", ".rest.safetensors")]
     check_output_dir(out, writes=[*planned, "split.json", *previous], inputs=[filt.path, *inputs])
+    _refuse_foreign(out, planned, previous)
     filter_sha = file_sha256(filt.path) if filt.path is not None and filt.path.is_file() else None
     report = SplitReport(None if filt.path is None else str(filt.path), filter_sha, filt.depth, filt.threshold,
                          filt.routing, filt.share)
@@ -180,6 +181,14 @@ def _split_file(filt: FlowFilter, p: str | Path, name: str, stage: Path | None, 
         part_meta={part: _part_meta(filt, info, part, filter_sha) for part in ("routed", "rest")},
         allow_nonfinite=allow_nonfinite,
     )
+
+
+def _refuse_foreign(out: Path, planned: Sequence[str], previous: Sequence[str]) -> None:
+    """The folder rule: a split replaces only files a split wrote there (those split.json lists)."""
+    foreign = [nm for nm in planned if (out / nm).exists() and nm not in previous]
+    if foreign:
+        raise OutputError(f"-o {out}: {foreign[0]} is there and no earlier split wrote it; writing would replace it",
+                          hint="pick a new or empty folder for -o")
 
 
 def previous_split_outputs(out: Path) -> list[str]:
