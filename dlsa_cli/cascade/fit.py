@@ -21,7 +21,6 @@ so an interrupted run continues (`resume=True`) from the last finished one.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import time
@@ -39,7 +38,14 @@ from dlsa_cli.cascade.summary import CascadeReport, ClassifierFit, ClassifierSta
 from dlsa_cli.classify.config import TrainConfig
 from dlsa_cli.errors import InputError, TrainingError
 from dlsa_cli.flow.config import FilterRun, check_select
-from dlsa_cli.io.files import atomic_path, file_sha256, read_safetensors_header, require_file, write_json
+from dlsa_cli.io.files import (
+    atomic_path,
+    file_sha256,
+    load_json_text,
+    read_safetensors_header,
+    require_file,
+    write_json,
+)
 
 if TYPE_CHECKING:
     from dlsa_cli.flow.summary import SplitReport
@@ -229,7 +235,7 @@ def _earlier(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
         raise InputError(f"holds no {PROGRESS}, so it is not a fit-cascade run to resume", path=out,
                          hint="pick another -o")
     try:
-        old = json.loads(p.read_text())
+        old = load_json_text(p.read_text(), where=p)
     except (OSError, ValueError) as e:
         raise InputError(f"unreadable ({e})", path=p, hint="pick another -o") from None
     plan = (old.get("settings") or {}).get("plan") or {}

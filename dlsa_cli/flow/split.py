@@ -27,6 +27,7 @@ from dlsa_cli.io.features import feature_info
 from dlsa_cli.io.files import (
     check_output_dir,
     file_sha256,
+    load_json_text,
     staging_dir,
     write_json,
 )
@@ -197,12 +198,11 @@ def previous_split_outputs(out: Path) -> list[str]:
     Only plain names are taken (no folders, no `..`): the report cannot point
     outside its folder. An unreadable split.json lists nothing.
     """
-    import json
 
     try:
-        old = json.loads((out / "split.json").read_text())
+        old = load_json_text((out / "split.json").read_text(), where=out / "split.json")
         entries = [f.get("outputs", {}) for f in old.get("files", {}).values()]
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, InputError):
         return []
     names = [v for o in entries if isinstance(o, dict) for v in o.values() if isinstance(v, str)]
     return sorted({v for v in names if v and Path(v).name == v and v not in (".", "..")})
