@@ -35,10 +35,10 @@ __all__ = [
     "check_label_range",
     "check_matrix_shape",
     "check_meta",
-    "recorded_classes",
     "ids_kind",
     "pick",
     "ranges",
+    "recorded_classes",
     "validate_features",
 ]
 
