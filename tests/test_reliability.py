@@ -322,9 +322,9 @@ def test_streamed_metadata_refuses_nan_like_every_writer(tmp_path):
     from dlsa_cli.errors import DlsaError
     from dlsa_cli.io.stream import stream_table
 
-    with pytest.raises(DlsaError, match="NaN or infinite"):
-        with stream_table(tmp_path / "t.parquet", kind="split", meta={"x": float("nan")}) as sink:
-            sink.write({"a": np.arange(3)})
+    with pytest.raises(DlsaError, match="NaN or infinite"), \
+            stream_table(tmp_path / "t.parquet", kind="split", meta={"x": float("nan")}) as sink:
+        sink.write({"a": np.arange(3)})
     assert not list(tmp_path.iterdir())
 
 
