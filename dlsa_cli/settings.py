@@ -375,14 +375,15 @@ def _from_options(p: Path, command: str, options: Mapping[str, Any]) -> dict[str
 
 
 def _run_folder_settings(folder: Path) -> dict[str, dict[str, Any]]:
-    import json
 
     for name in ("report.json", "progress.json"):
         f = folder / name
         if not f.is_file():
             continue
         try:
-            data = json.loads(f.read_text())
+            from dlsa_cli.io.files import load_json_text
+
+            data = load_json_text(f.read_text(), where=f)
         except (OSError, ValueError) as e:
             raise InputError(f"unreadable ({e})", path=f) from None
         if "settings" in data and name == "report.json":

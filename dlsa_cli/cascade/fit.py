@@ -21,7 +21,6 @@ so an interrupted run continues (`resume=True`) from the last finished one.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import time
@@ -40,7 +39,14 @@ from dlsa_cli.cascade.summary import CascadeReport, ClassifierFit, ClassifierSta
 from dlsa_cli.classify.config import TrainConfig
 from dlsa_cli.errors import InputError, TrainingError
 from dlsa_cli.flow.config import FilterRun, check_select
-from dlsa_cli.io.files import atomic_path, file_sha256, read_safetensors_header, require_file, write_json
+from dlsa_cli.io.files import (
+    atomic_path,
+    file_sha256,
+    load_json_text,
+    read_safetensors_header,
+    require_file,
+    write_json,
+)
 
 if TYPE_CHECKING:
     from dlsa_cli.flow.summary import SplitReport
@@ -111,9 +117,14 @@ def fit_cascade(
     plan.check()
     check_select(plan.filter_config(), val is not None)
     dev = resolve_device(device) if isinstance(device, str) else device
+    _check_sizes(plan, Path(train), dev)
+    out_p = Path(out_dir)
+    fresh = not (out_p.is_dir() and any(out_p.iterdir()))
     ctx = _start(Path(out_dir), plan, Path(train), None if val is None else Path(val), dict(filters or {}), resume,
                  train_offset)
     ctx.device, ctx.event, ctx.warn = dev, on_event or _quiet, on_warning or _quiet
+    if resume and fresh:  # the recipes always pass --resume: a first run is not an error
+        ctx.warn(f"{out_p} holds no run to resume; starting a new one")
     t0 = time.perf_counter()
     base = _stage(ctx, "baseline", lambda: _fit_baseline(ctx), ClassifierStage)
     cur_train, cur_val = ctx.train, ctx.val
@@ -130,6 +141,18 @@ def fit_cascade(
     report = _report(ctx, base, depths, final, time.perf_counter() - t0)
     _on_main(lambda: write_json(ctx.out / REPORT, report.to_json()))
     return CascadeRun(Cascade.load(ctx.out), report, ctx.out)
+
+
+def _check_sizes(plan: CascadePlan, train: Path, device: Any) -> None:
+    """Before any work: the filters and classifiers the plan asks for fit in memory (depth 1's sizes)."""
+    from dlsa_cli.classify.stage import check_classifier_sizes
+    from dlsa_cli.flow.stage import check_filter_sizes
+
+    require_file(train, "training file")
+    check_filter_sizes(plan.filter_config(), train, device)
+    check_classifier_sizes(plan.baseline_config(), train, device)
+    with as_branch():
+        check_classifier_sizes(plan.branch_config(), train, device)
 
 
 def _quiet(_msg: str) -> None:
@@ -218,7 +241,7 @@ def _earlier(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
         raise InputError(f"holds no {PROGRESS}, so it is not a fit-cascade run to resume", path=out,
                          hint="pick another -o")
     try:
-        old = json.loads(p.read_text())
+        old = load_json_text(p.read_text(), where=p)
     except (OSError, ValueError) as e:
         raise InputError(f"unreadable ({e})", path=p, hint="pick another -o") from None
     plan = (old.get("settings") or {}).get("plan") or {}

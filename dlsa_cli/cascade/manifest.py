@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dlsa_cli.errors import InputError
 from dlsa_cli.io.files import (
+    load_json_text,
     require_file,
     write_json,
 )
@@ -47,7 +47,7 @@ def read_manifest(path: str | Path, *, allow_outside: bool = False) -> CascadeSp
     """
     p = _manifest_path(path)
     try:
-        raw = json.loads(p.read_text())
+        raw = load_json_text(p.read_text(), where=p)
     except (OSError, ValueError) as e:
         raise InputError(f"not a readable JSON cascade manifest ({e})", path=p) from None
     if not isinstance(raw, dict) or "final" not in raw or not isinstance(raw.get("depths", []), list):

@@ -68,6 +68,9 @@ class CascadePlan:
         from dlsa_cli.io.files import require_file
 
         check_settings(self)
+        if self.baseline_init is not None and self.from_scratch:  # the branches would never start from it
+            raise DlsaError("CascadePlan.baseline_init starts the baseline the branches start from, but "
+                            "CascadePlan.from_scratch trains them without it", hint="drop one of the two")
         if self.baseline_init is not None:
             require_file(self.baseline_init, "--baseline-init head")
         self.baseline_config().check()

@@ -32,7 +32,7 @@ def predict_path(
     from dlsa_cli.io.files import check_output_file, provenance
 
     cfg = config or PredictConfig()
-    check_output_file(out, suffixes=(".parquet",), inputs=[model, features, filter_path])
+    check_output_file(out, suffixes=(".parquet",), inputs=[model, features, filter_path], replaces="predictions")
     cfg.check()
     mdl = load_model(model, allow_outside=cfg.allow_outside_paths)
     flt = None

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from types import MappingProxyType
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -26,6 +26,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from typer._click.exceptions import NoArgsIsHelpError, UsageError
+from typer.core import TyperGroup
 
 from dlsa_cli.cli.derive import Section, flag_map, name_flags, settings_params
 from dlsa_cli.errors import DlsaError
@@ -42,6 +44,34 @@ __all__ = [
     "stdout",
 ]
 
+class _OneLineUsage(TyperGroup):
+    """The app's group: a usage error (a wrong type, a missing argument, an unknown option or command)
+    is one line on stderr with the usage on it, instead of Typer's boxed message; exit code 2."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().make_context(*args, **kwargs)
+        except UsageError as e:
+            _usage_error(e)
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UsageError as e:
+            _usage_error(e)
+
+
+def _usage_error(e: UsageError) -> NoReturn:
+    if isinstance(e, NoArgsIsHelpError):  # `dlsa` alone, or a command without its arguments: the help
+        raise e
+    hint = ""
+    if e.ctx is not None:
+        usage = " ".join(e.ctx.get_usage().split()).removeprefix("Usage: ")
+        hint = f" (usage: {usage}; '{e.ctx.command_path} -h' for help)"
+    _error_console().print(f"[bold red]error:[/] {escape(e.format_message() + hint)}")
+    raise typer.Exit(e.exit_code)
+
+
 app = typer.Typer(
     name="dlsa",
     help=(
@@ -53,6 +83,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
+    cls=_OneLineUsage,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 

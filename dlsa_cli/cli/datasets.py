@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,7 +12,7 @@ from dlsa_cli.cli.common import JsonOpt, SeedOpt, command, emit_json, stdout
 from dlsa_cli.errors import DlsaError
 from dlsa_cli.evaluation.metrics import class_counts, shot_groups
 from dlsa_cli.io.features import write_features
-from dlsa_cli.io.files import atomic_dir, provenance
+from dlsa_cli.io.files import claim_output_dir, folder_marker, move_into, provenance, staging_dir
 
 DATASETS = ("caltech101-lt", "digits-lt")
 
@@ -43,6 +44,7 @@ def make_dataset_cmd(
     if not 0 < val_fraction < 1:
         raise DlsaError(f"--val-fraction {val_fraction}: must be between 0 and 1 (exclusive)")
     check_output_dir(out, inputs=[source or Path("../shared/data/caltech101_lite0.npz")], whole=True)
+    claim_output_dir(out, "make-dataset")  # new, empty, or made by make-dataset: never a user's folder
     if name == "caltech101-lt":
         src = source or Path("../shared/data/caltech101_lite0.npz")
         if source is None and not src.exists():
@@ -59,12 +61,17 @@ def make_dataset_cmd(
         raise DlsaError(f"unknown data set '{name}'", hint=f"use one of {', '.join(DATASETS)}")
     prov = provenance("make-dataset", {"name": name, "val_fraction": val_fraction}, inputs, seed)
     summary: dict[str, Any] = {}
-    with atomic_dir(out) as tmp:
+    tmp = staging_dir(out)
+    try:
         for part in ("train", "val", "test"):
             fs = getattr(splits, part)
             write_features(tmp / f"{part}.safetensors", fs, prov=prov,
                            meta={"dataset": name, "split": part, "class_names": splits.class_names})
             summary[part] = {"samples": fs.n, "dim": fs.dim}
+        (tmp / folder_marker("make-dataset")).write_text("this folder was written by dlsa make-dataset\n")
+        move_into(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     counts = class_counts(splits.train.require_labels(), len(splits.class_names))
     groups = shot_groups(counts)
     summary["classes"] = len(counts)

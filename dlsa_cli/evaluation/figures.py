@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from dlsa_cli.evaluation.plot import (
     plot_route_map,
     plot_separation,
 )
+from dlsa_cli.io.files import load_json_text
 
 __all__ = ["plot_routing", "route_map_inputs", "separation_rows"]
 
@@ -43,7 +43,7 @@ def separation_rows(folder: str | Path) -> list[dict[str, Any]]:
                          hint="pass a `dlsa split` output folder or a recipe's OUTDIR")
     rows = []
     for rp in reports:
-        rep = json.loads(rp.read_text())
+        rep = load_json_text(rp.read_text(), where=rp)
         for name, f in rep.get("files", {}).items():
             f.setdefault("separation", f.get("separation_accuracy"))  # the name split.json used before
             if f.get("separation") is None and "tail_share" not in f:

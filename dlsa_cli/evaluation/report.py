@@ -20,7 +20,6 @@ returns an `EvaluationReport`, one `TableMetrics` per table.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ import numpy as np
 from dlsa_cli.errors import InputError
 from dlsa_cli.evaluation.metrics import FEW_BELOW, MANY_ABOVE, TAIL_AT_MOST
 from dlsa_cli.evaluation.tally import TableMetrics, Tally
-from dlsa_cli.io.files import read_table_metadata, require_file
+from dlsa_cli.io.files import load_json_text, read_table_metadata, require_file
 
 __all__ = [
     "EvaluationReport",
@@ -253,7 +252,7 @@ def read_train_counts(path: str | Path) -> np.ndarray:
     p = require_file(path, "training file")
     if p.suffix.lower() == ".json":
         try:
-            obj = json.loads(p.read_text())
+            obj = load_json_text(p.read_text(), where=p)
         except (ValueError, UnicodeDecodeError) as e:
             raise InputError(f"not readable JSON ({e})", path=p) from None
         if isinstance(obj, dict):

@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dlsa_cli.errors import InputError
+from dlsa_cli.errors import InputError, OutputError
 from dlsa_cli.extract.backbones import Backbone
 from dlsa_cli.extract.images import ImageList
 from dlsa_cli.extract.preprocess import Preprocess
 from dlsa_cli.io.files import read_safetensors, write_json, write_safetensors
 
-__all__ = ["ChunkStore", "run_fingerprint", "save_chunk"]
+__all__ = ["ChunkStore", "check_chunk_folder", "run_fingerprint", "save_chunk"]
 
 
 def run_fingerprint(
@@ -36,6 +37,22 @@ def run_fingerprint(
         "preprocessing": pre.to_meta(), "batch_size": batch_size, "half": half, "dtype": dtype, "skip_bad": skip_bad,
         "chunk_size": chunk_size,
     }
+
+
+def check_chunk_folder(folder: Path) -> None:
+    """Before any work: an existing chunk folder must be one an extraction made (a real folder holding
+    only run.json, chunk files and staging leftovers), since a run may remove it; OutputError otherwise."""
+    if not folder.is_symlink() and not folder.exists():
+        return
+    if folder.is_symlink() or not folder.is_dir():
+        what = "a symbolic link" if folder.is_symlink() else "not a folder"
+        raise OutputError(f"{folder} is {what}, not an extraction's resume folder; extract would remove it",
+                          hint="move it away or pick another -o")
+    own = re.compile(r"run\.json|chunk-\d{6}\.safetensors|\..*\.tmp")
+    foreign = sorted(e.name for e in folder.iterdir() if not own.fullmatch(e.name))
+    if foreign:
+        raise OutputError(f"{folder} holds files an extraction did not write ({', '.join(foreign[:3])}); "
+                          "extract would remove them", hint="move them away or pick another -o")
 
 
 class ChunkStore:

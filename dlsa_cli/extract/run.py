@@ -22,6 +22,7 @@ import torch
 
 from dlsa_cli.errors import DlsaError
 from dlsa_cli.extract.backbones import load_backbone
+from dlsa_cli.extract.chunks import check_chunk_folder
 from dlsa_cli.extract.config import ExtractConfig
 from dlsa_cli.extract.images import ImageList, read_image_list
 from dlsa_cli.extract.loop import default_workers
@@ -103,10 +104,15 @@ def extract_file(
     images, out = Path(images), Path(out)
     backbone_file = Path(cfg.backbone) if Path(cfg.backbone).is_file() else None
     check_output_file(out, suffixes=(".safetensors",), inputs=[images, root, cfg.weights, backbone_file])
+    check_chunk_folder(chunk_folder(out))
     _, dev = dist.setup(cfg.device)  # under torchrun: this rank's device and its share of the images
     model = load_backbone(cfg.backbone, weights=cfg.weights)  # first: cheap, while listing a big folder is not
     image_list = read_image_list(images, root=root)
     pre = _preprocess(model.preprocess, cfg)
+    if pre.crop > pre.resize:  # a crop larger than the resized image would pad or fail per image
+        which = "ExtractConfig.crop" if cfg.crop is not None else "the backbone's crop"
+        raise DlsaError(f"{which} {pre.crop} is larger than the resized shorter side {pre.resize}",
+                        hint="pass a crop at most the resize (ExtractConfig.resize)")
     workers = default_workers() if cfg.workers is None else cfg.workers
     if on_start is not None:
         on_start(ExtractStart(len(image_list), model.name, str(dev), cfg.batch_size, workers))

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dlsa_cli.errors import InputError
+from dlsa_cli.errors import InputError, OutputError
 from dlsa_cli.evaluation.metrics import (
     FEW_BELOW,
     MANY_ABOVE,
@@ -27,6 +27,7 @@ from dlsa_cli.io.features import feature_info
 from dlsa_cli.io.files import (
     check_output_dir,
     file_sha256,
+    load_json_text,
     staging_dir,
     write_json,
 )
@@ -142,6 +143,7 @@ def split(
     previous = previous_split_outputs(out)
     planned = [f"{nm}{sfx}" for nm in names for sfx in (".parquet", ".routed.safetensors", ".rest.safetensors")]
     check_output_dir(out, writes=[*planned, "split.json", *previous], inputs=[filt.path, *inputs])
+    _refuse_foreign(out, planned, previous)
     filter_sha = file_sha256(filt.path) if filt.path is not None and filt.path.is_file() else None
     report = SplitReport(None if filt.path is None else str(filt.path), filter_sha, filt.depth, filt.threshold,
                          filt.routing, filt.share)
@@ -185,18 +187,25 @@ def _split_file(filt: FlowFilter, p: str | Path, name: str, stage: Path | None, 
     )
 
 
+def _refuse_foreign(out: Path, planned: Sequence[str], previous: Sequence[str]) -> None:
+    """The folder rule: a split replaces only files a split wrote there (those split.json lists)."""
+    foreign = [nm for nm in planned if (out / nm).exists() and nm not in previous]
+    if foreign:
+        raise OutputError(f"-o {out}: {foreign[0]} is there and no earlier split wrote it; writing would replace it",
+                          hint="pick a new or empty folder for -o")
+
+
 def previous_split_outputs(out: Path) -> list[str]:
     """File names (inside `out`) that a split.json already there lists as its outputs.
 
     Only plain names are taken (no folders, no `..`): the report cannot point
     outside its folder. An unreadable split.json lists nothing.
     """
-    import json
 
     try:
-        old = json.loads((out / "split.json").read_text())
+        old = load_json_text((out / "split.json").read_text(), where=out / "split.json")
         entries = [f.get("outputs", {}) for f in old.get("files", {}).values()]
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, InputError):
         return []
     names = [v for o in entries if isinstance(o, dict) for v in o.values() if isinstance(v, str)]
     return sorted({v for v in names if v and Path(v).name == v and v not in (".", "..")})

@@ -17,7 +17,7 @@ from dlsa_cli.flow.filter import FlowFilter
 from dlsa_cli.flow.summary import SplitFileReport, SplitReport
 from dlsa_cli.settings import to_table
 
-__all__ = ["filter_settings", "fit_filter_file", "split_files"]
+__all__ = ["check_filter_sizes", "filter_settings", "fit_filter_file", "split_files"]
 
 Callback = Callable[..., None]
 
@@ -61,6 +61,7 @@ def fit_filter_file(
     out_p = check_output_file(out, suffixes=(".safetensors",), inputs=inputs)
     config.check()
     check_select(config, val is not None)  # a val-* rule without validation samples: one line, before any work
+    check_filter_sizes(config, train, device)
     if checkpoint_every < 0:
         raise DlsaError(f"--checkpoint-every {checkpoint_every}: must be >= 0 (0 writes no checkpoint)")
     ckpt = checkpoint_path(out_p)
@@ -89,6 +90,29 @@ def fit_filter_file(
         ckpt.unlink(missing_ok=True)
     dist.barrier()
     return filt
+
+
+def check_filter_sizes(config: FilterConfig, train: str | Path, device: Any) -> None:
+    """Before any work: neighbours the training set can give, and a model that fits in memory."""
+    from dlsa_cli.io.features import feature_info
+    from dlsa_cli.runtime.memory import refuse_oversized
+
+    info = feature_info(train)
+    if config.routing == "knn-tail" and config.neighbours > info.n:
+        raise DlsaError(f"FilterConfig.neighbours {config.neighbours}: more than the {info.n} training samples",
+                        path=train, hint=f"pass at most {info.n}")
+    d = info.dim
+
+    def need(c: FilterConfig) -> float:
+        h = c.hidden or d
+        made = d * h + c.made_blocks * h * h + h * 2 * d  # one MADE's weights
+        flows = 2 if c.routing == "ratio" else 1
+        weights = 16.0 * c.blocks * made * flows  # weights, gradients, masks, buffers (float32)
+        acts = 4.0 * 3 * c.batch_size * (c.clusters + c.blocks * h) + 4.0 * c.eval_batch_size * c.clusters
+        return weights + 4.0 * c.clusters * d + acts
+
+    refuse_oversized(config, ("clusters", "hidden", "blocks", "made_blocks", "batch_size", "eval_batch_size"), need,
+                     device=device, what="the flow filter")
 
 
 def _device(device: Any, tf32: bool) -> Any:

@@ -12,11 +12,11 @@ Every summary is a JSON-able dict of one shape, rendered by one renderer
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from dlsa_cli.errors import InputError
+from dlsa_cli.io.files import load_json_text
 
 __all__ = ["provenance_fields", "read_json", "scalar_fields"]
 
@@ -49,6 +49,6 @@ def provenance_fields(prov: dict[str, Any]) -> dict[str, Any]:
 def read_json(p: Path) -> Any:
     """A JSON file's content, or one line saying it is not JSON."""
     try:
-        return json.loads(p.read_text())
+        return load_json_text(p.read_text(), where=p)
     except (ValueError, UnicodeDecodeError) as e:
         raise InputError(f"not readable JSON ({e})", path=p) from None

@@ -62,6 +62,14 @@ def _detect(p: Path) -> tuple[str | None, bool]:
     return "features", True  # every other extension is read (or rejected) as a feature file
 
 
+def _looks_like_features(p: Path) -> bool:
+    """A Parquet table with a features or labels column is meant as a feature table."""
+    from dlsa_cli.io.formats.base import FEATURE_KEYS, LABEL_KEYS
+
+    names = read_table_metadata(p)[0].names
+    return any(k in names for k in (*FEATURE_KEYS, *LABEL_KEYS))
+
+
 def resolve(kind: str) -> Callable[[Path], dict[str, Any]] | None:
     """The summary function `REGISTRY` names for `kind`; None when there is none (yet) or it cannot load."""
     target = REGISTRY.get(kind)
@@ -86,8 +94,12 @@ def summarize(path: str | Path) -> dict[str, Any]:
     if not sure:  # a Parquet file from another tool: a feature table if it reads as one
         try:
             return features_summary(p)
-        except InputError:
-            return generic_summary(p)
+        except InputError as e:
+            summary = generic_summary(p)
+            if _looks_like_features(p):  # a broken feature table: described, then what is broken (exit 1)
+                why = str(e).replace(f"{p}: ", "", 1)
+                summary["problems"] = [f"does not read as a feature table: {why}"]
+            return summary
     fn = resolve(kind) if kind else None
     if fn is None:
         return generic_summary(p, kind=kind)

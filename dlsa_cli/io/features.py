@@ -37,7 +37,9 @@ from dlsa_cli.io.formats.base import (
     MapMode,
     RowBatch,
     check_ids,
+    check_label_range,
     check_labels,
+    check_meta,
     validate_features,
 )
 from dlsa_cli.io.formats.pt import unsafe_torch_file
@@ -77,6 +79,8 @@ def read_features(path: str | Path, *, require_labels: bool = False, check_finit
     fs = fmt.read(p, mmap=mmap)
     fs.path = p
     validate_features(fs, check_finite=check_finite)
+    check_meta(fs.meta, p)
+    check_label_range(fs.labels, fs.meta, p)
     if require_labels:
         fs.require_labels()
     return fs
@@ -105,7 +109,9 @@ def feature_info(path: str | Path) -> FeatureInfo:
     file has no header and is loaded whole.
     """
     p, fmt = open_feature_file(path)
-    return fmt.info(p)
+    info = fmt.info(p)
+    check_meta(info.meta, p)
+    return info
 
 
 def iter_rows(
@@ -124,14 +130,18 @@ def iter_rows(
     promise and is not re-checked across batches).
     """
     p, fmt = open_feature_file(path)
-    n = fmt.info(p).n
+    info = fmt.info(p)
+    check_meta(info.meta, p)
+    n = info.n
     stop = n if stop is None else min(int(stop), n)
     if batch_size < 1:
         raise ValueError("batch_size must be positive")
     if not 0 <= start <= stop:
         raise ValueError(f"no rows {start}..{stop} in a file of {n}")
     for b in fmt.rows(p, batch_size, start, stop):
-        yield _checked(p, b, check_finite)
+        checked = _checked(p, b, check_finite)
+        check_label_range(checked.labels, info.meta, p, f" (in rows {checked.start}..{checked.stop - 1})")
+        yield checked
 
 
 def _checked(p: Path, b: RowBatch, check_finite: bool) -> RowBatch:
@@ -203,6 +213,8 @@ def read_labels(path: str | Path, *, require_labels: bool = False) -> LabelSet:
     meta: dict[str, Any] = {"provenance": info.provenance, **info.meta}
     ls = LabelSet(info.n, None if y is None else check_labels(y, info.n, p),
                   None if ids is None else check_ids(ids, info.n, p), meta, p)
+    check_meta(meta, p)
+    check_label_range(ls.labels, meta, p)
     if require_labels:
         ls.require_labels()
     return ls

@@ -50,15 +50,20 @@ __all__ = [
     "atomic_path",
     "check_output_dir",
     "check_output_file",
+    "claim_output_dir",
     "encode_meta",
     "file_sha256",
+    "folder_marker",
     "iter_table",
+    "load_json_text",
+    "move_into",
     "protect_inputs",
     "provenance",
     "read_safetensors",
     "read_safetensors_header",
     "read_table",
     "read_table_metadata",
+    "recorded_kind",
     "require_file",
     "staging_dir",
     "strict_json",
@@ -80,6 +85,9 @@ def require_file(path: str | Path, what: str = "input file") -> Path:
         raise InputError(f"{what} does not exist", path=p, hint="check the path")
     if p.is_dir():
         raise InputError(f"{what} is a folder, expected a file", path=p)
+    if not p.is_file():  # checked before opening: a FIFO nobody writes would block the read forever
+        raise InputError(f"{what} is not a regular file (a FIFO, device or socket)", path=p,
+                         hint="pass a regular file; copy a stream to a file first")
     if not os.access(p, os.R_OK):
         raise InputError(f"{what} is not readable", path=p, hint="check its permissions")
     return p
@@ -180,6 +188,9 @@ def _stage(target: Path, *, folder: bool, suffix: str = ".tmp") -> Path:
 STALE_AFTER_S = 24 * 3600  # a staging entry this old is removed even when its pid is alive (pid reuse)
 
 
+_STAGING = re.compile(r"\..+\.(?:\d+-|split-)?[a-z0-9_]{8}\.(?:tmp|old)")  # any staging entry (`_stage`)
+
+
 def _stage_prefix(name: str) -> str:
     return f".{name}.{os.getpid()}-"
 
@@ -233,45 +244,63 @@ def sweep_stale(parent: Path, name: str, *, now: float | None = None) -> list[Pa
 # ----------------------------------------------------------------------------- output checks
 
 
-def _clash(write: Path, inp: Path) -> str | None:
+def _clash(write: Path, inp: Path, replaces: str | None = None) -> str | None:
     """How writing (or removing) `write` would harm the input `inp`, or None.
 
     An input folder (a cascade, an image folder) stands for every file inside
-    it, so writing over any existing file there is a clash; a written folder
-    (replaced as a whole) clashes with any input inside it.
+    it, so writing over any existing file there is a clash, unless that file is
+    this command's own earlier output (its recorded kind is `replaces`); a
+    written folder (replaced as a whole) clashes with any input inside it.
     """
     w, i = write.resolve(), inp.resolve()
     if w == i or (w.exists() and i.exists() and not w.is_dir() and os.path.samefile(w, i)):
         return "is"
-    if i.is_dir() and i in w.parents and w.exists():
+    if i.is_dir() and i in w.parents and w.exists() and (replaces is None or recorded_kind(w) != replaces):
         return "is a file inside"
     if w in i.parents:
         return "holds"
     return None
 
 
+def recorded_kind(path: Path) -> str | None:
+    """The `dlsa_kind` a safetensors or Parquet file records, or None (another file, or unreadable)."""
+    if not path.is_file():
+        return None
+    try:
+        if path.suffix.lower() == ".parquet":
+            return read_table_metadata(path)[2]
+        if path.suffix.lower() == ".safetensors":
+            return read_safetensors_header(path)[1]
+    except DlsaError:
+        return None
+    return None
+
+
 def _expand_input(p: Path) -> list[Path]:
-    """A cascade (its folder or cascade.json) stands for its manifest and every file it lists;
-    any other path stands for itself (a folder then protects every file inside it)."""
+    """A cascade (its folder, or its manifest under any name) stands for its folder, its manifest and
+    every file the manifest lists; any other path stands for itself (a folder then protects every file
+    inside it)."""
     manifest = p / "cascade.json" if p.is_dir() else p
-    if manifest.name != "cascade.json" or not manifest.is_file():
+    if not manifest.is_file() or manifest.suffix.lower() != ".json":
         return [p]
     try:
-        raw = json.loads(manifest.read_text())
+        raw = load_json_text(manifest.read_text())
         listed = [d[k] for d in raw.get("depths", []) for k in ("filter", "classifier")] + [raw["final"]]
-    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+    except (OSError, ValueError, AttributeError, KeyError, TypeError, InputError):
         return [p]
-    return [manifest, *(manifest.parent / q for q in listed if isinstance(q, str) and q)]
+    return [manifest.parent, manifest, *(manifest.parent / q for q in listed if isinstance(q, str) and q)]
 
 
-def protect_inputs(writes: Sequence[str | Path], inputs: Sequence[str | Path | None], *, flag: str = "-o") -> None:
+def protect_inputs(writes: Sequence[str | Path], inputs: Sequence[str | Path | None], *, flag: str = "-o",
+                   replaces: str | None = None) -> None:
     """Raise OutputError when a path to be written or removed is an input, lies in an input
-    folder, or is a folder holding an input."""
+    folder (unless it is this command's own earlier output, of kind `replaces`), or is a folder
+    holding an input."""
     for q in [e for i in inputs if i is not None for e in _expand_input(Path(i))]:
         if not q.exists():
             continue
         for w in writes:
-            how = _clash(Path(w), Path(q))
+            how = _clash(Path(w), Path(q), replaces)
             if how is not None:
                 raise OutputError(
                     f"{flag}: {w} {how} one of this command's inputs ({q}); writing there would destroy it",
@@ -296,10 +325,12 @@ def _check_writable_folder(folder: Path, flag: str, out: Path) -> None:
 
 
 def check_output_file(
-    path: str | Path, *, suffixes: Sequence[str], inputs: Sequence[str | Path | None] = (), flag: str = "-o"
+    path: str | Path, *, suffixes: Sequence[str], inputs: Sequence[str | Path | None] = (), flag: str = "-o",
+    replaces: str | None = None,
 ) -> Path:
     """Check an output file before any work: its extension is one of `suffixes`, it is not a
-    folder, its folder exists and is writable, and it is none of `inputs`."""
+    folder, its folder exists and is writable, and it is none of `inputs` (nor a file inside an
+    input folder, unless one of kind `replaces`: this command's earlier output)."""
     p = Path(path)
     if p.is_dir():
         raise OutputError(f"{flag} {p} is a folder; give a file name",
@@ -310,7 +341,7 @@ def check_output_file(
             hint=f"e.g. {flag} {p.with_suffix(suffixes[0]).name}",
         )
     _check_writable_folder(p.parent, flag, p)
-    protect_inputs([p], inputs, flag=flag)
+    protect_inputs([p], inputs, flag=flag, replaces=replaces)
     return p
 
 
@@ -332,7 +363,77 @@ def check_output_dir(
     return p
 
 
+# ----------------------------------------------------------------------------- folders a command owns
+
+
+def folder_marker(command: str) -> str:
+    """The file a command leaves in a folder it made (`.dlsa-make-dataset`): later runs may write there again."""
+    return f".dlsa-{command}"
+
+
+def claim_output_dir(path: str | Path, command: str, *, flag: str = "-o") -> Path:
+    """The folder rule for a command that fills a whole folder: it must be new, empty, or one
+    this command made before (it holds `folder_marker(command)`); otherwise OutputError."""
+    p = Path(path)
+    if not p.is_dir():
+        return p
+    try:
+        entries = [e.name for e in p.iterdir() if not _STAGING.fullmatch(e.name)]
+    except OSError as e:
+        raise OutputError(f"{flag} {p}: cannot list the folder ({e.strerror or e})") from None
+    if entries and folder_marker(command) not in entries:
+        shown = ", ".join(sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
+        raise OutputError(f"{flag} {p}: the folder holds files this command did not write ({shown})",
+                          hint=f"pick a new or empty folder for {flag}")
+    return p
+
+
+def move_into(stage: Path, target: Path) -> None:
+    """Publish a finished staging folder: it becomes `target`, or its files replace their namesakes
+    in an existing `target` one by one (nothing else there is touched); the staging folder goes."""
+    import shutil
+
+    if not target.exists():
+        os.replace(stage, target)
+        return
+    for f in sorted(stage.iterdir()):
+        os.replace(f, target / f.name)
+    shutil.rmtree(stage, ignore_errors=True)
+
+
 # ----------------------------------------------------------------------------- strict JSON
+
+MAX_JSON_DEPTH = 64  # manifests, reports and metadata nest a few levels; deeper is not a file of ours
+
+
+def load_json_text(text: str | bytes, *, where: str | Path | None = None) -> Any:
+    """Parse JSON read from a file, nesting bounded (MAX_JSON_DEPTH): InputError naming `where` otherwise."""
+    try:
+        obj = json.loads(text)
+    except RecursionError:
+        obj, deep = None, True
+    except ValueError as e:
+        raise InputError(f"not valid JSON ({e})", path=where) from None
+    else:
+        deep = _depth(obj) > MAX_JSON_DEPTH
+    if deep:
+        raise InputError(f"JSON nested more than {MAX_JSON_DEPTH} levels deep", path=where,
+                         hint="this is not a file dlsa wrote")
+    return obj
+
+
+def _depth(obj: Any) -> int:
+    """How deep lists and objects nest in `obj` (iterative: no recursion limit)."""
+    deepest, todo = 0, [(obj, 1)]
+    while todo:
+        o, d = todo.pop()
+        if isinstance(o, dict):
+            o = list(o.values())
+        if isinstance(o, list):
+            deepest = max(deepest, d)
+            todo.extend((v, d + 1) for v in o)
+    return deepest
+
 
 
 def strict_json(obj: Any, *, indent: int | None = None, where: str | Path | None = None,
@@ -466,12 +567,19 @@ def encode_meta(
             PROV_KEY: strict_json(dict(prov or {}), where=where)}
 
 
-def _decode_meta(raw: Mapping[str, str] | None) -> tuple[str | None, dict[str, Any], dict[str, Any]]:
+def _decode_meta(
+    raw: Mapping[str, str] | None, where: str | Path | None = None
+) -> tuple[str | None, dict[str, Any], dict[str, Any]]:
+    """kind, meta and provenance of a file's metadata; InputError naming `where` when one is not a JSON object."""
     raw = raw or {}
     kind = raw.get(KIND_KEY)
-    meta = json.loads(raw[META_KEY]) if META_KEY in raw else {}
-    prov = json.loads(raw[PROV_KEY]) if PROV_KEY in raw else {}
-    return kind, meta, prov
+    parsed = []
+    for key in (META_KEY, PROV_KEY):
+        obj = load_json_text(raw[key], where=where) if key in raw else {}
+        if not isinstance(obj, dict):
+            raise InputError(f"metadata '{key}' must be a JSON object, got {type(obj).__name__}", path=where)
+        parsed.append(obj)
+    return kind, parsed[0], parsed[1]
 
 
 def write_safetensors(
@@ -508,20 +616,60 @@ def _short(e: Exception) -> str:
 
 
 def read_safetensors_header(path: str | Path) -> tuple[dict[str, tuple[str, list[int]]], str | None, dict, dict]:
-    """Tensor names with (dtype, shape), plus kind, meta and provenance, without reading data."""
+    """Tensor names with (dtype, shape), plus kind, meta and provenance, without reading data.
+
+    The header is checked against the file (`_check_header`): every tensor's shape, dtype and
+    offsets agree and lie inside it, so no later read runs past the end of a truncated file.
+    """
     p = require_file(path)
     try:
         with open(p, "rb") as f:
             n = int.from_bytes(f.read(8), "little")
             if n <= 0 or n > 100 * 2**20:
                 raise ValueError("bad header size")
-            header = json.loads(f.read(n))
+            text = f.read(n)
+            if len(text) < n:
+                raise ValueError(f"the header is cut off: {len(text)} of {n} bytes")
+        header = load_json_text(text, where=p)
     except (ValueError, OSError) as e:
         raise InputError(f"not a readable safetensors file ({e})", path=p) from None
+    if not isinstance(header, dict):
+        raise InputError(f"not a readable safetensors file (its header is a JSON {type(header).__name__}, "
+                         "not an object)", path=p)
     raw_meta = header.pop("__metadata__", None)
-    tensors = {k: (v["dtype"], list(v["shape"])) for k, v in header.items()}
-    kind, meta, prov = _decode_meta(raw_meta)
+    if raw_meta is not None and not (isinstance(raw_meta, dict) and all(isinstance(v, str) for v in raw_meta.values())):
+        raise InputError("not a readable safetensors file (__metadata__ must map names to strings)", path=p)
+    tensors = _check_header(header, p, p.stat().st_size - 8 - n)
+    kind, meta, prov = _decode_meta(raw_meta, p)
     return tensors, kind, meta, prov
+
+
+_ST_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+             "I32": 4, "U32": 4, "F32": 4, "F64": 8, "I64": 8, "U64": 8}
+
+
+def _check_header(header: dict[str, Any], p: Path, data_bytes: int) -> dict[str, tuple[str, list[int]]]:
+    """(dtype, shape) per tensor, or InputError when an entry is malformed or does not fit the file's data."""
+    out: dict[str, tuple[str, list[int]]] = {}
+    for name, v in header.items():
+        bad = f"not a readable safetensors file (tensor '{name}'"
+        if not isinstance(v, dict):
+            raise InputError(f"{bad} is a JSON {type(v).__name__}, not an object)", path=p)
+        dtype, shape, offsets = v.get("dtype"), v.get("shape"), v.get("data_offsets")
+        if dtype not in _ST_SIZES:
+            raise InputError(f"{bad} has dtype {dtype!r})", path=p)
+        if not (isinstance(shape, list) and all(type(s) is int and s >= 0 for s in shape)):
+            raise InputError(f"{bad} has shape {shape!r}, not a list of sizes)", path=p)
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
+                and 0 <= offsets[0] <= offsets[1]):
+            raise InputError(f"{bad} has data_offsets {offsets!r})", path=p)
+        if offsets[1] > data_bytes:
+            raise InputError(f"{bad} ends at byte {offsets[1]} of data, but the file holds {data_bytes}: "
+                             "truncated?)", path=p)
+        if offsets[1] - offsets[0] != _ST_SIZES[dtype] * int(np.prod(shape, dtype=object)):
+            raise InputError(f"{bad}: its shape {shape} does not match its {offsets[1] - offsets[0]} bytes)", path=p)
+        out[name] = (dtype, list(shape))
+    return out
 
 
 def read_safetensors(path: str | Path,
@@ -543,7 +691,7 @@ def read_safetensors(path: str | Path,
         raise
     except Exception as e:  # safetensors raises its own error types
         raise InputError(f"not a readable safetensors file ({e})", path=p) from None
-    kind, meta, prov = _decode_meta(raw_meta)
+    kind, meta, prov = _decode_meta(raw_meta, p)
     return tensors, kind, meta, prov
 
 
@@ -585,7 +733,7 @@ def read_table_metadata(path: str | Path) -> tuple[pa.Schema, int, str | None, d
     except Exception as e:
         raise InputError(f"not a readable Parquet file ({e})", path=p) from None
     raw = {k.decode(): v.decode() for k, v in (pf.schema_arrow.metadata or {}).items()}
-    kind, meta, prov = _decode_meta(raw)
+    kind, meta, prov = _decode_meta(raw, p)
     return pf.schema_arrow, pf.metadata.num_rows, kind, meta, prov
 
 
@@ -606,7 +754,7 @@ def read_table(path: str | Path, columns: Sequence[str] | None = None) -> tuple[
     except Exception as e:
         raise InputError(f"not a readable Parquet file ({e})", path=p) from None
     raw = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
-    kind, meta, prov = _decode_meta(raw)
+    kind, meta, prov = _decode_meta(raw, p)
     return table, kind, meta, prov
 
 

@@ -31,11 +31,14 @@ __all__ = [
     "MapMode",
     "RowBatch",
     "check_ids",
+    "check_label_range",
     "check_labels",
     "check_matrix_shape",
+    "check_meta",
     "ids_kind",
     "pick",
     "ranges",
+    "recorded_classes",
     "validate_features",
 ]
 
@@ -196,6 +199,51 @@ def check_ids(ids: Any, n: int, p: Path | None) -> np.ndarray:
     if len(np.unique(ids)) != n:
         raise InputError("ids are not unique", path=p, hint="each sample needs its own id")
     return ids
+
+
+def check_meta(meta: dict[str, Any], p: Path | None) -> None:
+    """The class fields a feature file's metadata may record, by type and range, or a one-line InputError:
+    `num_classes` a whole number >= 1, `class_names` a list of strings, `train_counts` a list of counts >= 0."""
+    def bad(key: str, what: str) -> InputError:
+        return InputError(f"metadata '{key}' must be {what}, got {_preview(meta[key])}", path=p)
+
+    if "num_classes" in meta and not (_is_int(meta["num_classes"]) and meta["num_classes"] >= 1):
+        raise bad("num_classes", "a whole number >= 1")
+    if "class_names" in meta and not (isinstance(meta["class_names"], list)
+                                      and all(isinstance(v, str) for v in meta["class_names"])):
+        raise bad("class_names", "a list of strings")
+    if "train_counts" in meta and not (isinstance(meta["train_counts"], list)
+                                       and all(_is_int(v) and v >= 0 for v in meta["train_counts"])):
+        raise bad("train_counts", "a list of whole numbers >= 0")
+
+
+def recorded_classes(meta: dict[str, Any]) -> int | None:
+    """The class count the metadata records (`num_classes`, else the length of `class_names` or
+    `train_counts`), or None; the fields are taken as `check_meta` accepted them."""
+    if _is_int(meta.get("num_classes")):
+        return int(meta["num_classes"])
+    for key in ("class_names", "train_counts"):
+        if isinstance(meta.get(key), list):
+            return len(meta[key])
+    return None
+
+
+def check_label_range(y: np.ndarray | None, meta: dict[str, Any], p: Path | None, where: str = "") -> None:
+    """Labels must lie below the class count the metadata records: a one-line InputError otherwise."""
+    c = recorded_classes(meta)
+    if y is not None and y.size and c is not None and int(y.max()) >= c:
+        raise InputError(f"label {int(y.max())}{where} is out of range for the {c} classes its metadata records",
+                         path=p, hint="fix num_classes / class_names / train_counts, or the labels")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _preview(v: Any) -> str:
+    """A value as a short text for an error line."""
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def check_matrix_shape(shape: Any, p: Path, dtype: Any = None) -> tuple[int, int]:
