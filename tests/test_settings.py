@@ -13,6 +13,7 @@ from dlsa_cli.cascade.config import PredictConfig
 from dlsa_cli.cli.cascade import FIT_CASCADE
 from dlsa_cli.cli.classify import TrainConfig
 from dlsa_cli.cli.common import app
+from dlsa_cli.cli.compare import COMPARE
 from dlsa_cli.cli.derive import Section, flag_map
 from dlsa_cli.cli.filter import FIT_FILTER
 from dlsa_cli.errors import InputError
@@ -29,6 +30,7 @@ COMMANDS: dict[str, tuple[Section, ...]] = {
     "predict": (Section("", PredictConfig),),
     "evaluate": (Section("", EvaluateConfig),),
     "extract": (Section("", ExtractConfig),),
+    "compare": COMPARE,
 }
 # Each command's arguments before its options (a real file where it takes one; nothing is read before the check).
 ARGS = {"split": 2, "predict": 2, "evaluate": 1}
@@ -76,7 +78,7 @@ def test_every_command_with_settings_declares_them_and_takes_a_config_file(comma
     own = params - declared_params
     plain = {"out", "config_file", "device", "json_out", "quiet", "help", "resume", "checkpoint_every", "val", "init",
              "from_scratch", "filter_path", "val_weights_from", "root", "train", "labels", "plot", "predictions",
-             "features", "model", "images"}
+             "features", "model", "images", "test"}
     assert own <= plain, f"{command} has options not declared as settings: {sorted(own - plain)}"
 
 
@@ -94,6 +96,8 @@ def _bad_value(d: Declared) -> str | None:
         return None
     if d.type is tuple:
         return "1,2"  # R,G,B wants three numbers
+    if d.type is str:
+        return next(c for c in ("zzz", "-1", "1,,x") if not d.spec.rule.ok(c))
     candidates = [-1.0, 0.0, math.nan, 2.0**70] if d.type is float else [-1, 0, 2**70]
     for c in candidates:
         if not d.spec.rule.ok(c):
@@ -113,8 +117,11 @@ def _bad_cases():
 @pytest.mark.parametrize("command,section,setting,bad", list(_bad_cases()))
 def test_a_bad_value_of_every_setting_is_one_line_naming_the_commands_flag(command, section, setting, bad, digits, tmp_path):
     flag = section.flag(setting.name, setting.spec.flag)
-    out = tmp_path / {"fit-cascade": "run", "split": "split", "predict": "p.parquet"}.get(command, "out.safetensors")
+    out = tmp_path / {"fit-cascade": "run", "split": "split", "predict": "p.parquet", "compare": "cmp"}.get(
+        command, "out.safetensors")
     args = [digits / "train.safetensors"] * ARGS.get(command, 1) + ([] if command == "evaluate" else ["-o", out])
+    if command == "compare":
+        args += ["--test", digits / "test.safetensors"]
     r = invoke(command, *args, flag, bad)
     assert r.returncode == 1, r.stdout
     lines = r.stderr.strip().splitlines()
