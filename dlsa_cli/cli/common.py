@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import os
 import sys
 from collections.abc import Callable, Mapping
 from contextlib import contextmanager
@@ -88,6 +89,8 @@ app = typer.Typer(
 )
 
 stdout = Console(highlight=False, soft_wrap=False)
+if not stdout.is_terminal and "COLUMNS" not in os.environ:
+    stdout.width = 160  # a table sent to a file or a pipe: wide enough that no cell is cut to "…"
 
 
 def _print_version(value: bool) -> None:
