@@ -178,6 +178,23 @@ def test_select_on_test_is_recorded_in_every_output(digits, tmp_path):
     assert Path(report["val"]).name == "test.safetensors"  # the cascade chose on TEST
 
 
+def test_select_on_both_runs_each_protocol_in_its_own_folder_and_reports_the_difference(digits, tmp_path):
+    out = tmp_path / "both"
+    r = _compare(digits, out, "--seeds", "0", "--select-on", "both")
+    assert r.returncode == 0, r.stderr
+    honest, authors = _json(out), _json(out / "select-on-test")
+    assert honest["selected_on"] == "val" and honest["note"] is None  # OUT's own compare chose on VAL
+    assert authors["selected_on"] == "test" and authors["note"] == OPTIMISTIC
+    p = honest["protocols"]
+    val_gain = honest["differences"]["baseline"]["overall"]["mean"]
+    test_gain = authors["differences"]["baseline"]["overall"]["mean"]
+    assert p["val"]["dlsa_minus_baseline"] == val_gain and p["test"]["dlsa_minus_baseline"] == test_gain
+    assert p["inflation"] == pytest.approx(test_gain - val_gain) and p["test"]["note"] == OPTIMISTIC
+    assert "choosing on the test set adds" in " ".join(r.stdout.split())
+    report = json.loads((out / "seed0" / "cascade" / "report.json").read_text())
+    assert Path(report["val"]).name == "val.safetensors"  # the honest cascade never saw TEST's labels
+
+
 def test_select_on_test_never_happens_unless_asked(two_seeds):
     out, r = two_seeds
     assert "optimistic" not in r.stdout and "optimistic" not in (out / "compare.json").read_text()

@@ -312,6 +312,12 @@ def render_compare(r: CompareReport) -> None:
         room = _room(r)
         if room:
             stdout.print(room)
+    if r.protocols is not None:
+        v, t = r.protocols["val"], r.protocols["test"]
+        stdout.print(f"Protocols: DLSA minus its baseline is {100 * v['dlsa_minus_baseline']:+.2f} chosen on val, "
+                     f"{100 * t['dlsa_minus_baseline']:+.2f} chosen on test ({t['note']}, "
+                     f"{r.protocols['folder']}): choosing on the test set adds "
+                     f"{100 * r.protocols['inflation']:+.2f} points.")
     stdout.print(f"compare.json -> {r.out_dir}/compare.json")
 
 

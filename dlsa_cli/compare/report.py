@@ -38,6 +38,7 @@ class CompareReport:
     verdict: str
     ceiling: dict[str, Any] | None
     settings: dict[str, Any]
+    protocols: dict[str, Any] | None = None  # --select-on both: DLSA's gain chosen on val beside chosen on test
 
     def to_json(self) -> dict[str, Any]:
         from dataclasses import asdict
