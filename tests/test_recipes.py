@@ -103,3 +103,22 @@ def test_recipes_are_valid_bash():
         r = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
         assert r.returncode == 0, (script.name, r.stderr)
         assert "set -euo pipefail" in script.read_text(), script.name
+
+
+def test_compare_recipe_runs_both_protocols_and_continues_an_interrupted_compare(digits, tmp_path):
+    """recipes/compare.sh: seeds, the ceiling and both protocols; run again, it resumes and refits nothing."""
+    out = tmp_path / "cmp"
+    small = ("--seeds", "0", "--config", RECIPES / "quickstart.toml", "--epochs", "3", "--filter-epochs", "2",
+             "--device", "cpu", "--quiet")
+    r = run_recipe("compare.sh", digits / "train.safetensors", digits / "val.safetensors", digits / "test.safetensors",
+                   out, *small)
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out / "compare.json").read_text())
+    assert report["selected_on"] == "val" and report["ceiling"] is not None
+    assert report["protocols"]["test"]["selected_on"] == "test"
+    assert json.loads((out / "select-on-test" / "compare.json").read_text())["note"] is not None
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
+    r = run_recipe("compare.sh", digits / "train.safetensors", digits / "val.safetensors", digits / "test.safetensors",
+                   out, *small)
+    assert r.returncode == 0, r.stderr
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")} == stamps  # resumed: nothing refitted

@@ -107,7 +107,7 @@ def compare(train: str | Path, val: str | Path | None, test: str | Path, out_dir
     seeds = config.seed_list()
     plan.check()
     if plot is not None:
-        _check_plot(plot, config)
+        _check_plot(plot, config, Path(out_dir))
     data = _read_inputs(train, val, test, config)
     out = _check_out(Path(out_dir), data, resume)
     ctx = _Ctx(out, config, plan, data, _device(device), on_event or (lambda _m: None), {})
@@ -158,12 +158,14 @@ def _device(device: Any) -> Any:
     return device
 
 
-def _check_plot(plot: str | Path, config: CompareConfig) -> None:
+def _check_plot(plot: str | Path, config: CompareConfig, out: Path) -> None:
+    """The plot's name and matplotlib, before any work; a plot inside OUT (made by the run) is checked beside OUT."""
     from dlsa_cli.evaluation.plot import check_plot_target
 
     if not config.ceiling:
         raise InputError("--plot draws the separation ceiling", hint="add CompareConfig.ceiling")
-    check_plot_target(plot)
+    p = Path(plot)
+    check_plot_target(out.parent / p.name if p.parent.resolve() == out.resolve() else p)
 
 
 # ----------------------------------------------------------------------------- inputs and the run folder
