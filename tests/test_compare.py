@@ -136,6 +136,23 @@ def test_ceiling_places_the_cascades_routing_on_val_and_test(one_seed, digits):
     assert (out.parent / "ceiling.png").stat().st_size > 0
 
 
+def test_the_ceiling_places_every_other_routing_score_beside_the_cascades(one_seed, digits):
+    """Each routing score the cascade does not use gets a depth-1 filter of the cascade's settings, placed on both
+    curves (the placement's arithmetic is checked against a hand count for the cascade's routing above)."""
+    from dlsa_cli.flow.config import ROUTINGS
+
+    out, _ = one_seed
+    ceiling = _json(out)["ceiling"]
+    own = json.loads((out / "seed3" / "cascade" / "report.json").read_text())["plan"]["filter"]["routing"]
+    others = [r for r in ROUTINGS if r != own]
+    assert {f"{r}@depth1/{s}" for r in others for s in ("val", "test")} | {"dlsa/val", "dlsa/test"} == set(
+        ceiling["placements"])
+    for r in others:
+        p = ceiling["placements"][f"{r}@depth1/test"]
+        assert 0 < p["routed_share"] < 1 and 0 <= p["group_accuracy"] <= 1
+        assert p["soft_overall_at"] is not None and p["baseline_soft_overall_at"] is not None
+
+
 def _stamps(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*"))
             if p.is_file() and p.suffix in (".parquet", ".safetensors")}

@@ -36,6 +36,7 @@ from dlsa_cli.cascade.plan import CascadePlan
 from dlsa_cli.compare.config import BASELINES, CONTROLS, OPTIMISTIC, RUNS, CompareConfig
 from dlsa_cli.compare.report import CompareReport, build_report
 from dlsa_cli.errors import InputError, ModelMismatchError
+from dlsa_cli.flow.config import ROUTINGS
 from dlsa_cli.io.features import FeatureSet
 from dlsa_cli.io.files import file_sha256, write_json
 from dlsa_cli.settings import to_table
@@ -562,9 +563,23 @@ def _correct(ctx: _Ctx, seeds: tuple[int, ...]) -> dict[str, np.ndarray] | None:
 # ----------------------------------------------------------------------------- the ceiling
 
 
+def _depth1_filter(ctx: _Ctx, s: _Seed, routing: str) -> Any:
+    """The cascade's depth-1 filter settings with another routing score, fitted on TRAIN (choices on the
+    split every choice is made on)."""
+    from dataclasses import replace
+
+    from dlsa_cli.flow.config import VAL_SELECTS
+    from dlsa_cli.flow.train import fit_filter
+
+    cfg = replace(s.plan.filter_config(), routing=routing)
+    sel = ctx.data.sel if cfg.select in VAL_SELECTS else None
+    return fit_filter(ctx.data.train, config=cfg, depth=1, device=ctx.device, val=sel)
+
+
 def _ceiling(ctx: _Ctx, seed: int) -> dict[str, Any]:
     """The separation ceiling of the first seed on VAL and TEST (fitted once; recorded in progress.json), with
-    the cascade's routing placed beside the baseline's own tail signal on each."""
+    the cascade's routing (`dlsa`) and every other routing score's depth-1 filter (`NAME@depth1`) placed on
+    each, beside the baseline's own tail signal at the same routed share."""
     if "ceiling" in ctx.progress:
         return ctx.progress["ceiling"]
     from dlsa_cli.compare.ceiling import CeilingReport, ceiling_curve, fit_group_classifiers, place_routing
@@ -580,6 +595,15 @@ def _ceiling(ctx: _Ctx, seed: int) -> dict[str, Any]:
     for name, fs in (("val", d.val), ("test", d.test)):
         _, route = s.cascade.cascade.logits(fs.features, device=ctx.device)
         report.placements[f"dlsa/{name}"] = place_routing(probe, fs, route > 0, curves[name], device=ctx.device)
+    for routing in ROUTINGS:
+        if routing == s.plan.filter.routing:
+            continue  # the cascade's own score: `dlsa` above
+        ctx.event(f"the ceiling: a depth-1 filter routing by {routing}")
+        flt = _depth1_filter(ctx, s, routing)
+        for name, fs in (("val", d.val), ("test", d.test)):
+            routed = flt.score(fs.features, device=ctx.device).routed
+            report.placements[f"{routing}@depth1/{name}"] = place_routing(probe, fs, routed, curves[name],
+                                                                          device=ctx.device)
     ctx.progress["ceiling"] = report.to_json() | {"seed": seed, "selected_on": ctx.config.select_on}
     ctx.save()
     return ctx.progress["ceiling"]
