@@ -56,8 +56,8 @@ def fit_cascade_cmd(
     set's balanced accuracy. OUT holds baseline.safetensors, depthD/ (filter,
     split tables, routed and rest files, cluster.safetensors), final.safetensors,
     cascade.json (run it with `dlsa predict OUT TEST`) and report.json.
-    Settings can come from a TOML file (--config; tables [filter], [baseline],
-    [branch]; `dlsa inspect OUT --config` prints the one that repeats a run).
+    Settings can come from a TOML file (--config; tables \\[filter], \\[baseline],
+    \\[branch]; `dlsa inspect OUT --config` prints the one that repeats a run).
     Under `torchrun --nproc-per-node N` every filter and classifier trains
     with DDP and every split is sharded; rank 0 writes the run folder.
 

@@ -46,7 +46,8 @@ class CompareConfig:
                              "compare in OUT, test's in OUT/select-on-test, and how much choosing on test adds.",
                              choices=SELECT_ON)
     ceiling: bool = setting(False, "Also compute the separation ceiling (the paper's Fig. 2) on VAL and TEST and "
-                            "place the cascade's routing and the baseline's own tail signal on it.")
+                            "place on it the cascade's routing, a depth-1 filter of every other routing score, and "
+                            "the baseline's own tail signal at the same share.")
     resamples: int = setting(10_000, "Paired bootstrap draws over test samples (used with one seed).",
                              rule=at_least(1))
 
