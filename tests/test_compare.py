@@ -248,3 +248,25 @@ def test_a_test_file_without_labels_is_one_line_and_writes_nothing(digits, tmp_p
     r = invoke("compare", digits / "train.safetensors", "--val", digits / "val.safetensors", "--test", bare,
                "-o", out, *FAST)
     assert_clean_failure(r, out, "has no labels")
+
+
+def test_the_results_page_script_writes_compare_json_s_numbers(one_seed, tmp_path):
+    """benchmarks/compare_page.py: a page whose every row is compare.json's, headed by the command and commit."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out, _ = one_seed
+    page = tmp_path / "page.md"
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "compare_page.py"), str(out), "--markdown", str(page),
+                        "--title", "digits", "--command", "dlsa compare ...", "--commit", "abc1234"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    text = page.read_text()
+    report = _json(out)
+    assert "`dlsa compare ...`" in text and "commit abc1234" in text and report["verdict"] in text
+    for name, s in report["summary"].items():
+        row = next(line for line in text.splitlines() if line.startswith(f"| {name}"))
+        assert f"{100 * s['overall']['mean']:.2f}" in row, name
+    assert "paired bootstrap over test samples" in text  # one seed: the interval's method is named

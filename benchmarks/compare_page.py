@@ -1,0 +1,119 @@
+"""A `dlsa compare` run folder as a results page: the tables come from its compare.json, nothing typed by hand.
+
+    python benchmarks/compare_page.py RUN --markdown docs/results/PAGE.md --title TITLE --command "COMMAND"
+
+The page is headed by the command that produced the run, the commit it ran at (`--commit`, default: this
+checkout's), the machine and the date compare.json was written; then mean ± sd over seeds of every run,
+DLSA minus each run with its 95% interval, the verdict, the separation ceiling's placements and, for
+`--select-on both`, the two protocols side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+METRICS = ("overall", "many", "medium", "few")
+
+
+def _pct(cell: dict[str, Any] | None) -> str:
+    if not cell or cell.get("mean") is None:
+        return "n/a"
+    sd = "" if cell.get("sd") is None else f" ± {100 * cell['sd']:.2f}"
+    return f"{100 * cell['mean']:.2f}{sd}"
+
+
+def _delta(d: dict[str, Any] | None) -> str:
+    if not d or d.get("mean") is None:
+        return "n/a"
+    span = "" if d.get("low") is None else f" [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
+    return f"{100 * d['mean']:+.2f}{span}"
+
+
+def runs_table(report: dict[str, Any]) -> list[str]:
+    """Mean ± sd of every run on TEST (%), separation, and DLSA minus the run (points, 95% interval)."""
+    lines = ["| run | " + " | ".join(METRICS) + " | separation | DLSA − run, overall | DLSA − run, few |",
+             "|---|" + "---|" * (len(METRICS) + 3)]
+    for name, s in report["summary"].items():
+        d = report["differences"].get(name, {})
+        best = " (best on val)" if name == report["best_baseline"] else ""
+        cells = [_pct(s.get(m)) for m in METRICS] + [_pct(s.get("separation"))]
+        diffs = ["", ""] if name == "dlsa" else [_delta(d.get("overall")), _delta(d.get("few"))]
+        lines.append(f"| {name}{best} | " + " | ".join(cells + diffs) + " |")
+    return lines
+
+
+def ceiling_lines(ceiling: dict[str, Any] | None) -> list[str]:
+    if not ceiling:
+        return []
+    test = ceiling["test"]
+    top = next(p for p in test["points"] if p["group_accuracy"] == 1.0)
+    lines = ["", f"**The separation ceiling** (seed {test['seed']}, TEST): the baseline's "
+             f"{100 * test['baseline_overall']:.2f} becomes {100 * top['soft_overall']:.2f} when every sample goes to "
+             "its true head/tail group with the group's prior added (the paper's Fig. 2, soft variant). Where each "
+             "routing lands on that curve, beside the baseline's own tail mass at the same share:", "",
+             "| routing / split | routed share | group accuracy | curve there | baseline's tail mass: group acc. | "
+             "curve there |", "|---|---|---|---|---|---|"]
+    for key, p in ceiling["placements"].items():
+        lines.append(f"| {key} | {100 * p['routed_share']:.1f}% | {100 * p['group_accuracy']:.1f}% | "
+                     f"{100 * p['soft_overall_at']:.2f} | {100 * p['baseline_group_accuracy']:.1f}% | "
+                     f"{100 * p['baseline_soft_overall_at']:.2f} |")
+    return lines
+
+
+def protocol_lines(report: dict[str, Any]) -> list[str]:
+    p = report.get("protocols")
+    if not p:
+        return []
+    v, t = p["val"], p["test"]
+    return ["", "**Both protocols**, DLSA minus its baseline (overall, mean over seeds): "
+            f"{100 * v['dlsa_minus_baseline']:+.2f} with every choice on validation, "
+            f"{100 * t['dlsa_minus_baseline']:+.2f} with every choice on the test set ({t['note']}); choosing on "
+            f"the test set adds {100 * p['inflation']:+.2f} points. DLSA minus the best baseline: "
+            f"{100 * v['dlsa_minus_best']:+.2f} ({v['best_baseline']}) and {100 * t['dlsa_minus_best']:+.2f} "
+            f"({t['best_baseline']})."]
+
+
+def _method(report: dict[str, Any]) -> str:
+    """How the overall intervals were made: a t-interval over seeds, or a paired bootstrap over test samples."""
+    return next((d["overall"]["method"] for d in report["differences"].values() if "method" in d["overall"]),
+                "t over seeds")
+
+
+def page(run: Path, title: str, command: str, commit: str) -> str:
+    path = run / "compare.json"
+    report = json.loads(path.read_text())
+    when = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.timezone.utc).strftime("%Y-%m-%d")
+    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU"
+    seeds = ", ".join(map(str, report["seeds"]))
+    head = [f"# {title}", "", f"Written by `python benchmarks/compare_page.py` from `{command}` "
+            f"(commit {commit}, {machine}, {when}). Seeds {seeds}; every choice on "
+            f"{report['selected_on']}; TEST accuracy in %, mean ± sd over the seeds; DLSA − run in points with "
+            f"its 95% interval ({_method(report)}).", ""]
+    return "\n".join([*head, *runs_table(report), "", report["verdict"], *ceiling_lines(report.get("ceiling")),
+                      *protocol_lines(report), ""])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", type=Path, help="a `dlsa compare` output folder")
+    ap.add_argument("--markdown", type=Path, required=True, help="the page to write")
+    ap.add_argument("--title", required=True)
+    ap.add_argument("--command", required=True, help="the command that produced RUN, as the page shows it")
+    ap.add_argument("--commit", default=None, help="the commit RUN was produced at (default: this checkout's)")
+    a = ap.parse_args()
+    commit = a.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                        check=True).stdout.strip()
+    tmp = a.markdown.with_name(f".{a.markdown.name}.tmp")
+    tmp.write_text(page(a.run, a.title, a.command, commit))
+    tmp.replace(a.markdown)
+
+
+if __name__ == "__main__":
+    main()
