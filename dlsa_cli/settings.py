@@ -375,14 +375,19 @@ def _from_options(p: Path, command: str, options: Mapping[str, Any]) -> dict[str
 
 
 def _run_folder_settings(folder: Path) -> dict[str, dict[str, Any]]:
+    from dlsa_cli.io.files import load_json_text
 
+    if (folder / "compare.json").is_file():
+        try:
+            cmp = folder / "compare.json"
+            return _compare_settings(load_json_text(cmp.read_text(), where=cmp))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise InputError(f"not a readable compare.json ({e})", path=folder / "compare.json") from None
     for name in ("report.json", "progress.json"):
         f = folder / name
         if not f.is_file():
             continue
         try:
-            from dlsa_cli.io.files import load_json_text
-
             data = load_json_text(f.read_text(), where=f)
         except (OSError, ValueError) as e:
             raise InputError(f"unreadable ({e})", path=f) from None
@@ -393,5 +398,18 @@ def _run_folder_settings(folder: Path) -> dict[str, dict[str, Any]]:
             from dlsa_cli.cascade.plan import plan_from_dict
 
             return plan_from_dict(plan).to_tables()
-    raise InputError("holds no report.json or progress.json of a fit-cascade run", path=folder,
-                     hint="pass a fit-cascade run folder, a filter or a classifier file")
+    raise InputError("holds no compare.json, nor a fit-cascade run's report.json or progress.json", path=folder,
+                     hint="pass a compare or fit-cascade folder, a filter or a classifier file")
+
+
+def _compare_settings(report: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The tables that repeat a `dlsa compare` run from its compare.json (the seeds, the ceiling, the protocols)."""
+    from dlsa_cli.cascade.plan import plan_from_dict
+
+    tables = plan_from_dict(report["settings"]["plan"]).to_tables()
+    own = {k: v for k, v in tables[""].items() if k != "seed"}  # compare's seeds take the plan's seed
+    top = {"seeds": ",".join(map(str, report["seeds"])), **report["settings"]["compare"],
+           "ceiling": report.get("ceiling") is not None}
+    if report.get("protocols"):
+        top["select_on"] = "both"
+    return {**tables, "": {**top, **own}}

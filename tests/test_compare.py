@@ -270,3 +270,18 @@ def test_the_results_page_script_writes_compare_json_s_numbers(one_seed, tmp_pat
         row = next(line for line in text.splitlines() if line.startswith(f"| {name}"))
         assert f"{100 * s['overall']['mean']:.2f}" in row, name
     assert "paired bootstrap over test samples" in text  # one seed: the interval's method is named
+
+
+def test_inspect_config_of_a_compare_folder_repeats_it(one_seed, digits, tmp_path):
+    """`dlsa inspect OUT --config` on a compare folder gives a file that a second compare runs to the same numbers."""
+    out, _ = one_seed
+    r = invoke("inspect", out, "--config")
+    assert r.returncode == 0, r.stderr
+    cfg = tmp_path / "again.toml"
+    cfg.write_text(r.stdout)
+    assert 'seeds = "3"' in r.stdout and "ceiling = true" in r.stdout and "[filter]" in r.stdout
+    again = tmp_path / "again"
+    r = invoke("compare", digits / "train.safetensors", "--val", digits / "val.safetensors", "--test",
+               digits / "test.safetensors", "-o", again, "--config", cfg, "--device", "cpu", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert _json(again)["runs"] == _json(out)["runs"]

@@ -25,9 +25,9 @@ def inspect_cmd(
                                       "coloured (Fig. 8 style).", show_default=False)] = None,
     config: Annotated[bool,
                       typer.Option("--config",
-                                   help="Print the settings that wrote FILE (a filter, a classifier, or a fit-cascade "
-                                        "folder) as a TOML file: pass it back with --config to repeat the "
-                                        "run.")] = False,
+                                   help="Print the settings that wrote FILE (a filter, a classifier, an extracted "
+                                        "feature file, or a fit-cascade or compare folder) as a TOML file: pass it "
+                                        "back with --config to repeat the run.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Summarise any file the tool reads or writes.
