@@ -111,12 +111,12 @@ def fit_cascade(
     `resume=True` reuses the stages `progress.json` records as finished (the
     settings, inputs and given filters must be the same).
     """
-    from dlsa_cli.runtime.device import resolve_device
+    from dlsa_cli.runtime.device import as_device
 
     plan = plan or CascadePlan()
     plan.check()
     check_select(plan.filter_config(), val is not None)
-    dev = resolve_device(device) if isinstance(device, str) else device
+    dev = as_device(device)
     _check_sizes(plan, Path(train), dev)
     out_p = Path(out_dir)
     fresh = not (out_p.is_dir() and any(out_p.iterdir()))

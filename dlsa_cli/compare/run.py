@@ -39,6 +39,7 @@ from dlsa_cli.errors import InputError, ModelMismatchError
 from dlsa_cli.flow.config import ROUTINGS
 from dlsa_cli.io.features import FeatureSet
 from dlsa_cli.io.files import file_sha256, write_json
+from dlsa_cli.runtime.device import as_device
 from dlsa_cli.settings import to_table
 
 __all__ = ["BASELINES", "COMPARE", "CONTROLS", "LA_TAUS", "PROGRESS", "RUNS", "balanced", "choose_posthoc", "compare"]
@@ -111,7 +112,7 @@ def compare(train: str | Path, val: str | Path | None, test: str | Path, out_dir
         _check_plot(plot, config, Path(out_dir))
     data = _read_inputs(train, val, test, config)
     out = _check_out(Path(out_dir), data, resume)
-    ctx = _Ctx(out, config, plan, data, _device(device), on_event or (lambda _m: None), {})
+    ctx = _Ctx(out, config, plan, data, as_device(device), on_event or (lambda _m: None), {})
     ctx.progress = _start(ctx, resume)
     for seed in seeds:
         _run_seed(ctx, seed)
@@ -149,14 +150,6 @@ def _both_protocols(train: str | Path, val: str | Path | None, test: str | Path,
                         "inflation": test_g["dlsa_minus_baseline"] - val_g["dlsa_minus_baseline"]}
     write_json(out / COMPARE, honest.to_json())
     return honest
-
-
-def _device(device: Any) -> Any:
-    if isinstance(device, str):
-        from dlsa_cli.runtime.device import resolve_device
-
-        return resolve_device(device)
-    return device
 
 
 def _check_plot(plot: str | Path, config: CompareConfig, out: Path) -> None:

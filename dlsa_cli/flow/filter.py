@@ -18,8 +18,9 @@ from dlsa_cli.io.files import (
     read_safetensors_header,
     write_safetensors,
 )
+from dlsa_cli.runtime.device import as_device
 
-__all__ = ["FilterScores", "FlowFilter", "as_device"]
+__all__ = ["FilterScores", "FlowFilter"]
 
 # ----------------------------------------------------------------------------- the filter
 
@@ -318,14 +319,5 @@ def _check_scores(ll: np.ndarray, x: np.ndarray | torch.Tensor) -> None:
         hint=f"those rows hold values up to {big:.3g}, beyond what the flow can score; "
         "check the features with `dlsa inspect` and scale them as the training features were",
     )
-
-
-def as_device(device: str | torch.device | None) -> torch.device:
-    """`device` as a torch.device: a name resolved (auto, cpu, cuda, cuda:N), None meaning the CPU."""
-    if isinstance(device, torch.device):
-        return device
-    from dlsa_cli.runtime.device import resolve_device
-
-    return resolve_device(device or "cpu")
 
 

@@ -116,9 +116,9 @@ def check_filter_sizes(config: FilterConfig, train: str | Path, device: Any) -> 
 
 
 def _device(device: Any, tf32: bool) -> Any:
-    from dlsa_cli.runtime.device import resolve_device
+    from dlsa_cli.runtime.device import as_device
 
-    dev = resolve_device(device) if isinstance(device, str) else device
+    dev = as_device(device)
     if dev.type == "cuda":
         import torch
 

@@ -26,13 +26,14 @@ from dlsa_cli.errors import InputError, NonFiniteError, TrainingError
 from dlsa_cli.evaluation.metrics import tail_classes
 from dlsa_cli.flow.clusters import cluster_stats, cluster_table
 from dlsa_cli.flow.config import VAL_SELECTS, FilterConfig, check_select
-from dlsa_cli.flow.filter import FilterScores, FlowFilter, as_device
+from dlsa_cli.flow.filter import FilterScores, FlowFilter
 from dlsa_cli.flow.losses import BalanceLoss, PairSampler, class_weights, mle_loss, purity_loss
 from dlsa_cli.flow.model import MixtureFlow
 from dlsa_cli.io.features import FeatureSet
 from dlsa_cli.io.features import num_classes as _num_classes
 from dlsa_cli.io.features import train_counts as _train_counts
 from dlsa_cli.runtime import ddp
+from dlsa_cli.runtime.device import as_device
 from dlsa_cli.settings import setting_token
 
 __all__ = ["EpochCallback", "StepCallback", "TrainState", "fit_filter", "select_key"]

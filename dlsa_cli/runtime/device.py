@@ -9,7 +9,14 @@ import torch
 
 from dlsa_cli.errors import DlsaError
 
-__all__ = ["resolve_device", "seed_everything"]
+__all__ = ["as_device", "resolve_device", "seed_everything"]
+
+
+def as_device(device: str | torch.device | None) -> torch.device:
+    """`device` as a torch.device: a name resolved (auto, cpu, cuda, cuda:N), None meaning the CPU."""
+    if isinstance(device, torch.device):
+        return device
+    return resolve_device(device or "cpu")
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
