@@ -74,7 +74,6 @@ class Given:
 
     flags: dict[str, dict[str, Any]]
     tables: dict[str, dict[str, Any]]
-    config: Path | None
 
     def layers(self, key: str) -> list[dict[str, Any]]:
         """Section `key`'s layers, lowest first: the config file's table, then the flags."""
@@ -157,7 +156,6 @@ CONFIG_OPT = Annotated[Path | None, typer.Option(
 
 def settings_params(fn: Callable[..., Any], sections: tuple[Section, ...]) -> Callable[..., Any]:
     """`fn` with one option per setting of `sections` and `--config` in its signature; `fn` gets a `Given`."""
-    flags = flag_map(sections)
     taken = {s.flag(d.name, d.spec.flag) for s in sections for d in s.settings()}
     taken |= {"--" + s.prefix + key for s in sections for key in s.extra}
     derived: list[inspect.Parameter] = []
@@ -186,11 +184,10 @@ def settings_params(fn: Callable[..., Any], sections: tuple[Section, ...]) -> Ca
                 given[key][name] = _typed(numbers, pname, value)
         config = kwargs.pop("config_file", None)
         tables = {} if config is None else read_config(config, _schema(sections))
-        return fn(*args, **kwargs, **{GIVEN: Given(given, tables, config)})
+        return fn(*args, **kwargs, **{GIVEN: Given(given, tables)})
 
     wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
     wrapper.__annotations__ = {p.name: p.annotation for p in params if p.annotation is not inspect.Parameter.empty}
-    wrapper.flags = flags  # type: ignore[attr-defined]
     return wrapper
 
 
