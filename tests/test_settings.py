@@ -266,7 +266,8 @@ def test_every_recipe_config_is_a_valid_fit_cascade_config(toml):
     from dlsa_cli.cli.derive import _schema
 
     t = read_config(toml, _schema(FIT_CASCADE))
-    plan = plan_from_layers([t.get("", {})], [t.get("filter", {})], [t.get("baseline", {})], [t.get("branch", {})])
+    plan = plan_from_layers([t.get("", {})], [t.get("filter", {})], baseline_table=t.get("baseline"),
+                            branch_table=t.get("branch"))
     assert plan.num_depths >= 1
 
 

@@ -107,23 +107,25 @@ class as_branch:
             err.args = (str(err.args[0]).replace("TrainConfig.", f"{BRANCH_TOKEN}."), *err.args[1:])
 
 
-def plan_from_layers(top: Sequence[Mapping[str, Any]], filter_: Sequence[Mapping[str, Any]],
-                     baseline: Sequence[Mapping[str, Any]], branch: Sequence[Mapping[str, Any]],
-                     classifier_flags: Mapping[str, Any] | None = None) -> CascadePlan:
-    """A checked plan from each table's layers (lowest first: a config file's table, then flags).
+def plan_from_layers(top: Sequence[Mapping[str, Any]], filter_: Sequence[Mapping[str, Any]], *,
+                     baseline_table: Mapping[str, Any] | None = None, branch_table: Mapping[str, Any] | None = None,
+                     classifier_flags: Mapping[str, Any] | None = None,
+                     branch_flags: Mapping[str, Any] | None = None) -> CascadePlan:
+    """A checked plan from the plan's and the filter's layers (lowest first: a config file's table, then
+    flags) and the classifiers' tables and flags.
 
-    `filter_` layers may name a paper `preset`, applied under them. `classifier_flags`:
-    classifier settings given on the command line, which set the baseline's and the
-    branches' alike, except `lr` (the baseline's alone).
+    `filter_` layers may name a paper `preset`, applied under them. `classifier_flags`: classifier
+    settings given on the command line, which set the baseline's and the branches' alike, except `lr`
+    (the baseline's alone). A branch takes, lowest first: the baseline's table but its `lr`, its own
+    table, the classifier flags but `lr`, its own flags (`--branch-lr`).
     """
-    flags = dict(classifier_flags or {})
+    base_table, flags = dict(baseline_table or {}), dict(classifier_flags or {})
     preset = next((layer["preset"] for layer in reversed(filter_) if layer.get("preset") is not None), None)
     filter_cfg = resolve(FilterConfig, preset_settings(preset), *filter_)
-    base = resolve(TrainConfig, *baseline, flags)
-    inherited = {k: v for layer in baseline for k, v in layer.items() if k != "lr"}
+    base = resolve(TrainConfig, base_table, flags)
     with as_branch():
-        branch_cfg = resolve(TrainConfig, inherited, *branch[:1], {k: v for k, v in flags.items() if k != "lr"},
-                             *branch[1:])
+        branch_cfg = resolve(TrainConfig, {k: v for k, v in base_table.items() if k != "lr"}, branch_table or {},
+                             {k: v for k, v in flags.items() if k != "lr"}, branch_flags or {})
     plan = resolve(CascadePlan, *top)
     plan = replace(plan, filter=filter_cfg, baseline=base, branch=branch_cfg)
     plan.check()

@@ -67,8 +67,7 @@ def fit_cascade_cmd(
     from dlsa_cli.runtime.distributed import setup
 
     rep = Reporter(quiet)
-    plan = plan_from_layers(settings.layers(""), settings.layers("filter"), [settings.tables.get("baseline", {})],
-                            settings.layers("branch"), classifier_flags=settings.flags["baseline"])
+    plan = cascade_plan(settings)
     _, dev = setup(device)  # under torchrun: DDP training and sharded splits, rank 0 writes
     run = fit_cascade(train, out, plan, val=val, device=dev, resume=resume, on_event=rep.log, on_warning=rep.warn)
     if json_out:
@@ -77,3 +76,8 @@ def fit_cascade_cmd(
     render_cascade(run.report)
 
 
+def cascade_plan(settings: Given) -> CascadePlan:
+    """The plan of FIT_CASCADE's sections: the plan's and the filter's layers, the classifiers' tables and flags."""
+    return plan_from_layers(settings.layers(""), settings.layers("filter"),
+                            baseline_table=settings.tables.get("baseline"), branch_table=settings.tables.get("branch"),
+                            classifier_flags=settings.flags["baseline"], branch_flags=settings.flags["branch"])

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from dlsa_cli.cascade.plan import CascadePlan, plan_from_layers
-from dlsa_cli.cli.cascade import FIT_CASCADE
+from dlsa_cli.cascade.plan import CascadePlan
+from dlsa_cli.cli.cascade import FIT_CASCADE, cascade_plan
 from dlsa_cli.cli.common import DeviceOpt, JsonOpt, QuietOpt, Reporter, command, emit_json
 from dlsa_cli.cli.derive import Given, Section
 from dlsa_cli.compare.config import CompareConfig
@@ -63,8 +63,7 @@ def compare_cmd(
         raise InputError("compare needs --test: every run is scored on it", hint="pass --test TEST, a labelled file")
     rep = Reporter(quiet)
     config = resolve(CompareConfig, *settings.layers(""))
-    plan = plan_from_layers(settings.layers(""), settings.layers("filter"), [settings.tables.get("baseline", {})],
-                            settings.layers("branch"), classifier_flags=settings.flags["baseline"])
+    plan = cascade_plan(settings)
     report = compare(train, val, test, out, config, plan, device=device, resume=resume, plot=plot, on_event=rep.log)
     if json_out:
         emit_json(report.to_json())
