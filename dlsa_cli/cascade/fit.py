@@ -120,7 +120,7 @@ def fit_cascade(
     _check_sizes(plan, Path(train), dev)
     out_p = Path(out_dir)
     fresh = not (out_p.is_dir() and any(out_p.iterdir()))
-    ctx = _start(Path(out_dir), plan, Path(train), None if val is None else Path(val), dict(filters or {}), resume,
+    ctx = _start(out_p, plan, Path(train), None if val is None else Path(val), dict(filters or {}), resume,
                  train_offset)
     ctx.device, ctx.event, ctx.warn = dev, on_event or _quiet, on_warning or _quiet
     if resume and fresh:  # the recipes always pass --resume: a first run is not an error
