@@ -180,6 +180,39 @@ def test_resume_reuses_finished_runs_and_refits_only_the_missing_ones(one_seed, 
     assert json.loads(r.stdout)["runs"] == whole["runs"]  # the same runs, the same numbers
 
 
+def test_a_compare_recorded_before_newer_settings_and_runs_resumes_with_them(one_seed, digits, tmp_path):
+    """A progress.json written before vote_k, memory_k, soft_routing and tail_at_most existed (their defaults
+    then) and before the tail-bias and memory-vote controls: resuming adds only those two runs."""
+    src, _ = one_seed
+    out = tmp_path / "old"
+    shutil.copytree(src, out, symlinks=True)
+    progress = json.loads((out / "progress.json").read_text())
+    settings = progress["settings"]
+    settings["compare"].pop("vote_k")
+    for key in ("memory_k", "soft_routing"):
+        settings["plan"].pop(key)
+    settings["plan"]["filter"].pop("tail_at_most")
+    for name in ("tail-bias", "memory-vote"):
+        progress["runs"]["3"].pop(name)
+        (out / "seed3" / f"{name}.parquet").unlink()
+    (out / "progress.json").write_text(json.dumps(progress))
+    before = _stamps(out)
+    r = _compare(digits, out, "--seeds", "3", "--resume", "--ceiling", "--json")
+    assert r.returncode == 0, r.stderr
+    after = _stamps(out)
+    assert {k: v for k, v in after.items() if k in before} == before, "a finished run was refitted"
+    assert json.loads(r.stdout)["runs"] == _json(src)["runs"]
+
+
+def test_the_tuned_controls_never_lose_to_the_baseline_on_the_split_that_tunes_them(two_seeds):
+    """tail-bias and memory-vote have weight 0 (the baseline itself) on their grid, so on the selection split
+    they are at least the baseline."""
+    runs = _json(two_seeds[0])["runs"]
+    for name in ("tail-bias", "memory-vote"):
+        for seed_row, base in zip(runs[name], runs["baseline"], strict=True):
+            assert seed_row["select_balanced"] >= base["select_balanced"] - 1e-12, name
+
+
 def test_select_on_test_is_recorded_in_every_output(digits, tmp_path):
     out = tmp_path / "authors"
     r = _compare(digits, out, "--seeds", "0", "--select-on", "test")

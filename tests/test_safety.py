@@ -334,7 +334,7 @@ def test_filter_settings_errors_name_real_flags():
     assert "--made-blocks" not in str(e.value) and "FilterConfig.made_blocks" in str(e.value)
     flags = flag_map(FIT_FILTER)
     assert set(flags) == {f"FilterConfig.{n}" for n in FilterConfig.__dataclass_fields__} | {
-        "FilterRun.depth", "FilterRun.allow_singletons", "FilterRun.tf32", "FilterConfig.preset"}
+        "FilterRun.depth", "FilterRun.allow_singletons", "FilterRun.router", "FilterRun.tf32", "FilterConfig.preset"}
     assert name_flags(str(e.value), flags).startswith("--made-blocks -1:")
     r = invoke("fit-filter", "--help")
     for flag in flags.values():

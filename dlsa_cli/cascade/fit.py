@@ -32,9 +32,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from dlsa_cli.cascade.combine import Combine
 from dlsa_cli.cascade.manifest import MANIFEST, write_manifest
 from dlsa_cli.cascade.model import Cascade
-from dlsa_cli.cascade.plan import CascadePlan, as_branch
+from dlsa_cli.cascade.plan import CascadePlan, as_branch, with_defaults
 from dlsa_cli.cascade.summary import CascadeReport, ClassifierFit, ClassifierStage, DepthStage, FilterFit, RoutedCounts
 from dlsa_cli.classify.config import TrainConfig
 from dlsa_cli.errors import InputError, TrainingError
@@ -116,6 +117,10 @@ def fit_cascade(
     plan = plan or CascadePlan()
     plan.check()
     check_select(plan.filter_config(), val is not None)
+    if val is None and (plan.memory_k or plan.soft_routing):
+        what = "CascadePlan.memory_k" if plan.memory_k else "CascadePlan.soft_routing"
+        raise InputError(f"{what} is chosen on validation, and no validation file was given",
+                         hint="pass --val VAL, or leave memory and soft routing off")
     dev = as_device(device)
     _check_sizes(plan, Path(train), dev)
     out_p = Path(out_dir)
@@ -136,11 +141,33 @@ def fit_cascade(
         val_rest = rep.files.get("val_rest")
         cur_val = ctx.out / val_rest if val_rest else None
     final = _stage(ctx, "final", lambda: _fit_final(ctx, cur_train, cur_val), ClassifierStage)
-    _on_main(lambda: write_manifest(ctx.out, [(ctx.out / str(r.files["filter"]), ctx.out / str(r.files["classifier"]))
-                                              for r in depths], ctx.out / str(final.files["classifier"])))
+    parts = [(ctx.out / str(r.files["filter"]), ctx.out / str(r.files["classifier"])) for r in depths]
+    _on_main(lambda: write_manifest(ctx.out, parts, ctx.out / str(final.files["classifier"])))
+    combine = _combine(ctx)
+    if combine is not None:
+        _on_main(lambda: write_manifest(ctx.out, parts, ctx.out / str(final.files["classifier"]),
+                                        extra={"combine": combine.to_json()}))
     report = _report(ctx, base, depths, final, time.perf_counter() - t0)
+    if combine is not None:
+        report.combine = combine.to_json()
+        report.unchanged = report.unchanged and not any(combine.weights) and not any(combine.temperatures)
     _on_main(lambda: write_json(ctx.out / REPORT, report.to_json()))
     return CascadeRun(Cascade.load(ctx.out), report, ctx.out)
+
+
+def _combine(ctx: _Ctx) -> Combine | None:
+    """Memory weights and soft temperatures chosen on VAL for the fitted branches (`cascade/combine.py`)."""
+    from dlsa_cli.cascade.combine import choose_combine
+    from dlsa_cli.io.features import num_classes, read_features, train_counts
+
+    if not ctx.plan.memory_k and not ctx.plan.soft_routing:
+        return None
+    assert ctx.val is not None  # fit_cascade refused memory and soft routing without VAL
+    train, val = read_features(ctx.train, require_labels=True), read_features(ctx.val, require_labels=True)
+    meta = {"num_classes": num_classes(train), "train_counts": train_counts(train).tolist()}
+    val.meta.update(meta)
+    cascade = Cascade.load(ctx.out)
+    return choose_combine(cascade, train, val, ctx.plan, ctx.out, device=ctx.device, event=ctx.event)
 
 
 def _check_sizes(plan: CascadePlan, train: Path, device: Any) -> None:
@@ -247,6 +274,8 @@ def _earlier(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
     plan = (old.get("settings") or {}).get("plan") or {}
     if "depth" in plan:  # a run started before the plan's depth count was named num_depths
         plan["num_depths"] = plan.pop("depth")
+    if plan:
+        old["settings"]["plan"] = with_defaults(plan)
     if old.get("settings") != settings:
         diff = _differences(old.get("settings", {}), settings)
         raise InputError(f"was started with other settings ({', '.join(diff[:4])})", path=out,
@@ -389,7 +418,9 @@ def _filter(ctx: _Ctx, d: int, train: Path, val: Path | None, path: Path) -> Fil
     if cfg.select in VAL_SELECTS and use_val is None:
         raise TrainingError(f"depth {d}: no validation sample is left for FilterConfig.select {cfg.select}",
                             hint="lower CascadePlan.num_depths, or choose the filter epoch with good-clusters or last")
-    flt = fit_filter_file(train, path, cfg, FilterRun(depth=d), val=use_val, device=ctx.device, checkpoint_every=0,
+    router = str(ctx.out / "baseline.safetensors") if cfg.routing == "posterior" else None  # flow/router.py
+    flt = fit_filter_file(train, path, cfg, FilterRun(depth=d, router=router), val=use_val, device=ctx.device,
+                          checkpoint_every=0,
                           command="fit-cascade: fit-filter", on_warning=ctx.warn)
     epoch = flt.chosen_epoch
     assert epoch is not None  # a filter just fitted records the epoch it kept

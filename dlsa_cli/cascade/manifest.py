@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ class CascadeSpec:
     classifiers: list[Path]
     final: Path
     raw: dict[str, Any] = field(default_factory=dict)
+    memory: Path | None = None  # the training samples of memory in the branches ("combine"'s memory)
 
 
 def _manifest_path(path: str | Path) -> Path:
@@ -76,12 +78,16 @@ def read_manifest(path: str | Path, *, allow_outside: bool = False) -> CascadeSp
         filters.append(entry(d["filter"], f"depth-{i} filter"))
         classifiers.append(entry(d["classifier"], f"depth-{i} classifier"))
     final = entry(raw["final"], "final classifier")
-    return CascadeSpec(p, filters, classifiers, final, raw)
+    combine = raw.get("combine") or {}
+    if not isinstance(combine, dict):
+        raise InputError('"combine" must be an object (memory, weights, temperatures)', path=p)
+    memory = entry(combine["memory"], "memory file") if combine.get("memory") is not None else None
+    return CascadeSpec(p, filters, classifiers, final, raw, memory)
 
 
 def write_manifest(
     path: str | Path,
-    depths: list[tuple[str | Path, str | Path]],
+    depths: Sequence[tuple[str | Path, str | Path]],
     final: str | Path,
     *,
     extra: dict[str, Any] | None = None,

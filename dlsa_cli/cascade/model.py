@@ -8,8 +8,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from dlsa_cli.cascade.combine import Combine
 from dlsa_cli.cascade.manifest import CascadeSpec, read_manifest
 from dlsa_cli.classify.data import branch_inputs
+from dlsa_cli.classify.memory import MemoryBank
 from dlsa_cli.classify.model import Classifier
 from dlsa_cli.errors import InputError, ModelMismatchError, NonFiniteError
 from dlsa_cli.io.files import (
@@ -22,11 +24,14 @@ from dlsa_cli.io.files import (
 class Cascade:
     """Loaded filters, cluster-aided classifiers and the final regular classifier."""
 
-    def __init__(self, spec: CascadeSpec, filters: list[Any], classifiers: list[Classifier], final: Classifier):
+    def __init__(self, spec: CascadeSpec, filters: list[Any], classifiers: list[Classifier], final: Classifier,
+                 combine: Combine | None = None, memory: MemoryBank | None = None):
         self.spec = spec
         self.filters = filters
         self.classifiers = classifiers
         self.final = final
+        self.combine = combine  # memory weights and soft temperatures (cascade/combine.py); None: hard routes
+        self.memory = memory
 
     @property
     def dim(self) -> int:
@@ -86,7 +91,22 @@ class Cascade:
             for name, other in (("filter", flt.train_counts), ("classifier", clf.meta.get("train_counts", []))):
                 if len(counts) and not np.array_equal(np.asarray(other, dtype=np.int64), counts):
                     raise bad(f"depth {i}: the {name}'s training counts differ from the final classifier's")
-        return cls(spec, filters, classifiers, final)
+        combine = Combine.from_json(spec.raw["combine"]) if spec.raw.get("combine") else None
+        memory = None if spec.memory is None else MemoryBank.load(spec.memory)
+        if combine is not None:
+            if len(combine.weights) not in (0, len(filters) + 1) or len(combine.temperatures) not in (0, len(filters)):
+                raise bad(f'"combine" has {len(combine.weights)} memory weights and {len(combine.temperatures)} '
+                          f"temperatures for {len(filters)} depths")
+            if memory is not None and (memory.num_classes != final.num_classes
+                                       or memory.features.shape[1] != final.dim):
+                raise bad(f"the memory file {spec.memory.name if spec.memory else ''} has other classes or D")
+        return cls(spec, filters, classifiers, final, combine, memory)
+
+    @property
+    def combined(self) -> bool:
+        """Whether predictions go beyond the hard route: memory or a soft temperature."""
+        c = self.combine
+        return c is not None and (self.memory is not None or any(t > 0 for t in c.temperatures))
 
     @torch.no_grad()
     def logits(
@@ -99,6 +119,8 @@ class Cascade:
         n = x.shape[0]
         out = np.empty((n, self.num_classes), dtype=np.float32)
         route = np.zeros(n, dtype=np.int32)
+        if self.combined:
+            return self._combined_logits(x, out, route, batch_size, device)
         for s in range(0, n, batch_size):
             xb = np.asarray(x[s : s + batch_size], dtype=np.float32)  # (B, D)
             left = np.arange(len(xb))  # rows of this batch still unrouted
@@ -119,6 +141,26 @@ class Cascade:
                 left = left[~sc.routed]
             if len(left):
                 out[s + left] = self.final.logits(xb[left], device=device)
+        return out, route
+
+    def _combined_logits(self, x: np.ndarray, out: np.ndarray, route: np.ndarray, batch_size: int,
+                         device: torch.device | str) -> tuple[np.ndarray, np.ndarray]:
+        """Every branch on every sample, mixed by route probability with memory (`cascade/combine.py`);
+        the training samples are searched once per batch."""
+        from dlsa_cli.cascade.combine import hard_route, mix, parts, route_probabilities
+        from dlsa_cli.classify.memory import log_vote
+
+        c = self.combine
+        assert c is not None
+        for s in range(0, x.shape[0], batch_size):
+            xb = np.asarray(x[s : s + batch_size], dtype=np.float32)  # (B, D)
+            try:
+                p = parts(self, xb, batch_size=batch_size, device=device)
+            except NonFiniteError as e:  # number the rows within the whole input, not this batch
+                raise NonFiniteError.build(f"a filter's {e.what}", s + e.rows, x.shape[0], hint=e.hint) from None
+            lv = None if self.memory is None else log_vote(self.memory.vote(xb, device=device))
+            out[s : s + len(xb)] = mix(p, route_probabilities(p, c.temperatures), lv, c.weights)
+            route[s : s + len(xb)] = hard_route(p)
         return out, route
 
 

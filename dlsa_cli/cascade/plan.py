@@ -18,7 +18,8 @@ from dlsa_cli.errors import DlsaError
 from dlsa_cli.flow.config import FilterConfig, preset_settings
 from dlsa_cli.settings import Rule, at_least, check_settings, resolve, setting, to_table
 
-__all__ = ["BRANCH_TOKEN", "NOT_IN_TABLES", "CascadePlan", "as_branch", "plan_from_dict", "plan_from_layers"]
+__all__ = ["BRANCH_TOKEN", "NOT_IN_TABLES", "CascadePlan", "as_branch", "plan_from_dict", "plan_from_layers",
+           "with_defaults"]
 
 BRANCH_TOKEN = "CascadePlan.branch"  # how errors name a branch classifier's settings (`CascadePlan.branch.lr`)
 NOT_IN_TABLES = ("seed", "allow_missing_val_classes")  # the plan sets these on every stage
@@ -48,6 +49,12 @@ class CascadePlan:
                                  "instead of from the baseline.")
     val_weights: bool = setting(True, "A branch's epoch maximises the whole validation set's balanced accuracy "
                                 "(off: its own part's).", switch="no-val-weights")
+    memory_k: int = setting(0, "Memory in the branches: each adds w * log of the class-balanced vote of the sample's "
+                            "k nearest training samples to its logits, w chosen per branch on validation "
+                            "(0: no memory).", rule=at_least(0))
+    soft_routing: bool = setting(False, "Soft routing: a depth takes a sample with probability sigmoid((score - "
+                                 "threshold) / T), T chosen per depth on validation (T = 0, the hard route, "
+                                 "included); the branches' logits are mixed by those probabilities.")
     split_batch_size: int = setting(4096, "Samples each split scores at once (memory is bounded by it).",
                                     rule=at_least(1))
 
@@ -130,6 +137,17 @@ def plan_from_layers(top: Sequence[Mapping[str, Any]], filter_: Sequence[Mapping
     plan = replace(plan, filter=filter_cfg, baseline=base, branch=branch_cfg)
     plan.check()
     return plan
+
+
+def with_defaults(recorded: Mapping[str, Any]) -> dict[str, Any]:
+    """A recorded `to_dict()` with every setting it lacks at its default: a run recorded before a setting
+    existed ran with the default (what resuming it compares)."""
+    now = CascadePlan().to_dict()
+    out = {**{k: v for k, v in now.items() if k not in ("filter", "baseline", "branch")}, **recorded}
+    for table in ("filter", "baseline", "branch"):
+        if isinstance(recorded.get(table), Mapping):
+            out[table] = {**now[table], **recorded[table]}
+    return out
 
 
 def plan_from_dict(d: Mapping[str, Any]) -> CascadePlan:

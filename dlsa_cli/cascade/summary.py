@@ -140,6 +140,7 @@ class CascadeReport:
     unchanged: bool  # every branch kept its starting point: the cascade predicts as the baseline does
     resumed: bool
     seconds: float
+    combine: dict[str, Any] | None = None  # memory weights and soft temperatures VAL chose (cascade/combine.py)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -60,7 +60,8 @@ def render_filter_fit(r: FilterFitReport) -> None:
     t.add_row("good clusters",
               f"{st.good_clusters} of {cfg['clusters']} (purity > {cfg['purity_threshold']:g}, size > "
               f"{cfg['min_cluster_size']})")
-    t.add_row("threshold", f"log p(x) >= {r.threshold:.6g} routes {st.routed} training samples ({r.share:g})")
+    t.add_row("threshold", f"{_score_name(r.config.get('routing'))} >= {r.threshold:.6g} routes {st.routed} "
+              f"training samples ({r.share:g})")
     t.add_row("tail share (<= 50)", f"routed {_num(st.separation)}, all training samples {_num(st.tail_share)}")
     kept = r.kept
     if kept is not None and kept.has_val:
@@ -69,6 +70,13 @@ def render_filter_fit(r: FilterFitReport) -> None:
                   f"of all; routed {_num(kept.val_routed_share)}; mean log p(x) {_num(kept.val_mean_log_likelihood)}")
     t.add_row("time", f"{st.seconds_per_epoch or 0.0:.3g} s per epoch on {st.device}")
     stdout.print(t)
+
+
+def _score_name(routing: str | None) -> str:
+    """How a routing score reads in a table (flow/routing.py)."""
+    return {None: "log p(x)", "likelihood": "log p(x)", "ratio": "log p(x) - log p_ref(x)",
+            "cluster-tail": "P(tail | cluster)", "knn-tail": "the neighbours' tail share",
+            "posterior": "the classifier's tail mass"}.get(routing, str(routing))
 
 
 def render_split(report: SplitReport) -> None:
@@ -81,7 +89,7 @@ def _render_split_file(name: str, r: SplitFileReport) -> None:
     def ll(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.1f}"
 
-    title = f"{name}: depth {r.depth}, routed when log p(x) >= {r.threshold:.6g}"
+    title = f"{name}: depth {r.depth}, routed when {_score_name(r.routing)} >= {r.threshold:.6g}"
     if r.has_labels:
         title += f"; tail = at most {r.tail_at_most} training samples"
     t = Table(title=title, title_justify="left")
@@ -167,6 +175,15 @@ def render_cascade(r: CascadeReport) -> None:
     stdout.print("separation: tail share (classes with <= 50 training samples) of the routed validation samples vs "
                  "of all of them; epoch: the chosen classifier epoch ('kept': epoch 0, its starting point); "
                  "val bal.: a branch's share of the whole validation set's balanced accuracy")
+    if r.combine:
+        c = r.combine
+        if c.get("memory"):
+            ws = ", ".join(f"{w:g}" for w in c["weights"])
+            stdout.print(f"memory: the vote of the {c['k']} nearest training samples, weight per branch (depths, "
+                         f"then final) chosen on VAL: {ws}")
+        if c.get("temperatures"):
+            stdout.print("soft routing: temperature per depth chosen on VAL (0: the hard route): "
+                         + ", ".join(f"{t:.3g}" for t in c["temperatures"]))
     if r.unchanged:
         stdout.print("[bold]DLSA changed nothing[/]: every branch kept its starting point (epoch 0, the baseline), "
                      "so the cascade predicts exactly as the baseline does.")

@@ -14,7 +14,7 @@ from dlsa_cli.settings import Rule, SettingError, at_least, check_settings, sett
 __all__ = ["BASELINES", "CONTROLS", "OPTIMISTIC", "RUNS", "SELECT_ON", "CompareConfig", "parse_seeds"]
 
 BASELINES = ("baseline", "la-loss", "posthoc-la", "posthoc-tau", "crt", "lws", "ncm")
-CONTROLS = ("random-routes", "posterior-routes", "ensemble")
+CONTROLS = ("random-routes", "posterior-routes", "ensemble", "tail-bias", "memory-vote")
 RUNS = (*BASELINES, "dlsa", *CONTROLS)  # compare.json's run names, in its order
 
 SELECT_ON = ("val", "test", "both")
@@ -48,6 +48,9 @@ class CompareConfig:
     ceiling: bool = setting(False, "Also compute the separation ceiling (the paper's Fig. 2) on VAL and TEST and "
                             "place on it the cascade's routing, a depth-1 filter of every other routing score, and "
                             "the baseline's own tail signal at the same share.")
+    vote_k: int = setting(50, "k of the memory-vote control (the baseline plus the class vote of its k nearest "
+                          "training samples) when the cascade has no memory of its own (CascadePlan.memory_k 0); "
+                          "else the cascade's k.", rule=at_least(1))
     resamples: int = setting(10_000, "Paired bootstrap draws over test samples (used with one seed).",
                              rule=at_least(1))
 

@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RoutedBy", "random_score", "tail_mass"]
+__all__ = ["TAIL_BIAS_WEIGHTS", "RoutedBy", "random_score", "tail_bias", "tail_mass"]
+
+TAIL_BIAS_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)  # the tail-bias control's weights, chosen on validation
 
 
 def random_score(x: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -30,6 +32,13 @@ def tail_mass(logits: np.ndarray, is_tail: np.ndarray) -> np.ndarray:
     z = np.asarray(logits, dtype=np.float64)
     p = np.exp(z - z.max(1, keepdims=True))  # (N, C)
     return p[:, is_tail].sum(1) / p.sum(1)
+
+
+def tail_bias(logits: np.ndarray, is_tail: np.ndarray, mean: float, sd: float) -> np.ndarray:
+    """(N, C): the standardised tail mass, (tail_mass - mean) / sd, on each tail class's logit and 0 elsewhere;
+    a weight times it, added to the logits, is the post-hoc tail bias (control (a) of `compare`)."""
+    t = (tail_mass(logits, is_tail) - mean) / max(sd, 1e-12)  # (N,)
+    return (t[:, None] * np.asarray(is_tail, dtype=np.float64)[None, :]).astype(np.float32)
 
 
 class RoutedBy:

@@ -16,6 +16,10 @@ only with `select_on="test"`, the authors' protocol) and scored on TEST:
                       routed shares of each depth
     ensemble          as many classifiers fine-tuned from the baseline as the cascade has
                       branches, without routing, their logits averaged
+    tail-bias         the baseline plus w x its standardised softmax tail mass on the tail classes'
+                      logits, w chosen on the selection split (the router's signal as a one-line bias)
+    memory-vote       the baseline plus w x log of the class-balanced vote of its k nearest training
+                      samples (`classify/memory.py`), w chosen on the selection split
 
 OUTDIR/progress.json records every finished run of every seed, so an interrupted
 compare continues (`resume=True`); OUTDIR/seedS/ holds the cascade, each run's test
@@ -210,6 +214,17 @@ def _settings(ctx: _Ctx) -> dict[str, Any]:
             **{f"{k}_sha256": file_sha256(p) for k, p in ctx.data.paths.items()}}
 
 
+def _fill_new_settings(old: dict[str, Any]) -> None:
+    """A compare recorded before a setting existed ran with its default: fill those in before comparing."""
+    from dlsa_cli.cascade.plan import with_defaults
+
+    if isinstance(old.get("compare"), dict):
+        now = {k: v for k, v in to_table(CompareConfig()).items() if k not in ("seeds", "ceiling", "resamples")}
+        old["compare"] = {**now, **old["compare"]}
+    if isinstance(old.get("plan"), dict):
+        old["plan"] = {k: v for k, v in with_defaults(old["plan"]).items() if k != "seed"}
+
+
 def _start(ctx: _Ctx, resume: bool) -> dict[str, Any]:
     import json
 
@@ -220,6 +235,7 @@ def _start(ctx: _Ctx, resume: bool) -> dict[str, Any]:
             old = json.loads(p.read_text())
         except (OSError, ValueError) as e:
             raise InputError(f"unreadable ({e})", path=p, hint="pick another -o") from None
+        _fill_new_settings(old.get("settings") or {})
         if old.get("settings") != settings:
             raise InputError("was started with other settings or inputs", path=ctx.out,
                              hint="resume with the same options and files, or pick another -o")
@@ -490,6 +506,43 @@ def _run_ensemble(s: _Seed) -> _Preds:
     return _Preds(mean_logits(d.test).argmax(1), mean_logits(d.sel).argmax(1))
 
 
+def _run_tail_bias(s: _Seed) -> _Preds:
+    """Control (a): the baseline's tail mass as a post-hoc bias on the tail classes, its weight chosen on the
+    selection split (standardised by the selection split's mean and sd)."""
+    from dlsa_cli.compare.controls import TAIL_BIAS_WEIGHTS, tail_bias, tail_mass
+    from dlsa_cli.evaluation.metrics import tail_classes
+
+    d, base = s.ctx.data, s.baseline()
+    is_tail = tail_classes(d.counts, s.ctx.config.tail_at_most)
+    z_sel, z_test = _scores(base, d.sel), _scores(base, d.test)
+    t = tail_mass(base.logits(d.sel.features, posthoc=False), is_tail)
+    bias = {name: tail_bias(base.logits(fs.features, posthoc=False), is_tail, float(t.mean()), float(t.std()))
+            for name, fs in (("sel", d.sel), ("test", d.test))}
+    w = _choose(z_sel, bias["sel"], d.sel.require_labels(), TAIL_BIAS_WEIGHTS)
+    return _Preds((z_test + w * bias["test"]).argmax(1), (z_sel + w * bias["sel"]).argmax(1))
+
+
+def _run_memory_vote(s: _Seed) -> _Preds:
+    """Control (b): the baseline plus w x log of its k nearest training samples' class-balanced vote."""
+    from dlsa_cli.classify.memory import MEMORY_WEIGHTS, MemoryBank, log_vote
+
+    d, base = s.ctx.data, s.baseline()
+    k = s.plan.memory_k or s.ctx.config.vote_k
+    bank = MemoryBank.build(d.train.features, d.train.require_labels(), len(d.counts), k)
+    lv = {name: log_vote(bank.vote(fs.features, device=s.ctx.device))
+          for name, fs in (("sel", d.sel), ("test", d.test))}
+    z_sel, z_test = _scores(base, d.sel), _scores(base, d.test)
+    w = _choose(z_sel, lv["sel"], d.sel.require_labels(), MEMORY_WEIGHTS)
+    return _Preds((z_test + w * lv["test"]).argmax(1), (z_sel + w * lv["sel"]).argmax(1))
+
+
+def _choose(logits: np.ndarray, extra: np.ndarray, labels: np.ndarray, grid: tuple[float, ...]) -> float:
+    """The grid weight of `extra` with the best balanced accuracy on the selection split (first among ties)."""
+    from dlsa_cli.classify.memory import choose_weight
+
+    return choose_weight(logits, extra, labels, 1.0 / np.bincount(labels)[labels], grid)[0]
+
+
 RUN_FNS: dict[str, Callable[[_Seed], _Preds]] = {
     "baseline": _run_baseline,
     "la-loss": _run_la_loss,
@@ -502,6 +555,8 @@ RUN_FNS: dict[str, Callable[[_Seed], _Preds]] = {
     "random-routes": _routed_control(_random_score),
     "posterior-routes": _routed_control(_posterior_score),
     "ensemble": _run_ensemble,
+    "tail-bias": _run_tail_bias,
+    "memory-vote": _run_memory_vote,
 }
 
 
@@ -566,7 +621,8 @@ def _depth1_filter(ctx: _Ctx, s: _Seed, routing: str) -> Any:
 
     cfg = replace(s.plan.filter_config(), routing=routing)
     sel = ctx.data.sel if cfg.select in VAL_SELECTS else None
-    return fit_filter(ctx.data.train, config=cfg, depth=1, device=ctx.device, val=sel)
+    router = s.base_path if routing == "posterior" else None
+    return fit_filter(ctx.data.train, config=cfg, depth=1, device=ctx.device, val=sel, router=router)
 
 
 def _ceiling(ctx: _Ctx, seed: int) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from dlsa_cli.errors import DlsaError
 from dlsa_cli.settings import Rule, at_least, check_settings, finite_at_least, in_range, setting, setting_token
 
 # The routing scores (flow/routing.py documents each); here so that settings are checked without torch.
-ROUTINGS = ("likelihood", "ratio", "cluster-tail", "knn-tail")
+ROUTINGS = ("likelihood", "ratio", "cluster-tail", "knn-tail", "posterior")
 
 # How `select` keeps an epoch: the paper's count of good training clusters, the last
 # epoch, or on validation samples (fit_filter's `val`): the tail share of the samples
@@ -68,8 +68,13 @@ class FilterConfig:
         "likelihood", "Routing score (flow/routing.py): likelihood (the paper's log p(x)), ratio (log p(x) minus "
         "log p(x) of the same flow trained with q = 0, trained alongside: twice the time), cluster-tail (the tail "
         "share of the sample's training cluster) or knn-tail (the tail share of its `neighbours` nearest training "
-        "samples in the flow's latent space; the filter file keeps the training latents, N x D float16).",
+        "samples in the flow's latent space; the filter file keeps the training latents, N x D float16) or "
+        "posterior (the routing classifier's softmax mass on the tail classes: fit-cascade's baseline, or "
+        "fit-filter --router CLF; kept in the filter file).",
         rule=Rule(lambda v: v in ROUTINGS, f"unknown routing score (use {', '.join(ROUTINGS)})"))
+    tail_at_most: int = setting(50, "Head/tail boundary of the tail-based routing scores (cluster-tail, knn-tail, "
+                                "posterior) and of separation: a tail class has at most this many training samples.",
+                                rule=at_least(0))
     neighbours: int = setting(30, "Routing knn-tail: how many nearest training samples vote.",
                               rule=Rule(lambda v: v >= 1, "knn-tail needs at least 1 neighbour"))
     input_noise: float = setting(
@@ -130,6 +135,8 @@ class FilterRun:
                                 shown="the input's depth + 1 for a split's rest file, else 1")
     allow_singletons: bool | None = setting(None, "Train with classes of a single sample.", shown="only at depth > 1",
                                             switch="no-singletons")
+    router: str | None = setting(None, "Routing posterior: the classifier file (linear or cosine) whose softmax mass "
+                                 "on the tail classes routes; kept in the filter file.", shown="")
     tf32: bool = setting(
         False, "On CUDA, let matrix products use TF32: faster on Ampere and newer (the reference speed figures use "
         "it) but log p(x) then differs slightly from `split`'s full-precision scores near the threshold. No effect "

@@ -13,6 +13,7 @@ from dlsa_cli.errors import DlsaError, ModelMismatchError, NonFiniteError
 from dlsa_cli.flow.config import FilterConfig
 from dlsa_cli.flow.model import MixtureFlow
 from dlsa_cli.flow.neighbours import NeighbourBank
+from dlsa_cli.flow.router import Router
 from dlsa_cli.io.files import (
     read_safetensors,
     read_safetensors_header,
@@ -41,7 +42,8 @@ class FlowFilter:
 
     `routing` names the score the threshold applies to (`flow/routing.py`);
     `reference` is the unweighted (q = 0) flow of the "ratio" score and
-    `neighbours` the training latents of the "knn-tail" score.
+    `neighbours` the training latents of the "knn-tail" score and `router`
+    the classifier of the "posterior" score.
     """
 
     def __init__(
@@ -62,11 +64,13 @@ class FlowFilter:
         routing: str = "likelihood",
         reference: MixtureFlow | None = None,
         neighbours: NeighbourBank | None = None,
+        router: Router | None = None,
     ):
         self.flow = flow
         self.routing = routing
         self.reference = reference
         self.neighbours = neighbours
+        self.router = router
         self.num_classes = int(num_classes)
         self.threshold = float(threshold)
         self.share = float(share)
@@ -142,6 +146,9 @@ class FlowFilter:
         ref = np.empty(n, dtype=np.float64) if self.reference is not None else None
         cl = np.empty(n, dtype=np.int64)
         knn = np.empty(n, dtype=np.float64) if self.routing == "knn-tail" else None
+        post = np.empty(n, dtype=np.float64) if self.routing == "posterior" else None
+        if post is not None and self.router is None:
+            raise ModelMismatchError("filter routes by 'posterior' but holds no routing classifier", path=self.path)
         if knn is not None and self.neighbours is None:
             raise ModelMismatchError("filter routes by 'knn-tail' but holds no training latents", path=self.path)
         zs = np.empty((n, self.dim), dtype=np.float32) if latent else None
@@ -164,21 +171,24 @@ class FlowFilter:
                     zs[s : s + len(xb)] = z.float().cpu().numpy()
                 if knn is not None and self.neighbours is not None:
                     knn[s : s + len(xb)] = self.neighbours.tail_share(z).cpu().numpy()
+                if post is not None and self.router is not None:
+                    post[s : s + len(xb)] = self.router.tail_mass(xb)
         finite = np.isfinite(ll)
         if not allow_nonfinite:
             _check_scores(ll, xt)
-        rs = self.route_score(ll, cl, ref, knn)
+        rs = self.route_score(ll, cl, ref, knn, post)
         return FilterScores(ll, cl, finite & (rs >= self.threshold), zs, rs)
 
     def route_score(self, ll: np.ndarray, cluster: np.ndarray, reference_ll: np.ndarray | None = None,
-                    knn_tail: np.ndarray | None = None) -> np.ndarray:
-        """This filter's routing score (N,) from log p(x), clusters, the reference's log p(x) and the
-        neighbours' tail share."""
+                    knn_tail: np.ndarray | None = None, posterior_tail: np.ndarray | None = None) -> np.ndarray:
+        """This filter's routing score (N,) from log p(x), clusters, the reference's log p(x), the
+        neighbours' tail share and the routing classifier's tail mass."""
         from dlsa_cli.flow.routing import cluster_tail_share, routing_score
 
-        tail = cluster_tail_share(self.cluster_counts, self.train_counts) if self.routing == "cluster-tail" else None
+        tail = (cluster_tail_share(self.cluster_counts, self.train_counts, self.config.tail_at_most)
+                if self.routing == "cluster-tail" else None)
         return routing_score(self.routing, ll, cluster, reference_log_likelihood=reference_ll, cluster_tail=tail,
-                             knn_tail=knn_tail)
+                             knn_tail=knn_tail, posterior_tail=posterior_tail)
 
     # --- files
 
@@ -199,6 +209,7 @@ class FlowFilter:
             "config": cfg,
             **{k: v for k, v in cfg.items() if k not in ("hidden", "blocks", "made_blocks")},
             "routing": self.routing,  # the score in use (may differ from config's when set afterwards)
+            **({"router": self.router.meta()} if self.router is not None else {}),
             "chosen_epoch": self.chosen_epoch,
             "stats": self.stats,
             "history": self.history,
@@ -216,6 +227,8 @@ class FlowFilter:
         if self.neighbours is not None:
             tensors["neighbours.latents"] = self.neighbours.latents
             tensors["neighbours.tail"] = self.neighbours.tail.to(torch.uint8)
+        if self.router is not None:
+            tensors.update(self.router.tensors())
         write_safetensors(path, tensors, kind="filter", meta=self.meta(), prov=prov)
         self.path = Path(path)
 
@@ -247,6 +260,11 @@ class FlowFilter:
             raise ModelMismatchError("filter routes by 'ratio' but holds no reference flow", path=path,
                                      hint="re-create it with FilterConfig.routing ratio")
         neighbours = _load_neighbours(tensors, cfg, routing, int(meta["dim"]), path)
+        router = None
+        if routing == "posterior" or "router.weight" in tensors:
+            from dlsa_cli.flow.router import Router
+
+            router = Router.from_tensors(tensors, meta.get("router", {}), path)
         return cls(
             flow,
             num_classes=int(meta["num_classes"]),
@@ -263,6 +281,7 @@ class FlowFilter:
             routing=routing,
             reference=reference,
             neighbours=neighbours.to(as_device(device)) if neighbours is not None else None,
+            router=router,
         )
 
 

@@ -15,6 +15,9 @@ samples. The scores:
   training samples, P(tail | cluster(x)); samples of equally tailed clusters
   are ordered by log p(x) (a term below 1e-7 breaks the ties), so the routed
   share of training samples is `share`.
+- `posterior`: the routing classifier's softmax mass on the tail classes,
+  P(tail | x) as the classifier sees it (`flow/router.py`; kept in the filter file);
+  ties ordered by log p(x).
 - `knn-tail`: the tail share of the sample's k nearest training samples in the
   flow's latent space (cosine; `flow/neighbours.py`), the sample itself left
   out; ties are ordered by log p(x) as for cluster-tail. The filter file keeps
@@ -34,7 +37,7 @@ import numpy as np
 import torch
 
 from dlsa_cli.errors import DlsaError
-from dlsa_cli.evaluation.metrics import tail_classes
+from dlsa_cli.evaluation.metrics import TAIL_AT_MOST, tail_classes
 from dlsa_cli.flow.config import ROUTINGS
 
 __all__ = [
@@ -55,10 +58,11 @@ def check_routing(name: str) -> None:
         raise DlsaError(f"FilterConfig.routing {name}: unknown routing score", hint=f"use one of {', '.join(ROUTINGS)}")
 
 
-def cluster_tail_share(cluster_counts: torch.Tensor | np.ndarray, train_counts: np.ndarray) -> np.ndarray:
+def cluster_tail_share(cluster_counts: torch.Tensor | np.ndarray, train_counts: np.ndarray,
+                       tail_at_most: int = TAIL_AT_MOST) -> np.ndarray:
     """P(tail | cluster k) over the filter's training samples, (K,); 0 for an empty cluster."""
     table = np.asarray(cluster_counts, dtype=np.float64)  # (K, C)
-    tail = tail_classes(np.asarray(train_counts))  # (C,) bool
+    tail = tail_classes(np.asarray(train_counts), tail_at_most)  # (C,) bool
     return table[:, tail].sum(1) / np.maximum(table.sum(1), 1.0)
 
 
@@ -70,10 +74,11 @@ def routing_score(
     reference_log_likelihood: np.ndarray | None = None,
     cluster_tail: np.ndarray | None = None,
     knn_tail: np.ndarray | None = None,
+    posterior_tail: np.ndarray | None = None,
 ) -> np.ndarray:
     """The routing score (N,) float64 of samples with the given filter outputs.
 
-    `cluster_tail` is per cluster (K,), `knn_tail` per sample (N,).
+    `cluster_tail` is per cluster (K,), `knn_tail` and `posterior_tail` per sample (N,).
     """
     check_routing(name)
     if name == "likelihood":
@@ -87,21 +92,25 @@ def routing_score(
         if knn_tail is None:
             raise DlsaError("routing 'knn-tail' needs the neighbours' tail shares")
         return np.asarray(knn_tail, dtype=np.float64) + tie_break
+    if name == "posterior":
+        if posterior_tail is None:
+            raise DlsaError("routing 'posterior' needs the routing classifier's tail mass")
+        return np.asarray(posterior_tail, dtype=np.float64) + tie_break
     if cluster_tail is None:
         raise DlsaError("routing 'cluster-tail' needs the clusters' tail shares")
     return np.asarray(cluster_tail, dtype=np.float64)[cluster] + tie_break
 
 
 def epoch_route_score(name: str, log_likelihood: np.ndarray, cluster: np.ndarray, cluster_counts: Any,
-                      train_counts: np.ndarray) -> np.ndarray:
+                      train_counts: np.ndarray, tail_at_most: int = TAIL_AT_MOST) -> np.ndarray:
     """The routing score (N,) during training, from one epoch's log p(x), clusters and training cluster table.
 
-    `ratio` needs the reference flow and `knn-tail` the training latents, both made only after the
-    epochs: they are scored as `likelihood` here.
+    `ratio` needs the reference flow, `knn-tail` the training latents and `posterior` the routing
+    classifier, all set only after the epochs: they are scored as `likelihood` here.
     """
     check_routing(name)
     if name == "cluster-tail":
-        tail = cluster_tail_share(cluster_counts, train_counts)
+        tail = cluster_tail_share(cluster_counts, train_counts, tail_at_most)
         return routing_score(name, log_likelihood, cluster, cluster_tail=tail)
     return routing_score("likelihood", log_likelihood, cluster)
 
@@ -120,14 +129,19 @@ def set_routing(
     *,
     routing: str,
     fit_reference: Callable[[], torch.nn.Module] | None = None,
+    router: Any = None,
 ) -> None:
     """Make `filt` route by `routing`: train its reference flow if needed, set the threshold and stats.
 
     x (N, D), labels (N,) are the filter's own training samples;
     `fit_reference()` returns the q = 0 flow ("ratio" only); "knn-tail" keeps
-    their latents as the filter's neighbours.
+    their latents as the filter's neighbours; "posterior" keeps `router` (`flow/router.py`).
     """
     check_routing(routing)
+    if routing == "posterior":
+        if router is None:
+            raise DlsaError("routing 'posterior' needs a routing classifier", hint="pass FilterRun.router")
+        filt.router = router
     if routing == "knn-tail":
         _set_neighbours(filt, x, labels)
     filt.routing = routing
@@ -140,7 +154,7 @@ def set_routing(
     score = _training_route_scores(filt, x)
     filt.threshold = quantile_threshold(score, filt.share)
     routed = score >= filt.threshold
-    tail = tail_classes(filt.train_counts)
+    tail = tail_classes(filt.train_counts, filt.config.tail_at_most)
     filt.stats = {
         **filt.stats,
         "routing": routing,
@@ -166,7 +180,7 @@ def _set_neighbours(filt: Any, x: np.ndarray | torch.Tensor, labels: np.ndarray)
 
     filt.routing, filt.threshold = "likelihood", float("-inf")  # a plain pass for the latents
     z = filt.score(x, batch_size=filt.config.eval_batch_size, latent=True).latent  # (N, D)
-    tail = tail_classes(filt.train_counts)[np.asarray(labels)]  # (N,)
+    tail = tail_classes(filt.train_counts, filt.config.tail_at_most)[np.asarray(labels)]  # (N,)
     filt.neighbours = NeighbourBank.build(z, tail, filt.config.neighbours).to(filt.device)
 
 

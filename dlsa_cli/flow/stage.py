@@ -11,11 +11,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from dlsa_cli.errors import DlsaError
+from dlsa_cli.errors import DlsaError, InputError
 from dlsa_cli.flow.config import FilterConfig, FilterRun, SplitConfig, check_select
 from dlsa_cli.flow.filter import FlowFilter
 from dlsa_cli.flow.summary import SplitFileReport, SplitReport
-from dlsa_cli.settings import to_table
+from dlsa_cli.settings import setting_token, to_table
 
 __all__ = ["check_filter_sizes", "filter_settings", "fit_filter_file", "split_files"]
 
@@ -62,6 +62,7 @@ def fit_filter_file(
     config.check()
     check_select(config, val is not None)  # a val-* rule without validation samples: one line, before any work
     check_filter_sizes(config, train, device)
+    check_router(config, run)
     if checkpoint_every < 0:
         raise DlsaError(f"--checkpoint-every {checkpoint_every}: must be >= 0 (0 writes no checkpoint)")
     ckpt = checkpoint_path(out_p)
@@ -75,14 +76,14 @@ def fit_filter_file(
         filt = fit_filter(fs, config=config, depth=run.depth, device=dev, allow_singletons=run.allow_singletons,
                           on_step=on_step, on_epoch=on_epoch, on_warning=warn,
                           checkpoint=ckpt if checkpoint_every > 0 else None, resume=resume,
-                          checkpoint_every=checkpoint_every, val=val_fs)
+                          checkpoint_every=checkpoint_every, val=val_fs, router=run.router)
     except DlsaError:  # a refusal or a diverged run leaves nothing behind (an interrupted one keeps its checkpoint)
         if not had_ckpt:
             ckpt.unlink(missing_ok=True)
         raise
     tf32 = run.tf32 and dev.type == "cuda"
     options = {"preset": preset, **config.to_dict(), "depth": filt.depth, "device": str(dev), "tf32": tf32}
-    recorded = FilterRun(depth=filt.depth, allow_singletons=run.allow_singletons, tf32=run.tf32)
+    recorded = FilterRun(depth=filt.depth, allow_singletons=run.allow_singletons, router=run.router, tf32=run.tf32)
     prov = provenance(command, options, inputs, config.seed, settings=filter_settings(config, recorded))
     prov["resumed_from"] = filt.resumed_from  # the epoch this run continued after, or None
     if dist.is_main():  # every rank holds the same filter; rank 0 writes it
@@ -90,6 +91,20 @@ def fit_filter_file(
         ckpt.unlink(missing_ok=True)
     dist.barrier()
     return filt
+
+
+def check_router(config: FilterConfig, run: FilterRun) -> None:
+    """Routing by posterior needs a routing classifier, and only it uses one: one line, before any work."""
+    from dlsa_cli.io.files import require_file
+
+    if config.routing == "posterior" and run.router is None:
+        raise InputError(f"{setting_token(config, 'routing')} posterior routes by a classifier's tail mass, and "
+                         "none was given", hint=f"pass {setting_token(run, 'router')} CLF.safetensors")
+    if config.routing != "posterior" and run.router is not None:
+        raise InputError(f"{setting_token(run, 'router')} is used only by {setting_token(config, 'routing')} "
+                         f"posterior, and the routing is {config.routing}", hint="drop it, or route by posterior")
+    if run.router is not None:
+        require_file(run.router, "routing classifier")
 
 
 def check_filter_sizes(config: FilterConfig, train: str | Path, device: Any) -> None:

@@ -117,6 +117,7 @@ def fit_filter(
     resume: bool = False,
     checkpoint_every: int = 1,
     val: FeatureSet | None = None,
+    router: str | Path | None = None,
     **options: Any,
 ) -> FlowFilter:
     """Train a flow filter on one depth's training samples.
@@ -155,7 +156,9 @@ def fit_filter(
     warn = on_warning or (lambda _msg: None)
     dev = as_device(device)
     data = _prepare(train, cfg, depth, allow_singletons, warn, dev)
-    data.val = None if val is None else _prepare_val(val, train, data, dev)
+    data.val = None if val is None else _prepare_val(val, train, data, dev, cfg.tail_at_most)
+    if cfg.routing == "posterior" and router is None:
+        raise InputError("routing by posterior needs the routing classifier", hint="pass FilterRun.router")
     st = _start(data, cfg, dev)
     fingerprint = None
     if checkpoint is not None:
@@ -185,7 +188,7 @@ def fit_filter(
             on_epoch(record)
     filt = _finish(st, data, cfg, dev, warn)
     if cfg.routing != "likelihood":  # flow/routing.py: re-threshold by another score
-        _route_by(filt, train, data.x, data.y_np, cfg, device=dev, allow_singletons=allow_singletons,
+        _route_by(filt, train, data.x, data.y_np, cfg, router, device=dev, allow_singletons=allow_singletons,
                   on_warning=on_warning)
     return filt
 
@@ -225,14 +228,14 @@ def _prepare(
         )
     x = torch.as_tensor(train.features).to(dev, torch.float32)  # (N, D)
     y = torch.as_tensor(y_np).to(dev)  # (N,)
-    is_tail = torch.as_tensor(tail_classes(_train_counts(train))).to(dev)[y]  # (N,) bool
+    is_tail = torch.as_tensor(tail_classes(_train_counts(train), cfg.tail_at_most)).to(dev)[y]  # (N,) bool
     std = None  # a pass over every training sample, made only for the noise that is relative to it
     if cfg.input_noise > 0:
         std = x.std(0) if n > 1 else torch.zeros_like(x[0])  # (D,)
     return _Data(train, x, y, y_np, counts, c, depth, is_tail, std)
 
 
-def _prepare_val(val: FeatureSet, train: FeatureSet, data: _Data, dev: torch.device) -> _Val:
+def _prepare_val(val: FeatureSet, train: FeatureSet, data: _Data, dev: torch.device, tail_at_most: int) -> _Val:
     """Check the validation samples against the training ones and move them to the device."""
     y = val.require_labels()
     if val.dim != int(data.x.shape[1]):
@@ -241,7 +244,7 @@ def _prepare_val(val: FeatureSet, train: FeatureSet, data: _Data, dev: torch.dev
         raise InputError("has no samples to choose the epoch on", path=val.path)
     if y.max() >= data.num_classes:
         raise InputError(f"label {int(y.max())} is out of range for {data.num_classes} classes", path=val.path)
-    tail = torch.as_tensor(tail_classes(_train_counts(train))).to(dev)  # (C,) bool, by TRAINING counts
+    tail = torch.as_tensor(tail_classes(_train_counts(train), tail_at_most)).to(dev)  # (C,) bool, by TRAINING counts
     return _Val(torch.as_tensor(val.features).to(dev, torch.float32), tail[torch.as_tensor(y).to(dev)])
 
 
@@ -371,7 +374,8 @@ def _evaluate_val(st: TrainState, data: _Data, v: _Val, cfg: FilterConfig, logp:
     routed = {}
     for name in ("likelihood", "cluster-tail"):
         def score(ll: torch.Tensor, cl: torch.Tensor, name: str = name) -> np.ndarray:
-            return epoch_route_score(name, ll.double().cpu().numpy(), cl.cpu().numpy(), table, counts)
+            return epoch_route_score(name, ll.double().cpu().numpy(), cl.cpu().numpy(), table, counts,
+                                     cfg.tail_at_most)
 
         thr = quantile_threshold(score(logp, cluster), cfg.share)
         routed[name] = torch.as_tensor(score(vlogp, vcluster) >= thr, device=v.x.device)  # (M,) bool
@@ -439,7 +443,7 @@ def _finish(st: TrainState, data: _Data, cfg: FilterConfig, dev: torch.device,
     filt.cluster_counts = table.long()
     filt.cluster_prior = (table.float() / table.sum(1, keepdim=True).clamp(min=1).float()).contiguous()
     routed = sc.log_likelihood >= filt.threshold
-    tail = tail_classes(filt.train_counts)
+    tail = tail_classes(filt.train_counts, cfg.tail_at_most)
     filt.stats = {
         **cluster_stats(table, cfg.purity_threshold, cfg.min_cluster_size),
         "chosen_epoch": st.best_epoch,
@@ -456,12 +460,17 @@ def _finish(st: TrainState, data: _Data, cfg: FilterConfig, dev: torch.device,
 
 
 def _route_by(filt: FlowFilter, train: FeatureSet, x: torch.Tensor, y: np.ndarray, cfg: FilterConfig,
-              **fit_kw: Any) -> None:
+              router: str | Path | None, **fit_kw: Any) -> None:
     """Set the filter's routing score; "ratio" trains the unweighted (q = 0) reference flow on the same samples."""
     from dlsa_cli.flow.routing import set_routing
 
     ref_cfg = replace(cfg, q=0.0, routing="likelihood")
-    set_routing(filt, x, y, routing=cfg.routing,
+    head = None
+    if cfg.routing == "posterior" and router is not None:
+        from dlsa_cli.flow.router import Router
+
+        head = Router.from_classifier(router, filt.train_counts, cfg.tail_at_most)
+    set_routing(filt, x, y, routing=cfg.routing, router=head,
                 fit_reference=lambda: fit_filter(train, config=ref_cfg, depth=filt.depth, **fit_kw).flow)
 
 
