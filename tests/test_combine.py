@@ -149,3 +149,21 @@ def test_memory_without_validation_is_one_line(digits, tmp_path):
     out = tmp_path / "run"
     r = invoke("fit-cascade", digits / "train.safetensors", "-o", out, *FAST, "--memory-k", "10")
     assert_clean_failure(r, out, "--memory-k")
+
+
+@pytest.mark.parametrize(("combine", "needle"), [
+    ({"weights": [1.0], "temperatures": [0.0, 0.0]}, "memory weights"),
+    ({"weights": "x", "temperatures": []}, '"combine" is not'),
+    ({"memory": "../elsewhere.safetensors", "k": 10}, "outside the cascade folder"),
+])
+def test_a_tampered_combine_is_one_line(remembering, digits, tmp_path, combine, needle):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(remembering, run, symlinks=True)
+    m = json.loads((run / "cascade.json").read_text())
+    m["combine"] = combine
+    (run / "cascade.json").write_text(json.dumps(m))
+    out = tmp_path / "p.parquet"
+    r = invoke("predict", run, digits / "test.safetensors", "-o", out)
+    assert_clean_failure(r, out, needle)

@@ -91,7 +91,10 @@ class Cascade:
             for name, other in (("filter", flt.train_counts), ("classifier", clf.meta.get("train_counts", []))):
                 if len(counts) and not np.array_equal(np.asarray(other, dtype=np.int64), counts):
                     raise bad(f"depth {i}: the {name}'s training counts differ from the final classifier's")
-        combine = Combine.from_json(spec.raw["combine"]) if spec.raw.get("combine") else None
+        try:
+            combine = Combine.from_json(spec.raw["combine"]) if spec.raw.get("combine") else None
+        except (TypeError, ValueError, AttributeError) as e:
+            raise bad(f'"combine" is not memory / k / weights / temperatures as fit-cascade writes them ({e})') from None
         memory = None if spec.memory is None else MemoryBank.load(spec.memory)
         if combine is not None:
             if len(combine.weights) not in (0, len(filters) + 1) or len(combine.temperatures) not in (0, len(filters)):

@@ -190,6 +190,12 @@ def summary(path: str | Path) -> dict[str, Any]:
         "final loss": final.meta.get("loss"),
         "files belong together": consistent,
     }
+    comb = spec.raw.get("combine") or {}
+    if comb.get("memory"):
+        fields["memory"] = (f"{comb['memory']}: vote of the {comb.get('k')} nearest training samples, weight per "
+                            f"branch {', '.join(f'{w:g}' for w in comb.get('weights', []))}")
+    if any(comb.get("temperatures", [])):
+        fields["soft routing"] = "temperature per depth " + ", ".join(f"{t:.3g}" for t in comb["temperatures"])
     return {
         "kind": "cascade",
         "path": str(path),

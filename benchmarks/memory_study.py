@@ -1,0 +1,176 @@
+"""Issue 24's study: memory and soft routing on a finished `dlsa compare`, beside its baseline and controls.
+
+    python benchmarks/memory_study.py RUN --train TRAIN --val VAL --test TEST \
+        --markdown docs/results/PAGE.md --title TITLE --command "COMMAND"
+
+For every seed of the compare in RUN (chosen on VAL), the seed's own cascade
+(RUN/seedS/cascade, its filters and branches as fitted) is combined as
+`CascadePlan.memory_k` and `soft_routing` would combine it (`cascade/combine.py`:
+memory weights and temperatures chosen on VAL), and scored on TEST:
+
+    dlsa                   the compare's cascade, hard routes, no memory
+    dlsa +memory kK        memory of the K nearest training samples in every branch (K = 20, 50, 100)
+    dlsa +soft             soft routing
+    dlsa +memory k50 +soft both
+
+beside compare.json's baseline and controls: (a) tail-bias, (b) memory-vote,
+(c) random-routes, (d) ensemble, and posterior-routes. The page gives, over
+the seeds, VAL balanced accuracy (what chooses a setting), TEST overall and
+few-shot accuracy, and each run's paired difference from the baseline and
+from the strongest control, with 95% t-intervals. Nothing is typed by hand:
+rerun the command to rewrite the page (`--json` keeps the numbers too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dlsa_cli.cascade.combine import choose_combine
+from dlsa_cli.cascade.model import Cascade
+from dlsa_cli.cascade.plan import CascadePlan
+from dlsa_cli.classify.memory import MemoryBank
+from dlsa_cli.compare.stats import paired_difference
+from dlsa_cli.evaluation.report import evaluate_predictions
+from dlsa_cli.io.features import FeatureSet, num_classes, read_features, train_counts
+
+CONTROLS = ("tail-bias", "memory-vote", "random-routes", "ensemble")  # the issue's (a)-(d)
+OTHERS = ("baseline", "posterior-routes", "dlsa")  # compare's runs shown beside them
+VARIANTS = {"dlsa +memory k20": (20, False), "dlsa +memory k50": (50, False), "dlsa +memory k100": (100, False),
+            "dlsa +soft": (0, True), "dlsa +memory k50 +soft": (50, True)}
+
+
+def _inputs(train: Path, val: Path, test: Path) -> tuple[FeatureSet, FeatureSet, FeatureSet, np.ndarray]:
+    tr = read_features(train, require_labels=True)
+    va, te = read_features(val, require_labels=True), read_features(test, require_labels=True)
+    counts = train_counts(tr)
+    for fs in (tr, va, te):
+        fs.meta.update(num_classes=num_classes(tr), train_counts=counts.tolist())
+    return tr, va, te, counts
+
+
+def _balanced(labels: np.ndarray, pred: np.ndarray) -> float:
+    acc = [float(np.mean(pred[labels == c] == c)) for c in np.unique(labels)]
+    return float(np.mean(acc))
+
+
+def _variant(casc: Cascade, data: tuple[FeatureSet, FeatureSet, FeatureSet, np.ndarray], k: int, soft: bool,
+             plan: CascadePlan) -> dict[str, Any]:
+    """One combined cascade's VAL balanced accuracy and TEST metrics, its choices included."""
+    tr, va, te, counts = data
+    with tempfile.TemporaryDirectory() as tmp:
+        comb = choose_combine(casc, tr, va, replace(plan, memory_k=k, soft_routing=soft), Path(tmp))
+        assert comb is not None
+        memory = None if comb.memory is None else MemoryBank.load(Path(tmp) / comb.memory)
+    both = Cascade(casc.spec, casc.filters, casc.classifiers, casc.final, comb, memory)
+    (zv, _), (zt, rt) = both.logits(va.features), both.logits(te.features)
+    m = evaluate_predictions(te.require_labels(), zt.argmax(1), counts, routes=np.where(rt > 0, "cluster", "regular"))
+    out = {k2: m.to_json()[k2] for k2 in ("overall", "many", "medium", "few")}
+    return out | {"select_balanced": _balanced(va.require_labels(), zv.argmax(1)), "weights": comb.weights,
+                  "temperatures": comb.temperatures}
+
+
+def study(run: Path, train: Path, val: Path, test: Path) -> dict[str, Any]:
+    from dlsa_cli.cascade.plan import plan_from_dict
+
+    report = json.loads((run / "compare.json").read_text())
+    if report["selected_on"] != "val":
+        raise SystemExit(f"{run}: a compare chosen on {report['selected_on']}; the study needs one chosen on val")
+    data = _inputs(train, val, test)
+    plan = plan_from_dict(json.loads((run / "progress.json").read_text())["settings"]["plan"])
+    runs: dict[str, list[dict[str, Any]]] = {n: list(report["runs"][n]) for n in (*OTHERS, *CONTROLS)}
+    for seed in report["seeds"]:
+        casc = Cascade.load(run / f"seed{seed}" / "cascade")
+        for name, (k, soft) in VARIANTS.items():
+            print(f"seed {seed}: {name}", flush=True)
+            runs.setdefault(name, []).append(_variant(casc, data, k, soft, plan))
+    return {"seeds": report["seeds"], "runs": runs, "ceiling": report.get("ceiling")}
+
+
+def _cell(rows: list[dict[str, Any]], key: str) -> str:
+    v = 100 * np.array([r[key] for r in rows])
+    return f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else f"{v.mean():.2f}"
+
+
+def _diff(a: list[dict[str, Any]], b: list[dict[str, Any]], key: str) -> str:
+    d = paired_difference([r[key] for r in a], [r[key] for r in b])
+    span = "" if d.low is None or d.high is None else f" [{100 * d.low:+.2f}, {100 * d.high:+.2f}]"
+    return f"{100 * d.mean:+.2f}{span}"
+
+
+def table(result: dict[str, Any]) -> list[str]:
+    runs = result["runs"]
+    strongest = max(CONTROLS, key=lambda n: np.mean([r["overall"] for r in runs[n]]))
+    lines = [f"Strongest control on TEST overall: **{strongest}**.", "",
+             "| run | VAL bal. | overall | few | Δ overall vs baseline | Δ few vs baseline | Δ overall vs "
+             f"{strongest} |", "|---|---|---|---|---|---|---|"]
+    for name, rows in runs.items():
+        lines.append(f"| {name} | {_cell(rows, 'select_balanced')} | {_cell(rows, 'overall')} | "
+                     f"{_cell(rows, 'few')} | {_diff(rows, runs['baseline'], 'overall')} | "
+                     f"{_diff(rows, runs['baseline'], 'few')} | {_diff(rows, runs[strongest], 'overall')} |")
+    return lines
+
+
+def choices(result: dict[str, Any]) -> list[str]:
+    """What VAL chose in each variant, per seed (memory weights per branch, temperatures per depth)."""
+    out = ["", "VAL's choices per seed (memory weight per branch: depths, then final; temperature per depth):", ""]
+    for name in VARIANTS:
+        for seed, r in zip(result["seeds"], result["runs"][name], strict=True):
+            ws = ", ".join(f"{w:g}" for w in r["weights"])
+            ts = ", ".join(f"{t:.3g}" for t in r["temperatures"])
+            out.append(f"- {name}, seed {seed}: weights {ws}; temperatures {ts}")
+    return out
+
+
+def separation(result: dict[str, Any]) -> list[str]:
+    """Where the cascade's routes and the baseline's own tail mass land (compare's ceiling, TEST)."""
+    c = result.get("ceiling")
+    if not c:
+        return []
+    out = ["", "Separation on TEST (group accuracy at the cascade's routed share; the compare's first seed):", ""]
+    for key, p in sorted(c.get("placements", {}).items()):
+        if key.endswith("/test"):
+            own = p.get("baseline_group_accuracy")
+            extra = "" if own is None else f", the baseline's own tail mass {100 * own:.1f}%"
+            out.append(f"- {key[:-5]}: {100 * p['group_accuracy']:.1f}%{extra}")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", type=Path, help="a `dlsa compare` folder chosen on val (its seeds' cascades)")
+    for name in ("train", "val", "test"):
+        ap.add_argument(f"--{name}", type=Path, required=True)
+    ap.add_argument("--markdown", type=Path, required=True, help="the page to write")
+    ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    ap.add_argument("--title", required=True)
+    ap.add_argument("--command", required=True, help="the command that produced RUN, as the page shows it")
+    a = ap.parse_args()
+    result = study(a.run, a.train, a.val, a.test)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU"
+    head = [f"# {a.title}", "", f"Written by `python benchmarks/memory_study.py` on the compare run of `{a.command}` "
+            f"(commit {commit}, {machine}, {when}); seeds {', '.join(map(str, result['seeds']))}; every choice on "
+            "VAL; accuracy in %, mean ± sd over seeds; Δ in points with its 95% t-interval over seeds.", ""]
+    text = "\n".join([*head, *table(result), *choices(result), *separation(result), ""])
+    tmp = a.markdown.with_name(f".{a.markdown.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(a.markdown)
+    if a.json is not None:
+        a.json.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
