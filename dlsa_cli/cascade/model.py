@@ -94,7 +94,8 @@ class Cascade:
         try:
             combine = Combine.from_json(spec.raw["combine"]) if spec.raw.get("combine") else None
         except (TypeError, ValueError, AttributeError) as e:
-            raise bad(f'"combine" is not memory / k / weights / temperatures as fit-cascade writes them ({e})') from None
+            what = "memory / k / weights / temperatures as fit-cascade writes them"
+            raise bad(f'"combine" is not {what} ({e})') from None
         memory = None if spec.memory is None else MemoryBank.load(spec.memory)
         if combine is not None:
             if len(combine.weights) not in (0, len(filters) + 1) or len(combine.temperatures) not in (0, len(filters)):
