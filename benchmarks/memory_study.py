@@ -121,6 +121,27 @@ def table(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+GOAL = {"overall": 0.01, "few": 0.02, "control": 0.005}  # issue 24: vs baseline, and vs the strongest control
+
+
+def goal_lines(result: dict[str, Any]) -> list[str]:
+    """The DLSA variant VAL prefers, against issue 24's goal, each part said met or not with its numbers."""
+    runs = result["runs"]
+    mine = ["dlsa", *VARIANTS]
+    best = max(mine, key=lambda n: np.mean([r["select_balanced"] for r in runs[n]]))
+    strongest = max(CONTROLS, key=lambda n: np.mean([r["overall"] for r in runs[n]]))
+
+    def gain(other: str, key: str) -> float:
+        return float(np.mean([a[key] - b[key] for a, b in zip(runs[best], runs[other], strict=True)]))
+
+    parts = [("overall vs baseline", gain("baseline", "overall"), GOAL["overall"]),
+             ("few vs baseline", gain("baseline", "few"), GOAL["few"]),
+             (f"overall vs {strongest}", gain(strongest, "overall"), GOAL["control"])]
+    said = [f"{what} {100 * v:+.2f} (goal {100 * g:+.1f}: {'met' if v >= g else 'not met'})" for what, v, g in parts]
+    return ["", f"**Goal** (issue 24, on TEST, mean over seeds): the DLSA variant best on VAL is **{best}**: "
+            + "; ".join(said) + "."]
+
+
 def choices(result: dict[str, Any]) -> list[str]:
     """What VAL chose in each variant, per seed (memory weights per branch, temperatures per depth)."""
     out = ["", "VAL's choices per seed (memory weight per branch: depths, then final; temperature per depth):", ""]
@@ -164,7 +185,7 @@ def main() -> None:
     head = [f"# {a.title}", "", f"Written by `python benchmarks/memory_study.py` on the compare run of `{a.command}` "
             f"(commit {commit}, {machine}, {when}); seeds {', '.join(map(str, result['seeds']))}; every choice on "
             "VAL; accuracy in %, mean ± sd over seeds; Δ in points with its 95% t-interval over seeds.", ""]
-    text = "\n".join([*head, *table(result), *choices(result), *separation(result), ""])
+    text = "\n".join([*head, *table(result), *goal_lines(result), *choices(result), *separation(result), ""])
     tmp = a.markdown.with_name(f".{a.markdown.name}.tmp")
     tmp.write_text(text)
     tmp.replace(a.markdown)

@@ -305,6 +305,34 @@ def test_the_results_page_script_writes_compare_json_s_numbers(one_seed, tmp_pat
     assert "paired bootstrap over test samples" in text  # one seed: the interval's method is named
 
 
+def test_the_memory_study_scores_each_seeds_cascade_beside_compare_json_s_controls(two_seeds, digits, tmp_path):
+    """benchmarks/memory_study.py: compare.json's runs as they are, and every memory / soft variant per seed;
+    a variant without memory and with hard routes is the cascade itself."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out, _ = two_seeds
+    page, numbers = tmp_path / "page.md", tmp_path / "study.json"
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "memory_study.py"), str(out),
+                        *(f"--{n}={digits / f'{n}.safetensors'}" for n in ("train", "val", "test")),
+                        "--markdown", str(page), "--json", str(numbers), "--title", "digits",
+                        "--command", "dlsa compare ..."], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    study, report = json.loads(numbers.read_text()), _json(out)
+    for name in ("baseline", "dlsa", "tail-bias", "memory-vote", "random-routes", "ensemble"):
+        assert study["runs"][name] == report["runs"][name], name
+    for name in ("dlsa +memory k20", "dlsa +memory k50 +soft"):
+        assert len(study["runs"][name]) == 2 and all(0 <= row["overall"] <= 1 for row in study["runs"][name])
+    soft = study["runs"]["dlsa +soft"]
+    for row, dlsa in zip(soft, report["runs"]["dlsa"], strict=True):
+        if not any(row["temperatures"]):  # VAL kept the hard route: the cascade's own predictions
+            assert row["overall"] == pytest.approx(dlsa["overall"])
+    text = page.read_text()
+    assert "**Goal**" in text and "`dlsa compare ...`" in text
+
+
 def test_inspect_config_of_a_compare_folder_repeats_it(one_seed, digits, tmp_path):
     """`dlsa inspect OUT --config` on a compare folder gives a file that a second compare runs to the same numbers."""
     out, _ = one_seed
