@@ -157,8 +157,7 @@ def fit_filter(
     dev = as_device(device)
     data = _prepare(train, cfg, depth, allow_singletons, warn, dev)
     data.val = None if val is None else _prepare_val(val, train, data, dev, cfg.tail_at_most)
-    if cfg.routing == "posterior" and router is None:
-        raise InputError("routing by posterior needs the routing classifier", hint="pass FilterRun.router")
+    head = _router(router, cfg, train)  # checked before any training
     st = _start(data, cfg, dev)
     fingerprint = None
     if checkpoint is not None:
@@ -188,7 +187,7 @@ def fit_filter(
             on_epoch(record)
     filt = _finish(st, data, cfg, dev, warn)
     if cfg.routing != "likelihood":  # flow/routing.py: re-threshold by another score
-        _route_by(filt, train, data.x, data.y_np, cfg, router, device=dev, allow_singletons=allow_singletons,
+        _route_by(filt, train, data.x, data.y_np, cfg, head, device=dev, allow_singletons=allow_singletons,
                   on_warning=on_warning)
     return filt
 
@@ -459,17 +458,23 @@ def _finish(st: TrainState, data: _Data, cfg: FilterConfig, dev: torch.device,
     return filt
 
 
+def _router(router: str | Path | None, cfg: FilterConfig, train: FeatureSet) -> Any:
+    """The `posterior` score's classifier (`flow/router.py`), read and checked; None for other scores."""
+    if cfg.routing != "posterior":
+        return None
+    if router is None:
+        raise InputError("routing by posterior needs the routing classifier", hint="pass FilterRun.router")
+    from dlsa_cli.flow.router import Router
+
+    return Router.from_classifier(router, _train_counts(train), cfg.tail_at_most)
+
+
 def _route_by(filt: FlowFilter, train: FeatureSet, x: torch.Tensor, y: np.ndarray, cfg: FilterConfig,
-              router: str | Path | None, **fit_kw: Any) -> None:
+              head: Any, **fit_kw: Any) -> None:
     """Set the filter's routing score; "ratio" trains the unweighted (q = 0) reference flow on the same samples."""
     from dlsa_cli.flow.routing import set_routing
 
     ref_cfg = replace(cfg, q=0.0, routing="likelihood")
-    head = None
-    if cfg.routing == "posterior" and router is not None:
-        from dlsa_cli.flow.router import Router
-
-        head = Router.from_classifier(router, filt.train_counts, cfg.tail_at_most)
     set_routing(filt, x, y, routing=cfg.routing, router=head,
                 fit_reference=lambda: fit_filter(train, config=ref_cfg, depth=filt.depth, **fit_kw).flow)
 
