@@ -77,7 +77,7 @@ def _variant(casc: Cascade, data: tuple[FeatureSet, FeatureSet, FeatureSet, np.n
     m = evaluate_predictions(te.require_labels(), zt.argmax(1), counts, routes=np.where(rt > 0, "cluster", "regular"))
     out = {k2: m.to_json()[k2] for k2 in ("overall", "many", "medium", "few")}
     return out | {"select_balanced": _balanced(va.require_labels(), zv.argmax(1)), "weights": comb.weights,
-                  "temperatures": comb.temperatures}
+                  "floors": comb.floors, "temperatures": comb.temperatures}
 
 
 def study(run: Path, train: Path, val: Path, test: Path) -> dict[str, Any]:
@@ -144,12 +144,14 @@ def goal_lines(result: dict[str, Any]) -> list[str]:
 
 def choices(result: dict[str, Any]) -> list[str]:
     """What VAL chose in each variant, per seed (memory weights per branch, temperatures per depth)."""
-    out = ["", "VAL's choices per seed (memory weight per branch: depths, then final; temperature per depth):", ""]
+    out = ["", "VAL's choices per seed (memory weight and floor per branch: depths, then final; temperature per "
+           "depth):", ""]
     for name in VARIANTS:
         for seed, r in zip(result["seeds"], result["runs"][name], strict=True):
             ws = ", ".join(f"{w:g}" for w in r["weights"])
+            fs = ", ".join(f"{f:g}" for f in r.get("floors", []))
             ts = ", ".join(f"{t:.3g}" for t in r["temperatures"])
-            out.append(f"- {name}, seed {seed}: weights {ws}; temperatures {ts}")
+            out.append(f"- {name}, seed {seed}: weights {ws}; floors {fs}; temperatures {ts}")
     return out
 
 

@@ -11,7 +11,6 @@ import pytest
 
 from dlsa_cli.cascade.combine import Parts, hard_route, mix, parts, route_probabilities
 from dlsa_cli.cascade.model import Cascade
-from dlsa_cli.classify.memory import VOTE_FLOOR
 from dlsa_cli.classify.model import Classifier
 from dlsa_cli.flow.filter import FlowFilter
 from dlsa_cli.io.features import read_features
@@ -87,7 +86,11 @@ def test_memory_adds_each_branchs_weight_times_the_log_vote_counted_by_hand(reme
     vote /= vote.sum(1, keepdims=True)
     p = parts(cascade, x)
     probs = route_probabilities(p, comb.temperatures)
-    expected = mix(p, probs, np.log(vote + VOTE_FLOOR).astype(np.float32), comb.weights)
+    expected = p.logits[-1].astype(np.float64) * 0
+    for b, z in enumerate(p.logits):  # each branch's own weight and floor, by hand
+        reach = np.prod([1 - probs[e] for e in range(min(b, len(probs)))], axis=0) if b else np.ones(len(x))
+        take = reach * (probs[b] if b < len(probs) else 1.0)
+        expected += take[:, None] * (z + comb.weights[b] * np.log(vote + comb.floors[b]))
     got, route = cascade.logits(x)
     np.testing.assert_allclose(got, expected, atol=1e-4)
     assert np.array_equal(route, hard_route(p))
@@ -101,17 +104,17 @@ def test_soft_routing_at_its_extremes_is_each_branch(remembering, digits):
     one, zero = np.ones(n), np.zeros(n)
     for d in range(cascade.depth):  # probability 1 at depth d (0 before it): branch d alone
         probs = [zero] * d + [one] + [zero] * (cascade.depth - d - 1)
-        np.testing.assert_array_equal(mix(p, probs, None, []), p.logits[d])
-    np.testing.assert_array_equal(mix(p, [zero] * cascade.depth, None, []), p.logits[-1])
+        np.testing.assert_array_equal(mix(p, probs), p.logits[d])
+    np.testing.assert_array_equal(mix(p, [zero] * cascade.depth), p.logits[-1])
     # temperature 0 everywhere is the hard route: each sample gets its routed branch's logits
-    hard = mix(p, route_probabilities(p, [0.0] * cascade.depth), None, [])
+    hard = mix(p, route_probabilities(p, [0.0] * cascade.depth))
     route = hard_route(p)
     for i in range(n):
         b = route[i] - 1 if route[i] > 0 else -1
         np.testing.assert_array_equal(hard[i], p.logits[b][i])
     # a high temperature mixes: each row lies between the branches' logits
     t = [1e6 * (np.std(s) + 1.0) for s in p.scores]
-    soft = mix(p, route_probabilities(p, t), None, [])
+    soft = mix(p, route_probabilities(p, t))
     assert not np.allclose(soft, hard)
     stack = np.stack(p.logits)
     assert np.all(soft <= stack.max(0) + 1e-4) and np.all(soft >= stack.min(0) - 1e-4)
@@ -129,7 +132,7 @@ def test_a_cascade_without_combine_is_the_hard_route(remembering, digits, tmp_pa
     x = np.asarray(read_features(digits / "test.safetensors").features, dtype=np.float32)
     hard, route = Cascade.load(plain).logits(x)
     p: Parts = parts(Cascade.load(plain), x)
-    np.testing.assert_allclose(hard, mix(p, route_probabilities(p, [0.0, 0.0]), None, []), atol=1e-6)
+    np.testing.assert_allclose(hard, mix(p, route_probabilities(p, [0.0, 0.0])), atol=1e-6)
     assert np.array_equal(route, hard_route(p))
 
 
@@ -152,7 +155,7 @@ def test_memory_without_validation_is_one_line(digits, tmp_path):
 
 
 @pytest.mark.parametrize(("combine", "needle"), [
-    ({"weights": [1.0], "temperatures": [0.0, 0.0]}, "memory weights"),
+    ({"weights": [1.0], "floors": [0.01], "temperatures": [0.0, 0.0]}, "memory weights"),
     ({"weights": "x", "temperatures": []}, '"combine" is not'),
     ({"memory": "../elsewhere.safetensors", "k": 10}, "outside the cascade folder"),
 ])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dlsa_cli.classify import memory as mem
-from dlsa_cli.classify.memory import MemoryBank, choose_weight, log_vote
+from dlsa_cli.classify.memory import VOTE_FLOORS, MemoryBank, choose_memory, choose_weight, log_vote
 
 
 def _brute_vote(bank_x: np.ndarray, bank_y: np.ndarray, q: np.ndarray, k: int, c: int,
@@ -79,12 +79,30 @@ def test_vote_is_class_balanced():
 
 def test_choose_weight_takes_the_first_best_and_zero_when_memory_hurts():
     logits = np.array([[2.0, 0.0], [0.0, 2.0]], dtype=np.float32)
-    lv = log_vote(np.array([[0.0, 1.0], [0.0, 1.0]]))
+    lv = log_vote(np.array([[0.0, 1.0], [0.0, 1.0]]), 0.001)
     labels = np.array([0, 1])
     w, scores = choose_weight(logits, lv, labels, np.ones(2))
     assert w == 0.0 and scores[0] == 2.0
     w, _ = choose_weight(logits, lv, np.array([1, 1]), np.ones(2))
     assert w > 0.0  # memory turns the first row to its label
+
+
+def test_choose_memory_keeps_no_memory_unless_a_weight_and_floor_beat_it():
+    logits = np.array([[2.0, 0.0, 1.9], [0.0, 2.0, 1.9]], dtype=np.float32)
+    labels = np.array([0, 1])
+    vote = np.array([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])  # memory says class 2, wrong for both
+    assert choose_memory(logits, vote, labels, np.ones(2))[:2] == (0.0, VOTE_FLOORS[0])
+    # memory right on both rows: some weight turns the first row, the first floor that does it is kept
+    w, floor, scores = choose_memory(logits, np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), np.array([0, 1]),
+                                     np.ones(2))
+    assert w == 0.0 and floor == VOTE_FLOORS[0] and len(scores) == 3 * 8  # already right: nothing to add
+    w, floor, _ = choose_memory(logits, np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0]]), np.array([2, 1]),
+                                np.ones(2))
+    assert w > 0.0 and floor in VOTE_FLOORS
+    # a soft floor lets a class no neighbour voted for win on its logits; a hard one vetoes it
+    logits = np.array([[4.0, 0.0]], dtype=np.float32)
+    vote = np.array([[0.0, 1.0]])
+    assert (logits + log_vote(vote, 0.05)).argmax() == 0 and (logits + 2 * log_vote(vote, 0.001)).argmax() == 1
 
 
 def test_memory_file_round_trips(tmp_path, toy):

@@ -4,10 +4,10 @@ A hard cascade sends each sample down one branch: the first depth whose filter
 routes it, else the final classifier. Two settings of `CascadePlan` change how
 the branches' outputs are combined (`cascade.json`'s "combine" records what VAL chose):
 
-- memory (`memory_k` > 0): every branch adds `w_b * log(vote + floor)`, the
+- memory (`memory_k` > 0): every branch adds `w_b * log(vote + floor_b)`, the
   class-balanced vote of the sample's k nearest training samples
-  (`classify/memory.py`), with its own weight w_b chosen on the VAL samples it
-  takes (0 is on the grid: a branch that memory does not help keeps none). The
+  (`classify/memory.py`), with its own weight w_b and floor_b chosen on the VAL
+  samples it takes (0 is on the grid: a branch that memory does not help keeps none). The
   training features are kept in the folder (`MEMORY_FILE`) and searched once per
   batch.
 - soft routing (`soft_routing`): depth d takes a sample with probability
@@ -43,7 +43,16 @@ class Combine:
     k: int = 0
     weights: list[float] = field(default_factory=list)
     temperatures: list[float] = field(default_factory=list)
+    floors: list[float] = field(default_factory=list)  # per branch, beside its weight
     val: dict[str, Any] = field(default_factory=dict)  # what VAL scored for each choice
+
+    def log_prior(self, vote: np.ndarray | None, b: int) -> np.ndarray | None:
+        """Branch b's memory term w_b * log(vote + floor_b) (N, C), or None without memory there."""
+        from dlsa_cli.classify.memory import log_vote
+
+        if vote is None or b >= len(self.weights) or not self.weights[b]:
+            return None
+        return self.weights[b] * log_vote(vote, self.floors[b])
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,7 +60,8 @@ class Combine:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Combine:
         return cls(d.get("memory"), int(d.get("k", 0)), [float(w) for w in d.get("weights", [])],
-                   [float(t) for t in d.get("temperatures", [])], dict(d.get("val", {})))
+                   [float(t) for t in d.get("temperatures", [])], [float(f) for f in d.get("floors", [])],
+                   dict(d.get("val", {})))
 
 
 @dataclass
@@ -105,17 +115,18 @@ def route_probabilities(p: Parts, temperatures: list[float]) -> list[np.ndarray]
     return out
 
 
-def mix(p: Parts, probs: list[np.ndarray], log_prior: np.ndarray | None, weights: list[float]) -> np.ndarray:
-    """The combined logits (N, C): each branch's logits (plus its memory weight x log_prior) weighted by the
-    probability that the sample reaches and takes it. Where every probability is 0 or 1 it is exactly
+def mix(p: Parts, probs: list[np.ndarray], vote: np.ndarray | None = None, comb: Combine | None = None) -> np.ndarray:
+    """The combined logits (N, C): each branch's logits (plus its memory term, `Combine.log_prior`) weighted
+    by the probability that the sample reaches and takes it. Where every probability is 0 or 1 it is exactly
     the hard route's branch (with its memory)."""
     out = np.zeros_like(p.logits[-1], dtype=np.float64)
     left = np.ones(out.shape[0])
     for b, z in enumerate(p.logits):
         take = left * probs[b] if b < len(probs) else left
         zb = z.astype(np.float64)
-        if log_prior is not None and weights and weights[b]:
-            zb = zb + weights[b] * log_prior
+        extra = None if comb is None else comb.log_prior(vote, b)
+        if extra is not None:
+            zb = zb + extra
         nz = take > 0  # 0 x a branch's logits adds nothing, exactly
         out[nz] += take[nz, None] * zb[nz]
         if b < len(probs):
@@ -127,7 +138,7 @@ def choose_combine(cascade: Any, train: Any, val: Any, plan: Any, out_dir: Path,
                    event: Any = None) -> Combine | None:
     """The memory weights and soft temperatures VAL (a labelled FeatureSet) chooses for a fitted `cascade`;
     writes out_dir/MEMORY_FILE when `plan.memory_k`. None when the plan asks for neither."""
-    from dlsa_cli.classify.memory import MemoryBank, choose_weight, log_vote
+    from dlsa_cli.classify.memory import VOTE_FLOORS, MemoryBank, choose_memory
 
     if not plan.memory_k and not plan.soft_routing:
         return None
@@ -135,8 +146,8 @@ def choose_combine(cascade: Any, train: Any, val: Any, plan: Any, out_dir: Path,
     row_w = 1.0 / np.bincount(y)[y]  # each row's share of VAL's balanced accuracy
     pv = parts(cascade, np.asarray(val.features, dtype=np.float32), device=device)
     route, n_br = hard_route(pv), cascade.depth + 1
-    comb = Combine(weights=[0.0] * n_br, temperatures=[0.0] * cascade.depth)
-    lv = None
+    comb = Combine(weights=[0.0] * n_br, temperatures=[0.0] * cascade.depth, floors=[VOTE_FLOORS[0]] * n_br)
+    vote = None
     if plan.memory_k:
         if event:
             event(f"memory: the {plan.memory_k} nearest training samples' vote, a weight per branch chosen on VAL")
@@ -144,11 +155,12 @@ def choose_combine(cascade: Any, train: Any, val: Any, plan: Any, out_dir: Path,
                                 cascade.num_classes, plan.memory_k)
         bank.save(out_dir / MEMORY_FILE, prov={"command": "fit-cascade: memory"})
         comb.memory, comb.k = MEMORY_FILE, plan.memory_k
-        lv = log_vote(bank.vote(val.features, device=device))
+        vote = bank.vote(val.features, device=device)
         for b in range(n_br):
             rows = route == (b + 1 if b < cascade.depth else 0)
             if rows.any():
-                comb.weights[b], sc = choose_weight(pv.logits[b][rows], lv[rows], y[rows], row_w[rows])
+                comb.weights[b], comb.floors[b], sc = choose_memory(pv.logits[b][rows], vote[rows], y[rows],
+                                                                    row_w[rows])
                 comb.val[f"memory_branch{b + 1}"] = [v / row_w.sum() for v in sc]  # shares of balanced accuracy
     if plan.soft_routing:
         if event:
@@ -159,7 +171,7 @@ def choose_combine(cascade: Any, train: Any, val: Any, plan: Any, out_dir: Path,
             tried = []
             for scale in SOFT_SCALES:
                 comb.temperatures[d] = scale * sd
-                pred = mix(pv, route_probabilities(pv, comb.temperatures), lv, comb.weights).argmax(1)
+                pred = mix(pv, route_probabilities(pv, comb.temperatures), vote, comb).argmax(1)
                 tried.append(float((row_w * (pred == y)).sum() / row_w.sum()))
             comb.temperatures[d] = SOFT_SCALES[int(np.argmax(tried))] * sd
             comb.val[f"soft_depth{d + 1}"] = tried

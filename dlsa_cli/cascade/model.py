@@ -98,8 +98,9 @@ class Cascade:
             raise bad(f'"combine" is not {what} ({e})') from None
         memory = None if spec.memory is None else MemoryBank.load(spec.memory)
         if combine is not None:
-            if len(combine.weights) not in (0, len(filters) + 1) or len(combine.temperatures) not in (0, len(filters)):
-                raise bad(f'"combine" has {len(combine.weights)} memory weights and {len(combine.temperatures)} '
+            n_w, n_f = len(combine.weights), len(combine.floors)
+            if n_w not in (0, len(filters) + 1) or n_f != n_w or len(combine.temperatures) not in (0, len(filters)):
+                raise bad(f'"combine" has {n_w} memory weights, {n_f} floors and {len(combine.temperatures)} '
                           f"temperatures for {len(filters)} depths")
             if memory is not None and (memory.num_classes != final.num_classes
                                        or memory.features.shape[1] != final.dim):
@@ -152,7 +153,6 @@ class Cascade:
         """Every branch on every sample, mixed by route probability with memory (`cascade/combine.py`);
         the training samples are searched once per batch."""
         from dlsa_cli.cascade.combine import hard_route, mix, parts, route_probabilities
-        from dlsa_cli.classify.memory import log_vote
 
         c = self.combine
         assert c is not None
@@ -162,8 +162,8 @@ class Cascade:
                 p = parts(self, xb, batch_size=batch_size, device=device)
             except NonFiniteError as e:  # number the rows within the whole input, not this batch
                 raise NonFiniteError.build(f"a filter's {e.what}", s + e.rows, x.shape[0], hint=e.hint) from None
-            lv = None if self.memory is None else log_vote(self.memory.vote(xb, device=device))
-            out[s : s + len(xb)] = mix(p, route_probabilities(p, c.temperatures), lv, c.weights)
+            vote = None if self.memory is None else self.memory.vote(xb, device=device)
+            out[s : s + len(xb)] = mix(p, route_probabilities(p, c.temperatures), vote, c)
             route[s : s + len(xb)] = hard_route(p)
         return out, route
 

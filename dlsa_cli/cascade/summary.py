@@ -193,7 +193,8 @@ def summary(path: str | Path) -> dict[str, Any]:
     comb = spec.raw.get("combine") or {}
     if comb.get("memory"):
         fields["memory"] = (f"{comb['memory']}: vote of the {comb.get('k')} nearest training samples, weight per "
-                            f"branch {', '.join(f'{w:g}' for w in comb.get('weights', []))}")
+                            f"branch {', '.join(f'{w:g}' for w in comb.get('weights', []))}, floor "
+                            f"{', '.join(f'{f:g}' for f in comb.get('floors', []))}")
     if any(comb.get("temperatures", [])):
         fields["soft routing"] = "temperature per depth " + ", ".join(f"{t:.3g}" for t in comb["temperatures"])
     return {

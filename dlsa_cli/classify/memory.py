@@ -7,8 +7,10 @@ training samples lie nearest a query. The vote puts that back:
 
 (cosine similarity of L2-normalised features; n_c the training count of class c, so
 a few-shot class's neighbours count as much as a many-shot class's). A classifier
-with memory predicts from `logits + weight * log(vote + VOTE_FLOOR)`; the weight
-is chosen on validation (`MEMORY_WEIGHTS`, 0 = no memory). It generalises the
+with memory predicts from `logits + weight * log(vote + floor)`; the weight and
+the floor are chosen on validation (`MEMORY_WEIGHTS` x `VOTE_FLOORS`, weight 0 =
+no memory). The floor sets how hard memory vetoes a class no neighbour voted
+for: log(0.001) ~ -6.9 all but forbids it, log(0.05) ~ -3.0 only leans against it. It generalises the
 cluster-aided classifier's prior P(class | cluster) from K clusters to each
 sample's own neighbourhood.
 
@@ -32,9 +34,9 @@ import torch
 
 from dlsa_cli.errors import InputError
 
-__all__ = ["MEMORY_WEIGHTS", "VOTE_FLOOR", "MemoryBank", "choose_weight", "log_vote"]
+__all__ = ["MEMORY_WEIGHTS", "VOTE_FLOORS", "MemoryBank", "choose_memory", "choose_weight", "log_vote"]
 
-VOTE_FLOOR = 1e-3  # a class no neighbour voted for gets log(1e-3) ~ -6.9 before the weight
+VOTE_FLOORS = (0.001, 0.01, 0.05)  # what a class no neighbour voted for gets before the log; validation chooses
 MEMORY_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)  # the weights validation chooses from
 BANK_CHUNK = 16384
 QUERY_CHUNK = 1024
@@ -101,7 +103,7 @@ class MemoryBank:
 
         write_safetensors(path, {"features": self.features, "labels": self.labels}, kind="memory",
                           meta={"num_classes": self.num_classes, "k": self.k, "samples": int(self.labels.shape[0]),
-                                "vote_floor": VOTE_FLOOR}, prov=prov)
+                                "vote_floors": list(VOTE_FLOORS)}, prov=prov)
 
     @classmethod
     def load(cls, path: str | Path) -> MemoryBank:
@@ -116,9 +118,22 @@ class MemoryBank:
                    int(meta["k"]))
 
 
-def log_vote(vote: np.ndarray) -> np.ndarray:
-    """log(vote + VOTE_FLOOR) (B, C) float32: the log-prior a memory weight multiplies."""
-    return np.log(np.asarray(vote, dtype=np.float32) + VOTE_FLOOR)
+def log_vote(vote: np.ndarray, floor: float) -> np.ndarray:
+    """log(vote + floor) (B, C) float32: the log-prior a memory weight multiplies."""
+    return np.log(np.asarray(vote, dtype=np.float32) + np.float32(floor))
+
+
+def choose_memory(logits: np.ndarray, vote: np.ndarray, labels: np.ndarray,
+                  row_weight: np.ndarray) -> tuple[float, float, list[float]]:
+    """(weight, floor, every pair's score): the pair of `MEMORY_WEIGHTS` x `VOTE_FLOORS` that `choose_weight`
+    scores best (floors in order, the first best kept: no memory at all when memory never helps)."""
+    best, scores = (0.0, VOTE_FLOORS[0]), list[float]()
+    for floor in VOTE_FLOORS:
+        w, sc = choose_weight(logits, log_vote(vote, floor), labels, row_weight)
+        if not scores or max(sc) > max(scores):
+            best = (w, floor) if w > 0 else (0.0, VOTE_FLOORS[0])
+        scores += sc
+    return best[0], best[1], scores
 
 
 def choose_weight(logits: np.ndarray, log_prior: np.ndarray, labels: np.ndarray, row_weight: np.ndarray,

@@ -179,8 +179,9 @@ def render_cascade(r: CascadeReport) -> None:
         c = r.combine
         if c.get("memory"):
             ws = ", ".join(f"{w:g}" for w in c["weights"])
+            fs = ", ".join(f"{f:g}" for f in c.get("floors", []))
             stdout.print(f"memory: the vote of the {c['k']} nearest training samples, weight per branch (depths, "
-                         f"then final) chosen on VAL: {ws}")
+                         f"then final) chosen on VAL: {ws}; floor: {fs}")
         if c.get("temperatures"):
             stdout.print("soft routing: temperature per depth chosen on VAL (0: the hard route): "
                          + ", ".join(f"{t:.3g}" for t in c["temperatures"]))

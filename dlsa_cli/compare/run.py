@@ -524,16 +524,16 @@ def _run_tail_bias(s: _Seed) -> _Preds:
 
 def _run_memory_vote(s: _Seed) -> _Preds:
     """Control (b): the baseline plus w x log of its k nearest training samples' class-balanced vote."""
-    from dlsa_cli.classify.memory import MEMORY_WEIGHTS, MemoryBank, log_vote
+    from dlsa_cli.classify.memory import MemoryBank, choose_memory, log_vote
 
     d, base = s.ctx.data, s.baseline()
     k = s.plan.memory_k or s.ctx.config.vote_k
     bank = MemoryBank.build(d.train.features, d.train.require_labels(), len(d.counts), k)
-    lv = {name: log_vote(bank.vote(fs.features, device=s.ctx.device))
-          for name, fs in (("sel", d.sel), ("test", d.test))}
+    v_sel, v_test = (bank.vote(fs.features, device=s.ctx.device) for fs in (d.sel, d.test))
     z_sel, z_test = _scores(base, d.sel), _scores(base, d.test)
-    w = _choose(z_sel, lv["sel"], d.sel.require_labels(), MEMORY_WEIGHTS)
-    return _Preds((z_test + w * lv["test"]).argmax(1), (z_sel + w * lv["sel"]).argmax(1))
+    y = d.sel.require_labels()
+    w, floor, _ = choose_memory(z_sel, v_sel, y, 1.0 / np.bincount(y)[y])
+    return _Preds((z_test + w * log_vote(v_test, floor)).argmax(1), (z_sel + w * log_vote(v_sel, floor)).argmax(1))
 
 
 def _choose(logits: np.ndarray, extra: np.ndarray, labels: np.ndarray, grid: tuple[float, ...]) -> float:
