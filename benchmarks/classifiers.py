@@ -40,11 +40,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from pages import Page, add_markdown_option  # noqa: E402
+
 from dlsa_cli.classify import TrainConfig, fit_classifier  # noqa: E402
 from dlsa_cli.datasets import caltech101_lt  # noqa: E402
 from dlsa_cli.evaluation import evaluate_predictions  # noqa: E402
 from dlsa_cli.io.features import read_features  # noqa: E402
-from pages import Page, add_markdown_option  # noqa: E402
 
 DATA = Path(os.environ.get("DLSA_SHARED_DATA", REPO.parent / "shared" / "data"))
 METRICS = ("overall", "many", "medium", "few", "mcc", "nmi")
