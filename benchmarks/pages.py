@@ -72,7 +72,7 @@ def write_page(path: Path, text: str) -> None:
 
 
 def add_markdown_option(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--markdown", type=Path, default=None, metavar="PAGE",
+    ap.add_argument("--markdown", default=None, metavar="PAGE",
                     help="also write the printed tables as markdown to PAGE, headed by this command, the commit, "
                          "the machine and the date (a results page under docs/results/)")
 
