@@ -292,7 +292,8 @@ def gains_table(gains: dict[str, list[dict]]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--npz", default=str(REPO.parent / "shared" / "data" / "caltech101_lite0.npz"))
+    shared = Path(os.environ.get("DLSA_SHARED_DATA", REPO.parent / "shared" / "data"))
+    ap.add_argument("--npz", default=str(shared / "caltech101_lite0.npz"))
     ap.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (split and model seed)")
     ap.add_argument("--classifiers", default=",".join(CLASSIFIERS), help="comma list of " + ",".join(CLASSIFIERS))
     ap.add_argument("--depths", default="1,2,3")
