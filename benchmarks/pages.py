@@ -77,7 +77,7 @@ def add_markdown_option(ap: argparse.ArgumentParser) -> None:
                          "the machine and the date (a results page under docs/results/)")
 
 
-UNSCALED = frozenset({"markdown", "json", "out", "work", "cache", "data_root", "npz", "threads"})
+UNSCALED = frozenset({"markdown", "json", "out", "work", "cache", "data_root", "npz", "code"})  # where, not how much
 
 
 def _changed(ap: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
