@@ -27,6 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pages import Page, add_markdown_option
+
 from dlsa_cli.extract import ImageList, Preprocess, default_workers, extract_features, load_backbone, read_image_list
 
 SHARED = Path(os.environ.get("DLSA_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -53,7 +55,8 @@ def sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def bench_device(images: ImageList, dev: torch.device, batch_sizes: list[int], workers: list[int], half: bool) -> None:
+def bench_device(images: ImageList, dev: torch.device, batch_sizes: list[int], workers: list[int], half: bool) -> str:
+    """Images per second of each configuration on one device, as a titled markdown table."""
     backbone = load_backbone("efficientnet-lite0")
     pre = Preprocess()
     n = len(images)
@@ -90,10 +93,10 @@ def bench_device(images: ImageList, dev: torch.device, batch_sizes: list[int], w
             rows.append((f"extract: batch {b}, {w} workers" + (", half" if half else ""),
                          n / (time.perf_counter() - t)))
 
-    print(f"\n{dev.type.upper()}: {device_name(dev)}; efficientnet-lite0, {n} Caltech-101 photos, 224x224")
-    print(f"{'configuration':<46} {'images/s':>9} {'vs model only':>14}")
-    for name, rate in rows:
-        print(f"{name:<46} {rate:>9.1f} {rate / rows[0][1]:>13.2f}x")
+    lines = [f"**{dev.type.upper()}**: {device_name(dev)}; efficientnet-lite0, {n} Caltech-101 photos, 224x224", "",
+             "| configuration | images/s | vs model only |", "|---|---|---|"]
+    lines += [f"| {name} | {rate:.1f} | {rate / rows[0][1]:.2f}x |" for name, rate in rows]
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -103,7 +106,9 @@ def main() -> None:
     ap.add_argument("--workers", default=None, help=f"comma list (default 0,{default_workers()})")
     ap.add_argument("--device", default="all", help="cpu, cuda or all (CPU, then CUDA when present)")
     ap.add_argument("--half", action="store_true", help="also a half-precision pass on CUDA")
+    add_markdown_option(ap)
     args = ap.parse_args()
+    page = Page(ap, args, "Extraction speed")
     if not (SAMPLE / "manifest.csv").exists():
         sys.exit(f"the Caltech-101 photo sample is not at {SAMPLE}")
     full = read_image_list(SAMPLE / "manifest.csv")
@@ -122,9 +127,10 @@ def main() -> None:
         if args.half:
             devices.append((torch.device("cuda"), True))
     for dev, half in devices:
-        bench_device(images, dev, batch_sizes, workers, half)
+        page.print(bench_device(images, dev, batch_sizes, workers, half))
     if not torch.cuda.is_available():
-        print("\n(no CUDA device here: GPU rows not measured)")
+        page.print("(no CUDA device here: GPU rows not measured)")
+    page.write()
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ import sys
 import time
 from pathlib import Path
 
+from pages import Page, add_markdown_option
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DLSA_SHARED_DATA", REPO.parent / "shared" / "data"))
 PROFILE = SHARED / "profiles" / "imagenet_lt_train_counts.json"
@@ -187,6 +189,7 @@ def main() -> None:
     ap.add_argument("--only", choices=["fast", "naive"], help="run one variant only")
     ap.add_argument("--repeat", type=int, default=2, help="runs per variant, alternated; the fastest is shown")
     ap.add_argument("--variant", choices=["fast", "naive"], help=argparse.SUPPRESS)
+    add_markdown_option(ap)
     args = ap.parse_args()
     if args.variant:
         print(json.dumps(run_variant(args)))
@@ -199,10 +202,10 @@ def main() -> None:
         if skip:
             skip = False
             continue
-        if a in ("--only", "--repeat"):
+        if a in ("--only", "--repeat", "--markdown"):
             skip = True
             continue
-        if a.startswith(("--only=", "--repeat=")):
+        if a.startswith(("--only=", "--repeat=", "--markdown=")):
             continue
         passthrough.append(a)
     runs: dict[str, list[dict]] = {v: [] for v in variants}
@@ -221,22 +224,31 @@ def main() -> None:
         best["all_seconds"] = [r["seconds"] for r in runs[variant]]
         rows.append(best)
 
+    page = Page(ap, args, "One flow-filter epoch")
+    page.print(f"Flow-filter epoch (training + cluster evaluation) on "
+               f"{rows[0].get('device_name', rows[0]['device'])}: N={rows[0]['n']}, D={args.dim}, K={args.clusters}, "
+               f"batch {args.batch_size}, {args.threads} CPU thread(s), best of {args.repeat}.")
+    page.print(_table(rows))
+    page.write()
+
+
+def _table(rows: list[dict]) -> str:
+    """Seconds per epoch and peak memory of each variant, and naive / fast when both ran."""
     gpu = rows[0]["device"].startswith("cuda")
-    where = rows[0].get("device_name", rows[0]["device"])
-    print(f"flow-filter epoch (training + cluster evaluation) on {where}: N={rows[0]['n']}, D={args.dim}, "
-          f"K={args.clusters}, batch {args.batch_size}, {args.threads} CPU thread(s), best of {args.repeat}")
     mem = "peak GPU MiB" if gpu else "peak RSS MiB"
-    extra = "" if gpu else f" {'RSS growth MiB':>15}"
-    print(f"{'variant':<8} {'s / epoch':>10} {mem:>14}{extra}   runs (s)")
+    lines = [f"| variant | s / epoch | {mem} |" + ("" if gpu else " RSS growth MiB |") + " runs (s) |",
+             "|---|---|---|" + ("" if gpu else "---|") + "---|"]
     for r in rows:
-        grow = "" if gpu else f" {r['peak_mib'] - r['data_mib']:>15.0f}"
-        print(f"{r['variant']:<8} {r['seconds']:>10.2f} {r['peak_mib']:>14.0f}{grow}   "
-              + ", ".join(f"{t:.2f}" for t in r["all_seconds"]))
+        grow = "" if gpu else f" {r['peak_mib'] - r['data_mib']:.0f} |"
+        lines.append(f"| {r['variant']} | {r['seconds']:.2f} | {r['peak_mib']:.0f} |{grow} "
+                     + ", ".join(f"{t:.2f}" for t in r["all_seconds"]) + " |")
     if len(rows) == 2:
         f, n = rows
-        grow = "" if gpu else f" {(n['peak_mib'] - n['data_mib']) / (f['peak_mib'] - f['data_mib']):>14.1f}x"
-        print(f"{'ratio':<8} {n['seconds'] / f['seconds']:>9.1f}x {n['peak_mib'] / f['peak_mib']:>13.1f}x{grow}  "
-              " (naive / fast)")
+        grow = "" if gpu else f" {(n['peak_mib'] - n['data_mib']) / (f['peak_mib'] - f['data_mib']):.1f}x |"
+        lines.append(f"| ratio (naive / fast) | {n['seconds'] / f['seconds']:.1f}x | "
+                     f"{n['peak_mib'] / f['peak_mib']:.1f}x |{grow} |")
+    return "\n".join(lines)
+
 
 if __name__ == "__main__":
     main()

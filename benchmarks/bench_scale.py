@@ -45,6 +45,8 @@ import threading
 import time
 from pathlib import Path
 
+from pages import Page, add_markdown_option
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DLSA_SHARED_DATA", REPO.parent / "shared" / "data"))
 PROFILE = SHARED / "profiles" / "imagenet_lt_train_counts.json"
@@ -180,7 +182,9 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     ap.add_argument("--code", type=Path, default=REPO,
                     help="the checkout whose dlsa_cli runs the stages (e.g. an older commit's `git archive`)")
+    add_markdown_option(ap)
     a = ap.parse_args()
+    page = Page(ap, a, "Time and memory against N")
     a.work.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(REPO))
     flt, clf = make_models(a.work, a.dim, a.device)
@@ -203,22 +207,26 @@ def main() -> None:
                 r = run_measured(launch + args, env, cwd=a.code)
                 rows.append({"stage": stage, "n": n, "dim": a.dim, "procs": p, **r})
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    _table(rows)
+    page.print(f"Synthetic features with ImageNet-LT's class profile, D = {a.dim}, device {a.device}, "
+               f"{a.threads} OMP thread(s) per process; wall seconds of the whole command, peak anonymous RSS of "
+               "the largest process and of the process tree; ratios against the smallest N and one process.")
+    page.print(_table(rows))
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))
+    page.write()
 
 
-def _table(rows: list[dict]) -> None:
+def _table(rows: list[dict]) -> str:
     base_mem = {(r["stage"], r["procs"]): r["rss_anon_mb"] for r in sorted(rows, key=lambda r: -r["n"])}
     one_proc = {(r["stage"], r["n"]): r["seconds"] for r in rows if r["procs"] == 1}
-    print(f"{'stage':8} {'N':>8} {'D':>5} {'procs':>5} {'seconds':>8} {'RssAnon MB':>11} {'tree MB':>8} "
-          f"{'mem / smallest N':>17} {'time / 1 proc':>14}")
+    lines = ["| stage | N | D | procs | seconds | RssAnon MB | tree MB | mem / smallest N | time / 1 proc |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         mem_ratio = r["rss_anon_mb"] / base_mem[(r["stage"], r["procs"])]
         t_ratio = r["seconds"] / one_proc[(r["stage"], r["n"])] if (r["stage"], r["n"]) in one_proc else float("nan")
-        print(f"{r['stage']:8} {r['n']:>8} {r['dim']:>5} {r['procs']:>5} {r['seconds']:>8.1f} "
-              f"{r['rss_anon_mb']:>11.0f} "
-              f"{r['rss_anon_sum_mb']:>8.0f} {mem_ratio:>17.2f} {t_ratio:>14.2f}")
+        lines.append(f"| {r['stage']} | {r['n']} | {r['dim']} | {r['procs']} | {r['seconds']:.1f} | "
+                     f"{r['rss_anon_mb']:.0f} | {r['rss_anon_sum_mb']:.0f} | {mem_ratio:.2f} | {t_ratio:.2f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

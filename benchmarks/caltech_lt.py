@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -48,6 +49,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from pages import Page, add_markdown_option  # noqa: E402
 
 from dlsa_cli.cascade import Cascade, CascadePlan, fit_cascade  # noqa: E402
 from dlsa_cli.classify import Classifier, TrainConfig, fit_classifier  # noqa: E402
@@ -249,13 +252,13 @@ def mean_std(values: list[float | None]) -> tuple[float, float] | None:
 def fmt(ms: tuple[float, float] | None, scale: float = 100.0) -> str:
     if ms is None:
         return "n/a"
-    return f"{ms[0] * scale:6.2f} ± {ms[1] * scale:4.2f}"
+    return f"{ms[0] * scale:.2f} ± {ms[1] * scale:.2f}"
 
 
 def table(title: str, rows: dict[str, list[dict]], split: str = "test", ref: str | None = None) -> str:
-    """rows: name -> list over seeds of evaluate_model() results."""
-    lines = [f"\n{title}",
-             f"{'':28s}" + "".join(f"{k:>16s}" for k in METRICS) + f"{'Δoverall':>10s}{'Δfew':>8s}{'val bal.':>16s}"]
+    """rows: name -> list over seeds of evaluate_model() results; a markdown table under its title."""
+    lines = [f"**{title}**", "", "| model | " + " | ".join(METRICS) + " | Δoverall | Δfew | val bal. |",
+             "|---|" + "---|" * (len(METRICS) + 3)]
     for name, runs in rows.items():
         cells = [fmt(mean_std([r[split][k] for r in runs])) for k in METRICS]
         base = rows.get(ref or "") if ref else None
@@ -267,13 +270,31 @@ def table(title: str, rows: dict[str, list[dict]], split: str = "test", ref: str
                     if a[split]["few"] is not None]
             d_few = f"{100 * np.mean(fews):+.2f}" if fews else ""
         val = fmt(mean_std([r["val"]["balanced"] for r in runs]))
-        lines.append(f"{name:28s}" + "".join(f"{c:>16s}" for c in cells) + f"{d_over:>10s}{d_few:>8s}{val:>16s}")
+        lines.append(f"| {name} | " + " | ".join([*cells, d_over, d_few, val]) + " |")
+    return "\n".join(lines)
+
+
+def separation_table(sep: dict[int, list[dict]]) -> str:
+    lines = ["| depth | separation | routed share, test | routed share, train |", "|---|---|---|---|"]
+    for d, rs in sep.items():
+        cells = [fmt(mean_std([r[k] for r in rs])) for k in ("separation", "routed_test", "routed_train")]
+        lines.append(f"| {d} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def gains_table(gains: dict[str, list[dict]]) -> str:
+    lines = ["| depth: route | samples | baseline | dlsa | Δ |", "|---|---|---|---|---|"]
+    for k, rs in gains.items():
+        b, dl = mean_std([r["baseline"] for r in rs]), mean_std([r["dlsa"] for r in rs])
+        delta = f"{100 * (dl[0] - b[0]):+.2f}" if b and dl else "n/a"
+        lines.append(f"| {k} | {np.mean([r['samples'] for r in rs]):.1f} | {fmt(b)} | {fmt(dl)} | {delta} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--npz", default=str(REPO.parent / "shared" / "data" / "caltech101_lite0.npz"))
+    shared = Path(os.environ.get("DLSA_SHARED_DATA", REPO.parent / "shared" / "data"))
+    ap.add_argument("--npz", default=str(shared / "caltech101_lite0.npz"))
     ap.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (split and model seed)")
     ap.add_argument("--classifiers", default=",".join(CLASSIFIERS), help="comma list of " + ",".join(CLASSIFIERS))
     ap.add_argument("--depths", default="1,2,3")
@@ -295,7 +316,9 @@ def main() -> None:
                     help="split validation in halves: one chooses epochs, the other reports 'val' (for "
                          "comparing designs)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 avoids contention on shared cores)")
+    add_markdown_option(ap)
     args = ap.parse_args()
+    page = Page(ap, args, "DLSA on Caltech-101-LT")
     torch.set_num_threads(args.threads)
     if not Path(args.npz).exists():
         sys.exit(f"{args.npz}: Caltech-101 features not found (pass --npz)")
@@ -372,41 +395,34 @@ def main() -> None:
         log(f"seed {seed} finished in {time.perf_counter() - t0:.0f} s")
 
     n = args.seeds
-    print(f"Caltech-101-LT, {n} seed(s); test split (balanced, 15 per class); accuracies in %, mean ± std over seeds")
-    print(f"filters: K={args.clusters}, {args.filter_epochs} epochs, hidden {args.filter_hidden}, batch "
-          f"{args.filter_batch}, "
-          f"select {args.filter_select}; classifiers: {args.epochs} epochs; every branch starts from the baseline")
+    page.print(f"Caltech-101-LT, {n} seed(s); test split (balanced, 15 per class); accuracies in %, mean ± std over "
+               f"seeds. Filters: K={args.clusters}, {args.filter_epochs} epochs, hidden {args.filter_hidden}, batch "
+               f"{args.filter_batch}, select {args.filter_select}; classifiers: {args.epochs} epochs; every branch "
+               "starts from the baseline. Δ = minus the first row, points.")
     for name in clfs:
         sub = {k: v for k, v in main_rows.items() if k == name or k.startswith(name + " +")}
-        print(table(f"[{name}]", sub, ref=name))
-    print("\nhead-tail separation (share of tail classes, <= 50 training samples, among routed test samples) per depth")
-    for d, rs in sep.items():
-        print(f"  depth {d}: separation {fmt(mean_std([r['separation'] for r in rs]))}   routed share: "
-              f"test {fmt(mean_std([r['routed_test'] for r in rs]))}, train "
-              f"{fmt(mean_std([r['routed_train'] for r in rs]))}")
+        page.print(table(f"[{name}]", sub, ref=name))
+    page.print("**Head-tail separation per depth** (share of tail classes, <= 50 training samples, among routed test "
+               "samples)")
+    page.print(separation_table(sep))
     if gains:
-        print("\nwhere BSM + DLSA gains and loses against the BSM baseline, per route (test accuracy of "
-              "the same samples)")
-        for k, rs in gains.items():
-            b = mean_std([r["baseline"] for r in rs])
-            dl = mean_std([r["dlsa"] for r in rs])
-            print(f"  {k:22s} samples {np.mean([r['samples'] for r in rs]):7.1f}   baseline {fmt(b)}   "
-                  f"dlsa {fmt(dl)}   "
-                  f"Δ {100 * (dl[0] - b[0]):+.2f}")
+        page.print("**Where BSM + DLSA gains and loses against the BSM baseline, per route** (test accuracy of the "
+                   "same samples)")
+        page.print(gains_table(gains))
     if abl_rows:
-        print(table(f"ablations on {args.ablation_classifier} (filters changed; depth {args.ablation_depth})", abl_rows,
-                    ref=f"{args.ablation_classifier} baseline"))
+        page.print(table(f"ablations on {args.ablation_classifier} (filters changed; depth {args.ablation_depth})",
+                         abl_rows, ref=f"{args.ablation_classifier} baseline"))
     if des_rows:
-        print(table("branch-classifier designs on bsm, measured on VALIDATION (balanced accuracy; the "
-                    "defaults follow it)",
-                    des_rows, split="val", ref="bsm baseline"))
-        print("  (columns: validation metrics; 'val bal.' = validation balanced accuracy; "
-              "test numbers are in the JSON)")
+        page.print(table("branch-classifier designs on bsm, measured on VALIDATION (balanced accuracy; the "
+                         "defaults follow it)", des_rows, split="val", ref="bsm baseline"))
+        page.print("(columns: validation metrics; 'val bal.' = validation balanced accuracy; test numbers are in the "
+                   "JSON)")
     print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps({"main": main_rows, "ablations": abl_rows, "designs": des_rows,
                                                "separation": {str(k): v for k, v in sep.items()}, "gains": gains,
                                                "args": vars(args)}, indent=1, default=float))
+    page.write()
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import replace
@@ -39,12 +40,14 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from pages import Page, add_markdown_option  # noqa: E402
+
 from dlsa_cli.classify import TrainConfig, fit_classifier  # noqa: E402
 from dlsa_cli.datasets import caltech101_lt  # noqa: E402
 from dlsa_cli.evaluation import evaluate_predictions  # noqa: E402
 from dlsa_cli.io.features import read_features  # noqa: E402
 
-DATA = REPO.parent / "shared" / "data"
+DATA = Path(os.environ.get("DLSA_SHARED_DATA", REPO.parent / "shared" / "data"))
 METRICS = ("overall", "many", "medium", "few", "mcc", "nmi")
 ROWS: dict[str, dict] = {
     "ce": dict(loss="ce"),
@@ -171,27 +174,30 @@ def main() -> None:
                          "minutes on Tiny)")
     ap.add_argument("--work", default="/tmp/dlsa-bench-classifiers")
     ap.add_argument("--out", default=None, help="write the raw results as JSON here")
+    add_markdown_option(ap)
     args = ap.parse_args()
+    page = Page(ap, args, "Classifier learners alone")
     Path(args.work).mkdir(parents=True, exist_ok=True)
     results, t0 = {}, time.perf_counter()
     chosen: dict = {}
     for name in args.data.split(","):
         runs = [one_seed(args, name, s, chosen) for s in range(args.seeds)]
         results[name] = {"runs": runs, "chosen": dict(chosen)}
-        print(f"\n{name}: {args.seeds} seeds, {args.epochs} epochs (test split)\n" + table(name, runs, chosen),
-              flush=True)
+        page.print(f"**{name}**: {args.seeds} seed(s), {args.epochs} epochs, test split, % (mean ± std over seeds)")
+        page.print(table(name, runs, chosen))
         for key, title in (("_ride_trials", "RIDE diversity weight"), ("_m2m_trials", "M2M schedule")):
             if key in runs[0]:
-                print(f"\n{name} seed 0, {title} (chosen on val: {chosen[key.split('_')[1]]})")
+                page.print(f"{name} seed 0, {title} (chosen on val: {chosen[key.split('_')[1]]})")
                 if key == "_m2m_trials":
-                    print(schedule_table(runs[0][key]))
+                    page.print(schedule_table(runs[0][key]))
                 else:
-                    print("\n".join(f"- {k}: val bal. {100 * r['val_balanced']:.2f}, test overall "
-                                    f"{100 * r['overall']:.2f}, "
-                                    f"few {100 * r['few']:.2f}" for k, r in runs[0][key].items()))
+                    page.print("\n".join(f"- {k}: val bal. {100 * r['val_balanced']:.2f}, test overall "
+                                          f"{100 * r['overall']:.2f}, "
+                                          f"few {100 * r['few']:.2f}" for k, r in runs[0][key].items()))
     print(f"\ntotal {time.perf_counter() - t0:.0f} s", flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
+    page.write()
 
 
 if __name__ == "__main__":

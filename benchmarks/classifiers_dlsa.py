@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import replace
@@ -34,6 +35,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from classifiers import ROWS as ALONE_ROWS  # noqa: E402
+from pages import Page, add_markdown_option  # noqa: E402
 
 from dlsa_cli.cascade import Cascade, CascadePlan, fit_cascade, predict  # noqa: E402
 from dlsa_cli.classify import Classifier, TrainConfig  # noqa: E402
@@ -41,7 +43,7 @@ from dlsa_cli.evaluation import evaluate_predictions  # noqa: E402
 from dlsa_cli.flow import FilterConfig  # noqa: E402
 from dlsa_cli.io.features import read_features  # noqa: E402
 
-DATA = REPO.parent / "shared" / "data" / "tinyimagenet-lt"
+DATA = Path(os.environ.get("DLSA_SHARED_DATA", REPO.parent / "shared" / "data")) / "tinyimagenet-lt"
 METRICS = ("overall", "many", "medium", "few", "mcc", "nmi")
 # the learners of benchmarks/classifiers.py; M2M's g warms up for 10 epochs, as long as the learners train
 ROWS: dict[str, dict] = {**ALONE_ROWS, "m2m": {**ALONE_ROWS["m2m"], "m2m_warmup": 10}}
@@ -76,21 +78,22 @@ def one_row(row: str, seed: int, args, filt: Path | None, test, counts) -> tuple
 
 
 def table(results: list[dict[str, dict]]) -> str:
+    """Alone and + DLSA per learner (mean ± std over seeds, %), and DLSA's mean difference (points)."""
     def cell(vals: list[float]) -> str:
-        return f"{100 * np.mean(vals):6.2f} ± {100 * np.std(vals):4.2f}"
+        return f"{100 * np.mean(vals):.2f} ± {100 * np.std(vals):.2f}"
 
-    lines = [f"{'learner':<14}" + "".join(f"{m:>16}" for m in METRICS) + f"{'Δoverall':>10}{'Δfew':>8}"]
+    lines = ["| learner | " + " | ".join(METRICS) + " | Δoverall | Δfew |", "|---|" + "---|" * (len(METRICS) + 2)]
     for row in ROWS:
         if not all(row in r for r in results):
             continue
         for kind in ("alone", "dlsa"):
-            vals = {m: [r[row][kind][m] for r in results] for m in METRICS}
-            label = row + (" + DLSA" if kind == "dlsa" else "")
-            line = f"{label:<14}" + "".join(f"{cell(vals[m]):>16}" for m in METRICS)
+            cells = [cell([r[row][kind][m] for r in results]) for m in METRICS]
+            delta = ["", ""]
             if kind == "dlsa":
-                d = {m: np.mean([r[row]["dlsa"][m] - r[row]["alone"][m] for r in results]) for m in ("overall", "few")}
-                line += f"{100 * d['overall']:+10.2f}{100 * d['few']:+8.2f}"
-            lines.append(line)
+                delta = [f"{100 * np.mean([r[row]['dlsa'][m] - r[row]['alone'][m] for r in results]):+.2f}"
+                         for m in ("overall", "few")]
+            label = row + (" + DLSA" if kind == "dlsa" else "")
+            lines.append(f"| {label} | " + " | ".join(cells + delta) + " |")
     return "\n".join(lines)
 
 
@@ -101,7 +104,9 @@ def main() -> None:
     ap.add_argument("--rows", default=",".join(ROWS))
     ap.add_argument("--work", default="/tmp/dlsa-bench-classifiers-dlsa")
     ap.add_argument("--out", default=None, help="write the raw results as JSON here")
+    add_markdown_option(ap)
     args = ap.parse_args()
+    page = Page(ap, args, "Classifier learners with DLSA")
     train, test = read_features(DATA / "train.safetensors"), read_features(DATA / "test.safetensors")
     counts = np.bincount(train.labels, minlength=200)
     results = []
@@ -111,11 +116,12 @@ def main() -> None:
             res[row], path = one_row(row, seed, args, filt, test, counts)
             filt = filt or path  # the first run's filter serves every other learner of this seed
         results.append(res)
-    print(f"Tiny-ImageNet-LT test, depth-1 DLSA (cluster-tail routing), {args.epochs} classifier epochs, "
-          f"{args.seeds} seed(s): mean ± std, %")
-    print(table(results))
+    page.print(f"Tiny-ImageNet-LT test, depth-1 DLSA (cluster-tail routing), {args.epochs} classifier epochs, "
+               f"{args.seeds} seed(s): mean ± std, %; Δ = DLSA minus the learner alone, points.")
+    page.print(table(results))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
+    page.write()
 
 
 if __name__ == "__main__":

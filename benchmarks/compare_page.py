@@ -13,11 +13,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
-import subprocess
 from pathlib import Path
 from typing import Any
+
+from pages import commit, header, script_command, write_page
 
 METRICS = ("overall", "many", "medium", "few")
 
@@ -86,16 +85,14 @@ def _method(report: dict[str, Any]) -> str:
                 "t over seeds")
 
 
-def page(run: Path, title: str, command: str, commit: str) -> str:
+def page(run: Path, title: str, command: str, commit_id: str) -> str:
     path = run / "compare.json"
     report = json.loads(path.read_text())
     when = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.timezone.utc).strftime("%Y-%m-%d")
-    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU"
     seeds = ", ".join(map(str, report["seeds"]))
-    head = [f"# {title}", "", f"Written by `python benchmarks/compare_page.py` from `{command}` "
-            f"(commit {commit}, {machine}, {when}). Seeds {seeds}; every choice on "
-            f"{report['selected_on']}; TEST accuracy in %, mean ± sd over the seeds; DLSA − run in points with "
-            f"its 95% interval ({_method(report)}).", ""]
+    note = (f"Seeds {seeds}; every choice on {report['selected_on']}; TEST accuracy in %, mean ± sd over the seeds; "
+            f"DLSA − run in points with its 95% interval ({_method(report)}).")
+    head = [f"# {title}", "", header(script_command(), source=command, commit_id=commit_id, when=when, note=note), ""]
     return "\n".join([*head, *runs_table(report), "", report["verdict"], *ceiling_lines(report.get("ceiling")),
                       *protocol_lines(report), ""])
 
@@ -108,11 +105,7 @@ def main() -> None:
     ap.add_argument("--command", required=True, help="the command that produced RUN, as the page shows it")
     ap.add_argument("--commit", default=None, help="the commit RUN was produced at (default: this checkout's)")
     a = ap.parse_args()
-    commit = a.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                        check=True).stdout.strip()
-    tmp = a.markdown.with_name(f".{a.markdown.name}.tmp")
-    tmp.write_text(page(a.run, a.title, a.command, commit))
-    tmp.replace(a.markdown)
+    write_page(a.markdown, page(a.run, a.title, a.command, a.commit or commit()))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from pages import Page, add_markdown_option  # noqa: E402
 from tinyimagenet_lt import FILTERS, SHARED, load, log, ms  # noqa: E402
 
 from dlsa_cli.flow import FilterConfig, FlowFilter, fit_filter  # noqa: E402
@@ -112,25 +113,23 @@ def pct(v: float | None) -> str:
 def table(data: str, runs: list[dict]) -> str:
     """One row per (regularisation, routing, rule): epochs per seed, val and test separation (mean ± std over seeds)."""
     seeds = sorted({r["seed"] for r in runs})
-    lines = [f"\n{data}: depth-1 separation (% tail among routed; tail = <= 50 training images), seeds {seeds}",
-             f"{'noise':>6s}{'wd':>8s}  {'routing':13s}{'select':16s}{'epochs':>10s}{'val':>14s}{'test':>14s}"
-             + "".join(f"{'val s' + str(s):>9s}{'test s' + str(s):>9s}" for s in seeds)]
+    per = [f"{part} s{s}" for s in seeds for part in ("val", "test")]
+    lines = [f"**{data}: depth-1 separation** (% tail among routed; tail = <= 50 training images), seeds {seeds}", "",
+             "| noise | wd | routing | select | epochs | val | test | " + " | ".join(per) + " |",
+             "|---|" + "---|" * (6 + len(per))]
     for (noise, wd) in sorted({(r["input_noise"], r["weight_decay"]) for r in runs}):
         rs = sorted([r for r in runs if (r["input_noise"], r["weight_decay"]) == (noise, wd)], key=lambda r: r["seed"])
         for routing in ROUTINGS:
             for rule in SELECTS:
                 cells = [r["rules"][f"{rule}/{routing}"] for r in rs]
                 by_seed = {r["seed"]: c for r, c in zip(rs, cells, strict=True)}
-                per_seed = "".join(f"{pct(by_seed[s]['val']['separation']):>9s}"
-                                   f"{pct(by_seed[s]['test']['separation']):>9s}"
-                                   if s in by_seed else f"{'-':>9s}{'-':>9s}" for s in seeds)
-                lines.append(f"{noise:6g}{wd:8g}  "
-                             f"{routing:13s}{rule:16s}{','.join(str(c['epoch']) for c in cells):>10s}"
-                             f"{ms([c['val']['separation'] for c in cells]):>14s}"
-                             f"{ms([c['test']['separation'] for c in cells]):>14s}"
-                             + per_seed)
+                per_seed = [pct(by_seed[s][part]["separation"]) if s in by_seed else "-"
+                            for s in seeds for part in ("val", "test")]
+                row = [f"{noise:g}", f"{wd:g}", routing, rule, ",".join(str(c["epoch"]) for c in cells),
+                       ms([c["val"]["separation"] for c in cells]), ms([c["test"]["separation"] for c in cells])]
+                lines.append("| " + " | ".join(row + per_seed) + " |")
     chance = [ms([r["rules"]["last/likelihood"][s]["chance"] for r in runs]) for s in ("val", "test")]
-    lines.append(f"{'chance (the split tail share)':59s}{chance[0]:>14s}{chance[1]:>14s}")
+    lines.append("| chance (the split's tail share) | | | | | " + " | ".join(chance) + " |" + " |" * len(per))
     return "\n".join(lines)
 
 
@@ -145,7 +144,9 @@ def main() -> None:
     ap.add_argument("--cache", default="/tmp/dlsa-bench/selection", help="filters and per-setting results")
     ap.add_argument("--json", default=None, help="also write every result here")
     ap.add_argument("--print-only", action="store_true", help="print the cached results, train nothing")
+    add_markdown_option(ap)
     args = ap.parse_args()
+    page = Page(ap, args, "Choosing and regularising the flow filter")
     every = {}
     for data in args.data:
         runs = []
@@ -160,9 +161,10 @@ def main() -> None:
                     log(f"{data} seed {seed} noise {noise:g} wd {wd:g}: done")
         every[data] = runs
         if runs:
-            print(table(data, runs), flush=True)
+            page.print(table(data, runs))
     if args.json:
         Path(args.json).write_text(json.dumps(every, indent=1))
+    page.write()
 
 
 if __name__ == "__main__":

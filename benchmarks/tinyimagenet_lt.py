@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import sys
 import time
 from dataclasses import replace
@@ -49,6 +50,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from controls import RoutedBy, expected_class_weight, random_score  # noqa: E402
+from pages import Page, add_markdown_option  # noqa: E402
 
 from dlsa_cli.cascade import Cascade  # noqa: E402
 from dlsa_cli.classify import Classifier, TrainConfig, fit_classifier  # noqa: E402
@@ -61,7 +63,7 @@ from dlsa_cli.flow.routing import quantile_threshold, separation, set_routing  #
 from dlsa_cli.io.features import read_features  # noqa: E402
 from dlsa_cli.io.files import write_json  # noqa: E402
 
-SHARED = REPO.parent / "shared" / "data"
+SHARED = Path(os.environ.get("DLSA_SHARED_DATA", REPO.parent / "shared" / "data"))
 FILTERS = {  # CPU-sized filters (reference notes: the paper's settings separate no better on Tiny)
     "tiny": dict(clusters=200, epochs=10, batch_size=512, hidden=256),
     "caltech": dict(clusters=50, epochs=10, batch_size=256, hidden=256),
@@ -237,21 +239,21 @@ def run_seed(data: str, seed: int, args) -> dict:
 
 def ms(values: list) -> str:
     v = [x for x in values if x is not None]
-    return "n/a" if not v else f"{100 * np.mean(v):5.1f} ± {100 * np.std(v):3.1f}"
+    return "n/a" if not v else f"{100 * np.mean(v):.1f} ± {100 * np.std(v):.1f}"
 
 
 def separation_table(data: str, runs: list[dict]) -> str:
-    lines = [f"\n{data}: head-tail separation at depth 1 (tail share of routed samples; routed share in brackets)",
-             f"{'route':14s}" + "".join(f"{s:>26s}" for s in SPLITS)]
+    lines = [f"**{data}: head-tail separation at depth 1** (tail share of routed samples, %; routed share in "
+             "brackets)", "", "| route | " + " | ".join(SPLITS) + " |", "|---|" + "---|" * len(SPLITS)]
     for name in (*ROUTES, *SEPARATION_ONLY):
         cells = []
         for s in SPLITS:
             sep = ms([r["separation"][name][s]["separation"] for r in runs])
             share = np.mean([r["separation"][name][s]["routed_share"] for r in runs])
-            cells.append(f"{sep} [{100 * share:4.1f}%]")
-        lines.append(f"{name:14s}" + "".join(f"{c:>26s}" for c in cells))
+            cells.append(f"{sep} [{100 * share:.1f}%]")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     chance = [ms([r["separation"]["likelihood"][s]["chance"] for r in runs]) for s in SPLITS]
-    lines.append(f"{'chance':14s}" + "".join(f"{c:>26s}" for c in chance))
+    lines.append("| chance | " + " | ".join(chance) + " |")
     return "\n".join(lines)
 
 
@@ -259,15 +261,16 @@ def accuracy_table(data: str, runs: list[dict], split: str) -> str:
     runs = [r for r in runs if r["accuracy"]]  # separation-only seeds have none
     if not runs:
         return ""
-    lines = [f"\n{data}: depth-1 cascade accuracy on {split} (%, mean ± std over {len(runs)} seeds)",
-             f"{'model':18s}" + "".join(f"{k:>14s}" for k in METRICS) + f"{'Δoverall':>10s}{'Δfew':>8s}"]
+    lines = [f"**{data}: depth-1 cascade accuracy on {split}** (%, mean ± std over {len(runs)} seed(s); Δ against "
+             "the baseline, or baseline+la for +la rows, points)", "",
+             "| model | " + " | ".join(METRICS) + " | Δoverall | Δfew |", "|---|" + "---|" * (len(METRICS) + 2)]
     for name in runs[0]["accuracy"]:
         rows = [r["accuracy"][name][split] for r in runs]
         ref = "baseline+la" if name.endswith("+la") else "baseline"
         d_o = np.mean([a["overall"] - r["accuracy"][ref][split]["overall"] for a, r in zip(rows, runs, strict=True)])
         d_f = np.mean([a["few"] - r["accuracy"][ref][split]["few"] for a, r in zip(rows, runs, strict=True)])
-        lines.append(f"{name:18s}" + "".join(f"{ms([a[k] for a in rows]):>14s}" for k in METRICS)
-                     + f"{100 * d_o:+10.2f}{100 * d_f:+8.2f}")
+        lines.append(f"| {name} | " + " | ".join(ms([a[k] for a in rows]) for k in METRICS)
+                     + f" | {100 * d_o:+.2f} | {100 * d_f:+.2f} |")
     return "\n".join(lines)
 
 
@@ -281,16 +284,19 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write every result here")
     ap.add_argument("--separation-only", action="store_true",
                     help="routes and separation only, no classifiers but the baseline")
+    add_markdown_option(ap)
     args = ap.parse_args()
+    page = Page(ap, args, "Routing scores: separation and depth-1 accuracy")
     every = {}
     for data in args.data:
         runs = [run_seed(data, s, args) for s in args.seeds]
         every[data] = runs
-        print(separation_table(data, runs))
+        page.print(separation_table(data, runs))
         for split in ("val", "test"):
-            print(accuracy_table(data, runs, split))
+            page.print(accuracy_table(data, runs, split))
     if args.json:
         Path(args.json).write_text(json.dumps(every, indent=1))
+    page.write()
 
 
 if __name__ == "__main__":
