@@ -24,17 +24,14 @@ rerun the command to rewrite the page (`--json` keeps the numbers too).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
-import subprocess
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pages import header, script_command, write_page
 
 from dlsa_cli.cascade.combine import choose_combine
 from dlsa_cli.cascade.model import Cascade
@@ -180,17 +177,11 @@ def main() -> None:
     ap.add_argument("--command", required=True, help="the command that produced RUN, as the page shows it")
     a = ap.parse_args()
     result = study(a.run, a.train, a.val, a.test)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            check=True).stdout.strip()
-    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
-    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU"
-    head = [f"# {a.title}", "", f"Written by `python benchmarks/memory_study.py` on the compare run of `{a.command}` "
-            f"(commit {commit}, {machine}, {when}); seeds {', '.join(map(str, result['seeds']))}; every choice on "
-            "VAL; accuracy in %, mean ± sd over seeds; Δ in points with its 95% t-interval over seeds.", ""]
-    text = "\n".join([*head, *table(result), *goal_lines(result), *choices(result), *separation(result), ""])
-    tmp = a.markdown.with_name(f".{a.markdown.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(a.markdown)
+    note = (f"Seeds {', '.join(map(str, result['seeds']))}; every choice on VAL; accuracy in %, mean ± sd over seeds; "
+            "Δ in points with its 95% t-interval over seeds.")
+    head = [f"# {a.title}", "", header(script_command(), source=a.command, note=note), ""]
+    write_page(a.markdown, "\n".join([*head, *table(result), *goal_lines(result), *choices(result),
+                                      *separation(result), ""]))
     if a.json is not None:
         a.json.write_text(json.dumps(result, indent=1))
 
