@@ -18,7 +18,10 @@ Stages: `split` (the filter's routes; writes the table and both part files),
 trains on its small file; `fit-classifier-val` validates on that small file
 instead of carving 5% of the N rows),
 `predict` (the classifier's table), `inspect` (the feature file's summary),
-`evaluate` (the predict stage's table; list it after predict).
+`evaluate` (the predict stage's table; list it after predict), `predict-cascade` and
+`predict-memory` (a depth-1 cascade fitted on the small file, without and with memory
+in its branches: k = 50 nearest of those 20,000 training rows searched for every
+predicted batch; what memory costs per sample, and whether memory stays flat in N).
 
     python benchmarks/bench_scale.py  # CPU: N = 50,000 and 400,000 at D = 256, 1 and 2 processes
     # iNat-2018's shape on GPUs:
@@ -88,6 +91,30 @@ def make_models(work: Path, dim: int, device: str) -> tuple[Path, Path]:
     return flt, clf
 
 
+def make_cascades(work: Path, dim: int, device: str) -> None:
+    """Depth-1 cascades on make_models' 20,000 rows: with memory (k 50) and the same without it (its
+    cascade.json without "combine"), for the predict-cascade and predict-memory stages. They are validated on
+    their own training rows (a sample of the profile lacks rare classes, which a baseline refuses), so the
+    chosen weights mean nothing here: what is measured is the time and memory of predicting."""
+    import shutil
+
+    small = work / f"train_small_d{dim}.safetensors"
+    mem, plain = work / f"cascade_memory_d{dim}", work / f"cascade_d{dim}"
+    if not (mem / "cascade.json").exists():
+        shutil.rmtree(mem, ignore_errors=True)
+        fit = ["fit-cascade", str(small), "--val", str(small), "-o", str(mem), "--depth", "1", "-k", "50",
+               "--filter-epochs", "1", "--filter-batch-size", "512", "--filter-hidden", "64",
+               "--max-cluster-share", "1", "--allow-singletons", "--epochs", "1", "--memory-k", "50", "--device", device, "--quiet"]
+        subprocess.run([sys.executable, "-m", "dlsa_cli", *fit], check=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    if not (plain / "cascade.json").exists():
+        shutil.rmtree(plain, ignore_errors=True)
+        shutil.copytree(mem, plain, symlinks=True)
+        manifest = json.loads((plain / "cascade.json").read_text())
+        manifest.pop("combine", None)
+        (plain / "cascade.json").write_text(json.dumps(manifest))
+        (plain / "memory.safetensors").unlink()
+
+
 def _tree(pid: int) -> list[int]:
     out, todo = [], [pid]
     while todo:
@@ -150,6 +177,10 @@ def stage_args(stage: str, data: Path, flt: Path, clf: Path, out: Path, device: 
         return ["split", str(flt), str(data), "-o", str(out / "split"), "--device", device, "--quiet"]
     if stage == "predict":
         return ["predict", str(clf), str(data), "-o", str(out / "pred.parquet"), "--device", device, "--quiet"]
+    if stage in ("predict-cascade", "predict-memory"):  # make_cascades' folders
+        name = "cascade_memory" if stage == "predict-memory" else "cascade"
+        cascade = data.parent / f"{name}_d{feature_dim(data)}"
+        return ["predict", str(cascade), str(data), "-o", str(out / "pred.parquet"), "--device", device, "--quiet"]
     if stage == "inspect":
         return ["inspect", str(data), "--json"]
     if stage == "fit-filter":  # one epoch of the benchmark's small filter, on all N rows (read memory-mapped)
@@ -188,6 +219,8 @@ def main() -> None:
     a.work.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(REPO))
     flt, clf = make_models(a.work, a.dim, a.device)
+    if {"predict-cascade", "predict-memory"} & set(a.stages):
+        make_cascades(a.work, a.dim, a.device)
     env = dict(os.environ, PYTHONPATH=str(a.code), OMP_NUM_THREADS=str(a.threads))
     rows = []
     for n in a.sizes:

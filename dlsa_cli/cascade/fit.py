@@ -35,7 +35,7 @@ import numpy as np
 from dlsa_cli.cascade.combine import Combine
 from dlsa_cli.cascade.manifest import MANIFEST, write_manifest
 from dlsa_cli.cascade.model import Cascade
-from dlsa_cli.cascade.plan import CascadePlan, as_branch, with_defaults
+from dlsa_cli.cascade.plan import CascadePlan, as_branch, renamed, with_defaults
 from dlsa_cli.cascade.summary import CascadeReport, ClassifierFit, ClassifierStage, DepthStage, FilterFit, RoutedCounts
 from dlsa_cli.classify.config import TrainConfig
 from dlsa_cli.errors import InputError, TrainingError
@@ -419,9 +419,10 @@ def _filter(ctx: _Ctx, d: int, train: Path, val: Path | None, path: Path) -> Fil
         raise TrainingError(f"depth {d}: no validation sample is left for FilterConfig.select {cfg.select}",
                             hint="lower CascadePlan.num_depths, or choose the filter epoch with good-clusters or last")
     router = str(ctx.out / "baseline.safetensors") if cfg.routing == "posterior" else None  # flow/router.py
-    flt = fit_filter_file(train, path, cfg, FilterRun(depth=d, router=router), val=use_val, device=ctx.device,
-                          checkpoint_every=0,
-                          command="fit-cascade: fit-filter", on_warning=ctx.warn)
+    run = FilterRun(depth=d, router=router, allow_singletons=True if ctx.plan.allow_singletons else None)
+    with renamed("FilterRun.allow_singletons", "CascadePlan.allow_singletons"):
+        flt = fit_filter_file(train, path, cfg, run, val=use_val, device=ctx.device, checkpoint_every=0,
+                              command="fit-cascade: fit-filter", on_warning=ctx.warn)
     epoch = flt.chosen_epoch
     assert epoch is not None  # a filter just fitted records the epoch it kept
     kept = flt.history[epoch - 1]

@@ -18,7 +18,7 @@ from dlsa_cli.errors import DlsaError
 from dlsa_cli.flow.config import FilterConfig, preset_settings
 from dlsa_cli.settings import Rule, at_least, check_settings, resolve, setting, to_table
 
-__all__ = ["BRANCH_TOKEN", "NOT_IN_TABLES", "CascadePlan", "as_branch", "plan_from_dict", "plan_from_layers",
+__all__ = ["BRANCH_TOKEN", "NOT_IN_TABLES", "CascadePlan", "as_branch", "plan_from_dict", "plan_from_layers", "renamed",
            "with_defaults"]
 
 BRANCH_TOKEN = "CascadePlan.branch"  # how errors name a branch classifier's settings (`CascadePlan.branch.lr`)
@@ -55,6 +55,8 @@ class CascadePlan:
     soft_routing: bool = setting(False, "Soft routing: a depth takes a sample with probability sigmoid((score - "
                                  "threshold) / T), T chosen per depth on validation (T = 0, the hard route, "
                                  "included); the branches' logits are mixed by those probabilities.")
+    allow_singletons: bool = setting(False, "Let every filter train with classes of a single training sample "
+                                     "(without it only the filters of depth > 1 do).")
     split_batch_size: int = setting(4096, "Samples each split scores at once (memory is bounded by it).",
                                     rule=at_least(1))
 
@@ -100,6 +102,20 @@ class CascadePlan:
         return {"": to_table(self), "filter": without(to_table(self.filter_config())),
                 "baseline": without(to_table(self.baseline_config())),
                 "branch": without(to_table(self.branch_config()))}
+
+
+class renamed:
+    """Inside it, an error naming setting `old` (`FilterRun.allow_singletons`) names `new` instead."""
+
+    def __init__(self, old: str, new: str):
+        self.old, self.new = old, new
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, err: Any, tb: Any) -> None:  # the error (renamed) goes on
+        if isinstance(err, DlsaError) and err.args:
+            err.args = (str(err.args[0]).replace(self.old, self.new), *err.args[1:])
 
 
 class as_branch:

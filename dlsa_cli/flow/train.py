@@ -214,7 +214,7 @@ def _prepare(
             raise InputError(
                 f"class {int(single[0])} has a single training sample ({single.size} such class(es))",
                 path=path,
-                hint="drop those samples, or pass --allow-singletons to train with them",
+                hint="drop those samples, or pass FilterRun.allow_singletons to train with them",
             )
         warn(f"{single.size} class(es) have a single training sample; they get the largest likelihood weights")
     n = train.n
