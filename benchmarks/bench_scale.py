@@ -104,7 +104,8 @@ def make_cascades(work: Path, dim: int, device: str) -> None:
         shutil.rmtree(mem, ignore_errors=True)
         fit = ["fit-cascade", str(small), "--val", str(small), "-o", str(mem), "--depth", "1", "-k", "50",
                "--filter-epochs", "1", "--filter-batch-size", "512", "--filter-hidden", "64",
-               "--max-cluster-share", "1", "--allow-singletons", "--epochs", "1", "--memory-k", "50", "--device", device, "--quiet"]
+               "--max-cluster-share", "1", "--allow-singletons", "--epochs", "1", "--memory-k", "50",
+               "--device", device, "--quiet"]
         subprocess.run([sys.executable, "-m", "dlsa_cli", *fit], check=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
     if not (plain / "cascade.json").exists():
         shutil.rmtree(plain, ignore_errors=True)
