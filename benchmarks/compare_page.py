@@ -79,13 +79,38 @@ def protocol_lines(report: dict[str, Any]) -> list[str]:
             f"({t['best_baseline']})."]
 
 
+def optimistic_lines(report: dict[str, Any], other: dict[str, Any], folder: Path) -> list[str]:
+    """A separate `--select-on test` compare beside this one, on the seeds both ran: each run's TEST
+    overall chosen on validation and chosen on the test set, and what choosing on the test set adds."""
+    seeds = [s for s in other["seeds"] if s in report["seeds"]]
+    if not seeds:
+        return []
+
+    def mean(r: dict[str, Any], name: str) -> float:
+        rows = [r["runs"][name][r["seeds"].index(s)]["overall"] for s in seeds]
+        return 100 * sum(rows) / len(rows)
+
+    lines = ["", f"**Both protocols** on seed(s) {', '.join(map(str, seeds))} (the test-chosen compare in "
+             f"`{folder.name}`: {other.get('note') or 'selected on the test set'}), TEST overall in %:", "",
+             "| run | chosen on val | chosen on test | test − val |", "|---|---|---|---|"]
+    for name in report["runs"]:
+        if name in other["runs"]:
+            v, t = mean(report, name), mean(other, name)
+            lines.append(f"| {name} | {v:.2f} | {t:.2f} | {t - v:+.2f} |")
+    gain_v = mean(report, "dlsa") - mean(report, "baseline")
+    gain_t = mean(other, "dlsa") - mean(other, "baseline")
+    lines += ["", f"DLSA minus its baseline: {gain_v:+.2f} chosen on validation, {gain_t:+.2f} chosen on the test "
+              f"set; choosing on the test set adds {gain_t - gain_v:+.2f} points."]
+    return lines
+
+
 def _method(report: dict[str, Any]) -> str:
     """How the overall intervals were made: a t-interval over seeds, or a paired bootstrap over test samples."""
     return next((d["overall"]["method"] for d in report["differences"].values() if "method" in d["overall"]),
                 "t over seeds")
 
 
-def page(run: Path, title: str, command: str, commit_id: str) -> str:
+def page(run: Path, title: str, command: str, commit_id: str, optimistic: Path | None = None) -> str:
     path = run / "compare.json"
     report = json.loads(path.read_text())
     when = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.timezone.utc).strftime("%Y-%m-%d")
@@ -93,8 +118,10 @@ def page(run: Path, title: str, command: str, commit_id: str) -> str:
     note = (f"Seeds {seeds}; every choice on {report['selected_on']}; TEST accuracy in %, mean ± sd over the seeds; "
             f"DLSA − run in points with its 95% interval ({_method(report)}).")
     head = [f"# {title}", "", header(script_command(), source=command, commit_id=commit_id, when=when, note=note), ""]
+    extra = [] if optimistic is None else optimistic_lines(
+        report, json.loads((optimistic / "compare.json").read_text()), optimistic)
     return "\n".join([*head, *runs_table(report), "", report["verdict"], *ceiling_lines(report.get("ceiling")),
-                      *protocol_lines(report), ""])
+                      *protocol_lines(report), *extra, ""])
 
 
 def main() -> None:
@@ -104,8 +131,11 @@ def main() -> None:
     ap.add_argument("--title", required=True)
     ap.add_argument("--command", required=True, help="the command that produced RUN, as the page shows it")
     ap.add_argument("--commit", default=None, help="the commit RUN was produced at (default: this checkout's)")
+    ap.add_argument("--optimistic", type=Path, default=None,
+                    help="a `--select-on test` compare folder run apart (e.g. on fewer seeds): both protocols side by "
+                         "side on the seeds both ran")
     a = ap.parse_args()
-    write_page(a.markdown, page(a.run, a.title, a.command, a.commit or commit()))
+    write_page(a.markdown, page(a.run, a.title, a.command, a.commit or commit(), a.optimistic))
 
 
 if __name__ == "__main__":

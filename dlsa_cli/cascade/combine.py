@@ -146,7 +146,8 @@ def choose_combine(cascade: Any, train: Any, val: Any, plan: Any, out_dir: Path,
     row_w = 1.0 / np.bincount(y)[y]  # each row's share of VAL's balanced accuracy
     pv = parts(cascade, np.asarray(val.features, dtype=np.float32), device=device)
     route, n_br = hard_route(pv), cascade.depth + 1
-    comb = Combine(weights=[0.0] * n_br, temperatures=[0.0] * cascade.depth, floors=[VOTE_FLOORS[0]] * n_br)
+    comb = Combine(weights=[0.0] * n_br, temperatures=[0.0] * cascade.depth if plan.soft_routing else [],
+                   floors=[VOTE_FLOORS[0]] * n_br)
     vote = None
     if plan.memory_k:
         if event:
