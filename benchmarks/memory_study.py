@@ -13,8 +13,10 @@ memory weights and temperatures chosen on VAL), and scored on TEST:
     dlsa +soft             soft routing
     dlsa +memory k50 +soft both
 
-beside compare.json's baseline and controls: (a) tail-bias, (b) memory-vote,
-(c) random-routes, (d) ensemble, and posterior-routes. The page gives, over
+beside compare.json's baseline and controls: (a) tail-bias, (b) memory-vote
+(recomputed here with this checkout's memory code, as `compare` makes it), (c)
+random-routes, (d) ensemble, and posterior-routes. A compare still running is
+read from its progress.json (its finished seeds). The page gives, over
 the seeds, VAL balanced accuracy (what chooses a setting), TEST overall and
 few-shot accuracy, and each run's paired difference from the baseline and
 from the strongest control, with 95% t-intervals. Nothing is typed by hand:
@@ -77,17 +79,52 @@ def _variant(casc: Cascade, data: tuple[FeatureSet, FeatureSet, FeatureSet, np.n
                   "floors": comb.floors, "temperatures": comb.temperatures}
 
 
+def _memory_vote(casc: Cascade, data: tuple[FeatureSet, FeatureSet, FeatureSet, np.ndarray],
+                 k: int) -> dict[str, Any]:
+    """Control (b) as this checkout's `compare` makes it: the seed's baseline plus w x log(vote + floor),
+    w and floor chosen on VAL; recomputed here so that it and the variants use the same memory code."""
+    from dlsa_cli.classify.memory import choose_memory, log_vote
+    from dlsa_cli.classify.model import Classifier
+
+    tr, va, te, counts = data
+    base = Classifier.load(casc.spec.manifest.parent / "baseline.safetensors")
+    bank = MemoryBank.build(tr.features, tr.require_labels(), len(counts), k)
+    (vv, vt), (zv, zt) = (bank.vote(fs.features) for fs in (va, te)), (base.logits(fs.features) for fs in (va, te))
+    y = va.require_labels()
+    w, floor, _ = choose_memory(zv, vv, y, 1.0 / np.bincount(y)[y])
+    m = evaluate_predictions(te.require_labels(), (zt + w * log_vote(vt, floor)).argmax(1), counts).to_json()
+    return {key: m[key] for key in ("overall", "many", "medium", "few")} | {
+        "select_balanced": _balanced(y, (zv + w * log_vote(vv, floor)).argmax(1)), "weight": w, "floor": floor}
+
+
+def _recorded(run: Path) -> dict[str, Any]:
+    """compare.json's seeds, protocol, runs and ceiling; from progress.json while the compare is still going
+    (its finished seeds)."""
+    if (run / "compare.json").is_file():
+        return json.loads((run / "compare.json").read_text())
+    prog = json.loads((run / "progress.json").read_text())
+    seeds = [int(s) for s, r in prog["runs"].items() if set(r) >= {*OTHERS, *CONTROLS}]
+    runs = {n: [prog["runs"][str(s)][n] for s in seeds] for n in (*OTHERS, *CONTROLS)}
+    return {"seeds": seeds, "selected_on": prog["settings"]["selected_on"], "runs": runs,
+            "ceiling": prog.get("ceiling")}
+
+
 def study(run: Path, train: Path, val: Path, test: Path) -> dict[str, Any]:
     from dlsa_cli.cascade.plan import plan_from_dict
 
-    report = json.loads((run / "compare.json").read_text())
+    report = _recorded(run)
     if report["selected_on"] != "val":
         raise SystemExit(f"{run}: a compare chosen on {report['selected_on']}; the study needs one chosen on val")
     data = _inputs(train, val, test)
-    plan = plan_from_dict(json.loads((run / "progress.json").read_text())["settings"]["plan"])
+    settings = json.loads((run / "progress.json").read_text())["settings"]
+    plan = plan_from_dict(settings["plan"])
+    vote_k = plan.memory_k or int(settings["compare"].get("vote_k", 50))
     runs: dict[str, list[dict[str, Any]]] = {n: list(report["runs"][n]) for n in (*OTHERS, *CONTROLS)}
+    runs["memory-vote"] = []
     for seed in report["seeds"]:
         casc = Cascade.load(run / f"seed{seed}" / "cascade")
+        print(f"seed {seed}: memory-vote", flush=True)
+        runs["memory-vote"].append(_memory_vote(casc, data, vote_k))
         for name, (k, soft) in VARIANTS.items():
             print(f"seed {seed}: {name}", flush=True)
             runs.setdefault(name, []).append(_variant(casc, data, k, soft, plan))
