@@ -18,8 +18,13 @@
 # likelihood (the paper's) in the environment runs the others. On validation
 # accuracy no routing beats another by more than noise (README, "Routing
 # scores"), so separation decides. Balanced Softmax classifiers, 150 epochs,
-# branches fine-tuned from the baseline. Writes OUTDIR/metrics.json
-# ({"baseline", "dlsa"}) and OUTDIR/dlsa.parquet (label, route, depth, ...) as
+# branches fine-tuned from the baseline, with memory (each branch adds a weight,
+# chosen on VAL, times the log of the class-balanced vote of the sample's 50
+# nearest training samples) and soft routing: the setting best on VALIDATION in
+# benchmarks/memory_study.py (docs/results/memory-tinyimagenet-lt.md). Needs VAL.
+# Writes OUTDIR/metrics.json
+# ({"baseline", "dlsa"}), OUTDIR/dlsa.parquet (label, prediction, route, depth,
+# ...) and keeps the baseline classifier (OUTDIR/baseline.safetensors), as
 # dlsa.sh does. Options after OUTDIR go to dlsa.sh and override these (e.g.
 # --seed 1, --depth 3).
 set -euo pipefail

@@ -315,7 +315,10 @@ def test_tinyimagenet_recipe_routes_by_knn_tail_and_writes_the_fixed_points(digi
     flt = FlowFilter.load(out / "depth1" / "filter.safetensors")
     assert flt.routing == "knn-tail" and flt.neighbours.k == 30 and flt.flow.hidden == 16  # later options win
     table = read_table(out / "dlsa.parquet")[0]
-    assert {"label", "route", "depth"} <= set(table.column_names)
+    assert {"label", "prediction", "route", "depth"} <= set(table.column_names)
+    assert (out / "baseline.safetensors").is_file()  # the baseline classifier stays in OUTDIR
+    combine = json.loads((out / "cascade.json").read_text())["combine"]
+    assert combine["k"] == 50 and combine["memory"] == "memory.safetensors" and len(combine["temperatures"]) == 1
     test = read_features(digits / "test.safetensors")
     routes = np.array(table.column("route").to_pylist())
     assert set(routes) <= {"cluster@1", "regular"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -278,7 +279,7 @@ def test_the_tiny_recipe_config_gives_the_files_of_the_flags_it_replaces(digits,
     small = ("--filter-epochs", "1", "--epochs", "2", "--clusters", "8", "--filter-batch-size", "64", "--hidden", "16")
     common = (digits / "train.safetensors", "--val", digits / "val.safetensors", "--quiet")
     old = ("--depth", "1", "--clusters", "200", "--filter-epochs", "10", "--filter-batch-size", "512", "--hidden", "256",
-           "--routing", "knn-tail", "--loss", "bsm", "--epochs", "150")
+           "--routing", "knn-tail", "--loss", "bsm", "--epochs", "150", "--memory-k", "50", "--soft-routing")
     r = invoke("fit-cascade", *common, "-o", tmp_path / "flags", *old, *small)
     assert r.returncode == 0, r.stderr
     r = invoke("fit-cascade", *common, "-o", tmp_path / "toml", "--config", RECIPES / "tinyimagenet_lt.toml", *small)
@@ -286,3 +287,5 @@ def test_the_tiny_recipe_config_gives_the_files_of_the_flags_it_replaces(digits,
     for name in ("baseline", "depth1/filter", "depth1/cluster", "final"):
         a, b = load_file(tmp_path / "flags" / f"{name}.safetensors"), load_file(tmp_path / "toml" / f"{name}.safetensors")
         assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), name
+    combine = [json.loads((tmp_path / run / "cascade.json").read_text())["combine"] for run in ("flags", "toml")]
+    assert combine[0] == combine[1] and combine[0]["k"] == 50 and len(combine[0]["temperatures"]) == 1
