@@ -170,3 +170,23 @@ def test_a_tampered_combine_is_one_line(remembering, digits, tmp_path, combine, 
     out = tmp_path / "p.parquet"
     r = invoke("predict", run, digits / "test.safetensors", "-o", out)
     assert_clean_failure(r, out, needle)
+
+
+def test_memory_on_hard_routes_scores_each_branch_on_its_own_rows_only(remembering, digits, tmp_path):
+    """Without a soft temperature the cascade runs each branch on the rows routed to it and adds that branch's
+    memory term: the same logits as every branch mixed at probabilities 0 and 1."""
+    import shutil
+
+    run = tmp_path / "hard"
+    shutil.copytree(remembering, run, symlinks=True)
+    m = json.loads((run / "cascade.json").read_text())
+    m["combine"]["temperatures"] = [0.0] * len(m["combine"]["temperatures"])
+    (run / "cascade.json").write_text(json.dumps(m))
+    cascade = Cascade.load(run)
+    assert not cascade.soft and cascade.memory is not None and any(cascade.combine.weights)
+    x = np.asarray(read_features(digits / "test.safetensors").features, dtype=np.float32)
+    got, route = cascade.logits(x, batch_size=97)  # several batches, one search each
+    p = parts(cascade, x)
+    expected = mix(p, route_probabilities(p, cascade.combine.temperatures), cascade.memory.vote(x), cascade.combine)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    assert np.array_equal(route, hard_route(p))

@@ -108,10 +108,9 @@ class Cascade:
         return cls(spec, filters, classifiers, final, combine, memory)
 
     @property
-    def combined(self) -> bool:
-        """Whether predictions go beyond the hard route: memory or a soft temperature."""
-        c = self.combine
-        return c is not None and (self.memory is not None or any(t > 0 for t in c.temperatures))
+    def soft(self) -> bool:
+        """Whether some depth routes softly (a temperature > 0): every branch then sees every sample."""
+        return self.combine is not None and any(t > 0 for t in self.combine.temperatures)
 
     @torch.no_grad()
     def logits(
@@ -124,8 +123,8 @@ class Cascade:
         n = x.shape[0]
         out = np.empty((n, self.num_classes), dtype=np.float32)
         route = np.zeros(n, dtype=np.int32)
-        if self.combined:
-            return self._combined_logits(x, out, route, batch_size, device)
+        if self.soft:
+            return self._soft_logits(x, out, route, batch_size, device)
         for s in range(0, n, batch_size):
             xb = np.asarray(x[s : s + batch_size], dtype=np.float32)  # (B, D)
             left = np.arange(len(xb))  # rows of this batch still unrouted
@@ -146,10 +145,23 @@ class Cascade:
                 left = left[~sc.routed]
             if len(left):
                 out[s + left] = self.final.logits(xb[left], device=device)
+            if self.memory is not None:
+                self._add_memory(xb, out[s : s + len(xb)], route[s : s + len(xb)], device)
         return out, route
 
-    def _combined_logits(self, x: np.ndarray, out: np.ndarray, route: np.ndarray, batch_size: int,
-                         device: torch.device | str) -> tuple[np.ndarray, np.ndarray]:
+    def _add_memory(self, xb: np.ndarray, out: np.ndarray, route: np.ndarray, device: torch.device | str) -> None:
+        """Add to each row of a batch its branch's memory term (`Combine.log_prior`), in place; the training
+        samples are searched once for the batch."""
+        assert self.combine is not None and self.memory is not None
+        vote = self.memory.vote(xb, device=device)
+        for b in range(self.depth + 1):  # depths 1..D, then the final classifier (route 0)
+            rows = route == (b + 1 if b < self.depth else 0)
+            extra = self.combine.log_prior(vote[rows], b) if rows.any() else None
+            if extra is not None:
+                out[rows] += extra
+
+    def _soft_logits(self, x: np.ndarray, out: np.ndarray, route: np.ndarray, batch_size: int,
+                     device: torch.device | str) -> tuple[np.ndarray, np.ndarray]:
         """Every branch on every sample, mixed by route probability with memory (`cascade/combine.py`);
         the training samples are searched once per batch."""
         from dlsa_cli.cascade.combine import hard_route, mix, parts, route_probabilities
