@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ from pages import header, script_command, write_page
 from dlsa_cli.cascade.combine import choose_combine
 from dlsa_cli.cascade.model import Cascade
 from dlsa_cli.cascade.plan import CascadePlan
-from dlsa_cli.classify.memory import MemoryBank
+from dlsa_cli.compare.run import balanced
 from dlsa_cli.compare.stats import paired_difference
 from dlsa_cli.evaluation.report import evaluate_predictions
 from dlsa_cli.io.features import FeatureSet, num_classes, read_features, train_counts
@@ -58,43 +57,35 @@ def _inputs(train: Path, val: Path, test: Path) -> tuple[FeatureSet, FeatureSet,
     return tr, va, te, counts
 
 
-def _balanced(labels: np.ndarray, pred: np.ndarray) -> float:
-    acc = [float(np.mean(pred[labels == c] == c)) for c in np.unique(labels)]
-    return float(np.mean(acc))
-
-
 def _variant(casc: Cascade, data: tuple[FeatureSet, FeatureSet, FeatureSet, np.ndarray], k: int, soft: bool,
              plan: CascadePlan) -> dict[str, Any]:
     """One combined cascade's VAL balanced accuracy and TEST metrics, its choices included."""
     tr, va, te, counts = data
-    with tempfile.TemporaryDirectory() as tmp:
-        comb = choose_combine(casc, tr, va, replace(plan, memory_k=k, soft_routing=soft), Path(tmp))
-        assert comb is not None
-        memory = None if comb.memory is None else MemoryBank.load(Path(tmp) / comb.memory)
+    chosen = choose_combine(casc, tr, va, replace(plan, memory_k=k, soft_routing=soft))
+    assert chosen is not None
+    comb, memory = chosen
     both = Cascade(casc.spec, casc.filters, casc.classifiers, casc.final, comb, memory)
     (zv, _), (zt, rt) = both.logits(va.features), both.logits(te.features)
     m = evaluate_predictions(te.require_labels(), zt.argmax(1), counts, routes=np.where(rt > 0, "cluster", "regular"))
     out = {k2: m.to_json()[k2] for k2 in ("overall", "many", "medium", "few")}
-    return out | {"select_balanced": _balanced(va.require_labels(), zv.argmax(1)), "weights": comb.weights,
+    return out | {"select_balanced": balanced(va.require_labels(), zv.argmax(1)), "weights": comb.weights,
                   "floors": comb.floors, "temperatures": comb.temperatures}
 
 
 def _memory_vote(casc: Cascade, data: tuple[FeatureSet, FeatureSet, FeatureSet, np.ndarray],
                  k: int) -> dict[str, Any]:
-    """Control (b) as this checkout's `compare` makes it: the seed's baseline plus w x log(vote + floor),
-    w and floor chosen on VAL; recomputed here so that it and the variants use the same memory code."""
-    from dlsa_cli.classify.memory import choose_memory, log_vote
+    """Control (b) as this checkout's `compare` makes it (`compare.controls.memory_vote`): the seed's baseline
+    plus w x log(vote + floor), w and floor chosen on VAL; recomputed here so that it and the variants use the
+    same memory code."""
     from dlsa_cli.classify.model import Classifier
+    from dlsa_cli.compare.controls import memory_vote
 
     tr, va, te, counts = data
     base = Classifier.load(casc.spec.manifest.parent / "baseline.safetensors")
-    bank = MemoryBank.build(tr.features, tr.require_labels(), len(counts), k)
-    (vv, vt), (zv, zt) = (bank.vote(fs.features) for fs in (va, te)), (base.logits(fs.features) for fs in (va, te))
-    y = va.require_labels()
-    w, floor, _ = choose_memory(zv, vv, y, 1.0 / np.bincount(y)[y])
-    m = evaluate_predictions(te.require_labels(), (zt + w * log_vote(vt, floor)).argmax(1), counts).to_json()
+    pred_test, pred_val, w, floor = memory_vote(base, tr, va, te, k)
+    m = evaluate_predictions(te.require_labels(), pred_test, counts).to_json()
     return {key: m[key] for key in ("overall", "many", "medium", "few")} | {
-        "select_balanced": _balanced(y, (zv + w * log_vote(vv, floor)).argmax(1)), "weight": w, "floor": floor}
+        "select_balanced": balanced(va.require_labels(), pred_val), "weight": w, "floor": floor}
 
 
 def _recorded(run: Path) -> dict[str, Any]:

@@ -146,6 +146,9 @@ def test_predict_writes_the_combined_cascades_routes(remembering, digits, tmp_pa
     assert np.array_equal(np.asarray(table["prediction"]), z.argmax(1))
     report = json.loads((remembering / "report.json").read_text())
     assert report["combine"]["k"] == 10 and len(report["combine"]["temperatures"]) == 2
+    # cascade.json is written once, with the combine; the hard cascade's transient manifest is gone
+    assert json.loads((remembering / "cascade.json").read_text())["combine"] == report["combine"]
+    assert (remembering / "memory.safetensors").is_file() and not (remembering / ".branches.json").exists()
 
 
 def test_memory_without_validation_is_one_line(digits, tmp_path):

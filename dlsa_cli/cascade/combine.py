@@ -22,10 +22,11 @@ The route a sample is reported with stays the hard one (its first routing depth)
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from dlsa_cli.classify.memory import MemoryBank
 
 __all__ = ["MEMORY_FILE", "SOFT_SCALES", "Combine", "Parts", "choose_combine", "hard_route", "mix", "parts",
            "route_probabilities"]
@@ -134,27 +135,28 @@ def mix(p: Parts, probs: list[np.ndarray], vote: np.ndarray | None = None, comb:
     return out.astype(np.float32)
 
 
-def choose_combine(cascade: Any, train: Any, val: Any, plan: Any, out_dir: Path, *, device: Any = "cpu",
-                   event: Any = None) -> Combine | None:
-    """The memory weights and soft temperatures VAL (a labelled FeatureSet) chooses for a fitted `cascade`;
-    writes out_dir/MEMORY_FILE when `plan.memory_k`. None when the plan asks for neither."""
-    from dlsa_cli.classify.memory import VOTE_FLOORS, MemoryBank, choose_memory
+def choose_combine(cascade: Any, train: Any, val: Any, plan: Any, *, device: Any = "cpu",
+                   event: Any = None) -> tuple[Combine, MemoryBank | None] | None:
+    """The memory weights and soft temperatures VAL (a labelled FeatureSet) chooses for a fitted `cascade`,
+    and the memory bank of TRAIN when `plan.memory_k` (to be saved as the combine's `memory` file, MEMORY_FILE).
+    None when the plan asks for neither."""
+    from dlsa_cli.classify.memory import VOTE_FLOORS, choose_memory
+    from dlsa_cli.evaluation.metrics import balanced_row_weights
 
     if not plan.memory_k and not plan.soft_routing:
         return None
     y = val.require_labels()
-    row_w = 1.0 / np.bincount(y)[y]  # each row's share of VAL's balanced accuracy
+    row_w = balanced_row_weights(y)  # each row's share of VAL's balanced accuracy
     pv = parts(cascade, np.asarray(val.features, dtype=np.float32), device=device)
     route, n_br = hard_route(pv), cascade.depth + 1
     comb = Combine(weights=[0.0] * n_br, temperatures=[0.0] * cascade.depth if plan.soft_routing else [],
                    floors=[VOTE_FLOORS[0]] * n_br)
-    vote = None
+    vote, bank = None, None
     if plan.memory_k:
         if event:
             event(f"memory: the {plan.memory_k} nearest training samples' vote, a weight per branch chosen on VAL")
         bank = MemoryBank.build(np.asarray(train.features, dtype=np.float32), train.require_labels(),
                                 cascade.num_classes, plan.memory_k)
-        bank.save(out_dir / MEMORY_FILE, prov={"command": "fit-cascade: memory"})
         comb.memory, comb.k = MEMORY_FILE, plan.memory_k
         vote = bank.vote(val.features, device=device)
         for b in range(n_br):
@@ -176,4 +178,4 @@ def choose_combine(cascade: Any, train: Any, val: Any, plan: Any, out_dir: Path,
                 tried.append(float((row_w * (pred == y)).sum() / row_w.sum()))
             comb.temperatures[d] = SOFT_SCALES[int(np.argmax(tried))] * sd
             comb.val[f"soft_depth{d + 1}"] = tried
-    return comb
+    return comb, bank

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from dlsa_cli.cascade.combine import Combine
+from dlsa_cli.cascade.combine import MEMORY_FILE, Combine
 from dlsa_cli.cascade.manifest import MANIFEST, write_manifest
 from dlsa_cli.cascade.model import Cascade
 from dlsa_cli.cascade.plan import CascadePlan, as_branch, renamed, with_defaults
@@ -142,11 +142,9 @@ def fit_cascade(
         cur_val = ctx.out / val_rest if val_rest else None
     final = _stage(ctx, "final", lambda: _fit_final(ctx, cur_train, cur_val), ClassifierStage)
     parts = [(ctx.out / str(r.files["filter"]), ctx.out / str(r.files["classifier"])) for r in depths]
-    _on_main(lambda: write_manifest(ctx.out, parts, ctx.out / str(final.files["classifier"])))
-    combine = _combine(ctx)
-    if combine is not None:
-        _on_main(lambda: write_manifest(ctx.out, parts, ctx.out / str(final.files["classifier"]),
-                                        extra={"combine": combine.to_json()}))
+    combine = _combine(ctx, parts, ctx.out / str(final.files["classifier"]))
+    extra = None if combine is None else {"combine": combine.to_json()}
+    _on_main(lambda: write_manifest(ctx.out, parts, ctx.out / str(final.files["classifier"]), extra=extra))
     report = _report(ctx, base, depths, final, time.perf_counter() - t0)
     if combine is not None:
         report.combine = combine.to_json()
@@ -155,8 +153,14 @@ def fit_cascade(
     return CascadeRun(Cascade.load(ctx.out), report, ctx.out)
 
 
-def _combine(ctx: _Ctx) -> Combine | None:
-    """Memory weights and soft temperatures chosen on VAL for the fitted branches (`cascade/combine.py`)."""
+BRANCHES = ".branches.json"  # the hard cascade's manifest while VAL chooses how to combine its branches
+
+
+def _combine(ctx: _Ctx, parts: list[tuple[Path, Path]], final: Path) -> Combine | None:
+    """Memory weights and soft temperatures chosen on VAL for the fitted branches (`cascade/combine.py`).
+
+    They are chosen on the hard cascade, loaded from a transient manifest: cascade.json is written once,
+    with them, so a folder never holds a manifest of a cascade other than the one the plan asked for."""
     from dlsa_cli.cascade.combine import choose_combine
     from dlsa_cli.io.features import num_classes, read_features, train_counts
 
@@ -164,10 +168,18 @@ def _combine(ctx: _Ctx) -> Combine | None:
         return None
     assert ctx.val is not None  # fit_cascade refused memory and soft routing without VAL
     train, val = read_features(ctx.train, require_labels=True), read_features(ctx.val, require_labels=True)
-    meta = {"num_classes": num_classes(train), "train_counts": train_counts(train).tolist()}
-    val.meta.update(meta)
-    cascade = Cascade.load(ctx.out)
-    return choose_combine(cascade, train, val, ctx.plan, ctx.out, device=ctx.device, event=ctx.event)
+    val.meta.update(num_classes=num_classes(train), train_counts=train_counts(train).tolist())
+    hard = ctx.out / BRANCHES
+    _on_main(lambda: write_manifest(hard, parts, final))
+    try:
+        chosen = choose_combine(Cascade.load(hard), train, val, ctx.plan, device=ctx.device, event=ctx.event)
+    finally:
+        _on_main(lambda: hard.unlink(missing_ok=True))
+    assert chosen is not None  # the plan asks for memory or soft routing
+    combine, bank = chosen
+    if bank is not None:
+        _on_main(lambda: bank.save(ctx.out / MEMORY_FILE, prov={"command": "fit-cascade: memory"}))
+    return combine
 
 
 def _check_sizes(plan: CascadePlan, train: Path, device: Any) -> None:

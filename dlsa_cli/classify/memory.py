@@ -124,7 +124,7 @@ def log_vote(vote: np.ndarray, floor: float) -> np.ndarray:
 
 
 def choose_memory(logits: np.ndarray, vote: np.ndarray, labels: np.ndarray,
-                  row_weight: np.ndarray) -> tuple[float, float, list[float]]:
+                  row_weight: np.ndarray | None = None) -> tuple[float, float, list[float]]:
     """(weight, floor, every pair's score): the pair of `MEMORY_WEIGHTS` x `VOTE_FLOORS` that `choose_weight`
     scores best (floors in order, the first best kept: no memory at all when memory never helps)."""
     best, scores = (0.0, VOTE_FLOORS[0]), list[float]()
@@ -136,11 +136,16 @@ def choose_memory(logits: np.ndarray, vote: np.ndarray, labels: np.ndarray,
     return best[0], best[1], scores
 
 
-def choose_weight(logits: np.ndarray, log_prior: np.ndarray, labels: np.ndarray, row_weight: np.ndarray,
+def choose_weight(logits: np.ndarray, log_prior: np.ndarray, labels: np.ndarray,
+                  row_weight: np.ndarray | None = None,
                   grid: tuple[float, ...] = MEMORY_WEIGHTS) -> tuple[float, list[float]]:
     """The grid weight w maximising sum(row_weight * [argmax(logits + w * log_prior) == label]) (the first,
     weakest, among ties), and every weight's score. With row_weight = 1 / (the row's class count in the
-    whole validation set), the score is each row's share of the balanced accuracy, so routes can be
-    chosen apart."""
+    whole validation set), the default for the rows being the whole set, the score is each row's share of
+    the balanced accuracy, so routes can be chosen apart."""
+    from dlsa_cli.evaluation.metrics import balanced_row_weights
+
+    if row_weight is None:
+        row_weight = balanced_row_weights(labels)
     scores = [float((row_weight * ((logits + w * log_prior).argmax(1) == labels)).sum()) for w in grid]
     return float(grid[int(np.argmax(scores))]), scores

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TAIL_BIAS_WEIGHTS", "RoutedBy", "random_score", "tail_bias", "tail_mass"]
+__all__ = ["TAIL_BIAS_WEIGHTS", "RoutedBy", "memory_vote", "random_score", "tail_bias", "tail_mass"]
 
 TAIL_BIAS_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)  # the tail-bias control's weights, chosen on validation
 
@@ -39,6 +39,21 @@ def tail_bias(logits: np.ndarray, is_tail: np.ndarray, mean: float, sd: float) -
     a weight times it, added to the logits, is the post-hoc tail bias (control (a) of `compare`)."""
     t = (tail_mass(logits, is_tail) - mean) / max(sd, 1e-12)  # (N,)
     return (t[:, None] * np.asarray(is_tail, dtype=np.float64)[None, :]).astype(np.float32)
+
+
+def memory_vote(base: Any, train: Any, sel: Any, test: Any, k: int, *,
+                device: Any = "cpu") -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Control (b) of `compare`: classifier `base`'s logits plus w x log(vote + floor), the class-balanced
+    vote of the k nearest TRAIN samples (`classify/memory.py`), w and floor chosen on `sel` (labelled
+    FeatureSets). Returns the predictions on `test` and on `sel`, w and the floor."""
+    from dlsa_cli.classify.memory import MemoryBank, choose_memory, log_vote
+
+    bank = MemoryBank.build(train.features, train.require_labels(), base.num_classes, k)
+    (v_sel, v_test), (z_sel, z_test) = ((bank.vote(fs.features, device=device) for fs in (sel, test)),
+                                        (base.logits(fs.features) for fs in (sel, test)))
+    w, floor, _ = choose_memory(z_sel, v_sel, sel.require_labels())
+    return ((z_test + w * log_vote(v_test, floor)).argmax(1), (z_sel + w * log_vote(v_sel, floor)).argmax(1),
+            w, floor)
 
 
 class RoutedBy:

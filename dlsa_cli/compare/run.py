@@ -509,38 +509,27 @@ def _run_ensemble(s: _Seed) -> _Preds:
 def _run_tail_bias(s: _Seed) -> _Preds:
     """Control (a): the baseline's tail mass as a post-hoc bias on the tail classes, its weight chosen on the
     selection split (standardised by the selection split's mean and sd)."""
+    from dlsa_cli.classify.memory import choose_weight
     from dlsa_cli.compare.controls import TAIL_BIAS_WEIGHTS, tail_bias, tail_mass
     from dlsa_cli.evaluation.metrics import tail_classes
 
     d, base = s.ctx.data, s.baseline()
     is_tail = tail_classes(d.counts, s.ctx.config.tail_at_most)
     z_sel, z_test = _scores(base, d.sel), _scores(base, d.test)
-    t = tail_mass(base.logits(d.sel.features, posthoc=False), is_tail)
-    bias = {name: tail_bias(base.logits(fs.features, posthoc=False), is_tail, float(t.mean()), float(t.std()))
-            for name, fs in (("sel", d.sel), ("test", d.test))}
-    w = _choose(z_sel, bias["sel"], d.sel.require_labels(), TAIL_BIAS_WEIGHTS)
-    return _Preds((z_test + w * bias["test"]).argmax(1), (z_sel + w * bias["sel"]).argmax(1))
+    raw_sel, raw_test = (base.logits(fs.features, posthoc=False) for fs in (d.sel, d.test))
+    t = tail_mass(raw_sel, is_tail)
+    b_sel, b_test = (tail_bias(raw, is_tail, float(t.mean()), float(t.std())) for raw in (raw_sel, raw_test))
+    w = choose_weight(z_sel, b_sel, d.sel.require_labels(), grid=TAIL_BIAS_WEIGHTS)[0]
+    return _Preds((z_test + w * b_test).argmax(1), (z_sel + w * b_sel).argmax(1))
 
 
 def _run_memory_vote(s: _Seed) -> _Preds:
     """Control (b): the baseline plus w x log of its k nearest training samples' class-balanced vote."""
-    from dlsa_cli.classify.memory import MemoryBank, choose_memory, log_vote
+    from dlsa_cli.compare.controls import memory_vote
 
-    d, base = s.ctx.data, s.baseline()
-    k = s.plan.memory_k or s.ctx.config.vote_k
-    bank = MemoryBank.build(d.train.features, d.train.require_labels(), len(d.counts), k)
-    v_sel, v_test = (bank.vote(fs.features, device=s.ctx.device) for fs in (d.sel, d.test))
-    z_sel, z_test = _scores(base, d.sel), _scores(base, d.test)
-    y = d.sel.require_labels()
-    w, floor, _ = choose_memory(z_sel, v_sel, y, 1.0 / np.bincount(y)[y])
-    return _Preds((z_test + w * log_vote(v_test, floor)).argmax(1), (z_sel + w * log_vote(v_sel, floor)).argmax(1))
-
-
-def _choose(logits: np.ndarray, extra: np.ndarray, labels: np.ndarray, grid: tuple[float, ...]) -> float:
-    """The grid weight of `extra` with the best balanced accuracy on the selection split (first among ties)."""
-    from dlsa_cli.classify.memory import choose_weight
-
-    return choose_weight(logits, extra, labels, 1.0 / np.bincount(labels)[labels], grid)[0]
+    d, k = s.ctx.data, s.plan.memory_k or s.ctx.config.vote_k
+    pred_test, pred_sel, _, _ = memory_vote(s.baseline(), d.train, d.sel, d.test, k, device=s.ctx.device)
+    return _Preds(pred_test, pred_sel)
 
 
 RUN_FNS: dict[str, Callable[[_Seed], _Preds]] = {

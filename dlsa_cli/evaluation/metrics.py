@@ -24,6 +24,7 @@ __all__ = [
     "MANY_ABOVE",
     "TAIL_AT_MOST",
     "accuracy_from_counts",
+    "balanced_row_weights",
     "binned_confusion",
     "class_counts",
     "group_accuracies",
@@ -62,6 +63,13 @@ def shot_groups(counts: np.ndarray, many_above: int = MANY_ABOVE, few_below: int
 def tail_classes(counts: np.ndarray, tail_at_most: int = TAIL_AT_MOST) -> np.ndarray:
     """Boolean (C,): True for tail classes (at most `tail_at_most` training samples)."""
     return np.asarray(counts) <= tail_at_most
+
+
+def balanced_row_weights(labels: np.ndarray) -> np.ndarray:
+    """(N,) 1 / (the row's class count in `labels`): summed over the rows predicted right, the balanced
+    accuracy times the number of classes present."""
+    labels = np.asarray(labels)
+    return 1.0 / np.bincount(labels)[labels]
 
 
 def top1_accuracy(labels: np.ndarray, predictions: np.ndarray) -> float | None:
