@@ -118,16 +118,10 @@ class renamed:
             err.args = (str(err.args[0]).replace(self.old, self.new), *err.args[1:])
 
 
-class as_branch:
+def as_branch() -> renamed:
     """Inside it, an error naming a classifier setting (`TrainConfig.lr`) names the branches'
     (`CascadePlan.branch.lr`)."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: Any, err: Any, tb: Any) -> None:  # the error (renamed) goes on
-        if isinstance(err, DlsaError) and err.args:
-            err.args = (str(err.args[0]).replace("TrainConfig.", f"{BRANCH_TOKEN}."), *err.args[1:])
+    return renamed("TrainConfig.", f"{BRANCH_TOKEN}.")
 
 
 def plan_from_layers(top: Sequence[Mapping[str, Any]], filter_: Sequence[Mapping[str, Any]], *,

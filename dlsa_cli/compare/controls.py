@@ -1,7 +1,8 @@
 """Routing controls: scores that are not a filter's, and a filter that routes by one of them.
 
 - `random_score`: a route that ignores the class (a seeded hash of the sample's row);
-- `tail_mass`: the baseline classifier's own tail signal, its softmax mass on tail classes;
+- `tail_bias`: the baseline classifier's own tail signal (`evaluation.metrics.tail_mass`) as a bias on
+  the tail classes' logits;
 - `RoutedBy`: a filter whose route is decided by such a score, keeping the filter's
   clusters and prior, so a cascade built on it differs from the filter's own only in
   which samples take the cluster-aided branch.
@@ -15,7 +16,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TAIL_BIAS_WEIGHTS", "RoutedBy", "memory_vote", "random_score", "tail_bias", "tail_mass"]
+from dlsa_cli.evaluation.metrics import tail_mass
+
+__all__ = ["TAIL_BIAS_WEIGHTS", "RoutedBy", "memory_vote", "random_score", "tail_bias"]
 
 TAIL_BIAS_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)  # the tail-bias control's weights, chosen on validation
 
@@ -25,13 +28,6 @@ def random_score(x: np.ndarray, seed: int = 0) -> np.ndarray:
     r = np.random.default_rng(seed).standard_normal(x.shape[1])  # (D,)
     proj = np.asarray(x, dtype=np.float64) @ r  # (N,)
     return np.modf(np.abs(proj) * 1e4)[0]
-
-
-def tail_mass(logits: np.ndarray, is_tail: np.ndarray) -> np.ndarray:
-    """Softmax mass (N,) of logits (N, C) on the classes `is_tail` (C,) marks."""
-    z = np.asarray(logits, dtype=np.float64)
-    p = np.exp(z - z.max(1, keepdims=True))  # (N, C)
-    return p[:, is_tail].sum(1) / p.sum(1)
 
 
 def tail_bias(logits: np.ndarray, is_tail: np.ndarray, mean: float, sd: float) -> np.ndarray:

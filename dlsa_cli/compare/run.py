@@ -138,8 +138,6 @@ def _both_protocols(train: str | Path, val: str | Path | None, test: str | Path,
                     plan: CascadePlan, **kw: Any) -> CompareReport:
     """The compare chosen on VAL in OUT, the same chosen on TEST (the authors' protocol) in OUT/select-on-test,
     and, in OUT's report, DLSA's gain over its baseline and over the best baseline under each."""
-    from dataclasses import replace
-
     honest = compare(train, val, test, out, replace(config, select_on="val"), plan, **kw)
     kw["plot"] = None
     optimistic = compare(train, val, test, out / PROTOCOLS, replace(config, select_on="test"), plan, **kw)
@@ -484,8 +482,7 @@ def _random_score(s: _Seed) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def _posterior_score(s: _Seed) -> Callable[[np.ndarray], np.ndarray]:
-    from dlsa_cli.compare.controls import tail_mass
-    from dlsa_cli.evaluation.metrics import tail_classes
+    from dlsa_cli.evaluation.metrics import tail_classes, tail_mass
 
     base = s.baseline()
     is_tail = tail_classes(s.ctx.data.counts, s.ctx.config.tail_at_most)
@@ -510,8 +507,8 @@ def _run_tail_bias(s: _Seed) -> _Preds:
     """Control (a): the baseline's tail mass as a post-hoc bias on the tail classes, its weight chosen on the
     selection split (standardised by the selection split's mean and sd)."""
     from dlsa_cli.classify.memory import choose_weight
-    from dlsa_cli.compare.controls import TAIL_BIAS_WEIGHTS, tail_bias, tail_mass
-    from dlsa_cli.evaluation.metrics import tail_classes
+    from dlsa_cli.compare.controls import TAIL_BIAS_WEIGHTS, tail_bias
+    from dlsa_cli.evaluation.metrics import tail_classes, tail_mass
 
     d, base = s.ctx.data, s.baseline()
     is_tail = tail_classes(d.counts, s.ctx.config.tail_at_most)
@@ -603,8 +600,6 @@ def _correct(ctx: _Ctx, seeds: tuple[int, ...]) -> dict[str, np.ndarray] | None:
 def _depth1_filter(ctx: _Ctx, s: _Seed, routing: str) -> Any:
     """The cascade's depth-1 filter settings with another routing score, fitted on TRAIN (choices on the
     split every choice is made on)."""
-    from dataclasses import replace
-
     from dlsa_cli.flow.config import VAL_SELECTS
     from dlsa_cli.flow.train import fit_filter
 

@@ -36,6 +36,7 @@ __all__ = [
     "separation_accuracy",
     "shot_groups",
     "tail_classes",
+    "tail_mass",
     "top1_accuracy",
 ]
 
@@ -70,6 +71,15 @@ def balanced_row_weights(labels: np.ndarray) -> np.ndarray:
     accuracy times the number of classes present."""
     labels = np.asarray(labels)
     return 1.0 / np.bincount(labels)[labels]
+
+
+def tail_mass(logits: np.ndarray, is_tail: np.ndarray) -> np.ndarray:
+    """Softmax mass (N,) of logits (N, C) on the classes `is_tail` (C,) marks."""
+    z = np.asarray(logits, dtype=np.float64)
+    p = np.exp(z - z.max(1, keepdims=True))  # (N, C)
+    return p[:, is_tail].sum(1) / p.sum(1)
+
+
 
 
 def top1_accuracy(labels: np.ndarray, predictions: np.ndarray) -> float | None:

@@ -262,8 +262,6 @@ class FlowFilter:
         neighbours = _load_neighbours(tensors, cfg, routing, int(meta["dim"]), path)
         router = None
         if routing == "posterior" or "router.weight" in tensors:
-            from dlsa_cli.flow.router import Router
-
             router = Router.from_tensors(tensors, meta.get("router", {}), path)
         return cls(
             flow,

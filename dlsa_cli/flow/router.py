@@ -26,7 +26,7 @@ class Router:
 
     def __init__(self, head: Any, is_tail: np.ndarray):
         self.head = head.eval()
-        self.is_tail = torch.as_tensor(np.asarray(is_tail, dtype=bool))
+        self.is_tail = np.asarray(is_tail, dtype=bool)
 
     @classmethod
     def from_classifier(cls, path: str | Path, train_counts: np.ndarray, tail_at_most: int) -> Router:
@@ -44,15 +44,16 @@ class Router:
         return cls(clf.module, tail_classes(np.asarray(train_counts), tail_at_most))
 
     def tail_mass(self, x: torch.Tensor) -> np.ndarray:
-        """P(tail | x) (B,) float64 of features x (B, D)."""
+        """P(tail | x) (B,) float64 of features x (B, D) (`evaluation.metrics.tail_mass` of the head's logits)."""
+        from dlsa_cli.evaluation.metrics import tail_mass
+
         with torch.inference_mode():
             self.head.to(x.device)
-            p = torch.softmax(self.head(x.float()).double(), dim=1)  # (B, C)
-            return p[:, self.is_tail.to(x.device)].sum(1).cpu().numpy()
+            return tail_mass(self.head(x.float()).cpu().numpy(), self.is_tail)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"router.weight": self.head.weight.detach().cpu(), "router.bias": self.head.bias.detach().cpu(),
-                "router.tail": self.is_tail.to(torch.uint8)}
+                "router.tail": torch.as_tensor(self.is_tail).to(torch.uint8)}
 
     def meta(self) -> dict[str, Any]:
         return {"cosine": bool(self.head.cosine), "scale": float(self.head.scale)}
